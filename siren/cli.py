@@ -1,0 +1,55 @@
+"""`siren` command line: `siren data|backbone|extract|train|eval|score ...`.
+
+Each subcommand lives in its own module, which provides `add_arguments(parser)` and
+`run(args) -> int`. Only the module of the chosen subcommand is imported, so
+`siren data ...` does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from siren.errors import SirenError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("siren.data_cli", "list datasets, write seeded splits, export Hub data to JSONL"),
+    "backbone": ("siren.backbones", "show or prepare a backbone"),
+    "extract": ("siren.extract", "extract per-layer features into the on-disk cache"),
+    "train": ("siren.train", "fit probes, select neurons, tune and save the guard"),
+    "eval": ("siren.evaluate", "evaluate a trained guard per dataset"),
+    "score": ("siren.guard_cli", "score texts with a trained guard"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="siren", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if only == name:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    parser = build_parser(only=chosen)
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0 if not argv else 2
+    try:
+        return int(args._run(args) or 0)
+    except SirenError as err:
+        print(f"siren {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
