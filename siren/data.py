@@ -1,0 +1,460 @@
+"""Dataset registry, loading and seeded splits.
+
+Reads either the Hugging Face Hub (`datasets.load_dataset`, through one adapter per dataset
+that maps the Hub's columns to ours) or SIREN-ready JSONL files
+`<data_dir>/<dataset>/<split>.jsonl` (one object a line: id, text, label, prompt, response).
+Writes the split ids (`write_split_ids`, JSON) and SIREN-ready JSONL (`write_jsonl`).
+
+Every frame has the columns id (str), text (str), label (int, 1 = harmful), prompt (str) and
+response (str or None). `text` is what SIREN classifies: the prompt, or prompt + "\\n" +
+response for response-level datasets.
+
+Splits are made once, seeded and stratified by label: the source's own splits are kept, a
+missing validation split is carved out of train, and a dataset with a single split is cut
+60/20/20. Rows with the same text always land in the same carved split, so duplicated inputs
+(about 30% of the offline PKU-SafeRLHF rows) cannot leak from train into test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+import warnings
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from siren.errors import SirenError
+
+SPLITS = ("train", "validation", "test")
+COLUMNS = ("id", "text", "label", "prompt", "response")
+ENV_DATA_DIR = "SIREN_DATA_DIR"
+# Share of a single-split dataset that becomes test (validation takes val_ratio, train the rest).
+SINGLE_SPLIT_TEST_RATIO = 0.2
+
+Row = dict  # one output row: the keys of COLUMNS
+
+
+# --------------------------------------------------------------------------- adapters
+# Each adapter is a pure function (Hub rows of one split, split name) -> our rows, in source
+# order. Row ids are "<dataset>-<split>-<source row index:05d>" unless the source has ids;
+# the index is the source position, so dropping unlabelled rows does not renumber the rest.
+
+
+def _row(id_: str, prompt: str, response: str | None, label: bool | int) -> Row:
+    text = prompt if response is None else f"{prompt}\n{response}"
+    return {"id": str(id_), "text": text, "label": int(label), "prompt": prompt, "response": response}
+
+
+def _toxic_chat(rows: Iterable[Mapping], split: str) -> Iterator[Row]:
+    for r in rows:
+        yield _row(r["conv_id"], r["user_input"], None, r["toxicity"] == 1)
+
+
+OPENAI_CATEGORIES = ("S", "H", "V", "HR", "SH", "S3", "H2", "V2")
+
+
+def _openai_moderation(rows: Iterable[Mapping], split: str) -> Iterator[Row]:
+    for i, r in enumerate(rows):
+        # An absent category key means "not annotated", not "safe": only an explicit 1 counts.
+        harmful = any(r.get(c) == 1 for c in OPENAI_CATEGORIES)
+        yield _row(f"openai_moderation-{split}-{i:05d}", r["prompt"], None, harmful)
+
+
+def _aegis(rows: Iterable[Mapping], split: str) -> Iterator[Row]:
+    for i, r in enumerate(rows):
+        # labels_0..labels_4: one annotator each; "Safe" is safe, any category name is unsafe.
+        votes = [r.get(f"labels_{k}") for k in range(5)]
+        votes = [v for v in votes if v is not None]
+        if not votes:
+            continue  # no annotator: unknown label
+        unsafe = sum(v != "Safe" for v in votes)
+        # Majority vote; a tie counts as harmful (a guard should err towards flagging).
+        yield _row(f"aegis-{split}-{i:05d}", r["text"], None, 2 * unsafe >= len(votes))
+
+
+def _aegis2(rows: Iterable[Mapping], split: str) -> Iterator[Row]:
+    for i, r in enumerate(rows):
+        yield _row(f"aegis2-{split}-{i:05d}", r["prompt"], None, r["prompt_label"] == "unsafe")
+
+
+def _wildguard(rows: Iterable[Mapping], split: str) -> Iterator[Row]:
+    for i, r in enumerate(rows):
+        if r.get("prompt_harm_label") is None:
+            continue  # unlabelled prompt
+        yield _row(f"wildguard-{split}-{i:05d}", r["prompt"], None, r["prompt_harm_label"] == "harmful")
+
+
+def _safe_rlhf(rows: Iterable[Mapping], split: str) -> Iterator[Row]:
+    for i, r in enumerate(rows):
+        yield _row(f"safe_rlhf-{split}-{i:05d}", r["prompt"], r["response_0"], not r["is_response_0_safe"])
+
+
+def _beavertails(rows: Iterable[Mapping], split: str) -> Iterator[Row]:
+    for i, r in enumerate(rows):
+        yield _row(f"beavertails-{split}-{i:05d}", r["prompt"], r["response"], not r["is_safe"])
+
+
+def _xstest(rows: Iterable[Mapping], split: str) -> Iterator[Row]:
+    for i, r in enumerate(rows):
+        yield _row(f"xstest-{split}-{i:05d}", r["prompt"], None, r["label"] == "unsafe")
+
+
+def _harmful_prompts(name: str) -> Callable[[Iterable[Mapping], str], Iterator[Row]]:
+    """Adapter for benchmarks of harmful prompts only (every row label 1)."""
+
+    def adapt(rows: Iterable[Mapping], split: str) -> Iterator[Row]:
+        for i, r in enumerate(rows):
+            yield _row(f"{name}-{split}-{i:05d}", r["prompt"], None, 1)
+
+    return adapt
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where a dataset lives on the Hub and how its rows map to ours."""
+
+    name: str
+    hub_id: str
+    # our split -> (Hub config or None, Hub split)
+    hub_splits: dict[str, tuple[str | None, str]]
+    adapter: Callable[[Iterable[Mapping], str], Iterator[Row]]
+    eval_only: bool = False
+
+
+# The Hub ids live here only, next to the column mappings they belong to.
+REGISTRY: dict[str, DatasetSpec] = {
+    s.name: s
+    for s in [
+        DatasetSpec("toxic_chat", "lmsys/toxic-chat",
+                    {"train": ("toxicchat0124", "train"), "test": ("toxicchat0124", "test")}, _toxic_chat),
+        DatasetSpec("openai_moderation", "mmathys/openai-moderation-api-evaluation",
+                    {"train": (None, "train")}, _openai_moderation),
+        DatasetSpec("aegis", "nvidia/Aegis-AI-Content-Safety-Dataset-1.0",
+                    {"train": (None, "train"), "test": (None, "test")}, _aegis),
+        DatasetSpec("aegis2", "nvidia/Aegis-AI-Content-Safety-Dataset-2.0",
+                    {"train": (None, "train"), "validation": (None, "validation"), "test": (None, "test")},
+                    _aegis2),
+        DatasetSpec("wildguard", "allenai/wildguardmix",
+                    {"train": ("wildguardtrain", "train"), "test": ("wildguardtest", "test")}, _wildguard),
+        DatasetSpec("safe_rlhf", "PKU-Alignment/PKU-SafeRLHF",
+                    {"train": (None, "train"), "test": (None, "test")}, _safe_rlhf),
+        DatasetSpec("beavertails", "PKU-Alignment/BeaverTails",
+                    {"train": (None, "30k_train"), "test": (None, "30k_test")}, _beavertails),
+        DatasetSpec("xstest", "walledai/XSTest", {"test": (None, "test")}, _xstest, eval_only=True),
+        DatasetSpec("advbench", "walledai/AdvBench", {"test": (None, "train")},
+                    _harmful_prompts("advbench"), eval_only=True),
+        DatasetSpec("harmbench", "walledai/HarmBench", {"test": ("standard", "train")},
+                    _harmful_prompts("harmbench"), eval_only=True),
+        DatasetSpec("simple_safety_tests", "Bertievidgen/SimpleSafetyTests", {"test": (None, "test")},
+                    _harmful_prompts("simple_safety_tests"), eval_only=True),
+    ]
+}
+
+
+def known_datasets() -> list[str]:
+    """Registered dataset names, in registry order (the paper's seven first)."""
+    return list(REGISTRY)
+
+
+def spec(name: str) -> DatasetSpec:
+    """The registry entry of `name`; SirenError listing the known names otherwise."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise SirenError(f"unknown dataset {name!r}; known datasets: {', '.join(REGISTRY)}") from None
+
+
+def is_eval_only(name: str) -> bool:
+    """True for benchmark sets used only for evaluation (harmful-only or contrast sets)."""
+    return spec(name).eval_only
+
+
+def _frame(rows: Iterable[Row], where: str) -> pd.DataFrame:
+    """Rows -> frame with COLUMNS and fixed dtypes; SirenError (naming `where`) on bad rows."""
+    frame = pd.DataFrame(list(rows), columns=list(COLUMNS))
+    bad = frame["text"].map(lambda t: not isinstance(t, str))
+    if bad.any():
+        raise SirenError(f"{where}: row {frame['id'].iloc[int(np.argmax(bad))]!r} has no text")
+    dup = frame["id"][frame["id"].duplicated()]
+    if len(dup):
+        raise SirenError(f"{where}: duplicate id {dup.iloc[0]!r}; ids must be unique within a dataset")
+    frame["id"] = frame["id"].astype(str)
+    frame["label"] = frame["label"].astype("int64")
+    frame["response"] = frame["response"].astype(object).where(frame["response"].notna(), None)
+    return frame
+
+
+def adapt_rows(name: str, rows: Iterable[Mapping], split: str) -> pd.DataFrame:
+    """Hub rows (dicts in the Hub's columns) of one split of `name` -> our frame."""
+    return _frame(spec(name).adapter(rows, split), f"{name}/{split}")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path | None:
+    """`data_dir`, else $SIREN_DATA_DIR, else None (= load from the Hub)."""
+    chosen = data_dir if data_dir not in (None, "") else os.environ.get(ENV_DATA_DIR) or None
+    if chosen is None:
+        return None
+    path = pathlib.Path(chosen).expanduser()
+    if not path.is_dir():
+        source = "--data_dir" if data_dir not in (None, "") else f"${ENV_DATA_DIR}"
+        raise SirenError(
+            f"data directory {path} (from {source}) does not exist; point --data_dir or "
+            f"{ENV_DATA_DIR} at a folder of <dataset>/<split>.jsonl files, or unset "
+            f"{ENV_DATA_DIR} to load from the Hugging Face Hub"
+        )
+    return path
+
+
+def load_hub(name: str) -> dict[str, pd.DataFrame]:
+    """The source splits of `name` from the Hugging Face Hub, through its adapter."""
+    import datasets  # slow to import; only the Hub path needs it
+
+    s = spec(name)
+    out = {}
+    for split, (config, hub_split) in s.hub_splits.items():
+        try:
+            rows = datasets.load_dataset(s.hub_id, config, split=hub_split)
+        except Exception as err:  # network, auth (gated sets), or a renamed split
+            raise SirenError(
+                f"could not load {s.hub_id} (config {config}, split {hub_split}) for dataset {name!r} "
+                f"from the Hugging Face Hub: {err}. Offline, set {ENV_DATA_DIR} or --data_dir to a "
+                f"folder of SIREN-ready JSONL files"
+            ) from err
+        out[split] = adapt_rows(name, rows, split)
+    return out
+
+
+def _read_jsonl(path: pathlib.Path) -> pd.DataFrame:
+    """One SIREN-ready JSONL file -> frame; SirenError with file:line on a bad line."""
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise SirenError(f"{path}:{lineno}: malformed JSON ({err.msg}); fix or remove the line") from None
+            if not isinstance(obj, dict) or not {"id", "text", "label"} <= obj.keys():
+                raise SirenError(f"{path}:{lineno}: expected an object with id, text, label, prompt, response")
+            label = obj["label"]
+            # bool is an int subclass; reject it so that true/false is not silently read as 1/0
+            if isinstance(label, bool) or label not in (0, 1):
+                raise SirenError(f"{path}:{lineno}: label must be 0 or 1 (1 = harmful), got {label!r}")
+            if not isinstance(obj["text"], str):
+                raise SirenError(f"{path}:{lineno}: text must be a string")
+            rows.append({
+                "id": obj["id"], "text": obj["text"], "label": label,
+                "prompt": obj.get("prompt", obj["text"]), "response": obj.get("response"),
+            })
+    return _frame(rows, str(path))
+
+
+def load_local(name: str, data_dir: pathlib.Path) -> dict[str, pd.DataFrame]:
+    """The splits of `name` found in `<data_dir>/<name>/<split>.jsonl`."""
+    spec(name)
+    folder = data_dir / name
+    if not folder.is_dir():
+        hint = " (Aegis 2.0 has no offline copy: load it from the Hub)" if name == "aegis2" else ""
+        raise SirenError(
+            f"no local copy of dataset {name!r}: {folder} does not exist{hint}; set {ENV_DATA_DIR} "
+            f"or --data_dir to a folder holding {name}/<split>.jsonl, or unset {ENV_DATA_DIR} to use the Hub"
+        )
+    out = {split: _read_jsonl(folder / f"{split}.jsonl") for split in SPLITS if (folder / f"{split}.jsonl").is_file()}
+    if not out:
+        raise SirenError(f"{folder} holds none of {', '.join(s + '.jsonl' for s in SPLITS)}")
+    seen: dict[str, str] = {}
+    for split, frame in out.items():
+        for id_ in frame["id"]:
+            if id_ in seen:
+                raise SirenError(f"dataset {name!r}: id {id_!r} is in both {seen[id_]}.jsonl and {split}.jsonl")
+            seen[id_] = split
+    return out
+
+
+def load_source(name: str, data_dir: str | os.PathLike | None = None) -> dict[str, pd.DataFrame]:
+    """The source's own splits of `name` (keys among SPLITS): local JSONL if a data dir is
+    given or $SIREN_DATA_DIR is set, else the Hub."""
+    spec(name)
+    folder = resolve_data_dir(data_dir)
+    return load_hub(name) if folder is None else load_local(name, folder)
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def _rng(seed: int, name: str, purpose: str) -> np.random.Generator:
+    """A generator fixed by (seed, dataset, purpose): independent of process state and of
+    Python's hash randomisation, and a cap drawn on one split does not shift another."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode()), zlib.crc32(purpose.encode())])
+
+
+def _apportion(quota: np.ndarray, cap: np.ndarray, k: int) -> np.ndarray:
+    """Integer counts (c,) summing to k, near the real `quota` (c,), each at most `cap` (c,):
+    floors first, then the largest remainders (ties to the lower class)."""
+    if k > cap.sum():
+        raise ValueError(f"cannot take {k} items from {int(cap.sum())}")
+    counts = np.minimum(np.floor(quota).astype(np.int64), cap)
+    order = np.argsort(-(quota - np.floor(quota)), kind="stable")
+    while counts.sum() < k:
+        for c in order:
+            if counts.sum() < k and counts[c] < cap[c]:
+                counts[c] += 1
+    return counts
+
+
+def _stratified_parts(labels: np.ndarray, sizes: list[int], rng: np.random.Generator) -> list[np.ndarray]:
+    """Positions 0..n-1 of `labels` (n,) -> len(sizes) + 1 disjoint sorted index arrays: parts of
+    the given sizes, each with the overall class ratio (within one item), then the rest."""
+    classes = np.unique(labels)
+    pools = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    share = np.array([len(p) for p in pools]) / len(labels)
+    taken = np.zeros(len(classes), dtype=np.int64)
+    parts = []
+    for k in sizes:
+        counts = _apportion(k * share, np.array([len(p) for p in pools]) - taken, k)
+        parts.append(np.sort(np.concatenate([p[t:t + n] for p, t, n in zip(pools, taken, counts)])))
+        taken += counts
+    parts.append(np.sort(np.concatenate([p[t:] for p, t in zip(pools, taken)])))
+    return parts
+
+
+def _carve(frame: pd.DataFrame, ratios: list[float], rng: np.random.Generator) -> list[pd.DataFrame]:
+    """Cut `frame` into len(ratios) + 1 parts (the last takes the rest), stratified by label.
+    Rows sharing a text form one group and go to the same part; a group counts as harmful if
+    any of its rows is. Groups are also stratified by size (1, 2, 3+), so that duplicated
+    texts, which are often of one class, do not tilt a part's row-level class ratio."""
+    codes, uniques = pd.factorize(frame["text"])
+    group_label = np.zeros(len(uniques), dtype=np.int64)
+    np.maximum.at(group_label, codes, frame["label"].to_numpy())
+    group_size = np.minimum(np.bincount(codes), 3)
+    sizes = [int(round(r * len(uniques))) for r in ratios]
+    parts = _stratified_parts(group_label * 4 + group_size, sizes, rng)
+    return [frame[np.isin(codes, groups)] for groups in parts]
+
+
+def _cap(frame: pd.DataFrame, n: int, rng: np.random.Generator) -> pd.DataFrame:
+    """A stratified sample of n rows of `frame`, in source order."""
+    return frame.iloc[_stratified_parts(frame["label"].to_numpy(), [n], rng)[0]]
+
+
+def load_splits(
+    name: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    seed: int = 42,
+    val_ratio: float = 0.2,
+    max_per_split: int | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Seeded, stratified, disjoint train/validation/test frames of `name` (only "test" for
+    eval-only datasets). Each frame's attrs["derived"] says how the split was obtained."""
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SirenError(f"seed must be a non-negative integer, got {seed!r}")
+    if not 0 < val_ratio < 1 - SINGLE_SPLIT_TEST_RATIO:
+        raise SirenError(f"val_ratio must be in (0, {1 - SINGLE_SPLIT_TEST_RATIO:g}), got {val_ratio!r}")
+    if max_per_split is not None and max_per_split < 1:
+        raise SirenError(f"max_per_split must be a positive integer, got {max_per_split!r}")
+    source = load_source(name, data_dir)
+    have = [s for s in SPLITS if s in source]
+    how = f"stratified, seed {seed}"
+
+    if is_eval_only(name):
+        only = "test" if "test" in source else have[0]
+        splits = {"test": (source[only], f"source {only} (eval only)")}
+    elif have == list(SPLITS):
+        splits = {s: (source[s], f"source {s}") for s in SPLITS}
+    elif have == ["train", "test"]:
+        train, val = _carve(source["train"], [1 - val_ratio], _rng(seed, name, "validation"))
+        splits = {
+            "train": (train, f"source train minus validation ({1 - val_ratio:.0%})"),
+            "validation": (val, f"validation carved from train ({val_ratio:.0%}, {how})"),
+            "test": (source["test"], "source test"),
+        }
+    elif len(have) == 1:
+        (only,) = have
+        train_ratio = 1 - val_ratio - SINGLE_SPLIT_TEST_RATIO
+        test, val, train = _carve(source[only], [SINGLE_SPLIT_TEST_RATIO, val_ratio], _rng(seed, name, "single"))
+        splits = {
+            "train": (train, f"{train_ratio:.0%} of source {only} ({how})"),
+            "validation": (val, f"{val_ratio:.0%} of source {only} ({how})"),
+            "test": (test, f"{SINGLE_SPLIT_TEST_RATIO:.0%} of source {only} ({how})"),
+        }
+    else:
+        raise SirenError(f"dataset {name!r} has source splits {have}; expected train+test, all three, or one")
+
+    out = {}
+    for split, (frame, derived) in splits.items():
+        if max_per_split is not None and len(frame) > max_per_split:
+            frame = _cap(frame, max_per_split, _rng(seed, name, f"cap:{split}"))
+            derived += f", capped to {max_per_split} ({how})"
+        if frame.empty:
+            raise SirenError(f"dataset {name!r}: split {split} is empty; it has too few rows to split")
+        if frame["label"].nunique() < 2 and not is_eval_only(name):
+            warnings.warn(
+                f"dataset {name!r}: split {split} holds only label {int(frame['label'].iloc[0])} "
+                f"({len(frame)} rows); F1 and probes on it are degenerate",
+                stacklevel=2,
+            )
+        frame = frame.reset_index(drop=True)
+        frame.attrs["derived"] = derived
+        out[split] = frame
+    return out
+
+
+def make_split_ids(
+    names: list[str],
+    *,
+    data_dir: str | os.PathLike | None = None,
+    seed: int = 42,
+    val_ratio: float = 0.2,
+    max_per_split: int | None = None,
+) -> dict[str, dict[str, list[str]]]:
+    """{dataset: {split: [ids in split order]}} for `names`, from load_splits."""
+    return {
+        name: {
+            split: frame["id"].tolist()
+            for split, frame in load_splits(
+                name, data_dir=data_dir, seed=seed, val_ratio=val_ratio, max_per_split=max_per_split
+            ).items()
+        }
+        for name in names
+    }
+
+
+def _write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to a temp file next to `path`, then rename it over `path`, so that readers
+    never see a half-written file."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_split_ids(path: str | os.PathLike, split_ids: dict[str, dict[str, list[str]]]) -> None:
+    """Write split ids as JSON (sorted keys, indented), atomically."""
+    _write_atomic(path, json.dumps(split_ids, sort_keys=True, indent=2) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, frame: pd.DataFrame) -> None:
+    """Write `frame` (COLUMNS) as SIREN-ready JSONL, atomically."""
+    lines = (
+        json.dumps({"id": r.id, "text": r.text, "label": int(r.label), "prompt": r.prompt,
+                    "response": r.response}, ensure_ascii=False)
+        for r in frame.itertuples(index=False)
+    )
+    _write_atomic(path, "".join(line + "\n" for line in lines))
