@@ -1,0 +1,499 @@
+"""Save and load the trained guard: a folder in the `llm-siren` format, plus a data-only pickle.
+
+Guard folder (what `siren_guard.SirenGuard.from_pretrained(folder)` of PyPI `llm-siren` reads):
+
+- `siren_config.json`: `task: "content"`; `base_model: {model_id, revision}`; `siren_module:
+  {pooling_type, selected_layers, layer_weights {"<i>": w}, selected_neurons_dict
+  {"layer<i>_<pooling_type>": [neuron, ...]}}`; `mlp: {input_dim, layer_dims, dropout_rates,
+  num_classes: 2}`; `inference: {max_length, default_threshold}`. We add a `siren` block of our
+  own (`format_version` and whatever the trainer passes as `extra`, e.g. backbone name, number
+  of layers, hidden size); `llm-siren` ignores it, and we do not require it.
+- `siren.safetensors`: the head's `network.<k>.weight/bias` (fp32), `k` following
+  `Sequential(Linear, ReLU, [Dropout if p > 0]) * n, Linear(., 2)`.
+
+Writes are atomic (temp files, then `os.replace`) and byte-deterministic for equal inputs
+(sorted JSON keys, safetensors of the same fp32 tensors, no timestamps).
+
+`best_model.pkl` (the paper's file name) is written and read as DATA ONLY: dicts, lists,
+tuples, str, int, float, bool, None and numpy arrays/scalars. Loading uses a restricted
+unpickler that resolves only the numpy callables arrays need, so a crafted pickle cannot run
+code. No Optuna, no training imports here.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from siren.errors import SirenError
+
+CONFIG_NAME = "siren_config.json"
+WEIGHTS_NAME = "siren.safetensors"
+FORMAT_VERSION = 1
+POOLING_TYPES = ("residual_mean", "mlp_mean")
+_NEURON_KEY = re.compile(r"^layer(\d+)_(.+)$")
+
+
+def neuron_key(layer: int, pooling_type: str) -> str:
+    """The `selected_neurons_dict` key of a layer: `layer<i>_<pooling_type>`."""
+    return f"layer{int(layer)}_{pooling_type}"
+
+
+def head_layout(input_dim: int, layer_dims: list[int], dropout_rates: list[float],
+                num_classes: int = 2) -> dict[str, tuple[int, ...]]:
+    """Expected `network.<k>.weight/bias` shapes of the head for this architecture."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    k, prev = 0, int(input_dim)
+    for dim, p in zip(layer_dims, dropout_rates):
+        shapes[f"network.{k}.weight"] = (int(dim), prev)
+        shapes[f"network.{k}.bias"] = (int(dim),)
+        k += 3 if p > 0 else 2  # Linear, ReLU, [Dropout]
+        prev = int(dim)
+    shapes[f"network.{k}.weight"] = (int(num_classes), prev)
+    shapes[f"network.{k}.bias"] = (int(num_classes),)
+    return shapes
+
+
+# ---------------------------------------------------------------- atomic writes
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with _suppress():
+            os.unlink(tmp)
+        raise
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return True
+
+
+def _json_bytes(obj: dict) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy scalars/arrays and tuples -> plain JSON values (for `extra`)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise SirenError(f"guard config value {value!r} ({type(value).__name__}) cannot be written to JSON")
+
+
+# ---------------------------------------------------------------- save
+
+def build_config(*, base_model_id: str, revision: str | None, pooling_type: str,
+                 selection: dict[int, np.ndarray], layer_weights: dict[int, float], layer_dims: list[int],
+                 dropout_rates: list[float], max_length: int, threshold: float = 0.5,
+                 extra: dict | None = None) -> dict:
+    """The `siren_config.json` content (validated) for these inputs."""
+    if pooling_type not in POOLING_TYPES:
+        raise SirenError(f"unknown pooling type {pooling_type!r}: use one of {', '.join(POOLING_TYPES)}")
+    layers = sorted(int(l) for l in selection)
+    if not layers:
+        raise SirenError("empty selection: the guard needs at least one layer with selected neurons")
+    unknown = sorted(set(int(l) for l in layer_weights) - set(layers))
+    if unknown:
+        raise SirenError(f"layer_weights has layers {unknown} that are not in the selection {layers}")
+    neurons = {}
+    for l in layers:
+        idx = np.asarray(selection[l] if l in selection else selection[str(l)]).reshape(-1)
+        if idx.size == 0:
+            raise SirenError(f"layer {l} has no selected neurons: drop it from the selection")
+        if not np.issubdtype(idx.dtype, np.integer):
+            raise SirenError(f"layer {l}: neuron indices must be integers, got dtype {idx.dtype}")
+        neurons[neuron_key(l, pooling_type)] = [int(i) for i in idx]
+    weights = {}
+    lw = {int(k): v for k, v in layer_weights.items()}
+    for l in layers:
+        w = float(lw.get(l, 1.0))
+        if not math.isfinite(w):
+            raise SirenError(f"layer weight of layer {l} is {w}: must be finite")
+        weights[str(l)] = w
+    input_dim = sum(len(v) for v in neurons.values())
+    config = {
+        "task": "content",
+        "base_model": {"model_id": str(base_model_id), "revision": revision},
+        "siren_module": {
+            "pooling_type": pooling_type,
+            "selected_layers": layers,
+            "layer_weights": weights,
+            "selected_neurons_dict": neurons,
+        },
+        "mlp": {
+            "input_dim": int(input_dim),
+            "layer_dims": [int(d) for d in layer_dims],
+            "dropout_rates": [float(p) for p in dropout_rates],
+            "num_classes": 2,
+        },
+        "inference": {"max_length": int(max_length), "default_threshold": float(threshold)},
+        "siren": {**_jsonable(dict(extra or {})), "format_version": FORMAT_VERSION},
+    }
+    validate_config(config, source="the guard being saved")
+    return config
+
+
+def save_guard(folder, *, base_model_id: str, revision: str | None, pooling_type: str,
+               selection: dict[int, np.ndarray], layer_weights: dict[int, float],
+               head_state: dict[str, torch.Tensor], layer_dims: list[int], dropout_rates: list[float],
+               max_length: int, threshold: float = 0.5, extra: dict | None = None) -> Path:
+    """Write `siren_config.json` + `siren.safetensors` into `folder`; returns the folder.
+
+    selection: layer -> neuron indices (in feature order). layer_weights: layer -> weight
+    (missing layers get 1.0). head_state: the MLP head's state dict (`network.<k>.*`).
+    A new folder appears whole (written under a temp name, then renamed); in an existing
+    folder each file is replaced atomically (weights first, then the config), other files kept.
+    """
+    from safetensors.torch import save as safetensors_save
+
+    config = build_config(base_model_id=base_model_id, revision=revision, pooling_type=pooling_type,
+                          selection=selection, layer_weights=layer_weights, layer_dims=layer_dims,
+                          dropout_rates=dropout_rates, max_length=max_length, threshold=threshold, extra=extra)
+    mlp = config["mlp"]
+    expected = head_layout(mlp["input_dim"], mlp["layer_dims"], mlp["dropout_rates"], mlp["num_classes"])
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in head_state.items()}
+    _check_head_state(tensors, expected, "the head state being saved")
+    weights_bytes = safetensors_save(tensors, metadata={"format": "pt"})
+    config_bytes = _json_bytes(config)
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise SirenError(f"guard folder {folder} exists and is not a folder")
+    if folder.is_dir():
+        _atomic_write_bytes(folder / WEIGHTS_NAME, weights_bytes)
+        _atomic_write_bytes(folder / CONFIG_NAME, config_bytes)
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        (tmp / WEIGHTS_NAME).write_bytes(weights_bytes)
+        (tmp / CONFIG_NAME).write_bytes(config_bytes)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, folder)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def set_default_threshold(folder, threshold: float) -> None:
+    """Rewrite `inference.default_threshold` in the folder's config (atomically)."""
+    threshold = float(threshold)
+    if not (0.0 <= threshold <= 1.0):
+        raise SirenError(f"threshold {threshold} must be in [0, 1]")
+    config = load_guard_config(folder)
+    config["inference"]["default_threshold"] = threshold
+    _atomic_write_bytes(Path(folder) / CONFIG_NAME, _json_bytes(config))
+
+
+# ---------------------------------------------------------------- load + validation
+
+def _need(d: dict, key: str, where: str, source: str):
+    if not isinstance(d, dict) or key not in d:
+        raise SirenError(f"{source}: missing key {where}.{key}" if where else f"{source}: missing key {key}")
+    return d[key]
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def validate_config(config: dict, source: str) -> dict:
+    """Check a guard config; raise SirenError naming `source` and the key. Returns config."""
+    if not isinstance(config, dict):
+        raise SirenError(f"{source}: expected a JSON object, got {type(config).__name__}")
+    task = config.get("task", "content")
+    if task != "content":
+        raise SirenError(f"{source}: task is {task!r}; only 'content' guards are supported")
+    base = _need(config, "base_model", "", source)
+    model_id = _need(base, "model_id", "base_model", source)
+    if not isinstance(model_id, str) or not model_id:
+        raise SirenError(f"{source}: base_model.model_id must be a non-empty string")
+    if base.get("revision") is not None and not isinstance(base["revision"], str):
+        raise SirenError(f"{source}: base_model.revision must be a string or null")
+
+    sm = _need(config, "siren_module", "", source)
+    pooling = _need(sm, "pooling_type", "siren_module", source)
+    if pooling not in POOLING_TYPES:
+        raise SirenError(f"{source}: siren_module.pooling_type {pooling!r} is not supported: "
+                         f"use one of {', '.join(POOLING_TYPES)}")
+    layers = _need(sm, "selected_layers", "siren_module", source)
+    if not isinstance(layers, list) or not layers or not all(_is_int(l) and l >= 0 for l in layers):
+        raise SirenError(f"{source}: siren_module.selected_layers must be a non-empty list of layer indices >= 0")
+    if len(set(layers)) != len(layers):
+        raise SirenError(f"{source}: siren_module.selected_layers {layers} has duplicates")
+    weights = _need(sm, "layer_weights", "siren_module", source)
+    if not isinstance(weights, dict):
+        raise SirenError(f"{source}: siren_module.layer_weights must be an object {{\"<layer>\": weight}}")
+    for k, w in weights.items():
+        if not re.fullmatch(r"\d+", str(k)) or int(k) not in layers:
+            raise SirenError(f"{source}: siren_module.layer_weights key {k!r} is not a selected layer {sorted(layers)}")
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w):
+            raise SirenError(f"{source}: siren_module.layer_weights[{k!r}] = {w!r} is not a finite number")
+    neurons = _need(sm, "selected_neurons_dict", "siren_module", source)
+    if not isinstance(neurons, dict):
+        raise SirenError(f"{source}: siren_module.selected_neurons_dict must be an object")
+    seen = set()
+    total = 0
+    for key, idx in neurons.items():
+        m = _NEURON_KEY.match(str(key))
+        if not m:
+            raise SirenError(f"{source}: siren_module.selected_neurons_dict key {key!r} is not 'layer<i>_<pooling_type>'")
+        layer, suffix = int(m.group(1)), m.group(2)
+        if suffix != pooling:
+            raise SirenError(f"{source}: siren_module.selected_neurons_dict key {key!r} does not match "
+                             f"pooling_type {pooling!r}")
+        if layer not in layers:
+            raise SirenError(f"{source}: siren_module.selected_neurons_dict has {key!r} but layer {layer} is not "
+                             f"in selected_layers {sorted(layers)}")
+        if layer in seen:
+            raise SirenError(f"{source}: siren_module.selected_neurons_dict lists layer {layer} twice")
+        seen.add(layer)
+        if not isinstance(idx, list) or not idx or not all(_is_int(i) and i >= 0 for i in idx):
+            raise SirenError(f"{source}: siren_module.selected_neurons_dict[{key!r}] must be a non-empty list "
+                             "of neuron indices >= 0")
+        if len(set(idx)) != len(idx):
+            raise SirenError(f"{source}: siren_module.selected_neurons_dict[{key!r}] has duplicate neurons")
+        total += len(idx)
+    missing = sorted(set(layers) - seen)
+    if missing:
+        raise SirenError(f"{source}: siren_module.selected_neurons_dict has no entry for selected layers {missing}")
+
+    mlp = _need(config, "mlp", "", source)
+    input_dim = _need(mlp, "input_dim", "mlp", source)
+    if not _is_int(input_dim) or input_dim != total:
+        raise SirenError(f"{source}: mlp.input_dim is {input_dim!r} but selected_neurons_dict lists {total} neurons")
+    dims = _need(mlp, "layer_dims", "mlp", source)
+    rates = _need(mlp, "dropout_rates", "mlp", source)
+    if not isinstance(dims, list) or not all(_is_int(d) and d > 0 for d in dims):
+        raise SirenError(f"{source}: mlp.layer_dims must be a list of positive integers")
+    if not isinstance(rates, list) or len(rates) != len(dims) or not all(
+            isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p < 1 for p in rates):
+        raise SirenError(f"{source}: mlp.dropout_rates must be {len(dims)} numbers in [0, 1), one per layer_dims entry")
+    if mlp.get("num_classes", 2) != 2:
+        raise SirenError(f"{source}: mlp.num_classes is {mlp.get('num_classes')!r}; the guard is binary (2)")
+
+    inf = _need(config, "inference", "", source)
+    max_length = _need(inf, "max_length", "inference", source)
+    if not _is_int(max_length) or max_length <= 0:
+        raise SirenError(f"{source}: inference.max_length must be a positive integer, got {max_length!r}")
+    thr = _need(inf, "default_threshold", "inference", source)
+    if not isinstance(thr, (int, float)) or isinstance(thr, bool) or not 0 <= thr <= 1:
+        raise SirenError(f"{source}: inference.default_threshold must be a number in [0, 1], got {thr!r}")
+    extra = config.get("siren")
+    if extra is not None and not isinstance(extra, dict):
+        raise SirenError(f"{source}: key siren must be an object")
+    return config
+
+
+def load_guard_config(folder) -> dict:
+    """Read and validate `<folder>/siren_config.json`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SirenError(f"guard folder {folder} does not exist (expected {CONFIG_NAME} + {WEIGHTS_NAME})")
+    path = folder / CONFIG_NAME
+    return load_config_file(path)
+
+
+def load_config_file(path) -> dict:
+    """Read and validate a `siren_config.json` at an explicit path (e.g. a Hub download)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SirenError(f"{path} is missing: not a guard folder (expected {CONFIG_NAME} + {WEIGHTS_NAME})")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SirenError(f"{path} is not valid JSON ({err}): the file is corrupt") from err
+    return validate_config(config, source=str(path))
+
+
+def _check_head_state(state: dict, expected: dict[str, tuple[int, ...]], source: str) -> None:
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise SirenError(f"{source}: head tensors do not match mlp in the config: "
+                         f"missing {missing}, unexpected {unexpected}")
+    for k, shape in expected.items():
+        if tuple(state[k].shape) != shape:
+            raise SirenError(f"{source}: tensor {k} has shape {tuple(state[k].shape)}, the config implies {shape}")
+        if not torch.isfinite(state[k]).all():
+            raise SirenError(f"{source}: tensor {k} has non-finite values")
+
+
+def load_head_state(folder_or_file, config: dict) -> dict[str, torch.Tensor]:
+    """Read `siren.safetensors` (a folder or the file) and check it against `config["mlp"]`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as safetensors_load
+
+    path = Path(folder_or_file)
+    if path.is_dir():
+        path = path / WEIGHTS_NAME
+    if not path.is_file():
+        raise SirenError(f"{path} is missing: the guard folder has no head weights")
+    try:
+        state = safetensors_load(path.read_bytes())
+    except (SafetensorError, ValueError, RuntimeError, OSError) as err:
+        raise SirenError(f"{path} could not be read as safetensors ({err}): the file is corrupt") from err
+    mlp = config["mlp"]
+    expected = head_layout(mlp["input_dim"], mlp["layer_dims"], mlp["dropout_rates"], mlp.get("num_classes", 2))
+    _check_head_state(state, expected, str(path))
+    return state
+
+
+def build_head(config: dict, state: dict[str, torch.Tensor]):
+    """An eval-mode `siren.head.MLPHead` for `config["mlp"]` holding `state` (fp32, CPU)."""
+    from siren.head import MLPHead
+
+    mlp = config["mlp"]
+    head = MLPHead(mlp["input_dim"], list(mlp["layer_dims"]), list(mlp["dropout_rates"]),
+                   num_classes=mlp.get("num_classes", 2))
+    head.load_state_dict(state, strict=True)
+    head = head.to("cpu", torch.float32).eval()
+    head.requires_grad_(False)
+    return head
+
+
+def load_head(folder):
+    """The guard folder's MLP head (eval mode, fp32, CPU), checked against its config."""
+    config = load_guard_config(folder)
+    return build_head(config, load_head_state(folder, config))
+
+
+def selection_from_config(config: dict) -> tuple[list[int], dict[int, np.ndarray], dict[int, float]]:
+    """(selected layers ascending, layer -> neuron indices in listed order, layer -> weight)."""
+    sm = config["siren_module"]
+    layers = sorted(int(l) for l in sm["selected_layers"])
+    neurons = {}
+    for key, idx in sm["selected_neurons_dict"].items():
+        neurons[int(_NEURON_KEY.match(key).group(1))] = np.asarray(idx, dtype=np.int64)
+    weights = {l: float(sm["layer_weights"].get(str(l), 1.0)) for l in layers}
+    return layers, neurons, weights
+
+
+# ---------------------------------------------------------------- best_model.pkl (data only)
+
+_NUMPY_CALLABLES = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    # Protocol-2 pickles (what numpy arrays get under Python 2 rules) encode raw bytes this way.
+    ("_codecs", "encode"),
+}
+
+
+def _allowed_global(module: str, name: str):
+    if (module, name) in _NUMPY_CALLABLES:
+        if module == "_codecs":
+            import codecs
+
+            return codecs.encode
+        mod = module.replace("numpy.core.", "numpy._core.") if module.startswith("numpy.core.") else module
+        import importlib
+
+        return getattr(importlib.import_module(mod), name)
+    if module == "numpy" or module == "numpy.dtypes":
+        obj = getattr(np if module == "numpy" else np.dtypes, name, None)
+        if isinstance(obj, type) and obj is not np.object_ and (issubclass(obj, np.generic) or issubclass(obj, np.dtype)):
+            return obj  # numpy scalar types and dtype classes
+    return None
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    def __init__(self, file, source: str):
+        super().__init__(file)
+        self._source = source
+
+    def find_class(self, module, name):
+        obj = _allowed_global(module, name)
+        if obj is None:
+            raise SirenError(f"{self._source}: refusing to load {module}.{name}: best_model.pkl may hold only "
+                             "plain data and numpy arrays (a pickle naming other callables can run code)")
+        return obj
+
+    def persistent_load(self, pid):
+        raise SirenError(f"{self._source}: refusing a persistent id in a data-only pickle")
+
+
+def _check_data(value: Any, where: str) -> None:
+    if value is None or isinstance(value, (str, bytes, bool, int, float, np.generic)):
+        if isinstance(value, np.generic) and value.dtype.hasobject:
+            raise SirenError(f"{where}: object-typed numpy values are not data")
+        return
+    if isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            raise SirenError(f"{where}: numpy arrays of dtype object are not allowed (data only)")
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, (str, int, float, bool, tuple)) and k is not None:
+                raise SirenError(f"{where}: dict key {k!r} ({type(k).__name__}) is not plain data")
+            _check_data(v, f"{where}[{k!r}]")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_data(v, f"{where}[{i}]")
+        return
+    raise SirenError(f"{where}: {type(value).__module__}.{type(value).__name__} is not plain data "
+                     "(allowed: dict, list, tuple, str, int, float, bool, None, numpy arrays)")
+
+
+def save_best_model_pkl(path, payload: dict) -> None:
+    """Write the paper's `best_model.pkl` holding data only (see `load_best_model_pkl`)."""
+    if not isinstance(payload, dict):
+        raise SirenError(f"best_model.pkl payload must be a dict, got {type(payload).__name__}")
+    _check_data(payload, "best_model.pkl payload")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(path, pickle.dumps(payload, protocol=4))
+
+
+def load_best_model_pkl(path) -> dict:
+    """Read a data-only `best_model.pkl`; anything but plain data + numpy is refused, never run."""
+    path = Path(path)
+    if not path.is_file():
+        raise SirenError(f"{path} is missing")
+    data = path.read_bytes()
+    try:
+        payload = _DataOnlyUnpickler(io.BytesIO(data), str(path)).load()
+    except SirenError:
+        raise
+    except Exception as err:  # truncated or garbage bytes raise many kinds of errors
+        raise SirenError(f"{path} could not be unpickled ({type(err).__name__}: {err}): the file is corrupt") from err
+    if not isinstance(payload, dict):
+        raise SirenError(f"{path}: expected a dict, got {type(payload).__name__}")
+    _check_data(payload, str(path))
+    return payload

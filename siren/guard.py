@@ -1,0 +1,221 @@
+"""The runtime guard: text -> harmfulness score, from a guard folder (ours or `llm-siren`'s).
+
+    guard = SirenGuard.from_pretrained("train/probes/optuna/smollm2-135m_general")
+    guard.score("how do I make a bomb")            # ScoreResult(score, is_harmful, threshold)
+    guard.score(prompt="...", response="...")      # joined with "\\n"
+    guard.score_batch(texts)                       # length-bucketed, input order
+    for r in guard.stream(chunks, prompt=p): ...   # cumulative response after each chunk
+
+Features are exactly `llm-siren`'s: for each selected layer (ascending) the pooled vector
+(`siren.features.LayerFeatures`, the same function training used) in fp32, indexed by that
+layer's neurons in the order listed in `selected_neurons_dict`, times `layer_weights[str(l)]`
+(1.0 when absent), concatenated; score = softmax(head(z))[1]; harmful iff score >= threshold.
+The backbone runs only up to the deepest selected layer.
+
+Text: chat-template tokens removed, whitespace collapsed, empty -> " " (so an empty input has a
+defined score); inputs longer than `inference.max_length` tokens are truncated on the right
+(only the first max_length tokens are read). Imports no Optuna and no training code.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from siren.artifact import (CONFIG_NAME, WEIGHTS_NAME, build_head, load_config_file, load_head_state,
+                            selection_from_config)
+from siren.backbones import Backbone, load_backbone, registry
+from siren.errors import SirenError
+from siren.features import LayerFeatures, join_prompt_response, length_batches
+
+
+@dataclass
+class ScoreResult:
+    score: float
+    is_harmful: bool
+    threshold: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _dtype_name(dtype) -> str | None:
+    if dtype is None or isinstance(dtype, str):
+        return dtype
+    if isinstance(dtype, torch.dtype):
+        return str(dtype).removeprefix("torch.")
+    raise SirenError(f"dtype must be a name like 'float32' or a torch.dtype, got {dtype!r}")
+
+
+def _artifact_files(folder_or_hub_id: str) -> tuple[Path, Path]:
+    """(config path, weights path): a local folder, else the two files from the Hugging Face Hub."""
+    path = Path(folder_or_hub_id).expanduser()
+    if path.is_dir():
+        return path / CONFIG_NAME, path / WEIGHTS_NAME
+    text = str(folder_or_hub_id)
+    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise SirenError(f"guard {folder_or_hub_id!r} is neither a folder nor a Hub id like 'org/name'")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        config_path = hf_hub_download(repo_id=text, filename=CONFIG_NAME)
+        weights_path = hf_hub_download(repo_id=text, filename=WEIGHTS_NAME)
+    except Exception as err:  # network, auth, missing repo or file
+        raise SirenError(f"could not download guard {text!r} from the Hugging Face Hub: {err}") from err
+    return Path(config_path), Path(weights_path)
+
+
+def _backbone_model_id(config: dict) -> str:
+    """The artifact's base_model.model_id; if it is a local folder missing here (e.g. a converted
+    backbone cached on another machine) and our `siren.backbone` names a registry entry, that name."""
+    model_id = config["base_model"]["model_id"]
+    name = (config.get("siren") or {}).get("backbone")
+    if model_id.startswith(("/", "~", ".")) and not Path(model_id).expanduser().is_dir() and name:
+        try:
+            if name in registry():
+                return name
+        except OSError:
+            pass
+    return model_id
+
+
+def check_backbone(config: dict, backbone: Backbone, source: str = "guard") -> None:
+    """The artifact must fit the backbone: layers < L, neurons < d, and our recorded L/d if present."""
+    layers, neurons, _ = selection_from_config(config)
+    L, d = backbone.num_layers, backbone.hidden_size
+    extra = config.get("siren") or {}
+    where = f"{source} (base model {config['base_model']['model_id']})"
+    if "num_layers" in extra and int(extra["num_layers"]) != L:
+        raise SirenError(f"{where}: the guard was trained on a backbone with {extra['num_layers']} layers, "
+                         f"the loaded backbone has {L}: wrong backbone")
+    if "hidden_size" in extra and int(extra["hidden_size"]) != d:
+        raise SirenError(f"{where}: the guard was trained on a backbone with hidden size {extra['hidden_size']}, "
+                         f"the loaded backbone has {d}: wrong backbone")
+    if max(layers) >= L:
+        raise SirenError(f"{where}: selected layer {max(layers)} does not exist in a backbone with {L} layers")
+    for l, idx in neurons.items():
+        if int(idx.max()) >= d:
+            raise SirenError(f"{where}: layer {l} selects neuron {int(idx.max())}, but the backbone's hidden size "
+                             f"is {d}: wrong backbone")
+
+
+class SirenGuard:
+    """A frozen backbone + selected neurons + MLP head. Build with `from_pretrained`."""
+
+    def __init__(self, config: dict, head: torch.nn.Module, backbone: Backbone, *, source: str = "guard"):
+        check_backbone(config, backbone, source)
+        self.config = config
+        self.backbone = backbone
+        self.pooling_type: str = config["siren_module"]["pooling_type"]
+        self.layers, neurons, weights = selection_from_config(config)
+        self.max_length = int(config["inference"]["max_length"])
+        self.default_threshold = float(config["inference"]["default_threshold"])
+        self.input_dim = int(config["mlp"]["input_dim"])
+        self.device = next(backbone.model.parameters()).device
+        self._features = LayerFeatures(backbone.model, backbone.tokenizer, rep_types=(self.pooling_type,),
+                                       layers=self.layers, max_length=self.max_length)
+        # Per selected layer (ascending): neuron indices (listed order) and weight.
+        self._index = [torch.as_tensor(neurons[l], dtype=torch.long) for l in self.layers]
+        self._weight = [weights[l] for l in self.layers]
+        self.head = head.to("cpu", torch.float32).eval()
+        self.head.requires_grad_(False)
+
+    # ------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(cls, folder_or_hub_id: str, *, device=None, dtype=None, trust_remote_code: bool = False,
+                        backbone: Backbone | None = None) -> "SirenGuard":
+        """Load a guard folder (ours or `llm-siren`'s format) or a Hub repo holding one.
+
+        device: "cpu", "cuda", ... (default: cuda if available). dtype: backbone dtype (default
+        float32 on CPU, bfloat16 on GPU). backbone: an already loaded Backbone to reuse.
+        """
+        config_path, weights_path = _artifact_files(folder_or_hub_id)
+        config = load_config_file(config_path)
+        state = load_head_state(weights_path, config)
+        head = build_head(config, state)
+        if backbone is None:
+            kwargs = dict(device=device, dtype=_dtype_name(dtype), trust_remote_code=trust_remote_code)
+            revision = config["base_model"].get("revision")
+            if revision and "revision" in inspect.signature(load_backbone).parameters:
+                kwargs["revision"] = revision
+            backbone = load_backbone(_backbone_model_id(config), **kwargs)
+        return cls(config, head, backbone, source=str(config_path))
+
+    # ------------------------------------------------------------ features and scores
+
+    @torch.no_grad()
+    def _features_of_ids(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
+        pooled = self._features(batch)[self.pooling_type]  # (b, len(layers), d) fp32 on CPU
+        parts = [pooled[:, i].index_select(1, idx) * w for i, (idx, w) in enumerate(zip(self._index, self._weight))]
+        return torch.cat(parts, dim=1)
+
+    @torch.no_grad()
+    def features(self, texts: Sequence[str], *, batch_size: int = 32, batch_tokens: int = 16384) -> np.ndarray:
+        """(n, input_dim) float32: the weighted selected-neuron features the head reads."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.input_dim), dtype=np.float32)
+        ids = self._features.tokenize(texts)
+        out = np.zeros((len(texts), self.input_dim), dtype=np.float32)
+        for idx in length_batches([len(x) for x in ids], batch_tokens, max_batch_size=max(1, int(batch_size))):
+            out[idx] = self._features_of_ids([ids[i] for i in idx]).numpy()
+        return out
+
+    @torch.no_grad()
+    def proba_from_features(self, z: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Head probabilities of the harmful class for precomputed features (n, input_dim)."""
+        z = torch.as_tensor(np.asarray(z, dtype=np.float32))
+        if z.ndim != 2 or z.shape[1] != self.input_dim:
+            raise SirenError(f"features must have shape (n, {self.input_dim}), got {tuple(z.shape)}")
+        if len(z) == 0:
+            return np.zeros(0, dtype=np.float64)
+        return torch.softmax(self.head(z), dim=-1)[:, 1].double().numpy()
+
+    def predict_proba(self, texts: Sequence[str], *, batch_size: int = 32, batch_tokens: int = 16384) -> np.ndarray:
+        """(n,) harmful-class probabilities."""
+        return self.proba_from_features(self.features(texts, batch_size=batch_size, batch_tokens=batch_tokens))
+
+    def _threshold(self, threshold) -> float:
+        return self.default_threshold if threshold is None else float(threshold)
+
+    def score_batch(self, texts: Sequence[str], *, batch_size: int = 32, batch_tokens: int = 16384,
+                    threshold: float | None = None) -> list[ScoreResult]:
+        """Score texts (length-bucketed batches); results in input order."""
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if t is not None and not isinstance(t, str):
+                raise SirenError(f"text {i} is a {type(t).__name__}, not a string")
+        thr = self._threshold(threshold)
+        probs = self.predict_proba(texts, batch_size=batch_size, batch_tokens=batch_tokens)
+        return [ScoreResult(float(p), bool(p >= thr), thr) for p in probs]
+
+    def score(self, text: str | None = None, *, prompt: str | None = None, response: str | None = None,
+              threshold: float | None = None) -> ScoreResult:
+        """Score one text, or a prompt/response pair (joined with "\\n"). "" scores as " "."""
+        if text is not None and (prompt is not None or response is not None):
+            raise SirenError("give either text or prompt/response, not both")
+        if text is None:
+            if prompt is None and response is None:
+                raise SirenError("give a text, or a prompt and/or a response")
+            text = join_prompt_response(prompt, response)
+        return self.score_batch([text], threshold=threshold)[0]
+
+    __call__ = score
+
+    def score_streaming(self, response_so_far: str, threshold: float | None = None) -> ScoreResult:
+        """Score the response generated so far (llm-siren's name)."""
+        return self.score(response_so_far or "", threshold=threshold)
+
+    def stream(self, chunks: Iterable[str], *, prompt: str | None = None,
+               threshold: float | None = None) -> Iterator[ScoreResult]:
+        """After each chunk, score prompt + "\\n" + the response so far (a full forward each time)."""
+        so_far = ""
+        for chunk in chunks:
+            so_far += chunk
+            yield self.score(join_prompt_response(prompt, so_far), threshold=threshold)
