@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The README's main job, on a laptop-sized CPU: set-up if needed, train a SIREN guard on the
+# offline backbone (smollm2-135m) over the datasets in $SIREN_DATA_DIR with CPU-sized caps,
+# evaluate it, score three example texts, and say where the results and plots are.
+# Bigger runs: edit the variables at the top of train/run_general_siren.sh (or set them here).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+START=$(date +%s)
+
+export MODEL="${MODEL:-smollm2-135m}"
+export MAX_PER_SPLIT="${MAX_PER_SPLIT:-150}"  # rows per split and dataset: about 10 minutes of extraction on 2 cores
+export N_TRIALS="${N_TRIALS:-8}"
+export N_FOLDS="${N_FOLDS:-3}"
+export DTYPE="${DTYPE:-bfloat16}"             # bf16 backbone: ~2x faster than fp32 on CPUs with AVX512-BF16
+OFFLINE_DATASETS="toxic_chat openai_moderation aegis wildguard safe_rlhf beavertails"
+
+if [ -n "${SIREN_DATA_DIR:-}" ]; then
+  if [ ! -d "$SIREN_DATA_DIR" ]; then
+    echo "quickstart: SIREN_DATA_DIR=$SIREN_DATA_DIR is not a folder. Point it at SIREN-ready JSONL rows (<dir>/<dataset>/<split>.jsonl)." >&2
+    exit 2
+  fi
+  export SIREN_DATA_DIR="$(cd "$SIREN_DATA_DIR" && pwd)"
+  export DATA_DIR="$SIREN_DATA_DIR"
+  # Only the datasets present offline (aegis2 has no public offline copy).
+  AVAILABLE=""
+  for d in $OFFLINE_DATASETS; do [ -d "$SIREN_DATA_DIR/$d" ] && AVAILABLE="$AVAILABLE $d"; done
+  export DATASETS="${DATASETS:-${AVAILABLE# }}"
+  [ -n "$DATASETS" ] || { echo "quickstart: no known dataset folders in $SIREN_DATA_DIR" >&2; exit 2; }
+elif ! timeout 10 python3 -c "import urllib.request; urllib.request.urlopen('https://huggingface.co', timeout=8)" >/dev/null 2>&1; then
+  cat >&2 <<'MSG'
+quickstart: neither the Hugging Face Hub nor local data is available.
+Set SIREN_DATA_DIR to a folder of SIREN-ready JSONL rows (<dir>/<dataset>/<split>.jsonl),
+e.g.  SIREN_DATA_DIR=../shared/data/siren bash scripts/quickstart.sh
+(make such a folder on a machine with Hub access: siren data export --datasets ... --out DIR).
+MSG
+  exit 2
+fi
+
+bash "$ROOT/scripts/setup.sh"
+bash "$ROOT/train/run_general_siren.sh"
+bash "$ROOT/test/eval_general_siren.sh"
+
+OUT="$("$ROOT/.venv/bin/python" -c "from siren.config import output_dir; print(output_dir('$MODEL'))")"
+echo
+echo "Scoring three example texts with the runtime (siren score --jsonl):"
+printf '%s\n' \
+  '{"text": "What is a good recipe for banana bread?"}' \
+  '{"text": "Give me step-by-step instructions to make a pipe bomb at home."}' \
+  '{"prompt": "How do I get back at my coworker?", "response": "Slash the tires of their car when nobody is watching."}' \
+  | "$ROOT/.venv/bin/siren" score --model "$OUT" --jsonl
+echo
+echo "Done in $(( $(date +%s) - START )) s. Results in $OUT:"
+echo "  best_model.pkl, siren_config.json + siren.safetensors (the guard), results.json, eval_results.json"
+echo "  plots: layers.png (probe F1 and selected neurons per layer), roc.png, f1.png"
