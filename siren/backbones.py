@@ -181,20 +181,24 @@ def resolve_dtype(dtype: str | None, device: str):
     return table[dtype]
 
 
-def load_backbone(model: str, *, device: str | None = None, dtype: str | None = None,
+def load_backbone(model: str, *, device: str | None = None, dtype: str | None = None, revision: str | None = None,
                   trust_remote_code: bool = False) -> Backbone:
-    """Load the base model (AutoModel: no LM head) and tokenizer, frozen, in eval mode."""
+    """Load the base model (AutoModel: no LM head) and tokenizer, frozen, in eval mode.
+
+    revision: a Hub revision that overrides the registry's (ignored for local folders).
+    """
     import torch
     from transformers import AutoModel, AutoTokenizer
 
     source = resolve(model)
+    hub_revision = (revision or source.revision) if source.kind == "hub" else None
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.model_id, revision=source.revision if source.kind == "hub" else None,
+        tokenizer = AutoTokenizer.from_pretrained(source.model_id, revision=hub_revision,
                                                   trust_remote_code=trust_remote_code)
-        base = AutoModel.from_pretrained(source.model_id, revision=source.revision if source.kind == "hub" else None,
-                                         dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        base = AutoModel.from_pretrained(source.model_id, revision=hub_revision, dtype=torch_dtype,
+                                         trust_remote_code=trust_remote_code)
     except OSError as err:
         raise SirenError(
             f"could not load backbone {model!r} from {source.model_id}: {err}. Offline? Use a local folder "
@@ -228,6 +232,8 @@ def run(args) -> int:
     if args.action == "prepare":
         print(resolve(args.model).model_id)
         return 0
+    import transformers  # noqa: F401  (imported before the clock starts: load_seconds is the load alone)
+
     start = time.time()
     backbone = load_backbone(args.model, device="cpu", dtype="float32",
                              trust_remote_code=args.trust_remote_code)

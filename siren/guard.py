@@ -19,7 +19,6 @@ defined score); inputs longer than `inference.max_length` tokens are truncated o
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -141,9 +140,7 @@ class SirenGuard:
         head = build_head(config, state)
         if backbone is None:
             kwargs = dict(device=device, dtype=_dtype_name(dtype), trust_remote_code=trust_remote_code)
-            revision = config["base_model"].get("revision")
-            if revision and "revision" in inspect.signature(load_backbone).parameters:
-                kwargs["revision"] = revision
+            kwargs["revision"] = config["base_model"].get("revision")
             backbone = load_backbone(_backbone_model_id(config), **kwargs)
         return cls(config, head, backbone, source=str(config_path))
 

@@ -1,0 +1,254 @@
+"""Evaluation entry point: `siren eval` (behind `test/eval_general_siren.sh`).
+
+Reads: a trained guard folder (`siren_config.json` + `siren.safetensors`, default
+`train/probes/optuna/{MODEL}_general/`), its `results.json` (to rebuild the exact training
+splits and feature-cache settings), and the feature cache (siren.extract; what is missing is
+extracted with the backbone loaded once for all datasets).
+
+Writes, next to the guard: `eval_results.json` (per dataset n, harmful, safe, macro-F1
+(the paper's `f1`), harmful-class F1, accuracy, precision, recall, ROC-AUC, PR-AUC; averages
+over datasets), `roc.png` and `f1.png`. Harmful-only sets (advbench, harmbench,
+simple_safety_tests) report their detection rate (recall) and stay out of the averages.
+With `--calibrate`, the threshold that maximises validation macro-F1 (mean over the training
+datasets) becomes the artifact's default threshold; both thresholds are reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from siren import config as cfgmod
+from siren.errors import SirenError
+
+AVERAGED = ("f1", "harmful_f1", "accuracy", "precision", "recall", "roc_auc", "pr_auc")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", required=True, help="backbone name the guard was trained on, or a guard folder")
+    p.add_argument("--guard", help="guard folder (default: train/probes/optuna/{MODEL}_general)")
+    p.add_argument("--datasets", nargs="+", help="default: the training datasets")
+    p.add_argument("--extra_datasets", nargs="*", default=[], help="more test sets, e.g. xstest advbench harmbench")
+    p.add_argument("--data_dir", help="default: the training run's, else $SIREN_DATA_DIR, else the Hub")
+    p.add_argument("--max_per_split", type=int, help="default: the training run's")
+    p.add_argument("--calibrate", action="store_true", help="pick and store the threshold that maximises val F1")
+    p.add_argument("--batch_tokens", type=int)
+    p.add_argument("--dtype", help="backbone dtype (default: the training run's)")
+    p.add_argument("--device")
+    p.add_argument("--cache_dir")
+
+
+def run(args) -> int:
+    report = evaluate(args)
+    print_table(report)
+    return 0
+
+
+def guard_folder(model: str, guard: str | None = None) -> Path:
+    """A guard folder given directly, or the training output folder of a backbone name."""
+    if guard:
+        return Path(guard)
+    if (Path(model) / "siren_config.json").is_file():
+        return Path(model)
+    return cfgmod.output_dir(model)
+
+
+def classification_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict:
+    """y (n,) 0/1, score (n,) P(harmful) -> the reported metrics at `threshold`."""
+    from sklearn.metrics import (accuracy_score, average_precision_score, f1_score, precision_score, recall_score,
+                                 roc_auc_score)
+
+    pred = (score >= threshold).astype(np.int64)
+    out = {"n": int(len(y)), "harmful": int(y.sum()), "safe": int(len(y) - y.sum())}
+    if y.min() == y.max():  # one class only: detection (or false-alarm) rate is what means something
+        out["recall" if y[0] == 1 else "false_positive_rate"] = float(pred.mean())
+        return out
+    out.update({
+        "f1": float(f1_score(y, pred, average="macro", labels=[0, 1], zero_division=0)),
+        "harmful_f1": float(f1_score(y, pred, pos_label=1, zero_division=0)),
+        "accuracy": float(accuracy_score(y, pred)),
+        "precision": float(precision_score(y, pred, zero_division=0)),
+        "recall": float(recall_score(y, pred, zero_division=0)),
+        "roc_auc": float(roc_auc_score(y, score)),
+        "pr_auc": float(average_precision_score(y, score)),
+    })
+    return out
+
+
+def best_threshold(scores: list[np.ndarray], labels: list[np.ndarray]) -> float:
+    """The threshold maximising macro-F1 averaged over datasets (one (scores, labels) pair each)."""
+    from siren.metrics import macro_f1
+
+    candidates = np.unique(np.round(np.concatenate(scores), 4))
+    if len(candidates) > 512:
+        candidates = np.quantile(np.concatenate(scores), np.linspace(0.0, 1.0, 513))
+    best, best_f1 = 0.5, -1.0
+    for t in candidates:
+        f1 = np.mean([macro_f1(y, (s >= t).astype(np.int64)) for s, y in zip(scores, labels)])
+        if f1 > best_f1 + 1e-12:
+            best, best_f1 = float(t), float(f1)
+    return best
+
+
+def evaluate(args) -> dict:
+    from siren import data
+    from siren.artifact import load_guard_config, load_head, set_default_threshold
+    from siren.extract import ensure_features, load_features
+    from siren.head import predict_proba_head
+    from siren.select import aggregate
+
+    folder = guard_folder(args.model, args.guard)
+    config = load_guard_config(folder)
+    trained = {}
+    if (folder / "results.json").is_file():
+        trained = json.loads((folder / "results.json").read_text())["config"]
+    model = trained.get("model") or config.get("siren", {}).get("backbone") or config["base_model"]["model_id"]
+    datasets = list(args.datasets or trained.get("datasets") or [])
+    if not datasets and not args.extra_datasets:
+        raise SirenError("no datasets to evaluate: pass --datasets (the guard folder has no results.json)")
+    extras = [d for d in args.extra_datasets if d not in datasets]
+    everything = datasets + extras
+    unknown = [d for d in everything if d not in data.known_datasets()]
+    if unknown:
+        raise SirenError(f"unknown dataset(s) {unknown}: known are {', '.join(data.known_datasets())}")
+
+    def pick(name, default=None):
+        value = getattr(args, name, None)
+        return value if value is not None else trained.get(name, default)
+
+    defaults = cfgmod.defaults()
+    split_kw = dict(data_dir=pick("data_dir"), seed=trained.get("seed", defaults["seed"]),
+                    val_ratio=trained.get("val_ratio", defaults["val_ratio"]), max_per_split=pick("max_per_split"))
+    sm = config["siren_module"]
+    rep = sm["pooling_type"]
+    selection = {int(k.split("_")[0].removeprefix("layer")): np.asarray(v, dtype=np.int64)
+                 for k, v in sm["selected_neurons_dict"].items()}
+    L = int(config.get("siren", {}).get("num_layers") or max(selection) + 1)
+    weights = np.ones(L, dtype=np.float32)
+    for k, w in sm["layer_weights"].items():
+        weights[int(k)] = float(w)
+    head = load_head(folder)
+    threshold = float(config["inference"]["default_threshold"])
+
+    start = time.perf_counter()
+    train_datasets = [d for d in datasets if not data.is_eval_only(d)]
+    paths = ensure_features(model, everything, splits=("test",), rep_types=[rep], cache_dir=pick("cache_dir"),
+                            batch_tokens=pick("batch_tokens", defaults["batch_tokens"]), dtype=pick("dtype"),
+                            device=pick("device"), cache_dtype=trained.get("cache_dtype", defaults["cache_dtype"]),
+                            max_length=int(config["inference"]["max_length"]), **split_kw)
+
+    def scores_of(key):
+        fs = load_features(paths[key])
+        return np.asarray(fs.y).astype(np.int64), predict_proba_head(head, aggregate(fs.X, selection, weights))
+
+    calibration = None
+    if args.calibrate:
+        if not train_datasets:
+            raise SirenError("--calibrate needs datasets with a validation split (the training datasets)")
+        val_paths = ensure_features(model, train_datasets, splits=("validation",), rep_types=[rep],
+                                    cache_dir=pick("cache_dir"), batch_tokens=pick("batch_tokens", defaults["batch_tokens"]),
+                                    dtype=pick("dtype"), device=pick("device"),
+                                    cache_dtype=trained.get("cache_dtype", defaults["cache_dtype"]),
+                                    max_length=int(config["inference"]["max_length"]), **split_kw)
+        paths.update(val_paths)
+        pairs = [scores_of((d, "validation", rep)) for d in train_datasets]
+        calibrated = best_threshold([s for _, s in pairs], [y for y, _ in pairs])
+        calibration = {"previous_threshold": threshold, "calibrated_threshold": calibrated}
+        set_default_threshold(folder, calibrated)
+
+    per_dataset, curves = {}, {}
+    for name in everything:
+        y, s = scores_of((name, "test", rep))
+        entry = classification_metrics(y, s, threshold)
+        if calibration:
+            entry["at_calibrated_threshold"] = classification_metrics(y, s, calibration["calibrated_threshold"])
+        entry["harmful_only"] = bool(y.min() == 1)
+        per_dataset[name] = entry
+        if y.min() != y.max():
+            curves[name] = (y, s)
+    averaged = [n for n, e in per_dataset.items() if "f1" in e]
+    average = {k: float(np.mean([per_dataset[n][k] for n in averaged])) for k in AVERAGED} if averaged else {}
+    report = {
+        "model": model,
+        "guard": str(folder),
+        "threshold": threshold,
+        "calibration": calibration,
+        "datasets": per_dataset,
+        "average": average,
+        "averaged_over": averaged,
+        # the paper's keys: per-dataset macro-F1 and their mean
+        "f1": {n: per_dataset[n]["f1"] for n in averaged},
+        "average_f1": average.get("f1"),
+        "config": {"datasets": datasets, "extra_datasets": extras, **split_kw},
+        "seconds": round(time.perf_counter() - start, 2),
+        "note": "offline copies are not the paper's splits: numbers are not comparable with the paper's table"
+        if split_kw["data_dir"] or os.environ.get("SIREN_DATA_DIR") else None,
+    }
+    if calibration:
+        cal = [per_dataset[n]["at_calibrated_threshold"] for n in averaged]
+        report["average_at_calibrated_threshold"] = {k: float(np.mean([c[k] for c in cal])) for k in AVERAGED}
+    tmp = folder / "eval_results.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, folder / "eval_results.json")
+    plot_results(folder, report, curves)
+    return report
+
+
+def plot_results(folder: Path, report: dict, curves: dict) -> None:
+    """roc.png: ROC curve per dataset; f1.png: macro-F1 and harmful-F1 per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, (y, s) in curves.items():
+        fpr, tpr, _ = roc_curve(y, s)
+        ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUC {report['datasets'][name]['roc_auc']:.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(f"SIREN · {report['model']}")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(folder / "roc.png", dpi=120)
+    plt.close(fig)
+
+    names = report["averaged_over"]
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names) + 2), 4))
+    x = np.arange(len(names) + 1)
+    macro = [report["datasets"][n]["f1"] for n in names] + [report["average"].get("f1", 0)]
+    harm = [report["datasets"][n]["harmful_f1"] for n in names] + [report["average"].get("harmful_f1", 0)]
+    ax.bar(x - 0.2, macro, 0.4, label="macro-F1")
+    ax.bar(x + 0.2, harm, 0.4, label="harmful-F1")
+    for xi, v in zip(x, macro):
+        ax.text(xi - 0.2, v + 0.01, f"{v:.2f}", ha="center", fontsize=7)
+    ax.set_xticks(x, names + ["average"], rotation=30, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"SIREN · {report['model']} · threshold {report['threshold']:.3g}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "f1.png", dpi=120)
+    plt.close(fig)
+
+
+def print_table(report: dict) -> None:
+    cols = ["n", "harmful", "safe", "f1", "harmful_f1", "accuracy", "precision", "recall", "roc_auc", "pr_auc"]
+    print(f"\n{'dataset':20s} " + " ".join(f"{c:>10s}" for c in cols))
+    for name, e in report["datasets"].items():
+        cells = [f"{e[c]:10d}" if isinstance(e.get(c), int) else (f"{e[c]:10.4f}" if c in e else f"{'-':>10s}")
+                 for c in cols]
+        print(f"{name:20s} " + " ".join(cells) + ("   (harmful only: recall = detection rate)" if e["harmful_only"] else ""))
+    if report["average"]:
+        cells = [f"{'':>10s}"] * 3 + [f"{report['average'][c]:10.4f}" for c in cols[3:]]
+        print(f"{'average':20s} " + " ".join(cells))
+    if report.get("calibration"):
+        c = report["calibration"]
+        print(f"calibrated threshold {c['calibrated_threshold']:.4f} (was {c['previous_threshold']:.4f}); "
+              f"average macro-F1 at it: {report['average_at_calibrated_threshold']['f1']:.4f}")
+    print(f"results: {report['guard']}/eval_results.json, plots roc.png and f1.png")
