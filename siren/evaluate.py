@@ -136,7 +136,11 @@ def evaluate(args) -> dict:
 
     start = time.perf_counter()
     train_datasets = [d for d in datasets if not data.is_eval_only(d)]
-    paths = ensure_features(model, everything, splits=("test",), rep_types=[rep], cache_dir=pick("cache_dir"),
+    if args.calibrate and not train_datasets:
+        raise SirenError("--calibrate needs datasets with a validation split (the training datasets)")
+    # One call: the backbone is loaded at most once, and only if some cache is missing or stale.
+    paths = ensure_features(model, everything, splits=("validation", "test") if args.calibrate else ("test",),
+                            rep_types=[rep], cache_dir=pick("cache_dir"),
                             batch_tokens=pick("batch_tokens", defaults["batch_tokens"]), dtype=pick("dtype"),
                             device=pick("device"), cache_dtype=trained.get("cache_dtype", defaults["cache_dtype"]),
                             max_length=int(config["inference"]["max_length"]), **split_kw)
@@ -147,14 +151,6 @@ def evaluate(args) -> dict:
 
     calibration = None
     if args.calibrate:
-        if not train_datasets:
-            raise SirenError("--calibrate needs datasets with a validation split (the training datasets)")
-        val_paths = ensure_features(model, train_datasets, splits=("validation",), rep_types=[rep],
-                                    cache_dir=pick("cache_dir"), batch_tokens=pick("batch_tokens", defaults["batch_tokens"]),
-                                    dtype=pick("dtype"), device=pick("device"),
-                                    cache_dtype=trained.get("cache_dtype", defaults["cache_dtype"]),
-                                    max_length=int(config["inference"]["max_length"]), **split_kw)
-        paths.update(val_paths)
         pairs = [scores_of((d, "validation", rep)) for d in train_datasets]
         calibrated = best_threshold([s for _, s in pairs], [y for y, _ in pairs])
         calibration = {"previous_threshold": threshold, "calibrated_threshold": calibrated}

@@ -7,8 +7,8 @@ set -euo pipefail
 
 MODEL="${MODEL:-smollm2-135m}"        # the backbone the guard was trained on (or a guard folder)
 DEVICE="${DEVICE:-auto}"              # auto | cpu | cuda
-BATCH_SIZE="${BATCH_SIZE:-}"          # kept for the paper's interface; extraction batches by BATCH_TOKENS
-BATCH_TOKENS="${BATCH_TOKENS:-16384}" # padded tokens per length-bucketed batch
+BATCH_SIZE="${BATCH_SIZE:-32}"          # extraction: texts per batch at full length (the paper's batch size)
+BATCH_TOKENS="${BATCH_TOKENS:-$((BATCH_SIZE * 512))}"  # padded tokens per length-bucketed batch: same peak memory, far less padding
 DATASETS="${DATASETS:-}"              # default: the datasets the guard was trained on
 EXTRA_DATASETS="${EXTRA_DATASETS:-}"  # harmful-only sets report recall, e.g. "advbench harmbench simple_safety_tests"
 DATA_DIR="${DATA_DIR:-${SIREN_DATA_DIR:-}}"  # default: the training run's
