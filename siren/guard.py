@@ -131,15 +131,18 @@ class SirenGuard:
                         backbone: Backbone | None = None) -> "SirenGuard":
         """Load a guard folder (ours or `llm-siren`'s format) or a Hub repo holding one.
 
-        device: "cpu", "cuda", ... (default: cuda if available). dtype: backbone dtype (default
-        float32 on CPU, bfloat16 on GPU). backbone: an already loaded Backbone to reuse.
+        device: "cpu", "cuda", ... (default: cuda if available). dtype: backbone dtype (default:
+        the dtype recorded at training, else float32 on CPU, bfloat16 on GPU). backbone: an already loaded Backbone to reuse.
         """
         config_path, weights_path = _artifact_files(folder_or_hub_id)
         config = load_config_file(config_path)
         state = load_head_state(weights_path, config)
         head = build_head(config, state)
         if backbone is None:
-            kwargs = dict(device=device, dtype=_dtype_name(dtype), trust_remote_code=trust_remote_code)
+            # Default dtype: the one the guard was trained with (so the served model is the evaluated
+            # one), else float32 on CPU / bfloat16 on GPU.
+            dtype = _dtype_name(dtype) or (config.get("siren") or {}).get("dtype")
+            kwargs = dict(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
             kwargs["revision"] = config["base_model"].get("revision")
             backbone = load_backbone(_backbone_model_id(config), **kwargs)
         return cls(config, head, backbone, source=str(config_path))

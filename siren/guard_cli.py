@@ -31,7 +31,7 @@ def add_arguments(parser) -> None:
                         help='read {"text"} or {"prompt","response"} lines on stdin, write one result line each')
     parser.add_argument("--threshold", type=float, help="decision threshold (default: the guard's)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--dtype", help="backbone dtype: float32 (default on CPU), bfloat16 (default on GPU), float16")
+    parser.add_argument("--dtype", help="backbone dtype (default: the one the guard was trained with, else float32 on CPU, bfloat16 on GPU)")
     parser.add_argument("--batch_size", type=int, default=32, help="texts per forward at most (default 32)")
     parser.add_argument("--batch_tokens", type=int, default=16384, help="padded tokens per forward at most")
     parser.add_argument("--trust_remote_code", action="store_true")

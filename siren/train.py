@@ -184,8 +184,9 @@ def train(cfg: dict) -> dict:
     with stage("final_head"):
         head, history = fit_head(best["Z"], best["y"], layer_dims=params["layer_dims"],
                                  dropout_rates=params["dropout_rates"], lr=params["lr"], seed=seed,
-                                 max_epochs=params.get("epochs", cfg["max_epochs"]), batch_size=cfg["batch_size"],
-                                 patience=cfg["patience"])
+                                 # No validation rows are left out: train for the epochs CV early stopping chose.
+                                 max_epochs=max(1, int(round(best["tuned"].best_epochs or cfg["max_epochs"]))),
+                                 batch_size=cfg["batch_size"], patience=cfg["patience"])
 
     with stage("test"):
         rep, selection, weights = best["rep"], best["selection"], best["weights"]
@@ -200,7 +201,10 @@ def train(cfg: dict) -> dict:
     selected_layers = sorted(int(l) for l in selection)
     layer_weight_map = {int(l): float(weights[l]) for l in selected_layers}
     state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    extra = {"backbone": cfg["model"], "num_layers": int(len(grid.val_f1)), "hidden_size": int(np.asarray(grid.coef).shape[1]),
+    from siren.backbones import resolve_device, resolve_dtype
+
+    forward_dtype = str(resolve_dtype(cfg["dtype"], resolve_device(cfg["device"]))).removeprefix("torch.")
+    extra = {"backbone": cfg["model"], "dtype": forward_dtype, "num_layers": int(len(grid.val_f1)), "hidden_size": int(np.asarray(grid.coef).shape[1]),
              "rep_type": rep, "selection_threshold": best["threshold"], "seed": seed, "train_datasets": datasets}
     save_guard(out_dir, base_model_id=source.model_id, revision=source.revision if source.kind == "hub" else None,
                pooling_type=rep, selection=selection, layer_weights=layer_weight_map, head_state=state,
@@ -213,6 +217,7 @@ def train(cfg: dict) -> dict:
         "base_model": {"model_id": source.model_id, "revision": source.revision, "kind": source.kind},
         "config": cfg,
         "chosen": {"rep_type": rep, "threshold": best["threshold"], "head": params,
+                   "final_epochs": max(1, int(round(best["tuned"].best_epochs or cfg["max_epochs"]))),
                    "cv_f1": float(best["tuned"].best_value)},
         "candidates": [{"rep_type": c["rep"], "threshold": c["threshold"], "n_neurons": int(c["Z"].shape[1]),
                         "cv_f1": float(c["tuned"].best_value), "n_trials_complete": c["tuned"].n_trials_complete,

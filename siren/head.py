@@ -1,0 +1,219 @@
+"""The SIREN classification head (an MLP) and its training loop.
+
+Reads aggregated features (n, k) float32 (from ``select.aggregate``) and labels; writes
+nothing to disk (``artifact.py`` saves ``model.state_dict()`` as safetensors). The runtime
+imports this module to rebuild the head, so it imports no Optuna and no training-only code.
+
+Layout (fixed by the external runtime ``siren_guard``, which loads the state dict strictly):
+``network = Sequential(Linear, ReLU, [Dropout if p > 0]) * n_hidden, Linear(prev, 2)``, so
+the keys are ``network.<k>.weight`` / ``network.<k>.bias`` with k counting every module.
+
+Training choices (``fit_head``):
+- inputs are standardised with the training rows' mean/std, and at the end the transform
+  is folded into the first Linear (W' = W / std, b' = b - W' @ mean): the returned model
+  takes the raw aggregated features, exactly what the runtime feeds it;
+- AdamW (weight decay 1e-4 on weights, none on biases); every random draw (weight
+  initialisation, batch shuffling, dropout masks) comes from ``torch.Generator``s seeded
+  from ``seed``, never from the global RNG (which is neither reseeded nor advanced). So the
+  same seed gives a byte-identical state dict on CPU, also when several trials train in
+  threads at once (Optuna n_jobs > 1);
+- class-balanced cross-entropy (each class weighs n / (2 n_c)): the metric is macro-F1 and
+  the runtime thresholds at 0.5, so the head must not drift toward the majority class on
+  imbalanced datasets (e.g. toxic_chat, ~7% harmful);
+- early stopping on the validation mean-over-datasets macro-F1 with ``patience`` epochs,
+  restoring a deep copy of the best state (copied tensors, not references).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .metrics import mean_group_macro_f1
+
+__all__ = ["MLPHead", "fit_head", "predict_proba_head", "fold_standardisation"]
+
+
+class MLPHead(nn.Module):
+    """MLP over the selected neurons: input (batch, input_dim) -> logits (batch, num_classes)."""
+
+    def __init__(self, input_dim: int, layer_dims: list[int], dropout_rates: list[float],
+                 num_classes: int = 2):
+        super().__init__()
+        if len(layer_dims) != len(dropout_rates):
+            raise ValueError(f"layer_dims {layer_dims} and dropout_rates {dropout_rates} "
+                             "must have the same length")
+        mods: list[nn.Module] = []
+        prev = int(input_dim)
+        for width, p in zip(layer_dims, dropout_rates):
+            mods += [nn.Linear(prev, int(width)), nn.ReLU()]
+            if p > 0:
+                mods.append(nn.Dropout(float(p)))
+            prev = int(width)
+        mods.append(nn.Linear(prev, num_classes))
+        self.network = nn.Sequential(*mods)
+        self.input_dim = int(input_dim)
+        self.layer_dims = [int(w) for w in layer_dims]
+        self.dropout_rates = [float(p) for p in dropout_rates]
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
+
+
+def fold_standardisation(model: MLPHead, mean: np.ndarray, std: np.ndarray) -> None:
+    """In place: make ``model(x)`` equal the old ``model((x - mean) / std)``. mean, std (k,)."""
+    first = model.network[0]
+    with torch.no_grad():
+        m = torch.as_tensor(mean, dtype=torch.float64)
+        s = torch.as_tensor(std, dtype=torch.float64)
+        W = first.weight.double() / s[None, :]
+        b = first.bias.double() - W @ m
+        first.weight.copy_(W.float())
+        first.bias.copy_(b.float())
+
+
+class _SeededDropout(nn.Module):
+    """Dropout drawing its masks from a given generator (training only; no state, so
+    swapping it for nn.Dropout leaves the state dict unchanged)."""
+
+    def __init__(self, p: float, generator: torch.Generator):
+        super().__init__()
+        self.p, self.generator = float(p), generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.shape, generator=self.generator) >= self.p
+        return x * keep.to(x.dtype) / (1.0 - self.p)
+
+
+def _seeded_init(model: MLPHead, gen: torch.Generator) -> None:
+    """nn.Linear's default initialisation, drawn from ``gen``."""
+    with torch.no_grad():
+        for m in model.network:
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_uniform_(m.weight, a=5 ** 0.5, generator=gen)
+                bound = 1.0 / m.in_features ** 0.5
+                nn.init.uniform_(m.bias, -bound, bound, generator=gen)
+
+
+def _standard_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = X.mean(axis=0, dtype=np.float64)
+    std = X.std(axis=0, dtype=np.float64)
+    std = np.where(std > 1e-8 * (1.0 + np.abs(mean)), std, 1.0)   # constant column: leave as is
+    return mean, std
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, X: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(X[s:s + batch_size]) for s in range(0, X.shape[0], batch_size)])
+    model.train(was_training)
+    return out
+
+
+def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rates: list[float],
+             lr: float, seed: int, max_epochs: int = 200, batch_size: int = 256,
+             patience: int = 20, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
+             groups_val: np.ndarray | None = None,
+             on_epoch: Callable[[int, float], None] | None = None,
+             weight_decay: float = 1e-4) -> tuple[MLPHead, dict]:
+    """Train the head. X (n, k) raw aggregated features, y (n,) {0,1}.
+
+    With X_val/y_val (groups_val (m,) dataset index; one group if omitted): early stopping
+    on validation mean_group_macro_f1, best state restored, and ``on_epoch(epoch, score)``
+    called after every epoch (it may raise, e.g. ``optuna.TrialPruned``; that propagates).
+    Without validation: trains exactly ``max_epochs`` epochs.
+
+    Returns (model in eval mode, taking raw features; history dict with ``val_f1`` list,
+    ``train_loss`` list, ``best_epoch`` (1-based, number of epochs of the kept state),
+    ``best_val_f1``, ``mean``, ``std``).
+    """
+    X = np.asarray(X, dtype=np.float32)
+    y = np.asarray(y).reshape(-1).astype(np.int64)
+    n, k = X.shape
+    if n == 0:
+        raise ValueError("no training rows")
+    mean, std = _standard_stats(X)
+    Xt = torch.from_numpy(((X - mean) / std).astype(np.float32))
+    yt = torch.from_numpy(y)
+    has_val = X_val is not None and y_val is not None
+    if has_val:
+        Xv = torch.from_numpy(((np.asarray(X_val, np.float32) - mean) / std).astype(np.float32))
+        yv = np.asarray(y_val).reshape(-1)
+        gv = np.zeros(len(yv), np.int64) if groups_val is None else np.asarray(groups_val)
+
+    counts = np.bincount(y, minlength=2).astype(np.float64)
+    cw = np.where(counts > 0, n / (2.0 * np.maximum(counts, 1)), 0.0)
+    loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(cw, dtype=torch.float32))
+
+    history: dict = {"val_f1": [], "train_loss": [], "best_epoch": 0, "best_val_f1": None}
+    seed = int(seed)
+    with torch.random.fork_rng(devices=[]):    # nn.Linear's own init would advance the global RNG
+        model = MLPHead(k, layer_dims, dropout_rates)
+    _seeded_init(model, torch.Generator().manual_seed(seed))
+    shuffle_gen = torch.Generator().manual_seed(seed + 1)
+    drop_gen = torch.Generator().manual_seed(seed + 2)
+    net = model.network
+    for i, m in enumerate(net):
+        if isinstance(m, nn.Dropout):
+            net[i] = _SeededDropout(m.p, drop_gen)
+    decay = [p for nme, p in model.named_parameters() if nme.endswith("weight")]
+    no_decay = [p for nme, p in model.named_parameters() if nme.endswith("bias")]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    best_state, best_score, best_epoch, stale = None, -np.inf, 0, 0
+    for epoch in range(1, max_epochs + 1):
+        model.train()
+        perm = torch.randperm(n, generator=shuffle_gen)
+        total = 0.0
+        for s in range(0, n, batch_size):
+            idx = perm[s:s + batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(Xt[idx]), yt[idx])
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        history["train_loss"].append(total / n)
+        if not has_val:
+            continue
+        pred = _logits(model, Xv).argmax(dim=1).numpy()
+        score = mean_group_macro_f1(yv, pred, gv)
+        history["val_f1"].append(score)
+        if score > best_score:
+            best_score, best_epoch, stale = score, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())     # tensors copied
+        else:
+            stale += 1
+        if on_epoch is not None:
+            on_epoch(epoch, score)
+        if stale >= patience:
+            break
+    for i, m in enumerate(net):
+        if isinstance(m, _SeededDropout):
+            net[i] = nn.Dropout(m.p)
+    if has_val and best_state is not None:
+        model.load_state_dict(best_state)
+        history["best_epoch"], history["best_val_f1"] = best_epoch, float(best_score)
+    else:
+        history["best_epoch"] = max_epochs
+    fold_standardisation(model, mean, std)
+    history["mean"], history["std"] = mean.astype(np.float32), std.astype(np.float32)
+    model.eval()
+    return model, history
+
+
+@torch.no_grad()
+def predict_proba_head(model: nn.Module, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """X (n, k) raw aggregated features -> (n,) float32 P(harmful) = softmax(logits)[:, 1]."""
+    Xt = torch.as_tensor(np.asarray(X, dtype=np.float32))
+    if Xt.ndim == 1:
+        Xt = Xt[None, :]
+    logits = _logits(model, Xt, batch_size)
+    return torch.softmax(logits.float(), dim=1)[:, 1].numpy().astype(np.float32)

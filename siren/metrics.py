@@ -1,0 +1,77 @@
+"""Classification metrics used to select probes, tune the head and report results.
+
+Reads nothing from disk, writes nothing. The paper's metric is macro-F1 (over the two
+classes 0 = safe, 1 = harmful) computed per dataset and averaged over datasets; here a
+"group" is a dataset index.
+
+All functions agree with ``sklearn.metrics.f1_score(y, p, average="macro", labels=[0, 1],
+zero_division=0)`` per group (a class with no true and no predicted rows scores 0), but are
+written in numpy so that many prediction columns (e.g. one per layer) are scored at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["macro_f1", "macro_f1_columns", "mean_group_macro_f1", "mean_group_macro_f1_columns"]
+
+
+def _as_pred_matrix(y_pred: np.ndarray) -> np.ndarray:
+    p = np.asarray(y_pred)
+    if p.ndim == 1:
+        p = p[:, None]
+    return p.astype(bool, copy=False) if p.dtype == bool else (p != 0)
+
+
+def macro_f1_columns(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Macro-F1 over labels [0, 1] for each column of predictions.
+
+    y_true (n,) in {0, 1}; y_pred (n, m) in {0, 1} (or bool) -> (m,) float64.
+    """
+    t = np.asarray(y_true).reshape(-1) != 0
+    p = _as_pred_matrix(y_pred)
+    if p.shape[0] != t.shape[0]:
+        raise ValueError(f"y_true has {t.shape[0]} rows, y_pred has {p.shape[0]}")
+    n = t.shape[0]
+    n_pos_true = int(t.sum())
+    tp = p[t].sum(axis=0).astype(np.float64)          # predicted 1, true 1
+    n_pos_pred = p.sum(axis=0).astype(np.float64)
+    fp = n_pos_pred - tp
+    fn = n_pos_true - tp
+    tn = (n - n_pos_true) - fp                        # predicted 0, true 0
+    # class 1: 2tp / (2tp + fp + fn); class 0 swaps roles (its tp is tn, fp <-> fn)
+    den1 = 2 * tp + fp + fn
+    den0 = 2 * tn + fn + fp
+    f1_1 = np.divide(2 * tp, den1, out=np.zeros_like(tp), where=den1 > 0)
+    f1_0 = np.divide(2 * tn, den0, out=np.zeros_like(tn), where=den0 > 0)
+    return (f1_0 + f1_1) / 2
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Macro-F1 over labels [0, 1] (zero_division=0). y_true, y_pred (n,) -> float."""
+    return float(macro_f1_columns(y_true, np.asarray(y_pred).reshape(-1))[0])
+
+
+def mean_group_macro_f1_columns(y_true: np.ndarray, y_pred: np.ndarray,
+                                groups: np.ndarray) -> np.ndarray:
+    """Per-group macro-F1, averaged over groups, for each column.
+
+    y_true (n,), y_pred (n, m) or (n,), groups (n,) int -> (m,) float64. Every group present
+    counts once, whatever its size (a group with one class present still gets macro-F1 over
+    [0, 1] with zero_division=0, as scikit-learn computes it).
+    """
+    t = np.asarray(y_true).reshape(-1)
+    p = _as_pred_matrix(y_pred)
+    g = np.asarray(groups).reshape(-1)
+    if not (t.shape[0] == p.shape[0] == g.shape[0]):
+        raise ValueError(f"row counts differ: y_true {t.shape[0]}, y_pred {p.shape[0]}, "
+                         f"groups {g.shape[0]}")
+    if t.shape[0] == 0:
+        raise ValueError("no rows to score")
+    scores = [macro_f1_columns(t[g == k], p[g == k]) for k in np.unique(g)]
+    return np.mean(scores, axis=0)
+
+
+def mean_group_macro_f1(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray) -> float:
+    """The paper's metric: macro-F1 per dataset, averaged over datasets. (n,) x3 -> float."""
+    return float(mean_group_macro_f1_columns(y_true, np.asarray(y_pred).reshape(-1), groups)[0])

@@ -1,0 +1,358 @@
+"""Layer-wise L1-regularised logistic probes, all layers solved at once.
+
+Reads features X (n, L, d) (float16/float32 array or ``np.memmap``; read layer chunk by
+layer chunk, never copied whole) with labels y (n,) in {0, 1}; writes nothing to disk
+itself: ``fit_probe_grid`` returns a ``ProbeGrid`` whose ``to_dict()`` the training entry
+point saves as JSON/npz.
+
+Objective, per layer l (the paper's)::
+
+    min_{w, b}  mean_i BCE(y_i, sigmoid(z_i . w + b))  +  ||w||_1 / C
+
+with z_i the layer's pooled vector *standardised per neuron* (train mean and std), and the
+intercept b not penalised. scikit-learn's ``LogisticRegression(penalty="l1")`` minimises
+``||w||_1 + C_sk * sum_i loss_i``; dividing by ``C_sk * n`` shows that it has the same
+minimiser when ``C_sk = C / n``.
+
+Why standardise: the residual stream has a few neurons with huge magnitudes; without
+scaling, the L1 penalty would favour them for their scale, not for their information, and
+|w| (which the selection step ranks) would not be comparable across neurons. The learned
+``coef_`` is therefore in the standardised space; ``mean_``/``scale_`` are kept so that
+``decision_function`` applies the same transform to raw features.
+
+Solver: FISTA (accelerated proximal gradient) with gradient-based adaptive restart
+(O'Donoghue & Candes 2015), batched over layers as (L, n, d) float32 tensors in torch. The
+proximal step is soft-thresholding, so unimportant weights are exactly zero. Step size
+1 / Lip with Lip = max(lambda_max(Z^T Z / n), 1) / 4 (Z is centred, so the intercept column
+decouples), lambda_max from a per-layer power iteration with a safety margin. A layer stops
+when its proximal-gradient step is small: ||x+ - y||_inf <= tol * max(1, ||x+||_inf)
+(x = (w, b), y the extrapolated point), or at ``max_iter``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .metrics import mean_group_macro_f1_columns
+
+__all__ = ["LayerProbes", "ProbeGrid", "fit_probe_grid"]
+
+# Keep one (L_chunk, n, d) float32 block under this many bytes (plus a few (L, d) vectors).
+_CHUNK_BYTES = 512 << 20   # compaction can briefly hold two blocks
+
+
+def _layer_chunks(n: int, L: int, d: int, max_bytes: int = _CHUNK_BYTES) -> list[tuple[int, int]]:
+    per_layer = max(1, n * d * 4)
+    size = max(1, min(L, max_bytes // per_layer))
+    return [(s, min(s + size, L)) for s in range(0, L, size)]
+
+
+def _load_chunk(X, l0: int, l1: int, device) -> torch.Tensor:
+    """X[:, l0:l1] (n, Lc, d) any dtype -> (Lc, n, d) float32 tensor, always a fresh copy
+    (the caller standardises it in place, so it must never alias the user's array)."""
+    n, _, d = X.shape
+    block = np.empty((l1 - l0, n, d), np.float32)
+    block[...] = np.asarray(X[:, l0:l1]).transpose(1, 0, 2)    # one chunk only, even from a memmap
+    return torch.from_numpy(block).to(device)
+
+
+def _standardise_stats(Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Z (Lc, n, d) -> mean, scale (Lc, d); constant neurons get scale 1 (they become 0).
+
+    Two passes per layer (mean, then centred second moment): accurate in float32 and only
+    one layer's temporary at a time."""
+    mean = torch.empty(Z.shape[0], Z.shape[2], dtype=torch.float32, device=Z.device)
+    scale = torch.empty_like(mean)
+    for j in range(Z.shape[0]):
+        mu = Z[j].mean(dim=0, dtype=torch.float64).float()
+        sd = ((Z[j] - mu) ** 2).mean(dim=0).sqrt()
+        mean[j] = mu
+        scale[j] = torch.where(sd > 1e-6 * (1.0 + mu.abs()), sd, torch.ones_like(sd))
+    return mean, scale
+
+
+def _lipschitz(Z: torch.Tensor, n_iter: int = 30, seed: int = 0) -> torch.Tensor:
+    """Upper estimate of the gradient's Lipschitz constant per layer. Z (Lc, n, d) centred."""
+    Lc, n, d = Z.shape
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    v = torch.randn(Lc, d, 1, generator=g).to(Z.device)
+    v = v / v.norm(dim=1, keepdim=True)
+    lam = torch.zeros(Lc, device=Z.device)
+    for _ in range(n_iter):
+        u = torch.bmm(Z.transpose(1, 2), torch.bmm(Z, v)) / n     # (Lc, d, 1)
+        lam = u.norm(dim=1).squeeze(-1)
+        v = u / lam.clamp_min(1e-30)[:, None, None]
+    # Power iteration approaches lambda_max from below: 10% margin keeps the step safe.
+    return torch.maximum(lam * 1.1, torch.ones_like(lam)) / 4.0
+
+
+def _fista(Z: torch.Tensor, y: torch.Tensor, C: float, w0: torch.Tensor, b0: torch.Tensor,
+           lip: torch.Tensor, tol: float, max_iter: int
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Solve all layers of a chunk. Z (Lc, n, d) standardised, y (n,) float {0,1},
+    w0 (Lc, d), b0 (Lc,), lip (Lc,) -> w (Lc, d), b (Lc,), n_iter (Lc,) int64.
+
+    Converged layers leave the batch (the block is compacted), so late iterations cost
+    only the slow layers.
+    """
+    Lc, n, d = Z.shape
+    w_out, b_out = w0.clone(), b0.clone()
+    it_out = torch.full((Lc,), max_iter, dtype=torch.int64)
+    active = torch.arange(Lc)
+    Za, lipa = Z, lip
+    x_w, x_b = w0.clone(), b0.clone()                 # current iterate x_k
+    y_w, y_b = w0.clone(), b0.clone()                 # extrapolated point
+    t = torch.ones(Lc, dtype=Z.dtype, device=Z.device)
+    lam = 1.0 / C
+    for k in range(1, max_iter + 1):
+        step = 1.0 / lipa                                             # (La,)
+        m = torch.baddbmm(y_b[:, None, None], Za, y_w[:, :, None]).squeeze(-1)   # (La, n)
+        r = (torch.sigmoid(m) - y) / n                                # d mean BCE / d m
+        g_w = torch.bmm(r[:, None, :], Za).squeeze(1)                 # (La, d)
+        g_b = r.sum(dim=1)
+        v = y_w - step[:, None] * g_w
+        thr = (step * lam)[:, None]
+        nx_w = torch.sign(v) * torch.clamp(v.abs() - thr, min=0.0)   # prox of ||.||_1 / C
+        nx_b = y_b - step * g_b
+        # stopping: size of the prox-gradient step from y, relative to the iterate
+        diff = torch.maximum((nx_w - y_w).abs().amax(dim=1), (nx_b - y_b).abs())
+        size = torch.maximum(nx_w.abs().amax(dim=1), nx_b.abs()).clamp_min(1.0)
+        done = diff <= tol * size
+        # adaptive restart: momentum pointing against the prox-gradient step -> reset
+        restart = ((y_w - nx_w) * (nx_w - x_w)).sum(dim=1) + (y_b - nx_b) * (nx_b - x_b) > 0
+        t_new = (1.0 + torch.sqrt(1.0 + 4.0 * t * t)) / 2.0
+        beta = torch.where(restart, torch.zeros_like(t), (t - 1.0) / t_new)
+        t = torch.where(restart, torch.ones_like(t), t_new)
+        y_w = nx_w + beta[:, None] * (nx_w - x_w)
+        y_b = nx_b + beta * (nx_b - x_b)
+        x_w, x_b = nx_w, nx_b
+        if bool(done.any()):
+            idx = active[done]
+            w_out[idx], b_out[idx] = x_w[done], x_b[done]
+            it_out[idx] = k
+            keep = ~done
+            active = active[keep]
+            if active.numel() == 0:
+                return w_out, b_out, it_out
+            x_w, x_b, y_w, y_b, t = x_w[keep], x_b[keep], y_w[keep], y_b[keep], t[keep]
+            lipa = lipa[keep]
+            Za = Za[keep]      # one copy per finishing event: cheap next to the iterations
+    w_out[active], b_out[active] = x_w, x_b
+    return w_out, b_out, it_out
+
+
+class LayerProbes:
+    """One L1 logistic probe per layer, fitted together.
+
+    Parameters: ``C`` (penalty ||w||_1 / C on mean BCE; larger C = weaker penalty), ``tol``
+    (relative prox-gradient step at which a layer stops), ``max_iter``, ``device``.
+
+    Learned: ``coef_`` (L, d) float32 in standardised space, ``intercept_`` (L,),
+    ``mean_``/``scale_`` (L, d) the per-neuron standardisation, ``n_iter_`` (L,).
+    """
+
+    def __init__(self, C: float = 1000.0, tol: float = 1e-4, max_iter: int = 2000,
+                 device: str | torch.device = "cpu"):
+        self.C = C
+        self.tol = tol
+        self.max_iter = max_iter
+        self.device = device
+
+    # -- fitting -----------------------------------------------------------------------
+    def fit(self, X, y, *, warm_start: "LayerProbes | None" = None) -> "LayerProbes":
+        """X (n, L, d), y (n,) {0,1} -> self. ``warm_start``: a probe fitted on the same X
+        (its coefficients start the solver and its mean/scale are reused)."""
+        n, L, d = X.shape
+        y_np = np.asarray(y).reshape(-1)
+        if y_np.shape[0] != n:
+            raise ValueError(f"X has {n} rows, y has {y_np.shape[0]}")
+        yt = torch.as_tensor(y_np, dtype=torch.float32, device=self.device)
+        self.coef_ = np.zeros((L, d), np.float32)
+        self.intercept_ = np.zeros(L, np.float32)
+        self.mean_ = np.zeros((L, d), np.float32)
+        self.scale_ = np.ones((L, d), np.float32)
+        self.n_iter_ = np.zeros(L, np.int64)
+        for l0, l1 in _layer_chunks(n, L, d):
+            Z, lip = _prepare_chunk(X, l0, l1, self.device,
+                                    None if warm_start is None else
+                                    (warm_start.mean_[l0:l1], warm_start.scale_[l0:l1]))
+            mean, scale = Z.stats
+            self.mean_[l0:l1], self.scale_[l0:l1] = mean.cpu().numpy(), scale.cpu().numpy()
+            w0, b0 = _init_params(Z.data, yt, warm_start, l0, l1)
+            w, b, it = _fista(Z.data, yt, self.C, w0, b0, lip, self.tol, self.max_iter)
+            self.coef_[l0:l1] = w.cpu().numpy()
+            self.intercept_[l0:l1] = b.cpu().numpy()
+            self.n_iter_[l0:l1] = it.numpy()
+        return self
+
+    # -- prediction --------------------------------------------------------------------
+    def decision_function(self, X) -> np.ndarray:
+        """X (n, L, d) raw features -> (n, L) logits, one column per layer's probe."""
+        return _decision(X, self.coef_, self.intercept_, self.mean_, self.scale_)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """X (n, L, d) -> (n, L) float32 P(harmful) per layer."""
+        z = self.decision_function(X)
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+    def predict(self, X) -> np.ndarray:
+        """X (n, L, d) -> (n, L) int64 labels (logit > 0)."""
+        return (self.decision_function(X) > 0).astype(np.int64)
+
+
+@dataclasses.dataclass
+class _Chunk:
+    data: torch.Tensor                     # (Lc, n, d) standardised
+    stats: tuple[torch.Tensor, torch.Tensor]
+
+
+def _prepare_chunk(X, l0, l1, device, stats=None) -> tuple[_Chunk, torch.Tensor]:
+    Z = _load_chunk(X, l0, l1, device)
+    if stats is None:
+        mean, scale = _standardise_stats(Z)
+    else:
+        mean = torch.as_tensor(np.asarray(stats[0]), dtype=torch.float32, device=device)
+        scale = torch.as_tensor(np.asarray(stats[1]), dtype=torch.float32, device=device)
+    Z.sub_(mean[:, None, :]).div_(scale[:, None, :])          # in place: no second copy
+    return _Chunk(Z, (mean, scale)), _lipschitz(Z)
+
+
+def _init_params(Z, yt, warm_start, l0, l1):
+    Lc = Z.shape[0]
+    if warm_start is not None:
+        w0 = torch.as_tensor(warm_start.coef_[l0:l1], dtype=torch.float32, device=Z.device).clone()
+        b0 = torch.as_tensor(warm_start.intercept_[l0:l1], dtype=torch.float32,
+                             device=Z.device).clone()
+        return w0, b0
+    # start from w = 0 and the intercept that fits the base rate (the optimum along b)
+    p = float(yt.mean().clamp(1e-6, 1 - 1e-6))
+    return (torch.zeros(Lc, Z.shape[2], device=Z.device),
+            torch.full((Lc,), math.log(p / (1 - p)), device=Z.device))
+
+
+def _decision(X, coef, intercept, mean, scale, chunk_rows: int = 2048) -> np.ndarray:
+    """Logits of standardised-space probes on raw X (n, L, d) -> (n, L) float64.
+
+    Folds the standardisation into raw-space weights (w / scale, b - mean . w / scale), so
+    the features are read once, in row chunks, without a standardised copy."""
+    w_raw = (coef / scale).astype(np.float32)                               # (L, d)
+    b_raw = intercept.astype(np.float64) - np.einsum("ld,ld->l", mean.astype(np.float64),
+                                                     w_raw.astype(np.float64))
+    n = X.shape[0]
+    out = np.empty((n, coef.shape[0]), np.float64)
+    for s in range(0, n, chunk_rows):
+        block = np.asarray(X[s:s + chunk_rows], dtype=np.float32)           # (c, L, d)
+        out[s:s + chunk_rows] = np.einsum("nld,ld->nl", block, w_raw) + b_raw
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ProbeGrid:
+    """Probes fitted for every C, and per layer the C with the best validation F1.
+
+    c_values (m,); chosen_C (L,); coef (L, d) float32 standardised space; intercept (L,);
+    mean, scale (L, d); train_f1, val_f1 (L,) at the chosen C (mean over datasets of
+    macro-F1); val_f1_by_C (m, L); n_iter_by_C (m, L).
+    """
+
+    c_values: np.ndarray
+    chosen_C: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    train_f1: np.ndarray
+    val_f1: np.ndarray
+    val_f1_by_C: np.ndarray
+    n_iter_by_C: np.ndarray | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists (JSON-ready); big arrays are nested lists of floats."""
+        return {f.name: (None if getattr(self, f.name) is None
+                         else np.asarray(getattr(self, f.name)).tolist())
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ProbeGrid":
+        dtypes = {"coef": np.float32, "mean": np.float32, "scale": np.float32,
+                  "intercept": np.float32, "n_iter_by_C": np.int64}
+        kw = {}
+        for f in dataclasses.fields(cls):
+            v = d.get(f.name)
+            kw[f.name] = None if v is None else np.asarray(v, dtype=dtypes.get(f.name, np.float64))
+        return cls(**kw)
+
+    def decision_function(self, X) -> np.ndarray:
+        """X (n, L, d) -> (n, L) logits of the chosen probes."""
+        return _decision(X, self.coef, self.intercept, self.mean, self.scale)
+
+
+def fit_probe_grid(X_train, y_train, X_val, y_val, groups_val, c_values,
+                   *, groups_train=None, tol: float = 1e-4, max_iter: int = 2000,
+                   device: str | torch.device = "cpu", progress: bool = True) -> ProbeGrid:
+    """Fit the probes for every C and keep, per layer, the best one on validation.
+
+    X_train (n, L, d), y_train (n,); X_val (m, L, d), y_val (m,), groups_val (m,) dataset
+    index; c_values: iterable of C. C values are solved from the strongest penalty
+    (smallest C) up, each warm-started from the previous solution, with the standardised
+    training block built once per layer chunk. Ties in validation F1 go to the smaller C
+    (sparser probe). ``groups_train`` (n,) lets train_f1 use the paper's metric too (one
+    group if omitted).
+    """
+    cs = np.array(sorted(float(c) for c in c_values), dtype=np.float64)
+    if cs.size == 0:
+        raise ValueError("c_values is empty")
+    n, L, d = X_train.shape
+    y_tr = np.asarray(y_train).reshape(-1)
+    y_va = np.asarray(y_val).reshape(-1)
+    g_va = np.asarray(groups_val).reshape(-1)
+    g_tr = np.zeros(n, np.int64) if groups_train is None else np.asarray(groups_train).reshape(-1)
+    yt = torch.as_tensor(y_tr, dtype=torch.float32, device=device)
+
+    m = len(cs)
+    coefs = np.zeros((m, L, d), np.float32)
+    inters = np.zeros((m, L), np.float32)
+    n_iter = np.zeros((m, L), np.int64)
+    mean = np.zeros((L, d), np.float32)
+    scale = np.ones((L, d), np.float32)
+    chunks = _layer_chunks(n, L, d)
+    bar = tqdm(total=len(chunks) * m, desc="probes", unit="C", disable=not progress,
+               leave=False)
+    for l0, l1 in chunks:
+        Z, lip = _prepare_chunk(X_train, l0, l1, device)
+        mean[l0:l1], scale[l0:l1] = (t.cpu().numpy() for t in Z.stats)
+        prev = None
+        for i, C in enumerate(cs):
+            if prev is None:
+                w0, b0 = _init_params(Z.data, yt, None, l0, l1)
+            else:
+                w0, b0 = prev
+            w, b, it = _fista(Z.data, yt, float(C), w0, b0, lip, tol, max_iter)
+            prev = (w, b)
+            coefs[i, l0:l1], inters[i, l0:l1], n_iter[i, l0:l1] = (
+                w.cpu().numpy(), b.cpu().numpy(), it.numpy())
+            bar.set_postfix(layers=f"{l0}-{l1 - 1}", C=f"{C:g}", iters=int(it.max()))
+            bar.update(1)
+        del Z
+    bar.close()
+
+    val_f1_by_C = np.zeros((m, L))
+    train_f1_by_C = np.zeros((m, L))
+    for i in range(m):
+        val_f1_by_C[i] = mean_group_macro_f1_columns(
+            y_va, _decision(X_val, coefs[i], inters[i], mean, scale) > 0, g_va)
+        train_f1_by_C[i] = mean_group_macro_f1_columns(
+            y_tr, _decision(X_train, coefs[i], inters[i], mean, scale) > 0, g_tr)
+    best = np.argmax(val_f1_by_C, axis=0)            # first max = smallest C on ties
+    rows = np.arange(L)
+    return ProbeGrid(
+        c_values=cs, chosen_C=cs[best], coef=coefs[best, rows], intercept=inters[best, rows],
+        mean=mean, scale=scale, train_f1=train_f1_by_C[best, rows],
+        val_f1=val_f1_by_C[best, rows], val_f1_by_C=val_f1_by_C, n_iter_by_C=n_iter)

@@ -1,0 +1,240 @@
+"""Optuna search for the head's shape, learning rate and dropout (training only).
+
+Reads aggregated features X (n, k), labels y (n,) and dataset index groups (n,) (train +
+validation rows together); writes only to the Optuna ``storage`` if one is given (SQLite
+file, journal file, or an RDB URL), so several workers on several machines can share one
+study. The runtime never imports this module.
+
+Search space (the paper's): 2-3 hidden layers; lr in [1e-4, 5e-3] log-uniform; first width
+in [256, min(2 k, 2048)] step 64 (if 2 k < 256, in [64, max(64, 2 k)] step 64, since a first
+layer much wider than twice the input adds nothing but cost); each later width in
+[64, previous width] step 64; dropout in [0.2, 0.5] per hidden layer.
+
+Objective: k-fold CV (``StratifiedKFold`` on ``dataset * 2 + label``, shuffled with
+``random_state=seed``), score = mean over folds of the mean-over-datasets macro-F1, each
+fold trained by ``head.fit_head`` with early stopping on its held-out fold.
+
+Pruning: ``MedianPruner`` on per-epoch scores. During fold f, epoch e, the trial reports at
+step ``f * max_epochs + e`` the best held-out score reached so far in that fold (best-so-far
+is what early stopping keeps, and it is less noisy than the raw per-epoch value); the
+pruner compares it with other trials' values at the same step, i.e. the same fold (the
+folds are identical across trials) and the same epoch.
+
+Sharing a study: with ``storage``, the study is loaded if it exists, and the number of
+trials is capped at ``n_trials`` across all workers: a worker does not ask for a trial once
+the study holds ``n_trials`` trials (any state, running included: ``MaxTrialsCallback``
+with ``states=None``), and a trial whose number is >= n_trials (two workers asked at the
+same instant) is recorded as FAIL with user attr ``surplus`` and not run. Trials left
+RUNNING by a killed worker still count toward the cap. With storage, each worker's TPE
+seed mixes in its process id (identical seeds would repeat the same startup trials);
+without storage the run is reproducible from ``seed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+from sklearn.model_selection import StratifiedKFold
+from tqdm.auto import tqdm
+
+from .head import fit_head, predict_proba_head
+from .metrics import mean_group_macro_f1
+
+__all__ = ["TuneResult", "tune_head", "suggest_head_params", "make_storage", "cv_folds"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TuneResult:
+    """best_params: {"layer_dims": [int], "dropout_rates": [float], "lr": float};
+    best_value: mean CV score of the best trial; best_epochs: mean over folds of that
+    trial's early-stopped epoch count (a sensible epoch budget for the final refit)."""
+
+    best_params: dict[str, Any]
+    best_value: float
+    n_trials_complete: int
+    n_pruned: int
+    trials: list[dict[str, Any]]
+    best_epochs: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class _SurplusTrial(Exception):
+    """This trial's number is past the cap (another worker asked at the same time)."""
+
+
+def width_bounds(input_dim: int) -> tuple[int, int]:
+    """(low, high) of the first hidden width, both multiples of 64 apart."""
+    cap = min(2 * int(input_dim), 2048)
+    low = 256 if cap >= 256 else 64
+    high = low + max(0, (cap - low) // 64) * 64
+    return low, high
+
+
+def suggest_head_params(trial: optuna.Trial, input_dim: int) -> dict[str, Any]:
+    """Sample one head configuration from the paper's space (see module docstring)."""
+    n_layers = trial.suggest_int("n_layers", 2, 3)
+    lr = trial.suggest_float("lr", 1e-4, 5e-3, log=True)
+    low, high = width_bounds(input_dim)
+    dims = [trial.suggest_int("width_0", low, high, step=64)]
+    for i in range(1, n_layers):
+        dims.append(trial.suggest_int(f"width_{i}", 64, dims[-1], step=64))
+    drops = [trial.suggest_float(f"dropout_{i}", 0.2, 0.5) for i in range(n_layers)]
+    return {"layer_dims": dims, "dropout_rates": drops, "lr": lr}
+
+
+def params_from_trial(params: dict[str, Any]) -> dict[str, Any]:
+    """Optuna's flat params -> {"layer_dims", "dropout_rates", "lr"}."""
+    n = int(params["n_layers"])
+    return {"layer_dims": [int(params[f"width_{i}"]) for i in range(n)],
+            "dropout_rates": [float(params[f"dropout_{i}"]) for i in range(n)],
+            "lr": float(params["lr"])}
+
+
+def cv_folds(y: np.ndarray, groups: np.ndarray, n_folds: int, seed: int
+             ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified (dataset, label) folds: list of (train_idx, held_out_idx)."""
+    strata = np.asarray(groups).astype(np.int64) * 2 + np.asarray(y).astype(np.int64)
+    skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return [(tr, va) for tr, va in skf.split(np.zeros(len(strata)), strata)]
+
+
+def make_storage(storage: str | None):
+    """Resolve ``storage``: None -> None (in memory); "*.db" or "sqlite:///..." -> SQLite;
+    "*.log"/"*.journal" -> JournalStorage on that file (file-locked, so several processes
+    may append to it); any other "scheme://..." -> that RDB URL (e.g. PostgreSQL for
+    workers on several machines)."""
+    if storage is None:
+        return None
+    s = str(storage)
+    if s.endswith((".log", ".journal")) and "://" not in s:
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+        os.makedirs(os.path.dirname(os.path.abspath(s)), exist_ok=True)
+        return JournalStorage(JournalFileBackend(s))
+    if "://" in s:
+        return s
+    if s.endswith(".db"):
+        os.makedirs(os.path.dirname(os.path.abspath(s)), exist_ok=True)
+        return f"sqlite:///{os.path.abspath(s)}"
+    raise ValueError(f"storage {s!r}: expected a .db/.log/.journal path or a database URL")
+
+
+def _open_study(storage, study_name, sampler, pruner, attempts: int = 8) -> optuna.Study:
+    """create_study(load_if_exists) with retries: workers that start together race to
+    create the SQLite schema / the study row, and the loser gets an IntegrityError."""
+    for attempt in range(attempts):
+        try:
+            return optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner,
+                                       storage=make_storage(storage), study_name=study_name,
+                                       load_if_exists=storage is not None)
+        except Exception as err:                        # noqa: BLE001 - re-raised below
+            if storage is None or attempt == attempts - 1:
+                raise
+            log.debug("opening study %s failed (%s); retrying", study_name, err)
+            time.sleep(0.2 + 0.3 * attempt + (os.getpid() % 7) * 0.05)
+    raise AssertionError("unreachable")
+
+
+def _trial_dict(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    return {"number": t.number, "state": t.state.name, "value": t.value,
+            "params": dict(t.params), "user_attrs": dict(t.user_attrs)}
+
+
+def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int,
+              n_folds: int, seed: int, storage: str | None = None,
+              study_name: str | None = None, n_jobs: int = 1, max_epochs: int = 200,
+              patience: int = 20, batch_size: int = 256, pruner_startup_trials: int = 4,
+              pruner_warmup_epochs: int = 5, progress: bool = True) -> TuneResult:
+    """Search the head's hyper-parameters. X (n, k) float32, y (n,), groups (n,).
+
+    ``n_trials`` is the study-wide total (shared with other workers when ``storage`` is
+    set); this call runs trials until the study holds that many. Returns the study's
+    summary (also when this worker ran none because the study was already full).
+    """
+    X = np.asarray(X, dtype=np.float32)
+    y = np.asarray(y).reshape(-1)
+    groups = np.asarray(groups).reshape(-1)
+    folds = cv_folds(y, groups, n_folds, seed)
+    input_dim = X.shape[1]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)      # one bar instead of INFO lines
+    # A shared study's trial order depends on timing, so it cannot be reproducible anyway;
+    # what matters is that workers do not all draw the same startup configurations.
+    sampler_seed = seed if storage is None else (seed * 1_000_003 + os.getpid()) % (2**31)
+    sampler = optuna.samplers.TPESampler(seed=sampler_seed)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=pruner_startup_trials,
+                                         n_warmup_steps=pruner_warmup_epochs)
+    study = _open_study(storage, study_name or "siren_head", sampler, pruner)
+
+    def objective(trial: optuna.Trial) -> float:
+        if trial.number >= n_trials:
+            trial.set_user_attr("surplus", True)
+            study.stop()
+            raise _SurplusTrial(f"trial {trial.number} is past the cap of {n_trials}")
+        params = suggest_head_params(trial, input_dim)
+        scores, epochs = [], []
+        for f, (tr, va) in enumerate(folds):
+            best = [-np.inf]
+
+            def on_epoch(epoch: int, score: float, f=f, best=best) -> None:
+                best[0] = max(best[0], score)
+                step = f * max_epochs + epoch
+                trial.report(best[0], step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"fold {f} epoch {epoch}: {best[0]:.4f}")
+
+            model, hist = fit_head(
+                X[tr], y[tr], **params, seed=seed + trial.number * 1000 + f,
+                max_epochs=max_epochs, batch_size=batch_size, patience=patience,
+                X_val=X[va], y_val=y[va], groups_val=groups[va], on_epoch=on_epoch)
+            pred = (predict_proba_head(model, X[va]) >= 0.5).astype(np.int64)
+            scores.append(mean_group_macro_f1(y[va], pred, groups[va]))
+            epochs.append(hist["best_epoch"])
+        trial.set_user_attr("fold_scores", [float(s) for s in scores])
+        trial.set_user_attr("best_epochs", [int(e) for e in epochs])
+        return float(np.mean(scores))
+
+    def n_existing() -> int:
+        return len(study.get_trials(deepcopy=False))
+
+    to_run = max(0, n_trials - n_existing())
+    if to_run > 0:
+        bar = tqdm(total=n_trials, initial=n_trials - to_run, desc="optuna", unit="trial",
+                   disable=not progress, leave=False)
+
+        def on_done(st: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+            if t.user_attrs.get("surplus"):
+                return
+            bar.update(1)
+            done = st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            best = max((x.value for x in done), default=float("nan"))
+            last = f"{t.value:.4f}" if t.state == TrialState.COMPLETE else t.state.name.lower()
+            bar.set_postfix(trial=t.number, last=last, best=f"{best:.4f}")
+
+        study.optimize(objective, n_trials=to_run, n_jobs=n_jobs, catch=(_SurplusTrial,),
+                       callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=None),
+                                  on_done])
+        bar.close()
+
+    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    if not complete:
+        raise RuntimeError(f"no trial completed ({len(pruned)} pruned, "
+                           f"{len(trials) - len(pruned)} other)")
+    best = max(complete, key=lambda t: (t.value, -t.number))
+    be = best.user_attrs.get("best_epochs")
+    return TuneResult(best_params=params_from_trial(best.params), best_value=float(best.value),
+                      n_trials_complete=len(complete), n_pruned=len(pruned),
+                      trials=[_trial_dict(t) for t in trials],
+                      best_epochs=float(np.mean(be)) if be else None)

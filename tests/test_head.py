@@ -1,0 +1,109 @@
+"""head.py: the runtime's layout, folded standardisation, determinism, small batches."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from siren.head import MLPHead, fit_head, fold_standardisation, predict_proba_head
+
+
+def toy(n=240, k=12, seed=0):
+    rng = np.random.default_rng(seed)
+    X = (rng.standard_normal((n, k)) * rng.uniform(0.1, 30, k) + rng.normal(0, 10, k))
+    y = ((X[:, 0] - X[:, 0].mean()) / X[:, 0].std() + (X[:, 1] - X[:, 1].mean()) / X[:, 1].std()
+         > 0.3).astype(np.int64)
+    g = np.arange(n) % 2
+    return X.astype(np.float32), y, g
+
+
+def test_state_dict_layout():
+    m = MLPHead(10, [64, 32, 16], [0.2, 0.0, 0.5])
+    kinds = [type(x) for x in m.network]
+    assert kinds == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear, nn.ReLU,
+                     nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
+    sd = m.state_dict()
+    assert list(sd) == ["network.0.weight", "network.0.bias", "network.3.weight",
+                        "network.3.bias", "network.5.weight", "network.5.bias",
+                        "network.8.weight", "network.8.bias"]
+    assert sd["network.0.weight"].shape == (64, 10)
+    assert sd["network.8.weight"].shape == (2, 16)
+    # a head trained by fit_head loads strictly into a freshly built one
+    X, y, _ = toy()
+    trained, _ = fit_head(X, y, layer_dims=[32, 16], dropout_rates=[0.3, 0.2], lr=1e-3,
+                          seed=0, max_epochs=2)
+    fresh = MLPHead(X.shape[1], [32, 16], [0.3, 0.2])
+    fresh.load_state_dict(trained.state_dict(), strict=True)
+    assert [type(x) for x in trained.network] == [type(x) for x in fresh.network]
+
+
+def test_folded_standardisation_equals_standardise_then_model():
+    rng = np.random.default_rng(1)
+    m = MLPHead(5, [8, 4], [0.0, 0.0]).eval()
+    X = rng.normal(50, 20, (7, 5)).astype(np.float32)
+    mean, std = X.mean(0), X.std(0) + 0.5
+    with torch.no_grad():
+        ref = m(torch.from_numpy((X - mean) / std))
+        fold_standardisation(m, mean, std)
+        got = m(torch.from_numpy(X))
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_fit_head_learns_and_takes_raw_features():
+    X, y, g = toy(400)
+    model, hist = fit_head(X[:300], y[:300], layer_dims=[32, 16], dropout_rates=[0.2, 0.2],
+                           lr=3e-3, seed=0, max_epochs=60, patience=10, batch_size=32,
+                           X_val=X[300:], y_val=y[300:], groups_val=g[300:])
+    p = predict_proba_head(model, X[300:])
+    assert p.shape == (100,) and p.dtype == np.float32
+    assert hist["best_val_f1"] > 0.85
+    # the restored best state is the one that scored best_val_f1 (raw features in)
+    from siren.metrics import mean_group_macro_f1
+    assert mean_group_macro_f1(y[300:], (p >= 0.5).astype(int), g[300:]) == \
+        pytest.approx(hist["best_val_f1"])
+    assert hist["best_val_f1"] == max(hist["val_f1"])
+    assert len(hist["val_f1"]) <= hist["best_epoch"] + 10
+
+
+def test_deterministic_and_leaves_global_rng_alone():
+    X, y, g = toy(120)
+    state = torch.random.get_rng_state()
+    kw = dict(layer_dims=[16, 8], dropout_rates=[0.5, 0.3], lr=1e-3, max_epochs=4,
+              batch_size=16, X_val=X[:40], y_val=y[:40], groups_val=g[:40], patience=100)
+    a, _ = fit_head(X, y, seed=7, **kw)
+    b, _ = fit_head(X, y, seed=7, **kw)
+    c, _ = fit_head(X, y, seed=8, **kw)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+    def raw(m):
+        return b"".join(k.encode() + v.numpy().tobytes() for k, v in m.state_dict().items())
+
+    assert raw(a) == raw(b)
+    assert raw(a) != raw(c)
+
+
+def test_batch_of_one():
+    X, y, g = toy(9)
+    model, _ = fit_head(X, y, layer_dims=[8, 8], dropout_rates=[0.2, 0.2], lr=1e-3, seed=0,
+                        max_epochs=2, batch_size=1, X_val=X[:1], y_val=y[:1], groups_val=g[:1])
+    assert predict_proba_head(model, X[:1]).shape == (1,)
+    assert predict_proba_head(model, X[0]).shape == (1,)
+
+
+def test_on_epoch_exception_propagates():
+    X, y, g = toy(60)
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def cb(epoch, score):
+        seen.append(epoch)
+        if epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit_head(X, y, layer_dims=[8, 8], dropout_rates=[0.2, 0.2], lr=1e-3, seed=0,
+                 max_epochs=10, X_val=X, y_val=y, groups_val=g, on_epoch=cb)
+    assert seen == [1, 2]

@@ -1,0 +1,66 @@
+"""select.py against hand-computed values; metrics.py against scikit-learn."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from siren.metrics import (macro_f1, macro_f1_columns, mean_group_macro_f1,
+                           mean_group_macro_f1_columns)
+from siren.select import aggregate, layer_weights, n_selected, select_neurons
+
+
+def test_select_neurons_hand_computed():
+    coef = np.array([
+        [0.0, -4.0, 3.0, 2.0, 1.0],     # total 10: 4 -> 0.4, +3 -> 0.7, +2 -> 0.9 >= 0.9
+        [0.0, 0.0, 0.0, 0.0, 0.0],      # all zero: no entry
+        [5.0, 0.0, 0.0, 0.0, -5.0],     # total 10: tie -> 0.5, then 1.0
+        [0.0, 0.0, 1.0, 0.0, 0.0],      # one weight: 1.0
+    ])
+    sel = select_neurons(coef, 0.9)
+    assert sorted(sel) == [0, 2, 3]
+    np.testing.assert_array_equal(sel[0], [1, 2, 3])
+    np.testing.assert_array_equal(sel[2], [0, 4])
+    np.testing.assert_array_equal(sel[3], [2])
+    assert all(v.dtype == np.int64 for v in sel.values())
+    assert n_selected(sel) == 6
+    # exactly reaching the threshold stops there; 0.4 needs only the top neuron
+    assert select_neurons(coef, 0.4)[0].tolist() == [1]
+    assert select_neurons(coef, 0.7)[0].tolist() == [1, 2]
+    # threshold 1.0 keeps every non-zero weight, none of the zeros
+    assert select_neurons(coef, 1.0)[0].tolist() == [1, 2, 3, 4]
+    with pytest.raises(ValueError):
+        select_neurons(coef, 0.0)
+
+
+def test_layer_weights_hand_computed():
+    np.testing.assert_allclose(layer_weights(np.array([0.5, 0.7, 0.9, 0.52])),
+                               [0.1, 0.5, 1.0, 0.1])
+    np.testing.assert_allclose(layer_weights(np.array([0.5, 0.7, 0.9]), floor=0.0),
+                               [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(layer_weights(np.array([0.6, 0.6])), [1.0, 1.0])
+
+
+def test_aggregate_order_and_values():
+    X = np.arange(2 * 3 * 4, dtype=np.float16).reshape(2, 3, 4)   # X[i, l, j] = 12 i + 4 l + j
+    sel = {2: np.array([1, 3]), 0: np.array([0, 2])}
+    w = np.array([0.5, 1.0, 2.0])
+    out = aggregate(X, sel, w, chunk_rows=1)
+    expected = np.array([[0 * 0.5, 2 * 0.5, 9 * 2.0, 11 * 2.0],
+                         [12 * 0.5, 14 * 0.5, 21 * 2.0, 23 * 2.0]], dtype=np.float32)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_metrics_match_sklearn():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    P = rng.integers(0, 2, (200, 5))
+    P[:, 3] = 0                      # one class never predicted
+    g = rng.integers(0, 3, 200)
+    g[y == 1] = np.where(g[y == 1] == 2, 1, g[y == 1])   # group 2: only class 0 present
+    sk = lambda t, p: f1_score(t, p, average="macro", labels=[0, 1], zero_division=0)
+    np.testing.assert_allclose(macro_f1_columns(y, P), [sk(y, P[:, j]) for j in range(5)])
+    assert macro_f1(y, P[:, 0]) == pytest.approx(sk(y, P[:, 0]))
+    ref = [np.mean([sk(y[g == k], P[g == k, j]) for k in range(3)]) for j in range(5)]
+    np.testing.assert_allclose(mean_group_macro_f1_columns(y, P, g), ref)
+    assert mean_group_macro_f1(y, P[:, 1], g) == pytest.approx(ref[1])

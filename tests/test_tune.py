@@ -1,0 +1,96 @@
+"""tune.py: search space, pruning that really prunes, a study shared by two processes."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import optuna
+import pytest
+
+from siren.tune import cv_folds, make_storage, tune_head, width_bounds
+
+
+def toy(n=160, k=8, seed=0, noise=False):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, k)).astype(np.float32)
+    g = np.arange(n) % 2
+    y = rng.integers(0, 2, n) if noise else (X[:, 0] + g * X[:, 1] > 0).astype(np.int64)
+    return X, y, g
+
+
+def test_width_bounds_and_folds():
+    assert width_bounds(4000) == (256, 2048)
+    assert width_bounds(300) == (256, 576)
+    assert width_bounds(140) == (256, 256)
+    assert width_bounds(100) == (64, 192)       # 2k < 256: a lower range
+    assert width_bounds(10) == (64, 64)
+    X, y, g = toy(100)
+    folds = cv_folds(y, g, 4, seed=0)
+    held = np.concatenate([va for _, va in folds])
+    assert sorted(held.tolist()) == list(range(100))          # disjoint, complete
+    assert [va.tolist() for _, va in folds] == [va.tolist() for _, va in cv_folds(y, g, 4, 0)]
+    with pytest.raises(ValueError):
+        make_storage("study.txt")
+    assert make_storage("a/b.db").startswith("sqlite:///")
+
+
+def test_pruning_happens_and_result_shape():
+    # pure-noise labels: the per-epoch scores are noise around 0.5, so about half of the
+    # trials fall below the running median at some step and must be pruned
+    X, y, g = toy(120, noise=True)
+    r = tune_head(X, y, g, n_trials=8, n_folds=2, seed=0, max_epochs=6, patience=8,
+                  batch_size=32, pruner_startup_trials=2, pruner_warmup_epochs=1,
+                  progress=False)
+    assert r.n_pruned >= 1
+    assert r.n_trials_complete + r.n_pruned == 8
+    assert len(r.trials) == 8
+    assert set(r.best_params) == {"layer_dims", "dropout_rates", "lr"}
+    assert 2 <= len(r.best_params["layer_dims"]) <= 3
+    dims = r.best_params["layer_dims"]
+    assert all(64 <= b <= a for a, b in zip(dims, dims[1:]))
+    assert all(0.2 <= p <= 0.5 for p in r.best_params["dropout_rates"])
+    assert 1e-4 <= r.best_params["lr"] <= 5e-3
+    assert r.best_value == max(t["value"] for t in r.trials if t["state"] == "COMPLETE")
+
+
+WORKER = textwrap.dedent("""
+    import sys, json, numpy as np, torch
+    torch.set_num_threads(1)
+    from siren.tune import tune_head
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((80, 6)).astype(np.float32)
+    g = np.arange(80) % 2
+    y = (X[:, 0] > 0).astype(np.int64)
+    r = tune_head(X, y, g, n_trials=int(sys.argv[2]), n_folds=2, seed=0, storage=sys.argv[1],
+                  study_name="shared", max_epochs=3, patience=3, batch_size=40, progress=False)
+    print(json.dumps({"n": len(r.trials)}))
+""")
+
+
+@pytest.mark.parametrize("name", ["study.db", "study.log"])
+def test_two_workers_share_one_study(tmp_path, name):
+    storage = str(tmp_path / name)
+    n_trials = 6
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, storage, str(n_trials)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    study = optuna.load_study(study_name="shared", storage=make_storage(storage))
+    trials = [t for t in study.get_trials() if not t.user_attrs.get("surplus")]
+    finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE,
+                                                 optuna.trial.TrialState.PRUNED)]
+    assert len(finished) == n_trials == len(trials)
+    assert sorted(t.number for t in finished) == list(range(n_trials))
+    # surplus trials (both workers asking at the same instant) are marked, never run
+    for t in study.get_trials():
+        if t.user_attrs.get("surplus"):
+            assert t.number >= n_trials and t.state == optuna.trial.TrialState.FAIL
+    # a third worker on the full study runs nothing and reports the same study
+    again = tune_head(*toy(80, 6)[:1], (toy(80, 6)[0][:, 0] > 0).astype(int),
+                      np.arange(80) % 2, n_trials=n_trials, n_folds=2, seed=0,
+                      storage=storage, study_name="shared", progress=False)
+    assert len(again.trials) == n_trials
