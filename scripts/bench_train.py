@@ -1,8 +1,9 @@
 """Benchmark the training stages after extraction: probes (ours vs reference-style) and head.
 
-Reads features in memory (``--synthetic n L d`` generates planted-sparse data; the
-feature-cache loader ``--cache_dir/--model/--datasets`` is wired in later); writes JSON to
-stdout (and to ``--out`` if given) plus a small table.
+Reads the cached features of a finished training run (``--run DIR``: its results.json names
+the backbone, datasets, splits and cache; nothing is re-extracted when the cache is valid), or
+generates planted-sparse data (``--synthetic n L d``); writes JSON to stdout (and to ``--out``
+if given) plus a small table.
 
 Reference-style probe (the original authors' way): one model per layer and per C, Adam on
 raw (unstandardised) features, full batch, loss = mean BCE + ||w||_1 / C (subgradient), up
@@ -12,7 +13,8 @@ warm-started over C). Both pick, per layer, the C with the best validation
 mean-over-datasets macro-F1; the table reports mean/max of that over layers, time, and
 how many weights are exactly zero.
 
-Usage: python scripts/bench_train.py --synthetic 2000 16 256 [--trials 3] [--out b.json]
+Usage: python scripts/bench_train.py --run train/probes/optuna/smollm2-135m_general [--trials 3] [--out b.json]
+       python scripts/bench_train.py --synthetic 2000 16 256
 """
 
 from __future__ import annotations
@@ -162,12 +164,29 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def cached_run(run_dir: str, rep: str):
+    """(X, y, groups) of the train and validation splits of a finished run, from the feature cache."""
+    from pathlib import Path
+
+    from siren.extract import ensure_features
+    from siren.train import load_split
+
+    cfg = json.loads((Path(run_dir) / "results.json").read_text())["config"]
+    paths = ensure_features(cfg["model"], cfg["datasets"], splits=("train", "validation"), rep_types=[rep],
+                            data_dir=cfg["data_dir"], seed=cfg["seed"], val_ratio=cfg["val_ratio"],
+                            max_per_split=cfg["max_per_split"], cache_dir=cfg["cache_dir"],
+                            batch_tokens=cfg["batch_tokens"], dtype=cfg["dtype"], device=cfg["device"],
+                            cache_dtype=cfg["cache_dtype"], max_length=cfg["max_length"])
+    X_tr, y_tr, g_tr, _ = load_split(paths, cfg["datasets"], "train", rep)
+    X_va, y_va, g_va, _ = load_split(paths, cfg["datasets"], "validation", rep)
+    return (X_tr, y_tr, g_tr), (X_va, y_va, g_va)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--synthetic", nargs=3, type=int, metavar=("N", "L", "D"))
-    ap.add_argument("--cache_dir")
-    ap.add_argument("--model")
-    ap.add_argument("--datasets", nargs="*")
+    ap.add_argument("--run", help="a training output folder (train/probes/optuna/{MODEL}_general)")
+    ap.add_argument("--rep_type", default="residual_mean")
     ap.add_argument("--c_values", nargs="*", type=float, default=[200.0, 500.0, 1000.0])
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--trials", type=int, default=3)
@@ -177,16 +196,19 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out")
     a = ap.parse_args(argv)
-    if a.synthetic is None:
-        # TODO(lead): load the feature cache (--cache_dir/--model/--datasets) once extract.py exists
-        ap.error("only --synthetic N L D is wired in so far")
-    n, L, d = a.synthetic
-    X, y, g = synthetic(int(n * 1.25), L, d, seed=a.seed)
-    cut = n
-    r = bench(X[:cut], y[:cut], g[:cut], X[cut:], y[cut:], g[cut:], a.c_values,
-              threshold=a.threshold, n_trials=a.trials, n_folds=a.folds,
+    if (a.synthetic is None) == (a.run is None):
+        ap.error("give exactly one of --run DIR or --synthetic N L D")
+    if a.run:
+        tr, va = cached_run(a.run, a.rep_type)
+        data_desc = {"run": a.run, "rep_type": a.rep_type, "train_shape": list(tr[0].shape)}
+    else:
+        n, L, d = a.synthetic
+        X, y, g = synthetic(int(n * 1.25), L, d, seed=a.seed)
+        tr, va = (X[:n], y[:n], g[:n]), (X[n:], y[n:], g[n:])
+        data_desc = {"synthetic": [n, L, d]}
+    r = bench(*tr, *va, a.c_values, threshold=a.threshold, n_trials=a.trials, n_folds=a.folds,
               head_epochs=a.head_epochs, seed=a.seed, reference=not a.no_reference)
-    r["synthetic"] = [n, L, d]
+    r.update(data_desc)
     text = json.dumps(r, indent=2)
     print(text)
     if a.out:
