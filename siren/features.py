@@ -92,24 +92,31 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]
     return [list(ids) for ids in enc["input_ids"]]
 
 
-def length_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: int | None = None) -> list[np.ndarray]:
+def length_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: int | None = None,
+                   max_padding: float = 0.10) -> list[np.ndarray]:
     """Group indices into batches of similar length whose padded size fits a token budget.
 
-    lengths: (n,) token counts. Returns index arrays; longest batches first (so an
-    out-of-memory error shows up at once, not at the end). A text longer than the budget
-    gets a batch of its own.
+    lengths: (n,) token counts. Texts are taken longest first; a batch is closed when the next
+    text would overflow `batch_tokens` (padded), `max_batch_size`, or when it is so much
+    shorter than the batch's longest that padding could exceed `max_padding` of its tokens
+    (so padded / real tokens <= 1 + max_padding in every batch). A text longer than the budget
+    gets a batch of its own. Returns index arrays, longest batches first (so an
+    out-of-memory error shows up at once, not at the end).
     """
     order = np.argsort(-np.asarray(lengths), kind="stable")
-    batches, current, current_max = [], [], 0
+    batches: list[np.ndarray] = []
+    current: list[int] = []
+    longest = 0
     for i in order:
-        length = int(lengths[i])
-        new_max = max(current_max, length)
-        full = max_batch_size is not None and len(current) >= max_batch_size
-        if current and (new_max * (len(current) + 1) > batch_tokens or full):
+        length = max(1, int(lengths[i]))
+        if current and ((len(current) + 1) * longest > batch_tokens
+                        or (max_batch_size is not None and len(current) >= max_batch_size)
+                        or length * (1 + max_padding) < longest):
             batches.append(np.asarray(current))
-            current, new_max = [], length
-        current.append(i)
-        current_max = new_max
+            current = []
+        if not current:
+            longest = length
+        current.append(int(i))
     if current:
         batches.append(np.asarray(current))
     return batches

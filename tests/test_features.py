@@ -114,3 +114,13 @@ def test_bad_rep_type_and_layers(tiny_llama_dir):
         LayerFeatures(model, tok, rep_types=("attn_mean",))
     with pytest.raises(SirenError, match="out of range"):
         LayerFeatures(model, tok, layers=[99])
+
+
+def test_length_batches_bound_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 400, size=2000)
+    batches = length_batches(lengths, batch_tokens=16384, max_padding=0.1)
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    assert padded / lengths.sum() <= 1.10
+    for b in batches:
+        assert lengths[b].max() <= 1.1 * lengths[b].min() + 1e-9 or len(b) == 1
