@@ -7,8 +7,7 @@ set -euo pipefail
 
 MODEL="${MODEL:-smollm2-135m}"        # the backbone the guard was trained on (or a guard folder)
 DEVICE="${DEVICE:-auto}"              # auto | cpu | cuda
-BATCH_SIZE="${BATCH_SIZE:-32}"          # extraction: texts per batch at full length (the paper's batch size)
-BATCH_TOKENS="${BATCH_TOKENS:-$((BATCH_SIZE * 512))}"  # padded tokens per length-bucketed batch: same peak memory, far less padding
+BATCH_TOKENS="${BATCH_TOKENS:-}"      # extraction batches by padded tokens, not texts (the paper's BATCH_SIZE); empty: 2048 CPU, 16384 GPU
 DATASETS="${DATASETS:-}"              # default: the datasets the guard was trained on
 EXTRA_DATASETS="${EXTRA_DATASETS:-}"  # harmful-only sets report recall, e.g. "advbench harmbench simple_safety_tests"
 DATA_DIR="${DATA_DIR:-${SIREN_DATA_DIR:-}}"  # default: the training run's
@@ -20,7 +19,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${SIREN_PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
 
-ARGS=(--model "$MODEL" --device "$DEVICE" --batch_tokens "$BATCH_TOKENS")
+ARGS=(--model "$MODEL" --device "$DEVICE")
+[ -n "$BATCH_TOKENS" ] && ARGS+=(--batch_tokens "$BATCH_TOKENS")
 [ -n "$DATASETS" ] && ARGS+=(--datasets $DATASETS)
 [ -n "$EXTRA_DATASETS" ] && ARGS+=(--extra_datasets $EXTRA_DATASETS)
 [ -n "$DATA_DIR" ] && ARGS+=(--data_dir "$DATA_DIR")

@@ -8,8 +8,8 @@ set -euo pipefail
 
 MODEL="${MODEL:-smollm2-135m}"          # registry name (configs/backbones.yaml), local folder or Hub id
 DEVICE="${DEVICE:-auto}"                # auto | cpu | cuda | cuda:1
-BATCH_SIZE="${BATCH_SIZE:-32}"          # extraction: texts per batch at full length (the paper's batch size)
-BATCH_TOKENS="${BATCH_TOKENS:-$((BATCH_SIZE * 512))}"  # padded tokens per length-bucketed batch: same peak memory, far less padding
+BATCH_SIZE="${BATCH_SIZE:-256}"         # MLP head mini-batch
+BATCH_TOKENS="${BATCH_TOKENS:-}"        # extraction: padded tokens per length-bucketed batch (empty: 2048 CPU, 16384 GPU)
 C_VALUES="${C_VALUES:-200 500 1000}"    # probe penalty ||w||_1 / C
 THRESHOLDS="${THRESHOLDS:-0.9}"         # neuron selection: share of a layer's total |w|
 N_TRIALS="${N_TRIALS:-32}"              # Optuna trials
@@ -33,11 +33,12 @@ PY="${SIREN_PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
 
 ARGS=(--model "$MODEL" --datasets "${DATASETS_ARR[@]}" --device "$DEVICE" --dtype "$DTYPE"
-      --batch_tokens "$BATCH_TOKENS" --c_values $C_VALUES --thresholds $THRESHOLDS
+      --batch_size "$BATCH_SIZE" --c_values $C_VALUES --thresholds $THRESHOLDS
       --n_trials "$N_TRIALS" --n_jobs "$N_JOBS" --n_folds "$N_FOLDS" --val_ratio "$VAL_RATIO"
       --rep_types $REP_TYPES --seed "$SEED")
 [ -n "$DATA_DIR" ] && ARGS+=(--data_dir "$DATA_DIR")
 [ -n "$MAX_PER_SPLIT" ] && ARGS+=(--max_per_split "$MAX_PER_SPLIT")
+[ -n "$BATCH_TOKENS" ] && ARGS+=(--batch_tokens "$BATCH_TOKENS")
 [ -n "$STORAGE" ] && ARGS+=(--storage "$STORAGE")
 [ -n "$STUDY_NAME" ] && ARGS+=(--study_name "$STUDY_NAME")
 cd "$ROOT"
