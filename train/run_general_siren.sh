@@ -24,11 +24,21 @@ SEED="${SEED:-42}"
 STORAGE="${STORAGE:-}"                  # Optuna storage shared by workers (sqlite:///x.db, x.journal, RDB URL)
 STUDY_NAME="${STUDY_NAME:-}"
 DATASETS_DEFAULT=(toxic_chat openai_moderation aegis aegis2 wildguard safe_rlhf beavertails)
-if [ -n "${DATASETS:-}" ]; then read -r -a DATASETS_ARR <<< "$DATASETS"; else DATASETS_ARR=("${DATASETS_DEFAULT[@]}"); fi
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Relative paths are meant from where the user stands, not from the repo root we cd into.
 [ -n "$DATA_DIR" ] && [ -d "$DATA_DIR" ] && DATA_DIR="$(cd "$DATA_DIR" && pwd)"
+if [ -n "${DATASETS:-}" ]; then
+  read -r -a DATASETS_ARR <<< "$DATASETS"   # given explicitly: every one must be available
+elif [ -n "$DATA_DIR" ] && [ -d "$DATA_DIR" ]; then
+  # The paper's list, less those without an offline copy (named, so nothing is dropped silently).
+  DATASETS_ARR=()
+  for d in "${DATASETS_DEFAULT[@]}"; do
+    if [ -d "$DATA_DIR/$d" ]; then DATASETS_ARR+=("$d"); else echo "[siren] $d: not in $DATA_DIR, left out (set DATASETS to require it)" >&2; fi
+  done
+else
+  DATASETS_ARR=("${DATASETS_DEFAULT[@]}")
+fi
 PY="${SIREN_PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
 
