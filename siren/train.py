@@ -122,6 +122,7 @@ def train(cfg: dict) -> dict:
     from siren import data
     from siren.artifact import save_best_model_pkl, save_guard
     from siren.backbones import resolve as resolve_backbone
+    from siren.backbones import resolve_device, resolve_dtype
     from siren.extract import ensure_features
     from siren.head import fit_head, predict_proba_head
     from siren.metrics import macro_f1, mean_group_macro_f1
@@ -181,11 +182,12 @@ def train(cfg: dict) -> dict:
 
     best = max(candidates, key=lambda c: c["tuned"].best_value)
     params = best["tuned"].best_params
+    # No rows are held out in the refit: train for the epoch count CV early stopping chose.
+    final_epochs = max(1, int(round(best["tuned"].best_epochs or cfg["max_epochs"])))
     with stage("final_head"):
         head, history = fit_head(best["Z"], best["y"], layer_dims=params["layer_dims"],
                                  dropout_rates=params["dropout_rates"], lr=params["lr"], seed=seed,
-                                 # No validation rows are left out: train for the epochs CV early stopping chose.
-                                 max_epochs=max(1, int(round(best["tuned"].best_epochs or cfg["max_epochs"]))),
+                                 max_epochs=final_epochs,
                                  batch_size=cfg["batch_size"], patience=cfg["patience"])
 
     with stage("test"):
@@ -201,8 +203,6 @@ def train(cfg: dict) -> dict:
     selected_layers = sorted(int(l) for l in selection)
     layer_weight_map = {int(l): float(weights[l]) for l in selected_layers}
     state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    from siren.backbones import resolve_device, resolve_dtype
-
     forward_dtype = str(resolve_dtype(cfg["dtype"], resolve_device(cfg["device"]))).removeprefix("torch.")
     extra = {"backbone": cfg["model"], "dtype": forward_dtype, "num_layers": int(len(grid.val_f1)), "hidden_size": int(np.asarray(grid.coef).shape[1]),
              "rep_type": rep, "selection_threshold": best["threshold"], "seed": seed, "train_datasets": datasets}
@@ -217,7 +217,7 @@ def train(cfg: dict) -> dict:
         "base_model": {"model_id": source.model_id, "revision": source.revision, "kind": source.kind},
         "config": cfg,
         "chosen": {"rep_type": rep, "threshold": best["threshold"], "head": params,
-                   "final_epochs": max(1, int(round(best["tuned"].best_epochs or cfg["max_epochs"]))),
+                   "final_epochs": final_epochs,
                    "cv_f1": float(best["tuned"].best_value)},
         "candidates": [{"rep_type": c["rep"], "threshold": c["threshold"], "n_neurons": int(c["Z"].shape[1]),
                         "cv_f1": float(c["tuned"].best_value), "n_trials_complete": c["tuned"].n_trials_complete,
@@ -230,7 +230,7 @@ def train(cfg: dict) -> dict:
                    "val_f1": [float(x) for x in grid.val_f1]},
         "test_f1": test_f1,
         "test_f1_average": test_f1_avg,
-        "head_history": history if isinstance(history, dict) else None,
+        "final_head_train_loss": [round(float(x), 5) for x in history["train_loss"]],
         "timings_s": {k: round(v, 2) for k, v in stage.seconds.items()},
         "peak_rss_gib": round(_peak_rss_gib(), 3),
         "note": "offline copies are not the paper's splits: numbers are not comparable with the paper's table"
