@@ -102,17 +102,22 @@ def bench(args) -> dict:
         model(input_ids=torch.tensor([ids[0][:8]] * 2), use_cache=False)
     lf([ids[0][:8]] * 2)
 
+    def padded(idx) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input ids, attention mask) of one batch, right-padded: (b, width) each."""
+        width = max(lengths[i] for i in idx)
+        x = torch.full((len(idx), width), lf.pad_id, dtype=torch.long)
+        m = torch.zeros((len(idx), width), dtype=torch.long)
+        for r, i in enumerate(idx):
+            x[r, : lengths[i]] = torch.tensor(ids[i])
+            m[r, : lengths[i]] = 1
+        return x, m
+
     # (a) bare forward on the same batches.
     def floor() -> float:
         t0 = time.perf_counter()
         with torch.no_grad():
             for idx in batches:
-                width = max(lengths[i] for i in idx)
-                x = torch.full((len(idx), width), lf.pad_id, dtype=torch.long)
-                m = torch.zeros((len(idx), width), dtype=torch.long)
-                for r, i in enumerate(idx):
-                    x[r, : lengths[i]] = torch.tensor(ids[i])
-                    m[r, : lengths[i]] = 1
+                x, m = padded(idx)
                 model(input_ids=x, attention_mask=m, use_cache=False)
         return time.perf_counter() - t0
 
@@ -121,12 +126,7 @@ def bench(args) -> dict:
         fwd = ours = 0.0
         with torch.no_grad():
             for k, idx in enumerate(batches):
-                width = max(lengths[i] for i in idx)
-                x = torch.full((len(idx), width), lf.pad_id, dtype=torch.long)
-                m = torch.zeros((len(idx), width), dtype=torch.long)
-                for r, i in enumerate(idx):
-                    x[r, : lengths[i]] = torch.tensor(ids[i])
-                    m[r, : lengths[i]] = 1
+                x, m = padded(idx)
                 for which in ((0, 1) if k % 2 == 0 else (1, 0)):
                     t0 = time.perf_counter()
                     if which == 0:
@@ -226,6 +226,8 @@ def main() -> None:
                    help="also time bare forward vs our feature call batch by batch, alternating (busy machines)")
     p.add_argument("--_rss_child", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.tmp_dir:
+        os.makedirs(args.tmp_dir, exist_ok=True)
     args.batch_tokens = args.batch_tokens or default_batch_tokens("cpu")
     if args._rss_child:
         rss_child(args)
