@@ -633,26 +633,30 @@ def add_arguments(parser) -> None:
     parser.add_argument("--splits", nargs="+", default=["train", "validation", "test"])
     parser.add_argument("--data_dir", default=None, help="folder of <dataset>/<split>.jsonl (default: $SIREN_DATA_DIR, else the Hub)")
     parser.add_argument("--max_per_split", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--val_ratio", type=float, default=0.2)
-    parser.add_argument("--rep_types", nargs="+", default=["residual_mean"], choices=["residual_mean", "mlp_mean"])
+    parser.add_argument("--seed", type=int, help="default: configs/defaults.yaml (as for training)")
+    parser.add_argument("--val_ratio", type=float)
+    parser.add_argument("--rep_types", nargs="+", choices=["residual_mean", "mlp_mean"])
     parser.add_argument("--batch_tokens", type=int, default=None,
                         help=f"padded tokens per batch (default: {CPU_BATCH_TOKENS} on CPU, {GPU_BATCH_TOKENS} on GPU)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="the backbone's dtype (default: bfloat16 on GPU, float32 on CPU)")
-    parser.add_argument("--cache_dtype", default="float16", choices=sorted(CACHE_DTYPES))
-    parser.add_argument("--max_length", type=int, default=512)
+    parser.add_argument("--cache_dtype", choices=sorted(CACHE_DTYPES))
+    parser.add_argument("--max_length", type=int)
     parser.add_argument("--cache_dir", default=None, help="default: $SIREN_CACHE/features")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
 
 
 def run(args) -> int:
+    from siren import config as cfgmod
+
     start = time.time()
-    entries = ensure_caches(args.model, args.datasets, splits=tuple(args.splits), rep_types=tuple(args.rep_types),
-                            data_dir=args.data_dir, seed=args.seed, val_ratio=args.val_ratio,
+    # Unset flags take the same defaults as training, so `siren train` reuses these caches.
+    cfg = cfgmod.resolve(args, ["seed", "val_ratio", "rep_types", "cache_dtype", "max_length"])
+    entries = ensure_caches(args.model, args.datasets, splits=tuple(args.splits), rep_types=tuple(cfg["rep_types"]),
+                            data_dir=args.data_dir, seed=cfg["seed"], val_ratio=cfg["val_ratio"],
                             max_per_split=args.max_per_split, cache_dir=args.cache_dir,
                             batch_tokens=args.batch_tokens, dtype=args.dtype, device=args.device,
-                            cache_dtype=args.cache_dtype, max_length=args.max_length)
+                            cache_dtype=cfg["cache_dtype"], max_length=cfg["max_length"])
     rank, world = _rank_world()
     if world > 1:
         import torch.distributed as dist
