@@ -23,7 +23,7 @@ import pathlib
 import tempfile
 import warnings
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -347,22 +347,36 @@ def _cap(frame: pd.DataFrame, n: int, rng: np.random.Generator) -> pd.DataFrame:
     return frame.iloc[_stratified_parts(frame["label"].to_numpy(), [n], rng)[0]]
 
 
+def split_caps(max_per_split: int | Sequence[int] | None) -> dict[str, int | None]:
+    """{split: cap or None} from one cap for all splits or three (train, validation, test)."""
+    if max_per_split is None:
+        return {s: None for s in SPLITS}
+    values = [max_per_split] if isinstance(max_per_split, (int, np.integer)) else list(max_per_split)
+    if len(values) == 1:
+        values = values * len(SPLITS)
+    if len(values) != len(SPLITS) or any(not isinstance(v, (int, np.integer)) or v < 1 for v in values):
+        raise SirenError(f"max_per_split must be one positive integer or three (train validation test), "
+                         f"got {max_per_split!r}")
+    return {s: int(v) for s, v in zip(SPLITS, values)}
+
+
 def load_splits(
     name: str,
     *,
     data_dir: str | os.PathLike | None = None,
     seed: int = 42,
     val_ratio: float = 0.2,
-    max_per_split: int | None = None,
+    max_per_split: int | Sequence[int] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Seeded, stratified, disjoint train/validation/test frames of `name` (only "test" for
-    eval-only datasets). Each frame's attrs["derived"] says how the split was obtained."""
+    eval-only datasets). Each frame's attrs["derived"] says how the split was obtained.
+
+    max_per_split: one cap for every split, or three (train, validation, test)."""
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SirenError(f"seed must be a non-negative integer, got {seed!r}")
     if not 0 < val_ratio < 1 - SINGLE_SPLIT_TEST_RATIO:
         raise SirenError(f"val_ratio must be in (0, {1 - SINGLE_SPLIT_TEST_RATIO:g}), got {val_ratio!r}")
-    if max_per_split is not None and max_per_split < 1:
-        raise SirenError(f"max_per_split must be a positive integer, got {max_per_split!r}")
+    caps = split_caps(max_per_split)
     source = load_source(name, data_dir)
     have = [s for s in SPLITS if s in source]
     how = f"stratified, seed {seed}"
@@ -393,9 +407,10 @@ def load_splits(
 
     out = {}
     for split, (frame, derived) in splits.items():
-        if max_per_split is not None and len(frame) > max_per_split:
-            frame = _cap(frame, max_per_split, _rng(seed, name, f"cap:{split}"))
-            derived += f", capped to {max_per_split} ({how})"
+        cap = caps[split]
+        if cap is not None and len(frame) > cap:
+            frame = _cap(frame, cap, _rng(seed, name, f"cap:{split}"))
+            derived += f", capped to {cap} ({how})"
         if frame.empty:
             raise SirenError(f"dataset {name!r}: split {split} is empty; it has too few rows to split")
         if frame["label"].nunique() < 2 and not is_eval_only(name):
@@ -416,7 +431,7 @@ def make_split_ids(
     data_dir: str | os.PathLike | None = None,
     seed: int = 42,
     val_ratio: float = 0.2,
-    max_per_split: int | None = None,
+    max_per_split: int | Sequence[int] | None = None,
 ) -> dict[str, dict[str, list[str]]]:
     """{dataset: {split: [ids in split order]}} for `names`, from load_splits."""
     return {

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--data_dir", help=f"folder of <dataset>/<split>.jsonl (default: ${data.ENV_DATA_DIR}, else the Hub)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--val_ratio", type=float, default=0.2, help="validation share carved from train")
-    p.add_argument("--max_per_split", type=int, default=None, help="cap each split (stratified sample)")
+    p.add_argument("--max_per_split", nargs="+", type=int, help="cap rows per split and dataset (seeded, stratified): one number, or three for train validation test")
     p.add_argument("--out", required=True, help="JSON file to write")
 
     p = sub.add_parser("export", help="load datasets from the Hub and write SIREN-ready JSONL")

@@ -34,7 +34,7 @@ def add_arguments(p) -> None:
     p.add_argument("--datasets", nargs="+", help="default: the training datasets")
     p.add_argument("--extra_datasets", nargs="*", default=[], help="more test sets, e.g. xstest advbench harmbench")
     p.add_argument("--data_dir", help="default: the training run's, else $SIREN_DATA_DIR, else the Hub")
-    p.add_argument("--max_per_split", type=int, help="default: the training run's")
+    p.add_argument("--max_per_split", nargs="+", type=int, help="default: the training run's")
     p.add_argument("--calibrate", action="store_true", help="pick and store the threshold that maximises val F1")
     p.add_argument("--batch_tokens", type=int)
     p.add_argument("--dtype", help="backbone dtype (default: the training run's)")

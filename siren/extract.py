@@ -632,7 +632,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--datasets", nargs="+", required=True, help="dataset names (see `siren data list`)")
     parser.add_argument("--splits", nargs="+", default=["train", "validation", "test"])
     parser.add_argument("--data_dir", default=None, help="folder of <dataset>/<split>.jsonl (default: $SIREN_DATA_DIR, else the Hub)")
-    parser.add_argument("--max_per_split", type=int, default=None)
+    parser.add_argument("--max_per_split", nargs="+", type=int, help="cap rows per split and dataset (seeded, stratified): one number, or three for train validation test")
     parser.add_argument("--seed", type=int, help="default: configs/defaults.yaml (as for training)")
     parser.add_argument("--val_ratio", type=float)
     parser.add_argument("--rep_types", nargs="+", choices=["residual_mean", "mlp_mean"])

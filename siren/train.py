@@ -38,7 +38,7 @@ def add_arguments(p) -> None:
     p.add_argument("--model", required=True, help="backbone: registry name, local folder or Hub id")
     p.add_argument("--datasets", nargs="+", required=True, help="training datasets (siren data list)")
     p.add_argument("--data_dir", help="SIREN-ready JSONL folder (default: $SIREN_DATA_DIR, else the Hub)")
-    p.add_argument("--max_per_split", type=int, help="cap rows per split and dataset (seeded)")
+    p.add_argument("--max_per_split", nargs="+", type=int, help="cap rows per split and dataset (seeded, stratified): one number, or three for train validation test")
     p.add_argument("--seed", type=int)
     p.add_argument("--val_ratio", type=float)
     p.add_argument("--rep_types", nargs="+", help="residual_mean and/or mlp_mean")

@@ -443,3 +443,23 @@ def test_real_offline_splits():
         for split, f in carved.items():
             # duplicated texts move as groups, which loosens row-level stratification slightly
             assert abs(int(f["label"].sum()) - len(f) * pool.mean()) <= 2, (name, split)
+
+
+def test_per_split_caps(tmp_path):
+    from siren.data import load_splits, split_caps
+    from siren.errors import SirenError
+
+    assert split_caps(None) == {"train": None, "validation": None, "test": None}
+    assert split_caps([7]) == split_caps(7) == {"train": 7, "validation": 7, "test": 7}
+    assert split_caps([6, 2, 3]) == {"train": 6, "validation": 2, "test": 3}
+    for bad in ([1, 2], [0], [-3, 1, 1]):
+        with pytest.raises(SirenError, match="max_per_split"):
+            split_caps(bad)
+    d = tmp_path / "beavertails"
+    d.mkdir()
+    with open(d / "test.jsonl", "w") as f:
+        for i in range(100):
+            f.write(json.dumps({"id": f"b-{i}", "text": f"text {i}", "label": i % 2, "prompt": f"text {i}",
+                                "response": None}) + "\n")
+    sizes = {k: len(v) for k, v in load_splits("beavertails", data_dir=tmp_path, max_per_split=[30, 8, 10]).items()}
+    assert sizes == {"train": 30, "validation": 8, "test": 10}

@@ -18,7 +18,7 @@ N_FOLDS="${N_FOLDS:-5}"                 # k-fold CV on train+validation
 VAL_RATIO="${VAL_RATIO:-0.2}"           # validation carved from train where the source has none
 REP_TYPES="${REP_TYPES:-residual_mean}" # residual_mean and/or mlp_mean
 DATA_DIR="${DATA_DIR:-${SIREN_DATA_DIR:-}}"  # SIREN-ready JSONL folder; empty = load from the Hub
-MAX_PER_SPLIT="${MAX_PER_SPLIT:-}"      # cap rows per split and dataset (empty = all)
+MAX_PER_SPLIT="${MAX_PER_SPLIT:-}"      # cap rows per split and dataset: "300", or "600 200 300" (train validation test); empty = all
 DTYPE="${DTYPE:-auto}"                  # backbone dtype: auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16
 SEED="${SEED:-42}"
 STORAGE="${STORAGE:-}"                  # Optuna storage shared by workers (sqlite:///x.db, x.journal, RDB URL)
@@ -47,7 +47,7 @@ ARGS=(--model "$MODEL" --datasets "${DATASETS_ARR[@]}" --device "$DEVICE" --dtyp
       --n_trials "$N_TRIALS" --n_jobs "$N_JOBS" --n_folds "$N_FOLDS" --val_ratio "$VAL_RATIO"
       --rep_types $REP_TYPES --seed "$SEED")
 [ -n "$DATA_DIR" ] && ARGS+=(--data_dir "$DATA_DIR")
-[ -n "$MAX_PER_SPLIT" ] && ARGS+=(--max_per_split "$MAX_PER_SPLIT")
+[ -n "$MAX_PER_SPLIT" ] && ARGS+=(--max_per_split $MAX_PER_SPLIT)
 [ -n "$BATCH_TOKENS" ] && ARGS+=(--batch_tokens "$BATCH_TOKENS")
 [ -n "$STORAGE" ] && ARGS+=(--storage "$STORAGE")
 [ -n "$STUDY_NAME" ] && ARGS+=(--study_name "$STUDY_NAME")
