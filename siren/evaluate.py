@@ -96,7 +96,7 @@ def best_threshold(scores: list[np.ndarray], labels: list[np.ndarray]) -> float:
 
 def evaluate(args) -> dict:
     from siren import data
-    from siren.artifact import load_guard_config, load_head, set_default_threshold
+    from siren.artifact import load_guard_config, load_head, selection_from_config, set_default_threshold
     from siren.extract import ensure_features, load_features
     from siren.head import predict_proba_head
     from siren.select import aggregate
@@ -123,14 +123,12 @@ def evaluate(args) -> dict:
     defaults = cfgmod.defaults()
     split_kw = dict(data_dir=pick("data_dir"), seed=trained.get("seed", defaults["seed"]),
                     val_ratio=trained.get("val_ratio", defaults["val_ratio"]), max_per_split=pick("max_per_split"))
-    sm = config["siren_module"]
-    rep = sm["pooling_type"]
-    selection = {int(k.split("_")[0].removeprefix("layer")): np.asarray(v, dtype=np.int64)
-                 for k, v in sm["selected_neurons_dict"].items()}
+    rep = config["siren_module"]["pooling_type"]
+    _, selection, weight_of = selection_from_config(config)
     L = int(config.get("siren", {}).get("num_layers") or max(selection) + 1)
-    weights = np.ones(L, dtype=np.float32)
-    for k, w in sm["layer_weights"].items():
-        weights[int(k)] = float(w)
+    weights = np.ones(L, dtype=np.float32)  # (L,): aggregate() reads only the selected layers'
+    for layer, w in weight_of.items():
+        weights[layer] = w
     head = load_head(folder)
     threshold = float(config["inference"]["default_threshold"])
 
