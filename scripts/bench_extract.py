@@ -1,7 +1,7 @@
 """Benchmark feature extraction on real rows with smollm2-135m on this machine's CPU.
 
 (a) floor: bare forward of the base model on the same length-bucketed batches as (b);
-(b) ours: `siren.extract.extract_texts` (tokenise, all 30 layers residual_mean, pooling, cache writes);
+(b) ours: `siren.pipeline.extract.extract_texts` (tokenise, all 30 layers residual_mean, pooling, cache writes);
 (c) the original code's way: fixed batches of 32 in input order padded to the longest,
     `output_hidden_states=True`, per-sample Python pooling loop into a list of dicts.
 Also: padded/real tokens of (b) and (c), and the peak RSS of (b) for n and 4n texts, each in a
@@ -50,7 +50,7 @@ def load():
 
 
 def run_ours(bb, texts, batch_tokens: int, folder: Path) -> float:
-    from siren.extract import extract_texts
+    from siren.pipeline.extract import extract_texts
     from siren.features import LayerFeatures
 
     lf = LayerFeatures(bb.model, bb.tokenizer, rep_types=("residual_mean",), max_length=512)
@@ -212,7 +212,7 @@ def rss_child(args) -> None:
 
 
 def main() -> None:
-    from siren.extract import default_batch_tokens
+    from siren.pipeline.extract import default_batch_tokens
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=512)

@@ -8,7 +8,7 @@ if given) plus a small table.
 Reference-style probe (the original authors' way): one model per layer and per C, Adam on
 raw (unstandardised) features, full batch, loss = mean BCE + ||w||_1 / C (subgradient), up
 to 500 epochs, early stop when the validation loss has not improved for 10 epochs (best
-state restored). Ours: ``siren.probes.fit_probe_grid`` (FISTA, all layers at once,
+state restored). Ours: ``siren.pipeline.probes.fit_probe_grid`` (FISTA, all layers at once,
 warm-started over C). Both pick, per layer, the C with the best validation
 mean-over-datasets macro-F1; the table reports mean/max of that over layers, time, and
 how many weights are exactly zero.
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from siren.metrics import mean_group_macro_f1_columns
-from siren.probes import fit_probe_grid
-from siren.select import aggregate, layer_weights, n_selected, select_neurons
+from siren.pipeline.probes import fit_probe_grid
+from siren.pipeline.select import aggregate, layer_weights, n_selected, select_neurons
 
 
 def synthetic(n: int, L: int, d: int, seed: int = 0, n_groups: int = 3):
@@ -105,7 +105,7 @@ def bench(X_tr, y_tr, g_tr, X_va, y_va, g_va, c_values, *, threshold=0.9, n_tria
     """Time and score: our probes, the reference probes, and a short head search.
 
     X_* (n, L, d), y_* (n,), g_* (n,) dataset index. -> dict of results (JSON-ready)."""
-    from siren.tune import tune_head                    # training-only import
+    from siren.pipeline.tune import tune_head                    # training-only import
 
     out: dict = {"shape_train": list(X_tr.shape), "n_val": int(X_va.shape[0]),
                  "c_values": [float(c) for c in c_values], "threads": torch.get_num_threads()}
@@ -168,8 +168,8 @@ def cached_run(run_dir: str, rep: str):
     """(X, y, groups) of the train and validation splits of a finished run, from the feature cache."""
     from pathlib import Path
 
-    from siren.extract import ensure_features
-    from siren.train import load_split
+    from siren.pipeline.extract import ensure_features
+    from siren.pipeline.train import load_split
 
     cfg = json.loads((Path(run_dir) / "results.json").read_text())["config"]
     paths = ensure_features(cfg["model"], cfg["datasets"], splits=("train", "validation"), rep_types=[rep],

@@ -374,8 +374,8 @@ def load_head_state(folder_or_file, config: dict) -> dict[str, torch.Tensor]:
 
 
 def build_head(config: dict, state: dict[str, torch.Tensor]):
-    """An eval-mode `siren.head.MLPHead` for `config["mlp"]` holding `state` (fp32, CPU)."""
-    from siren.head import MLPHead
+    """An eval-mode `siren.mlp.MLPHead` for `config["mlp"]` holding `state` (fp32, CPU)."""
+    from siren.mlp import MLPHead
 
     mlp = config["mlp"]
     head = MLPHead(mlp["input_dim"], list(mlp["layer_dims"]), list(mlp["dropout_rates"]),

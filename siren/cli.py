@@ -17,10 +17,10 @@ from siren.errors import SirenError
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("siren.data_cli", "list datasets, write seeded splits, export Hub data to JSONL"),
     "backbone": ("siren.backbones", "show or prepare a backbone"),
-    "extract": ("siren.extract", "extract per-layer features into the on-disk cache"),
-    "train": ("siren.train", "fit probes, select neurons, tune and save the guard"),
-    "eval": ("siren.evaluate", "evaluate a trained guard per dataset"),
-    "score": ("siren.guard_cli", "score texts with a trained guard"),
+    "extract": ("siren.pipeline.extract", "extract per-layer features into the on-disk cache"),
+    "train": ("siren.pipeline.train", "fit probes, select neurons, tune and save the guard"),
+    "eval": ("siren.evaluation.evaluate", "evaluate a trained guard per dataset"),
+    "score": ("siren.runtime.score_cli", "score texts with a trained guard"),
 }
 
 

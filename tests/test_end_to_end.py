@@ -91,9 +91,9 @@ def test_train_eval_score_end_to_end(tiny_llama_dir, tiny_data, tmp_path, capsys
     assert (out / "roc.png").is_file() and (out / "f1.png").is_file()
 
     # The served guard computes the features the head was trained on.
-    from siren.guard import SirenGuard
-    from siren.extract import load_features
-    from siren.select import aggregate
+    from siren.runtime.guard import SirenGuard
+    from siren.pipeline.extract import load_features
+    from siren.pipeline.select import aggregate
     guard = SirenGuard.from_pretrained(str(out))
     key_dir = next(p for p in cache.rglob("manifest.json") if json.loads(p.read_text())["dataset"] == "aegis"
                    and json.loads(p.read_text())["split"] == "test"
@@ -110,7 +110,7 @@ def test_train_eval_score_end_to_end(tiny_llama_dir, tiny_data, tmp_path, capsys
 
 
 def guard_features_from_cache(config: dict, X) -> np.ndarray:
-    from siren.select import aggregate
+    from siren.pipeline.select import aggregate
     sm = config["siren_module"]
     selection = {int(k.split("_")[0][5:]): np.asarray(v) for k, v in sm["selected_neurons_dict"].items()}
     weights = np.ones(X.shape[1], dtype=np.float32)

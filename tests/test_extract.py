@@ -19,7 +19,7 @@ import siren.backbones
 from siren.backbones import load_backbone
 from siren.data import load_splits
 from siren.errors import SirenError
-from siren.extract import (FEATURES, IDS, LABELS, MANIFEST, cache_path, ensure_features, extract_texts,
+from siren.pipeline.extract import (FEATURES, IDS, LABELS, MANIFEST, cache_path, ensure_features, extract_texts,
                            load_features)
 from siren.features import LayerFeatures, length_batches
 from tiny_models import load_base
@@ -69,7 +69,7 @@ def _same_cache(a: Path, b: Path) -> None:
 
 
 def _run_ensure_subprocess(kwargs: dict, env_extra: dict | None = None, torchrun: int = 0) -> subprocess.CompletedProcess:
-    code = ("import json, sys\nfrom siren.extract import ensure_features\n"
+    code = ("import json, sys\nfrom siren.pipeline.extract import ensure_features\n"
             "kw = json.loads(sys.argv[1])\nensure_features(kw.pop('model'), kw.pop('datasets'), **kw)\n")
     env = {**os.environ, **(env_extra or {})}
     if torchrun:

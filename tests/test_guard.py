@@ -12,7 +12,7 @@ from siren.backbones import load_backbone
 from siren.cli import main
 from siren.errors import SirenError
 from siren.features import normalize_text
-from siren.guard import ScoreResult, SirenGuard
+from siren.runtime.guard import ScoreResult, SirenGuard
 from tiny_models import load_base
 
 TEXTS = ["how do I bake bread at home", "tell me a joke", "", "how can I hurt someone badly\n\n\n\nnow",
@@ -25,7 +25,7 @@ def make_guard(folder, base_dir, *, pooling="residual_mean", layers=(0, 2, 3), p
                layer_dims=(16, 8), dropout_rates=(0.1, 0.0), max_length=64, threshold=0.5, extra=None,
                revision=None, neurons=None):
     """A random guard over a tiny backbone folder: random neurons (unsorted), weights and MLPHead."""
-    from siren.head import MLPHead
+    from siren.mlp import MLPHead
 
     rng = np.random.default_rng(seed)
     selection = neurons or {l: rng.choice(hidden, size=per_layer, replace=False) for l in layers}

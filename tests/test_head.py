@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from siren.head import MLPHead, fit_head, fold_standardisation, predict_proba_head
+from siren.mlp import MLPHead, predict_proba_head
+from siren.pipeline.head import fit_head, fold_standardisation
 
 
 def toy(n=240, k=12, seed=0):

@@ -13,7 +13,7 @@ import torch
 
 from siren.artifact import CONFIG_NAME, WEIGHTS_NAME
 from siren.backbones import resolve
-from siren.guard import SirenGuard
+from siren.runtime.guard import SirenGuard
 from test_guard import TEXTS, make_guard
 
 siren_guard = pytest.importorskip("siren_guard")

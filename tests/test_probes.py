@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from siren.probes import LayerProbes, ProbeGrid, fit_probe_grid
+from siren.pipeline.probes import LayerProbes, ProbeGrid, fit_probe_grid
 
 PLANTED = {1: {2: 2.0, 7: -1.5}, 3: {5: 1.5}}    # layer -> {neuron: weight}
 

@@ -29,7 +29,7 @@ def test_train_and_serve_smollm2_on_real_rows(data_dir, tmp_path, capsys):
     siren_guard = pytest.importorskip("siren_guard")
     import torch
 
-    from siren.guard import SirenGuard
+    from siren.runtime.guard import SirenGuard
 
     rows = [json.loads(l) for l in open(data_dir / "beavertails" / "test.jsonl")][:12]
     ours = SirenGuard.from_pretrained(str(out), dtype="float32")

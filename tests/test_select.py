@@ -6,7 +6,7 @@ from sklearn.metrics import f1_score
 
 from siren.metrics import (macro_f1, macro_f1_columns, mean_group_macro_f1,
                            mean_group_macro_f1_columns)
-from siren.select import aggregate, layer_weights, n_selected, select_neurons
+from siren.pipeline.select import aggregate, layer_weights, n_selected, select_neurons
 
 
 def test_select_neurons_hand_computed():

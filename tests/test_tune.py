@@ -9,7 +9,7 @@ import numpy as np
 import optuna
 import pytest
 
-from siren.tune import cv_folds, make_storage, tune_head, width_bounds
+from siren.pipeline.tune import cv_folds, make_storage, tune_head, width_bounds
 
 
 def toy(n=160, k=8, seed=0, noise=False):
@@ -58,7 +58,7 @@ def test_pruning_happens_and_result_shape():
 WORKER = textwrap.dedent("""
     import sys, json, numpy as np, torch
     torch.set_num_threads(1)
-    from siren.tune import tune_head
+    from siren.pipeline.tune import tune_head
     rng = np.random.default_rng(0)
     X = rng.standard_normal((80, 6)).astype(np.float32)
     g = np.arange(80) % 2

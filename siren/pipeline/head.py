@@ -1,8 +1,8 @@
-"""The SIREN classification head (an MLP) and its training loop.
+"""Training the SIREN classification head (the MLP defined in ``siren.mlp``).
 
 Reads aggregated features (n, k) float32 (from ``select.aggregate``) and labels; writes
 nothing to disk (``artifact.py`` saves ``model.state_dict()`` as safetensors). The runtime
-imports this module to rebuild the head, so it imports no Optuna and no training-only code.
+rebuilds the head from ``siren.mlp`` and never imports this module.
 
 Layout (fixed by the external runtime ``siren_guard``, which loads the state dict strictly):
 ``network = Sequential(Linear, ReLU, [Dropout if p > 0]) * n_hidden, Linear(prev, 2)``, so
@@ -33,36 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .metrics import mean_group_macro_f1
+from siren.metrics import mean_group_macro_f1
 
-__all__ = ["MLPHead", "fit_head", "predict_proba_head", "fold_standardisation"]
+from siren.mlp import MLPHead, logits_of
 
-
-class MLPHead(nn.Module):
-    """MLP over the selected neurons: input (batch, input_dim) -> logits (batch, num_classes)."""
-
-    def __init__(self, input_dim: int, layer_dims: list[int], dropout_rates: list[float],
-                 num_classes: int = 2):
-        super().__init__()
-        if len(layer_dims) != len(dropout_rates):
-            raise ValueError(f"layer_dims {layer_dims} and dropout_rates {dropout_rates} "
-                             "must have the same length")
-        mods: list[nn.Module] = []
-        prev = int(input_dim)
-        for width, p in zip(layer_dims, dropout_rates):
-            mods += [nn.Linear(prev, int(width)), nn.ReLU()]
-            if p > 0:
-                mods.append(nn.Dropout(float(p)))
-            prev = int(width)
-        mods.append(nn.Linear(prev, num_classes))
-        self.network = nn.Sequential(*mods)
-        self.input_dim = int(input_dim)
-        self.layer_dims = [int(w) for w in layer_dims]
-        self.dropout_rates = [float(p) for p in dropout_rates]
-        self.num_classes = num_classes
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x)
+__all__ = ["fit_head", "fold_standardisation"]
 
 
 def fold_standardisation(model: MLPHead, mean: np.ndarray, std: np.ndarray) -> None:
@@ -107,15 +82,6 @@ def _standard_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     std = X.std(axis=0, dtype=np.float64)
     std = np.where(std > 1e-8 * (1.0 + np.abs(mean)), std, 1.0)   # constant column: leave as is
     return mean, std
-
-
-@torch.no_grad()
-def _logits(model: nn.Module, X: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    out = torch.cat([model(X[s:s + batch_size]) for s in range(0, X.shape[0], batch_size)])
-    model.train(was_training)
-    return out
 
 
 def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rates: list[float],
@@ -183,7 +149,7 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
         history["train_loss"].append(total / n)
         if not has_val:
             continue
-        pred = _logits(model, Xv).argmax(dim=1).numpy()
+        pred = logits_of(model, Xv).argmax(dim=1).numpy()
         score = mean_group_macro_f1(yv, pred, gv)
         history["val_f1"].append(score)
         if score > best_score:
@@ -207,13 +173,3 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
     history["mean"], history["std"] = mean.astype(np.float32), std.astype(np.float32)
     model.eval()
     return model, history
-
-
-@torch.no_grad()
-def predict_proba_head(model: nn.Module, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-    """X (n, k) raw aggregated features -> (n,) float32 P(harmful) = softmax(logits)[:, 1]."""
-    Xt = torch.as_tensor(np.asarray(X, dtype=np.float32))
-    if Xt.ndim == 1:
-        Xt = Xt[None, :]
-    logits = _logits(model, Xt, batch_size)
-    return torch.softmax(logits.float(), dim=1)[:, 1].numpy().astype(np.float32)

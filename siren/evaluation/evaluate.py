@@ -2,7 +2,7 @@
 
 Reads: a trained guard folder (`siren_config.json` + `siren.safetensors`, default
 `train/probes/optuna/{MODEL}_general/`), its `results.json` (to rebuild the exact training
-splits and feature-cache settings), and the feature cache (siren.extract; what is missing is
+splits and feature-cache settings), and the feature cache (siren.pipeline.extract; what is missing is
 extracted with the backbone loaded once for all datasets).
 
 Writes, next to the guard: `eval_results.json` (per dataset n, harmful, safe, macro-F1
@@ -97,9 +97,9 @@ def best_threshold(scores: list[np.ndarray], labels: list[np.ndarray]) -> float:
 def evaluate(args) -> dict:
     from siren import data
     from siren.artifact import load_guard_config, load_head, selection_from_config, set_default_threshold
-    from siren.extract import ensure_features, load_features
-    from siren.head import predict_proba_head
-    from siren.select import aggregate
+    from siren.pipeline.extract import ensure_features, load_features
+    from siren.mlp import predict_proba_head
+    from siren.pipeline.select import aggregate
 
     folder = guard_folder(args.model, args.guard)
     config = load_guard_config(folder)

@@ -1,12 +1,12 @@
 """Training entry point: `siren train` (behind `train/run_general_siren.sh`).
 
 Reads: the datasets' seeded splits (siren.data) and the per-layer feature cache
-(siren.extract; whatever is missing or stale is extracted first, with the backbone loaded once).
+(siren.pipeline.extract; whatever is missing or stale is extracted first, with the backbone loaded once).
 
 Writes, into `train/probes/optuna/{MODEL}_general/` (or --out_dir):
 - `splits.json`             the row ids of every split, {dataset: {split: [ids]}}
 - `probes_<rep>.npz`        every layer's probe: coefficients, intercepts, C, train/val F1
-- `siren_config.json` + `siren.safetensors`   the guard (loadable by siren.guard and llm-siren)
+- `siren_config.json` + `siren.safetensors`   the guard (loadable by siren.runtime.guard and llm-siren)
 - `best_model.pkl`          the paper's file, data only (see siren.artifact.load_best_model_pkl)
 - `results.json`            resolved config, chosen hyperparameters, selection, F1s, stage times
 - `layers.png`              probe validation F1 and selected neurons per layer
@@ -100,7 +100,7 @@ def load_split(paths: dict, datasets: list[str], split: str, rep: str):
 
     Returns X (n, L, d) in the cache dtype, y (n,), groups (n,) dataset index, ids (n,).
     """
-    from siren.extract import load_features
+    from siren.pipeline.extract import load_features
 
     Xs, ys, gs, ids = [], [], [], []
     for gi, name in enumerate(datasets):
@@ -123,12 +123,13 @@ def train(cfg: dict) -> dict:
     from siren.artifact import save_best_model_pkl, save_guard
     from siren.backbones import resolve as resolve_backbone
     from siren.backbones import resolve_device, resolve_dtype
-    from siren.extract import ensure_features
-    from siren.head import fit_head, predict_proba_head
+    from siren.pipeline.extract import ensure_features
+    from siren.mlp import predict_proba_head
+    from siren.pipeline.head import fit_head
     from siren.metrics import macro_f1, mean_group_macro_f1
-    from siren.probes import fit_probe_grid
-    from siren.select import aggregate, layer_weights, select_neurons
-    from siren.tune import tune_head
+    from siren.pipeline.probes import fit_probe_grid
+    from siren.pipeline.select import aggregate, layer_weights, select_neurons
+    from siren.pipeline.tune import tune_head
 
     datasets = list(cfg["datasets"])
     unknown = [d for d in datasets if d not in data.known_datasets()]

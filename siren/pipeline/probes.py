@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .metrics import mean_group_macro_f1_columns
+from siren.metrics import mean_group_macro_f1_columns
 
 __all__ = ["LayerProbes", "ProbeGrid", "fit_probe_grid"]
 

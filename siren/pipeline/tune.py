@@ -44,8 +44,9 @@ from optuna.trial import TrialState
 from sklearn.model_selection import StratifiedKFold
 from tqdm.auto import tqdm
 
-from .head import fit_head, predict_proba_head
-from .metrics import mean_group_macro_f1
+from siren.mlp import predict_proba_head
+from siren.pipeline.head import fit_head
+from siren.metrics import mean_group_macro_f1
 
 __all__ = ["TuneResult", "tune_head", "suggest_head_params", "make_storage", "cv_folds"]
 

@@ -99,7 +99,7 @@ def run(args) -> int:
     if args.batch_size < 1 or args.batch_tokens < 1:
         raise SirenError("--batch_size and --batch_tokens must be >= 1")
 
-    from siren.guard import SirenGuard
+    from siren.runtime.guard import SirenGuard
 
     guard = SirenGuard.from_pretrained(resolve_guard(args.model), device=args.device, dtype=args.dtype,
                                        trust_remote_code=args.trust_remote_code)

@@ -1,0 +1,1 @@
+"""Evaluation of trained guards: per-dataset metrics, plots, baselines and reports."""
