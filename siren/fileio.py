@@ -1,0 +1,88 @@
+"""File primitives shared by every stage: all-or-nothing writes and inter-process locks.
+
+Every file the project writes goes through `atomic_write` (or one of its typed forms): the
+bytes go to a temp file in the same folder, are fsynced, then renamed over the target, so a
+reader sees the old file or the new one, never half of one, whatever kills the writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from siren.errors import SirenError
+
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_save_npy",
+           "fsync_dir", "file_lock"]
+
+
+def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
+    """Write `data` to `path` all-or-nothing (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    """JSON with `allow_nan=False`: a NaN or inf is a bug to surface, not invalid JSON to write."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    atomic_write(path, buf.getvalue())
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename inside `folder` durable (best effort: some file systems refuse)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, *, wait: bool = True, what: str | None = None) -> Iterator[None]:
+    """An exclusive inter-process lock on `path` (created if missing).
+
+    wait=True blocks until the lock is free (e.g. ranks converting one backbone once);
+    wait=False refuses at once with a SirenError naming `what` (e.g. two extractions
+    writing the same cache folder).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise SirenError(f"another process is writing {what or path.parent}; "
+                             "wait for it to finish or stop it") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -1,0 +1,55 @@
+import json
+import multiprocessing as mp
+import os
+
+import numpy as np
+import pytest
+
+from siren.errors import SirenError
+from siren.fileio import atomic_save_npy, atomic_write, atomic_write_json, file_lock
+
+
+def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
+    p = tmp_path / "a.bin"
+    p.write_bytes(b"old")
+    atomic_write(p, b"new")
+    assert p.read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == ["a.bin"]
+
+
+def test_failed_write_keeps_old_file(tmp_path):
+    p = tmp_path / "r.json"
+    atomic_write_json(p, {"a": 1})
+    with pytest.raises(ValueError):
+        atomic_write_json(p, {"a": float("nan")})   # NaN is refused, never written as invalid JSON
+    assert json.loads(p.read_text()) == {"a": 1}
+    assert sorted(os.listdir(tmp_path)) == ["r.json"]
+
+
+def test_atomic_save_npy_roundtrip(tmp_path):
+    a = np.arange(12, dtype=np.float16).reshape(3, 4)
+    atomic_save_npy(tmp_path / "x.npy", a)
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), a)
+
+
+def _hold(path, ready, release):
+    with file_lock(path):
+        ready.set()
+        release.wait(10)
+
+
+def test_file_lock_refuses_second_writer(tmp_path):
+    ctx = mp.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_hold, args=(tmp_path / ".lock", ready, release))
+    proc.start()
+    try:
+        assert ready.wait(10)
+        with pytest.raises(SirenError, match="another process is writing cache X"):
+            with file_lock(tmp_path / ".lock", wait=False, what="cache X"):
+                pass
+    finally:
+        release.set()
+        proc.join(10)
+    with file_lock(tmp_path / ".lock", wait=False):   # free again once the holder is gone
+        pass
