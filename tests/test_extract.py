@@ -1,4 +1,4 @@
-"""The feature cache: round trip, manifest reuse / re-extraction, crash resume, torchrun sharding."""
+"""The feature cache: round trip, manifest reuse / re-extraction, damage detection, crash resume, torchrun sharding."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ import siren.backbones
 from siren.backbones import load_backbone
 from siren.data import load_splits
 from siren.errors import SirenError
-from siren.pipeline.extract import (FEATURES, IDS, LABELS, MANIFEST, cache_path, ensure_features, extract_texts,
-                           load_features)
+from siren.fileio import file_lock
+from siren.pipeline.cache import (FEATURES, IDS, LABELS, MANIFEST, RowStack, cache_path, load_features, load_split,
+                                  stale_reason)
+from siren.pipeline.extract import ensure_features, extract_texts
 from siren.features import LayerFeatures, length_batches
 from tiny_models import load_base
 
@@ -51,6 +53,11 @@ def _write_data(root: Path, n_train: int = 24, n_test: int = 8, n_eval: int = 5,
     return root
 
 
+def _ensure(*args, **kwargs) -> dict:
+    """ensure_features as {(dataset, split, pooling type): folder}."""
+    return {key: entry.folder for key, entry in ensure_features(*args, **kwargs).items()}
+
+
 class _Counter:
     """Counts forwards of a backbone's model."""
 
@@ -71,7 +78,8 @@ def _same_cache(a: Path, b: Path) -> None:
 def _run_ensure_subprocess(kwargs: dict, env_extra: dict | None = None, torchrun: int = 0) -> subprocess.CompletedProcess:
     code = ("import json, sys\nfrom siren.pipeline.extract import ensure_features\n"
             "kw = json.loads(sys.argv[1])\nensure_features(kw.pop('model'), kw.pop('datasets'), **kw)\n")
-    env = {**os.environ, **(env_extra or {})}
+    # This checkout's package first, also for torchrun's workers (they run a script outside the repo).
+    env = {**os.environ, **(env_extra or {}), "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     if torchrun:
         script = Path(kwargs["cache_dir"]).parent / "run_ensure.py"
         script.write_text(code)
@@ -96,11 +104,11 @@ def test_cache_path_is_safe_and_distinct(tmp_path):
 @pytest.mark.parametrize("cache_dtype", ["float16", "float32"])
 def test_round_trip_equals_layer_features_in_input_order(tiny_llama_dir, tmp_path, cache_dtype):
     model, tok = load_base(tiny_llama_dir), AutoTokenizer.from_pretrained(tiny_llama_dir)
-    lf = LayerFeatures(model, tok, rep_types=("residual_mean", "mlp_mean"), max_length=64)
+    lf = LayerFeatures(model, tok, pooling_types=("residual_mean", "mlp_mean"), max_length=64)
     texts = _texts(12) + ["", "<|im_start|>user hi<|im_end|>"]
     ids = [f"row-{i}" for i in range(len(texts))]
     labels = [i % 2 for i in range(len(texts))]
-    out = {rep: tmp_path / rep for rep in lf.rep_types}
+    out = {rep: tmp_path / rep for rep in lf.pooling_types}
     extract_texts(lf, texts, out, manifest={"backbone": "tiny", "dataset": "d", "split": "train"},
                   labels=labels, ids=ids, batch_tokens=96, cache_dtype=cache_dtype)
     assert len(length_batches([len(x) for x in lf.tokenize(texts)], 96)) > 3  # really batched
@@ -113,7 +121,7 @@ def test_round_trip_equals_layer_features_in_input_order(tiny_llama_dir, tmp_pat
         assert fs.y.dtype == np.int64 and fs.y.tolist() == labels
         assert fs.ids.tolist() == ids
         m = fs.manifest
-        assert (m["rep_type"], m["n"], m["cache_dtype"], m["max_length"], m["dtype"]) == (
+        assert (m["pooling_type"], m["n"], m["cache_dtype"], m["max_length"], m["dtype"]) == (
             rep, len(texts), cache_dtype, 64, "float32")
         assert m["layers"] == [0, 1, 2, 3] and m["dataset"] == "d" and "normalization_version" in m
         assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == sorted(
@@ -146,7 +154,7 @@ def test_ensure_features_reuses_and_reextracts(tiny_llama_dir, tmp_path, monkeyp
     bb = load_backbone(str(tiny_llama_dir), device="cpu", dtype="float32")
     counter = _Counter(bb.model)
     kw = dict(data_dir=data, cache_dir=cache, batch_tokens=256, max_length=64)
-    got = ensure_features(str(tiny_llama_dir), ["toxic_chat", "advbench"], backbone=bb, **kw)
+    got = _ensure(str(tiny_llama_dir), ["toxic_chat", "advbench"], backbone=bb, **kw)
     # Eval-only advbench has only test; toxic_chat gets a carved validation split.
     assert set(got) == {("toxic_chat", s, "residual_mean") for s in ("train", "validation", "test")} | {
         ("advbench", "test", "residual_mean")}
@@ -158,16 +166,16 @@ def test_ensure_features_reuses_and_reextracts(tiny_llama_dir, tmp_path, monkeyp
 
     # Same manifest: reused, no forward, and no backbone load at all when none is passed.
     counter.calls = 0
-    assert ensure_features(str(tiny_llama_dir), ["toxic_chat", "advbench"], backbone=bb, **kw) == got
+    assert _ensure(str(tiny_llama_dir), ["toxic_chat", "advbench"], backbone=bb, **kw) == got
     assert counter.calls == 0
     monkeypatch.setattr(siren.backbones, "load_backbone", lambda *a, **k: pytest.fail("backbone loaded"))
-    assert ensure_features(str(tiny_llama_dir), ["toxic_chat", "advbench"], **kw) == got
+    assert _ensure(str(tiny_llama_dir), ["toxic_chat", "advbench"], **kw) == got
     assert {k: (v / MANIFEST).stat().st_mtime_ns for k, v in got.items()} == mtimes
     monkeypatch.undo()
 
     # Different max_length: re-extracted (and the reason is logged).
     capsys.readouterr()
-    ensure_features(str(tiny_llama_dir), ["advbench"], backbone=bb, **{**kw, "max_length": 32})
+    _ensure(str(tiny_llama_dir), ["advbench"], backbone=bb, **{**kw, "max_length": 32})
     assert counter.calls > 0
     assert "max_length: 64 -> 32" in capsys.readouterr().err
     assert load_features(got[("advbench", "test", "residual_mean")]).manifest["max_length"] == 32
@@ -175,21 +183,21 @@ def test_ensure_features_reuses_and_reextracts(tiny_llama_dir, tmp_path, monkeyp
     # Different ids (the data changed): re-extracted.
     counter.calls = 0
     _write_data(tmp_path / "data", n_eval=6)
-    ensure_features(str(tiny_llama_dir), ["advbench"], backbone=bb, **{**kw, "max_length": 32})
+    _ensure(str(tiny_llama_dir), ["advbench"], backbone=bb, **{**kw, "max_length": 32})
     assert counter.calls > 0 and len(load_features(got[("advbench", "test", "residual_mean")])) == 6
 
-    # A stored manifest for another rep type (tampered) is stale too; a new rep type gets its own folder.
+    # A stored manifest for another pooling type (tampered) is stale too; a new pooling type gets its own folder.
     folder = got[("toxic_chat", "test", "residual_mean")]
     m = json.loads((folder / MANIFEST).read_text())
-    (folder / MANIFEST).write_text(json.dumps({**m, "rep_type": "mlp_mean"}))
+    (folder / MANIFEST).write_text(json.dumps({**m, "pooling_type": "mlp_mean"}))
     counter.calls = 0
-    both = ensure_features(str(tiny_llama_dir), ["toxic_chat"], splits=("test",),
-                           rep_types=("residual_mean", "mlp_mean"), backbone=bb, **kw)
-    assert counter.calls > 0 and load_features(folder).manifest["rep_type"] == "residual_mean"
+    both = _ensure(str(tiny_llama_dir), ["toxic_chat"], splits=("test",),
+                           pooling_types=("residual_mean", "mlp_mean"), backbone=bb, **kw)
+    assert counter.calls > 0 and load_features(folder).manifest["pooling_type"] == "residual_mean"
     assert both[("toxic_chat", "test", "mlp_mean")] == cache_path(cache, str(tiny_llama_dir), "toxic_chat", "test",
                                                                  "mlp_mean")
     # Different cache dtype: re-extracted as float32.
-    ensure_features(str(tiny_llama_dir), ["toxic_chat"], splits=("test",), backbone=bb, cache_dtype="float32", **kw)
+    _ensure(str(tiny_llama_dir), ["toxic_chat"], splits=("test",), backbone=bb, cache_dtype="float32", **kw)
     assert load_features(folder).X.dtype == np.float32
 
     # The CLI reports the (now cached) folders.
@@ -197,7 +205,7 @@ def test_ensure_features_reuses_and_reextracts(tiny_llama_dir, tmp_path, monkeyp
 
     capsys.readouterr()
     assert main(["extract", "--model", str(tiny_llama_dir), "--datasets", "toxic_chat", "--data_dir", str(data),
-                 "--cache_dir", str(cache), "--max_length", "64", "--splits", "test", "--rep_types", "mlp_mean"]) == 0
+                 "--cache_dir", str(cache), "--max_length", "64", "--splits", "test", "--pooling_types", "mlp_mean"]) == 0
     out = capsys.readouterr().out
     assert "toxic_chat" in out and "cached" in out and "8x4x32" in out
 
@@ -220,13 +228,13 @@ def test_resume_after_sigkill_is_byte_identical(tiny_llama_dir, tmp_path):
     bb = load_backbone(str(tiny_llama_dir), device="cpu", dtype="float32")
     counter = _Counter(bb.model)
     call = {k: v for k, v in kw.items() if k not in ("model", "datasets")}
-    got = ensure_features(str(tiny_llama_dir), ["toxic_chat"], backbone=bb, **call)
+    got = _ensure(str(tiny_llama_dir), ["toxic_chat"], backbone=bb, **call)
     texts = load_splits("toxic_chat", data_dir=data)["train"]["text"].tolist()
     n_batches = len(length_batches([len(x) for x in LayerFeatures(bb.model, bb.tokenizer, max_length=48).tokenize(texts)], 64))
     assert n_batches > 4
     assert counter.calls == n_batches - 2  # batches 1-2 were checkpointed; batch 3 is redone
 
-    clean = ensure_features(str(tiny_llama_dir), ["toxic_chat"], backbone=bb,
+    clean = _ensure(str(tiny_llama_dir), ["toxic_chat"], backbone=bb,
                             **{**call, "cache_dir": str(tmp_path / "clean")})
     key = ("toxic_chat", "train", "residual_mean")
     _same_cache(got[key], clean[key])
@@ -237,14 +245,14 @@ def test_torchrun_two_processes_equal_one(tiny_llama_dir, tmp_path):
     data = _write_data(tmp_path / "data", n_train=20)
     kw = dict(model=str(tiny_llama_dir), datasets=["toxic_chat", "advbench"], data_dir=str(data),
               cache_dir=str(tmp_path / "sharded"), batch_tokens=64, max_length=48,
-              rep_types=["residual_mean", "mlp_mean"])
+              pooling_types=["residual_mean", "mlp_mean"])
     proc = _run_ensure_subprocess(kw, {"OMP_NUM_THREADS": "1"}, torchrun=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     call = {k: v for k, v in kw.items() if k not in ("model", "datasets")}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each torchrun worker: the same kernels, so the same bits
     try:
-        single = ensure_features(str(tiny_llama_dir), ["toxic_chat", "advbench"],
+        single = _ensure(str(tiny_llama_dir), ["toxic_chat", "advbench"],
                                  **{**call, "cache_dir": str(tmp_path / "single")})
     finally:
         torch.set_num_threads(threads)
@@ -255,3 +263,82 @@ def test_torchrun_two_processes_equal_one(tiny_llama_dir, tmp_path):
         assert json.loads((sharded / MANIFEST).read_text())["world_size"] == 2
         assert sorted(p.name for p in sharded.iterdir() if not p.name.startswith(".")) == sorted(
             [FEATURES, LABELS, IDS, MANIFEST])
+
+
+# --------------------------------------------------------------------------- damaged caches
+
+
+def _one_cache(tiny_llama_dir, tmp_path, cache_name: str):
+    data = _write_data(tmp_path / "data")
+    bb = load_backbone(str(tiny_llama_dir), device="cpu", dtype="float32")
+    kw = dict(splits=("train",), data_dir=data, cache_dir=tmp_path / cache_name, batch_tokens=128, max_length=48)
+    return bb, kw, _ensure(str(tiny_llama_dir), ["toxic_chat"], backbone=bb, **kw)[("toxic_chat", "train", "residual_mean")]
+
+
+def test_truncated_features_are_reextracted_byte_identical(tiny_llama_dir, tmp_path):
+    bb, kw, folder = _one_cache(tiny_llama_dir, tmp_path, "cache")
+    clean = _ensure(str(tiny_llama_dir), ["toxic_chat"], backbone=bb,
+                    **{**kw, "cache_dir": tmp_path / "clean"})[("toxic_chat", "train", "residual_mean")]
+    size = (folder / FEATURES).stat().st_size
+    with open(folder / FEATURES, "r+b") as f:
+        f.truncate(size - 100)
+    assert "truncated" in stale_reason(folder, {})
+    with pytest.raises(SirenError, match="truncated"):
+        load_features(folder)
+    entries = ensure_features(str(tiny_llama_dir), ["toxic_chat"], backbone=bb, **kw)
+    assert entries[("toxic_chat", "train", "residual_mean")].status == "extracted"
+    _same_cache(folder, clean)
+    assert (folder / FEATURES).stat().st_size == size
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: np.save(f / LABELS, 1 - np.load(f / LABELS)), "labels.npy differs"),
+    (lambda f: np.save(f / IDS, np.load(f / IDS)[::-1]), "ids.npy differs"),
+    (lambda f: np.save(f / FEATURES, np.load(f / FEATURES)[:, :2]), "the manifest says"),
+    (lambda f: np.save(f / FEATURES, np.load(f / FEATURES).astype(np.float32)), "the manifest says"),
+])
+def test_damaged_cache_is_refused_then_reextracted(tiny_llama_dir, tmp_path, damage, message):
+    bb, kw, folder = _one_cache(tiny_llama_dir, tmp_path, "cache")
+    before = {n: (folder / n).read_bytes() for n in (FEATURES, LABELS, IDS)}
+    damage(folder)
+    with pytest.raises(SirenError, match=message):
+        load_features(folder)
+    entries = ensure_features(str(tiny_llama_dir), ["toxic_chat"], backbone=bb, **kw)
+    assert entries[("toxic_chat", "train", "residual_mean")].status == "extracted"
+    assert {n: (folder / n).read_bytes() for n in (FEATURES, LABELS, IDS)} == before
+
+
+def test_second_writer_of_a_folder_is_refused(tiny_llama_dir, tmp_path):
+    model, tok = load_base(tiny_llama_dir), AutoTokenizer.from_pretrained(tiny_llama_dir)
+    folder = tmp_path / "f"
+    with file_lock(folder / ".lock", wait=False):
+        with pytest.raises(SirenError, match="another process is writing"):
+            extract_texts(LayerFeatures(model, tok), ["a b"], folder, manifest={}, labels=[0], ids=["a"])
+    assert not (folder / MANIFEST).exists()
+
+
+def test_row_stack_equals_concatenation(tmp_path):
+    rng = np.random.default_rng(0)
+    parts = [rng.standard_normal((n, 3, 4)).astype(np.float16) for n in (5, 0, 7, 2)]
+    for i, p in enumerate(parts):
+        np.save(tmp_path / f"{i}.npy", p)
+    maps = [np.load(tmp_path / f"{i}.npy", mmap_mode="r") for i in range(len(parts))]
+    full = np.concatenate(parts)
+    X = RowStack(maps)
+    assert X.shape == full.shape == (14, 3, 4)
+    for key in [np.s_[:], np.s_[3:9], np.s_[6:7, 1], np.s_[:, 1:3], np.s_[12:40], np.s_[9:9]]:
+        np.testing.assert_array_equal(X[key], full[key])
+    with pytest.raises(TypeError):
+        np.asarray(X)
+
+
+def test_load_split_stacks_datasets_in_order(tiny_llama_dir, tmp_path):
+    data = _write_data(tmp_path / "data")
+    folders = ensure_features(str(tiny_llama_dir), ["toxic_chat", "advbench"], splits=("test",), data_dir=data,
+                              cache_dir=tmp_path / "c", batch_tokens=128, max_length=48, device="cpu")
+    split = load_split(folders, ["advbench", "toxic_chat"], "test", "residual_mean")
+    parts = [load_features(folders[(d, "test", "residual_mean")]) for d in ("advbench", "toxic_chat")]
+    np.testing.assert_array_equal(split.X[:], np.concatenate([p.X for p in parts]))
+    np.testing.assert_array_equal(split.y, np.concatenate([p.y for p in parts]))
+    np.testing.assert_array_equal(split.groups, [0] * len(parts[0]) + [1] * len(parts[1]))
+    assert list(split.ids) == list(parts[0].ids) + list(parts[1].ids)
