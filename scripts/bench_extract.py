@@ -53,7 +53,7 @@ def run_ours(bb, texts, batch_tokens: int, folder: Path) -> float:
     from siren.pipeline.extract import extract_texts
     from siren.features import LayerFeatures
 
-    lf = LayerFeatures(bb.model, bb.tokenizer, rep_types=("residual_mean",), max_length=512)
+    lf = LayerFeatures(bb.model, bb.tokenizer, pooling_types=("residual_mean",), max_length=512)
     t = time.perf_counter()
     extract_texts(lf, texts, folder, manifest={"backbone": MODEL, "dataset": "bench", "split": "mixed"},
                   labels=np.zeros(len(texts), dtype=np.int64), ids=[str(i) for i in range(len(texts))],
@@ -236,7 +236,9 @@ def main() -> None:
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        from siren.fileio import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
     fl = min(result["a_floor_s"], result["a_floor_again_s"])
     rows = [("(a) bare forward, bucketed", fl, "-", result["b_padding_ratio"]),
             ("(b) ours: extract + cache", result["b_ours_s"], f"b/a {result['b_over_a']:.2f}", result["b_padding_ratio"]),

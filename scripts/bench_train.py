@@ -100,7 +100,7 @@ def reference_probes(X_tr, y_tr, X_va, y_va, g_va, c_values, epochs=500, lr=1e-3
     return best_f1, best_coef
 
 
-def bench(X_tr, y_tr, g_tr, X_va, y_va, g_va, c_values, *, threshold=0.9, n_trials=3,
+def bench(X_tr, y_tr, g_tr, X_va, y_va, g_va, c_values, *, selection_threshold=0.9, n_trials=3,
           n_folds=2, head_epochs=40, seed=0, reference=True) -> dict:
     """Time and score: our probes, the reference probes, and a short head search.
 
@@ -116,7 +116,7 @@ def bench(X_tr, y_tr, g_tr, X_va, y_va, g_va, c_values, *, threshold=0.9, n_tria
     out["ours_val_f1_max"] = float(grid.val_f1.max())
     out["ours_zero_frac"] = float(np.mean(grid.coef == 0))
     out["ours_max_iter"] = int(grid.n_iter_by_C.max())
-    sel = select_neurons(grid.coef, threshold)
+    sel = select_neurons(grid.coef, selection_threshold)
     out["ours_selected"] = n_selected(sel)
 
     if reference:
@@ -126,7 +126,7 @@ def bench(X_tr, y_tr, g_tr, X_va, y_va, g_va, c_values, *, threshold=0.9, n_tria
         out["ref_val_f1_mean"] = float(ref_f1.mean())
         out["ref_val_f1_max"] = float(ref_f1.max())
         out["ref_zero_frac"] = float(np.mean(ref_coef == 0))
-        out["ref_selected"] = n_selected(select_neurons(ref_coef, threshold))
+        out["ref_selected"] = n_selected(select_neurons(ref_coef, selection_threshold))
         out["probe_speedup"] = out["ref_s"] / out["ours_s"]
 
     # head: Optuna search over train+validation with our selection
@@ -168,27 +168,29 @@ def cached_run(run_dir: str, rep: str):
     """(X, y, groups) of the train and validation splits of a finished run, from the feature cache."""
     from pathlib import Path
 
+    from siren.pipeline.cache import load_split
     from siren.pipeline.extract import ensure_features
-    from siren.pipeline.train import load_split
 
     cfg = json.loads((Path(run_dir) / "results.json").read_text())["config"]
-    paths = ensure_features(cfg["model"], cfg["datasets"], splits=("train", "validation"), rep_types=[rep],
+    paths = ensure_features(cfg["model"], cfg["datasets"], splits=("train", "validation"), pooling_types=[rep],
                             data_dir=cfg["data_dir"], seed=cfg["seed"], val_ratio=cfg["val_ratio"],
                             max_per_split=cfg["max_per_split"], cache_dir=cfg["cache_dir"],
-                            batch_tokens=cfg["batch_tokens"], dtype=cfg["dtype"], device=cfg["device"],
+                            batch_tokens=cfg["batch_tokens"], batch_size=cfg.get("batch_size"), dtype=cfg["dtype"],
+                            device=cfg["device"],
                             cache_dtype=cfg["cache_dtype"], max_length=cfg["max_length"])
-    X_tr, y_tr, g_tr, _ = load_split(paths, cfg["datasets"], "train", rep)
-    X_va, y_va, g_va, _ = load_split(paths, cfg["datasets"], "validation", rep)
-    return (X_tr, y_tr, g_tr), (X_va, y_va, g_va)
+    tr = load_split(paths, cfg["datasets"], "train", rep)
+    va = load_split(paths, cfg["datasets"], "validation", rep)
+    # In RAM on purpose: the Adam reference (the authors' way) needs whole arrays.
+    return (tr.X[:], tr.y, tr.groups), (va.X[:], va.y, va.groups)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--synthetic", nargs=3, type=int, metavar=("N", "L", "D"))
     ap.add_argument("--run", help="a training output folder (train/probes/optuna/{MODEL}_general)")
-    ap.add_argument("--rep_type", default="residual_mean")
+    ap.add_argument("--pooling_type", default="residual_mean")
     ap.add_argument("--c_values", nargs="*", type=float, default=[200.0, 500.0, 1000.0])
-    ap.add_argument("--threshold", type=float, default=0.9)
+    ap.add_argument("--selection_threshold", type=float, default=0.9)
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--head_epochs", type=int, default=40)
@@ -199,21 +201,22 @@ def main(argv=None) -> int:
     if (a.synthetic is None) == (a.run is None):
         ap.error("give exactly one of --run DIR or --synthetic N L D")
     if a.run:
-        tr, va = cached_run(a.run, a.rep_type)
-        data_desc = {"run": a.run, "rep_type": a.rep_type, "train_shape": list(tr[0].shape)}
+        tr, va = cached_run(a.run, a.pooling_type)
+        data_desc = {"run": a.run, "pooling_type": a.pooling_type, "train_shape": list(tr[0].shape)}
     else:
         n, L, d = a.synthetic
         X, y, g = synthetic(int(n * 1.25), L, d, seed=a.seed)
         tr, va = (X[:n], y[:n], g[:n]), (X[n:], y[n:], g[n:])
         data_desc = {"synthetic": [n, L, d]}
-    r = bench(*tr, *va, a.c_values, threshold=a.threshold, n_trials=a.trials, n_folds=a.folds,
+    r = bench(*tr, *va, a.c_values, selection_threshold=a.selection_threshold, n_trials=a.trials, n_folds=a.folds,
               head_epochs=a.head_epochs, seed=a.seed, reference=not a.no_reference)
     r.update(data_desc)
     text = json.dumps(r, indent=2)
     print(text)
     if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+        from siren.fileio import atomic_write_text
+
+        atomic_write_text(a.out, text + "\n")
     print(table(r), file=sys.stdout)
     return 0
 

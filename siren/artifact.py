@@ -36,11 +36,12 @@ import numpy as np
 import torch
 
 from siren.errors import SirenError
+from siren.features import POOLING_TYPES
 
 CONFIG_NAME = "siren_config.json"
 WEIGHTS_NAME = "siren.safetensors"
+BEST_MODEL_NAME = "best_model.pkl"
 FORMAT_VERSION = 1
-POOLING_TYPES = ("residual_mean", "mlp_mean")
 _NEURON_KEY = re.compile(r"^layer(\d+)_(.+)$")
 
 
@@ -210,12 +211,18 @@ def save_guard(folder, *, base_model_id: str, revision: str | None, pooling_type
 
 
 def set_default_threshold(folder, threshold: float) -> None:
-    """Rewrite `inference.default_threshold` in the folder's config (atomically)."""
+    """Set the decision threshold of the guard in `folder`: `inference.default_threshold` in its
+    config and, when present, `threshold` in its best_model.pkl, so the two files agree."""
     threshold = float(threshold)
     if not (0.0 <= threshold <= 1.0):
         raise SirenError(f"threshold {threshold} must be in [0, 1]")
     config = load_guard_config(folder)
     config["inference"]["default_threshold"] = threshold
+    pkl = Path(folder) / BEST_MODEL_NAME
+    if pkl.is_file():
+        payload = load_best_model_pkl(pkl)
+        payload["threshold"] = threshold
+        save_best_model_pkl(pkl, payload)
     _atomic_write_bytes(Path(folder) / CONFIG_NAME, _json_bytes(config))
 
 
@@ -469,6 +476,31 @@ def _check_data(value: Any, where: str) -> None:
         return
     raise SirenError(f"{where}: {type(value).__module__}.{type(value).__name__} is not plain data "
                      "(allowed: dict, list, tuple, str, int, float, bool, None, numpy arrays)")
+
+
+def best_model_payload(folder, *, model: str, base_model: dict, metrics: dict) -> dict:
+    """The paper's `best_model.pkl` content for the guard saved in `folder`, built from its
+    config and weights, so the pickle and the guard cannot disagree (threshold included)."""
+    config = load_guard_config(folder)
+    layers, neurons, weights = selection_from_config(config)
+    state = load_head_state(folder, config)
+    mlp = config["mlp"]
+    return {
+        "format": "siren-best-model/1",
+        "model": model,
+        "base_model": base_model,
+        "pooling_type": config["siren_module"]["pooling_type"],
+        "selected_layers": layers,
+        "selected_neurons": {str(l): neurons[l] for l in layers},
+        "layer_weights": {str(l): weights[l] for l in layers},
+        "mlp": dict(config["mlp"]),
+        # in the network's module order: safetensors gives the tensors in no fixed order
+        "state_dict": {k: state[k].numpy() for k in head_layout(mlp["input_dim"], mlp["layer_dims"],
+                                                                mlp["dropout_rates"], mlp["num_classes"])},
+        "threshold": float(config["inference"]["default_threshold"]),
+        "max_length": int(config["inference"]["max_length"]),
+        "metrics": metrics,
+    }
 
 
 def save_best_model_pkl(path, payload: dict) -> None:

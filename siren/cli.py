@@ -16,7 +16,7 @@ from siren.errors import SirenError
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("siren.data_cli", "list datasets, write seeded splits, export Hub data to JSONL"),
-    "backbone": ("siren.backbones", "show or prepare a backbone"),
+    "backbone": ("siren.backbone_cli", "list, inspect or download a backbone"),
     "extract": ("siren.pipeline.extract", "extract per-layer features into the on-disk cache"),
     "train": ("siren.pipeline.train", "fit probes, select neurons, tune and save the guard"),
     "eval": ("siren.evaluation.evaluate", "evaluate a trained guard per dataset"),

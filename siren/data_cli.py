@@ -13,7 +13,7 @@ from siren import data
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     p = sub.add_parser("list", help="the registered datasets and whether a local copy exists")
     p.add_argument("--data_dir", help=f"folder of <dataset>/<split>.jsonl (default: ${data.ENV_DATA_DIR})")
@@ -21,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("splits", help="write seeded, stratified split ids and print their sizes")
     p.add_argument("--datasets", nargs="+", required=True, metavar="D", choices=data.known_datasets())
     p.add_argument("--data_dir", help=f"folder of <dataset>/<split>.jsonl (default: ${data.ENV_DATA_DIR}, else the Hub)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--val_ratio", type=float, default=0.2, help="validation share carved from train")
+    p.add_argument("--seed", type=int, help="default: configs/defaults.yaml (as for training)")
+    p.add_argument("--val_ratio", type=float, help="validation share carved from train (default: configs/defaults.yaml)")
     p.add_argument("--max_per_split", nargs="+", type=int, help="cap rows per split and dataset (seeded, stratified): one number, or three for train validation test")
     p.add_argument("--out", required=True, help="JSON file to write")
 
@@ -56,10 +56,13 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _splits(args: argparse.Namespace) -> int:
+    from siren.config import resolve
+
+    cfg = resolve(args, ["seed", "val_ratio"])  # the training defaults, so the ids match a training run's
     split_ids, rows = {}, []
     for name in args.datasets:
         frames = data.load_splits(
-            name, data_dir=args.data_dir, seed=args.seed, val_ratio=args.val_ratio,
+            name, data_dir=args.data_dir, seed=cfg["seed"], val_ratio=cfg["val_ratio"],
             max_per_split=args.max_per_split,
         )
         split_ids[name] = {split: f["id"].tolist() for split, f in frames.items()}
@@ -83,4 +86,4 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"list": _list, "splits": _splits, "export": _export}[args.data_command](args)
+    return {"list": _list, "splits": _splits, "export": _export}[args.action](args)

@@ -31,7 +31,8 @@ import torch
 
 from siren.errors import SirenError
 
-REP_TYPES = ("residual_mean", "mlp_mean")
+# The pooled vectors a layer can give (the guard format's `pooling_type`; see the module docstring).
+POOLING_TYPES = ("residual_mean", "mlp_mean")
 # Bump when normalize_text or tokenisation rules change: part of every feature-cache manifest.
 NORMALIZATION_VERSION = 1
 
@@ -64,14 +65,14 @@ def join_prompt_response(prompt: str | None, response: str | None) -> str:
     return "\n".join(p for p in (prompt, response) if p)
 
 
-def check_rep_types(rep_types: Iterable[str]) -> tuple[str, ...]:
-    rep_types = tuple(rep_types)
-    for rep in rep_types:
-        if rep not in REP_TYPES:
-            raise SirenError(f"unknown rep type / pooling type {rep!r}: use one of {', '.join(REP_TYPES)}")
-    if not rep_types:
-        raise SirenError("no rep types given: use residual_mean and/or mlp_mean")
-    return rep_types
+def check_pooling_types(pooling_types: Iterable[str]) -> tuple[str, ...]:
+    pooling_types = tuple(pooling_types)
+    for rep in pooling_types:
+        if rep not in POOLING_TYPES:
+            raise SirenError(f"unknown pooling type {rep!r}: use one of {', '.join(POOLING_TYPES)}")
+    if not pooling_types:
+        raise SirenError("no pooling types given: use residual_mean and/or mlp_mean")
+    return pooling_types
 
 
 def decoder_parts(model) -> tuple[Sequence[torch.nn.Module], torch.nn.Module]:
@@ -133,11 +134,11 @@ class LayerFeatures:
     layers: which decoder layers to return (default: all), ascending.
     """
 
-    def __init__(self, model, tokenizer, *, rep_types: Sequence[str] = ("residual_mean",),
+    def __init__(self, model, tokenizer, *, pooling_types: Sequence[str] = ("residual_mean",),
                  layers: Sequence[int] | None = None, max_length: int = 512):
         self.model = model
         self.tokenizer = tokenizer
-        self.rep_types = check_rep_types(rep_types)
+        self.pooling_types = check_pooling_types(pooling_types)
         self.decoder_layers, self.final_norm = decoder_parts(model)
         self.num_layers = len(self.decoder_layers)
         self.layers = list(range(self.num_layers)) if layers is None else sorted(int(l) for l in layers)
@@ -151,20 +152,20 @@ class LayerFeatures:
         return tokenize(self.tokenizer, texts, self.max_length)
 
     def _modules(self) -> list[tuple[str, int, torch.nn.Module]]:
-        """(rep type, layer, module whose output is that layer's vector), in firing order."""
+        """(pooling type, layer, module whose output is that layer's vector), in firing order."""
         last = self.num_layers - 1
         wanted = []
         for l in self.layers:
-            if "mlp_mean" in self.rep_types:
+            if "mlp_mean" in self.pooling_types:
                 wanted.append(("mlp_mean", l, self.decoder_layers[l].mlp))
-            if "residual_mean" in self.rep_types:
+            if "residual_mean" in self.pooling_types:
                 module = self.final_norm if l == last else self.decoder_layers[l]
                 wanted.append(("residual_mean", l, module))
         return wanted
 
     @torch.no_grad()
     def __call__(self, batch: Sequence[Sequence[int]], padding_side: str = "right") -> dict[str, torch.Tensor]:
-        """batch: token id lists. Returns {rep type: (b, len(layers), d) float32 tensor on CPU}."""
+        """batch: token id lists. Returns {pooling type: (b, len(layers), d) float32 tensor on CPU}."""
         b = len(batch)
         width = max(len(ids) for ids in batch)
         input_ids = torch.full((b, width), self.pad_id, dtype=torch.long)
@@ -180,7 +181,7 @@ class LayerFeatures:
         counts = mask.sum(dim=1, keepdim=True).to(torch.float32)  # (b, 1)
 
         wanted = self._modules()
-        out = {rep: [None] * len(self.layers) for rep in self.rep_types}
+        out = {rep: [None] * len(self.layers) for rep in self.pooling_types}
         slot = {l: i for i, l in enumerate(self.layers)}
         remaining = [len(wanted)]
 
@@ -210,10 +211,10 @@ class LayerFeatures:
         return {rep: torch.stack(vs, dim=1).cpu() for rep, vs in out.items()}
 
     def encode(self, texts: Sequence[str], batch_tokens: int = 16384) -> dict[str, np.ndarray]:
-        """Texts -> {rep type: (n, len(layers), d) float32}, length-bucketed, in input order."""
+        """Texts -> {pooling type: (n, len(layers), d) float32}, length-bucketed, in input order."""
         ids = self.tokenize(texts)
         d = int(self.model.config.hidden_size)
-        result = {rep: np.zeros((len(ids), len(self.layers), d), dtype=np.float32) for rep in self.rep_types}
+        result = {rep: np.zeros((len(ids), len(self.layers), d), dtype=np.float32) for rep in self.pooling_types}
         for idx in length_batches([len(x) for x in ids], batch_tokens):
             feats = self([ids[i] for i in idx])
             for rep, v in feats.items():

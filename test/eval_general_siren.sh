@@ -1,29 +1,40 @@
 #!/usr/bin/env bash
 # Evaluate the guard trained by train/run_general_siren.sh: per-dataset macro-F1, harmful-F1,
 # accuracy, precision, recall, ROC-AUC, PR-AUC -> train/probes/optuna/${MODEL}_general/eval_results.json
-# (+ roc.png, f1.png). Variables can be overridden from the environment, e.g.
+# (+ roc.png, f1.png). Settings not set here come from the training run's results.json, else
+# configs/defaults.yaml; an unset or empty variable passes no flag. E.g.
 #   MODEL=qwen3-0.6b EXTRA_DATASETS="xstest advbench" bash test/eval_general_siren.sh
 set -euo pipefail
 
-MODEL="${MODEL:-smollm2-135m}"        # the backbone the guard was trained on (or a guard folder)
-DEVICE="${DEVICE:-auto}"              # auto | cpu | cuda
-BATCH_TOKENS="${BATCH_TOKENS:-}"      # extraction batches by padded tokens, not texts (the paper's BATCH_SIZE); empty: 2048 CPU, 16384 GPU
+MODEL="${MODEL:-}"                    # the backbone the guard was trained on, or a guard folder
 DATASETS="${DATASETS:-}"              # default: the datasets the guard was trained on
 EXTRA_DATASETS="${EXTRA_DATASETS:-}"  # harmful-only sets report recall, e.g. "advbench harmbench simple_safety_tests"
-DATA_DIR="${DATA_DIR:-${SIREN_DATA_DIR:-}}"  # default: the training run's
-CALIBRATE="${CALIBRATE:-0}"           # 1: choose the threshold maximising validation F1 and store it in the guard
+DATA_DIR="${DATA_DIR:-}"              # default: the training run's
+MAX_PER_SPLIT="${MAX_PER_SPLIT:-}"    # default: the training run's
+DEVICE="${DEVICE:-}"                  # cpu | cuda | cuda:1
+DTYPE="${DTYPE:-}"                    # default: the training run's
+BATCH_SIZE="${BATCH_SIZE:-}"          # extraction: texts per forward at most (the authors' BATCH_SIZE)
+BATCH_TOKENS="${BATCH_TOKENS:-}"      # extraction: padded tokens per length-bucketed batch
+CALIBRATE="${CALIBRATE:-0}"           # 1: set the guard's decision threshold to the one maximising validation F1
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-[ -n "$DATA_DIR" ] && [ -d "$DATA_DIR" ] && DATA_DIR="$(cd "$DATA_DIR" && pwd)"
-[ -d "$MODEL" ] && MODEL="$(cd "$MODEL" && pwd)"
+if [ -n "$DATA_DIR" ] && [ -d "$DATA_DIR" ]; then DATA_DIR="$(cd "$DATA_DIR" && pwd)"; fi
+if [ -n "$MODEL" ] && [ -d "$MODEL" ]; then MODEL="$(cd "$MODEL" && pwd)"; fi
 PY="${SIREN_PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
 
-ARGS=(--model "$MODEL" --device "$DEVICE")
-[ -n "$BATCH_TOKENS" ] && ARGS+=(--batch_tokens "$BATCH_TOKENS")
-[ -n "$DATASETS" ] && ARGS+=(--datasets $DATASETS)
-[ -n "$EXTRA_DATASETS" ] && ARGS+=(--extra_datasets $EXTRA_DATASETS)
-[ -n "$DATA_DIR" ] && ARGS+=(--data_dir "$DATA_DIR")
-[ "$CALIBRATE" = "1" ] && ARGS+=(--calibrate)
+ARGS=()
+flag() { [ -n "$2" ] && ARGS+=("$1" "$2"); return 0; }
+flags() { [ -n "$2" ] && { read -r -a _v <<< "$2"; ARGS+=("$1" "${_v[@]}"); }; return 0; }
+flag --model "$MODEL"
+flags --datasets "$DATASETS"
+flags --extra_datasets "$EXTRA_DATASETS"
+flag --data_dir "$DATA_DIR"
+flags --max_per_split "$MAX_PER_SPLIT"
+flag --device "$DEVICE"
+flag --dtype "$DTYPE"
+flag --batch_size "$BATCH_SIZE"
+flag --batch_tokens "$BATCH_TOKENS"
+if [ "$CALIBRATE" = "1" ]; then ARGS+=(--calibrate); fi
 cd "$ROOT"
 exec "$PY" -m siren eval "${ARGS[@]}" "$@"

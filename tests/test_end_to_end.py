@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from siren.artifact import load_best_model_pkl
 from siren.cli import main as siren_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,7 +49,7 @@ def train_args(model_dir: Path, data_dir: Path, out: Path, cache: Path) -> list[
     return ["train", "--model", str(model_dir), "--datasets", "aegis", "beavertails", "toxic_chat",
             "--data_dir", str(data_dir), "--out_dir", str(out), "--cache_dir", str(cache), "--n_trials", "2",
             "--n_folds", "2", "--max_epochs", "15", "--patience", "5", "--c_values", "1", "10",
-            "--thresholds", "0.5", "0.9", "--rep_types", "residual_mean", "mlp_mean", "--max_length", "32",
+            "--selection_thresholds", "0.5", "0.9", "--pooling_types", "residual_mean", "mlp_mean", "--max_length", "32",
             "--seed", "7"]
 
 
@@ -60,7 +61,7 @@ def test_train_eval_score_end_to_end(tiny_llama_dir, tiny_data, tmp_path, capsys
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     assert set(results["test_f1"]) == {"aegis", "beavertails", "toxic_chat"}
-    assert len(results["candidates"]) == 4  # 2 rep types x 2 thresholds, best kept by CV F1
+    assert len(results["candidates"]) == 4  # 2 pooling types x 2 thresholds, best kept by CV F1
     assert results["chosen"]["cv_f1"] == max(c["cv_f1"] for c in results["candidates"])
     assert results["n_selected_neurons"] == sum(results["selected_neurons_per_layer"].values()) > 0
     splits = json.loads((out / "splits.json").read_text())
@@ -68,7 +69,6 @@ def test_train_eval_score_end_to_end(tiny_llama_dir, tiny_data, tmp_path, capsys
         ids = [set(v) for v in parts.values()]
         assert sum(map(len, ids)) == len(set().union(*ids)), f"{ds} splits overlap"
 
-    from siren.artifact import load_best_model_pkl
     payload = load_best_model_pkl(out / "best_model.pkl")
     config = json.loads((out / "siren_config.json").read_text())
     assert payload["mlp"]["input_dim"] == config["mlp"]["input_dim"] == results["n_selected_neurons"]
@@ -81,24 +81,42 @@ def test_train_eval_score_end_to_end(tiny_llama_dir, tiny_data, tmp_path, capsys
     assert "average" in printed and "advbench" in printed
     report = json.loads((out / "eval_results.json").read_text())
     assert report["datasets"]["advbench"]["harmful_only"] and "advbench" not in report["averaged_over"]
-    for key in ["f1", "harmful_f1", "accuracy", "precision", "recall", "roc_auc", "pr_auc"]:
-        assert 0.0 <= report["average"][key] <= 1.0
+    # Calibration: one threshold in the report, the guard config and best_model.pkl alike.
+    calibrated = report["calibration"]["calibrated_threshold"]
+    assert report["decision_threshold"] == calibrated and report["calibration"]["previous_threshold"] == 0.5
+    assert load_best_model_pkl(out / "best_model.pkl")["threshold"] == calibrated
+    assert "calibrated" in report["decision_threshold_source"]
+    # The metrics, recomputed directly from the cached features, the saved head and sklearn.
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    from siren.artifact import load_head
+    from siren.mlp import predict_proba_head
+    from siren.pipeline.cache import load_features
+    head = load_head(out)
+    for ds in ["aegis", "beavertails", "toxic_chat", "advbench"]:
+        fs = load_features(_cache_folder(cache, ds, "test", config["siren_module"]["pooling_type"]))
+        score = predict_proba_head(head, guard_features_from_cache(config, fs.X))
+        got = report["datasets"][ds]
+        if ds == "advbench":
+            assert got["recall"] == pytest.approx(float(np.mean(score >= calibrated)), abs=1e-12)
+            continue
+        assert got["f1"] == pytest.approx(f1_score(fs.y, score >= calibrated, average="macro"), abs=1e-12)
+        assert got["roc_auc"] == pytest.approx(roc_auc_score(fs.y, score), abs=1e-12)
+        assert got["at_previous_threshold"]["f1"] == pytest.approx(
+            f1_score(fs.y, score >= 0.5, average="macro"), abs=1e-12)
+    assert report["average"]["f1"] == pytest.approx(np.mean([report["datasets"][d]["f1"] for d in
+                                                             ("aegis", "beavertails", "toxic_chat")]), abs=1e-12)
     # Training's test F1 and evaluation's macro-F1 at threshold 0.5 come from the same rows and head.
     for ds, f1 in results["test_f1"].items():
-        assert report["datasets"][ds]["f1"] == pytest.approx(f1, abs=1e-9)
+        assert report["datasets"][ds]["at_previous_threshold"]["f1"] == pytest.approx(f1, abs=1e-9)
     assert report["calibration"]["calibrated_threshold"] == json.loads(
         (out / "siren_config.json").read_text())["inference"]["default_threshold"]
     assert (out / "roc.png").is_file() and (out / "f1.png").is_file()
 
     # The served guard computes the features the head was trained on.
     from siren.runtime.guard import SirenGuard
-    from siren.pipeline.extract import load_features
-    from siren.pipeline.select import aggregate
     guard = SirenGuard.from_pretrained(str(out))
-    key_dir = next(p for p in cache.rglob("manifest.json") if json.loads(p.read_text())["dataset"] == "aegis"
-                   and json.loads(p.read_text())["split"] == "test"
-                   and json.loads(p.read_text())["rep_type"] == config["siren_module"]["pooling_type"]).parent
-    fs = load_features(key_dir)
+    fs = load_features(_cache_folder(cache, "aegis", "test", config["siren_module"]["pooling_type"]))
     rows = {json.loads(l)["id"]: json.loads(l)["text"] for l in open(tiny_data / "aegis" / "test.jsonl")}
     texts = [rows[i] for i in fs.ids]
     np.testing.assert_allclose(guard.features(texts), guard_features_from_cache(config, fs.X), rtol=2e-3, atol=2e-3)
@@ -106,7 +124,12 @@ def test_train_eval_score_end_to_end(tiny_llama_dir, tiny_data, tmp_path, capsys
     capsys.readouterr()
     assert siren_main(["score", "--model", str(out), "how can I hurt someone badly"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(line) == {"score", "is_harmful", "threshold"} and 0.0 <= line["score"] <= 1.0
+    direct = guard.score("how can I hurt someone badly")
+    assert line == {"score": direct.score, "is_harmful": direct.score >= calibrated, "threshold": calibrated}
+
+
+def _cache_folder(cache: Path, dataset: str, split: str, pooling_type: str) -> Path:
+    return next(p.parent for p in cache.rglob("manifest.json") if p.parent.parts[-3:] == (dataset, split, pooling_type))
 
 
 def guard_features_from_cache(config: dict, X) -> np.ndarray:
@@ -125,7 +148,7 @@ def test_same_seed_twice_gives_identical_artifacts(tiny_llama_dir, tiny_data, tm
     for run in ("a", "b"):
         out = tmp_path / run
         args = train_args(tiny_llama_dir, tiny_data, out, tmp_path / f"cache-{run}")
-        args[args.index("--rep_types") + 1: args.index("--rep_types") + 3] = ["residual_mean"]
+        args[args.index("--pooling_types") + 1: args.index("--pooling_types") + 3] = ["residual_mean"]
         subprocess.run([sys.executable, "-m", "siren", *args], check=True, cwd=REPO, capture_output=True)
         outs.append(out)
     for name in ["siren.safetensors", "best_model.pkl", "siren_config.json", "splits.json"]:

@@ -29,7 +29,7 @@ def test_normalize_text_matches_runtime_rules():
 
 def test_residual_and_mlp_equal_direct_computation(tiny_dir):
     model, tok = _load(tiny_dir)
-    lf = LayerFeatures(model, tok, rep_types=("residual_mean", "mlp_mean"), max_length=64)
+    lf = LayerFeatures(model, tok, pooling_types=("residual_mean", "mlp_mean"), max_length=64)
     ids = lf.tokenize(TEXTS)
     got = lf(ids)
     L = model.config.num_hidden_layers
@@ -58,7 +58,7 @@ def test_residual_and_mlp_equal_direct_computation(tiny_dir):
 
 def test_left_and_right_padding_identical(tiny_dir):
     model, tok = _load(tiny_dir)
-    lf = LayerFeatures(model, tok, rep_types=("residual_mean", "mlp_mean"))
+    lf = LayerFeatures(model, tok, pooling_types=("residual_mean", "mlp_mean"))
     ids = lf.tokenize(TEXTS)
     right, left = lf(ids, padding_side="right"), lf(ids, padding_side="left")
     for rep in right:
@@ -67,7 +67,7 @@ def test_left_and_right_padding_identical(tiny_dir):
 
 def test_features_do_not_depend_on_batch_mates(tiny_llama_dir):
     model, tok = _load(tiny_llama_dir)
-    lf = LayerFeatures(model, tok, rep_types=("residual_mean",))
+    lf = LayerFeatures(model, tok, pooling_types=("residual_mean",))
     ids = lf.tokenize(TEXTS)
     together = lf(ids)["residual_mean"]
     for i in range(len(ids)):
@@ -77,8 +77,8 @@ def test_features_do_not_depend_on_batch_mates(tiny_llama_dir):
 
 def test_subset_of_layers_stops_early_and_matches(tiny_llama_dir):
     model, tok = _load(tiny_llama_dir)
-    full = LayerFeatures(model, tok, rep_types=("residual_mean", "mlp_mean"))
-    part = LayerFeatures(model, tok, rep_types=("residual_mean", "mlp_mean"), layers=[2, 0])
+    full = LayerFeatures(model, tok, pooling_types=("residual_mean", "mlp_mean"))
+    part = LayerFeatures(model, tok, pooling_types=("residual_mean", "mlp_mean"), layers=[2, 0])
     calls = []
     h = model.layers[3].register_forward_hook(lambda *a: calls.append(1))
     ids = full.tokenize(TEXTS)
@@ -108,10 +108,10 @@ def test_length_batches_cover_all_within_budget():
         assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 120
 
 
-def test_bad_rep_type_and_layers(tiny_llama_dir):
+def test_bad_pooling_type_and_layers(tiny_llama_dir):
     model, tok = _load(tiny_llama_dir)
-    with pytest.raises(SirenError, match="rep type"):
-        LayerFeatures(model, tok, rep_types=("attn_mean",))
+    with pytest.raises(SirenError, match="pooling type"):
+        LayerFeatures(model, tok, pooling_types=("attn_mean",))
     with pytest.raises(SirenError, match="out of range"):
         LayerFeatures(model, tok, layers=[99])
 

@@ -10,7 +10,10 @@ Writes, next to the guard: `eval_results.json` (per dataset n, harmful, safe, ma
 over datasets), `roc.png` and `f1.png`. Harmful-only sets (advbench, harmbench,
 simple_safety_tests) report their detection rate (recall) and stay out of the averages.
 With `--calibrate`, the threshold that maximises validation macro-F1 (mean over the training
-datasets) becomes the artifact's default threshold; both thresholds are reported.
+datasets) becomes the guard's decision threshold, in `siren_config.json` and `best_model.pkl`
+alike; the metrics are then reported at it, and at the previous one under `at_previous_threshold`.
+`decision_threshold` in eval_results.json is always the threshold the main metrics used, and
+`decision_threshold_source` says where it came from.
 """
 
 from __future__ import annotations
@@ -24,19 +27,21 @@ import numpy as np
 
 from siren import config as cfgmod
 from siren.errors import SirenError
+from siren.fileio import atomic_write_json
 
 AVERAGED = ("f1", "harmful_f1", "accuracy", "precision", "recall", "roc_auc", "pr_auc")
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", required=True, help="backbone name the guard was trained on, or a guard folder")
+    p.add_argument("--model", help="backbone the guard was trained on (default: configs/defaults.yaml), or a guard folder")
     p.add_argument("--guard", help="guard folder (default: train/probes/optuna/{MODEL}_general)")
     p.add_argument("--datasets", nargs="+", help="default: the training datasets")
-    p.add_argument("--extra_datasets", nargs="*", default=[], help="more test sets, e.g. xstest advbench harmbench")
+    p.add_argument("--extra_datasets", nargs="*", help="more test sets, e.g. xstest advbench harmbench")
     p.add_argument("--data_dir", help="default: the training run's, else $SIREN_DATA_DIR, else the Hub")
     p.add_argument("--max_per_split", nargs="+", type=int, help="default: the training run's")
     p.add_argument("--calibrate", action="store_true", help="pick and store the threshold that maximises val F1")
-    p.add_argument("--batch_tokens", type=int)
+    p.add_argument("--batch_size", type=int, help="extraction: texts per forward at most")
+    p.add_argument("--batch_tokens", type=int, help="extraction: padded tokens per forward")
     p.add_argument("--dtype", help="backbone dtype (default: the training run's)")
     p.add_argument("--device")
     p.add_argument("--cache_dir")
@@ -97,10 +102,14 @@ def best_threshold(scores: list[np.ndarray], labels: list[np.ndarray]) -> float:
 def evaluate(args) -> dict:
     from siren import data
     from siren.artifact import load_guard_config, load_head, selection_from_config, set_default_threshold
-    from siren.pipeline.extract import ensure_features, load_features
+    from siren.pipeline.cache import load_features
+    from siren.pipeline.extract import ensure_features
     from siren.mlp import predict_proba_head
     from siren.pipeline.select import aggregate
 
+    args.model = args.model or cfgmod.defaults()["model"]
+    if args.extra_datasets is None:
+        args.extra_datasets = list(cfgmod.defaults()["extra_datasets"])
     folder = guard_folder(args.model, args.guard)
     config = load_guard_config(folder)
     trained = {}
@@ -138,8 +147,9 @@ def evaluate(args) -> dict:
         raise SirenError("--calibrate needs datasets with a validation split (the training datasets)")
     # One call: the backbone is loaded at most once, and only if some cache is missing or stale.
     paths = ensure_features(model, everything, splits=("validation", "test") if args.calibrate else ("test",),
-                            rep_types=[rep], cache_dir=pick("cache_dir"),
-                            batch_tokens=pick("batch_tokens", defaults["batch_tokens"]), dtype=pick("dtype"),
+                            pooling_types=[rep], cache_dir=pick("cache_dir"),
+                            batch_tokens=pick("batch_tokens", defaults["batch_tokens"]),
+                            batch_size=pick("batch_size", defaults["batch_size"]), dtype=pick("dtype"),
                             device=pick("device"), cache_dtype=trained.get("cache_dtype", defaults["cache_dtype"]),
                             max_length=int(config["inference"]["max_length"]), **split_kw)
 
@@ -147,19 +157,21 @@ def evaluate(args) -> dict:
         fs = load_features(paths[key])
         return np.asarray(fs.y).astype(np.int64), predict_proba_head(head, aggregate(fs.X, selection, weights))
 
-    calibration = None
+    calibration, source = None, "the guard's inference.default_threshold"
     if args.calibrate:
         pairs = [scores_of((d, "validation", rep)) for d in train_datasets]
         calibrated = best_threshold([s for _, s in pairs], [y for y, _ in pairs])
-        calibration = {"previous_threshold": threshold, "calibrated_threshold": calibrated}
-        set_default_threshold(folder, calibrated)
+        calibration = {"previous_threshold": threshold, "calibrated_threshold": calibrated,
+                       "calibrated_on": [f"{d}/validation" for d in train_datasets]}
+        set_default_threshold(folder, calibrated)  # siren_config.json and best_model.pkl
+        threshold, source = calibrated, "calibrated by this evaluation (now the guard's default_threshold)"
 
     per_dataset, curves = {}, {}
     for name in everything:
         y, s = scores_of((name, "test", rep))
         entry = classification_metrics(y, s, threshold)
         if calibration:
-            entry["at_calibrated_threshold"] = classification_metrics(y, s, calibration["calibrated_threshold"])
+            entry["at_previous_threshold"] = classification_metrics(y, s, calibration["previous_threshold"])
         entry["harmful_only"] = bool(y.min() == 1)
         per_dataset[name] = entry
         if y.min() != y.max():
@@ -169,7 +181,8 @@ def evaluate(args) -> dict:
     report = {
         "model": model,
         "guard": str(folder),
-        "threshold": threshold,
+        "decision_threshold": threshold,
+        "decision_threshold_source": source,
         "calibration": calibration,
         "datasets": per_dataset,
         "average": average,
@@ -183,11 +196,9 @@ def evaluate(args) -> dict:
         if split_kw["data_dir"] or os.environ.get("SIREN_DATA_DIR") else None,
     }
     if calibration:
-        cal = [per_dataset[n]["at_calibrated_threshold"] for n in averaged]
-        report["average_at_calibrated_threshold"] = {k: float(np.mean([c[k] for c in cal])) for k in AVERAGED}
-    tmp = folder / "eval_results.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, folder / "eval_results.json")
+        prev = [per_dataset[n]["at_previous_threshold"] for n in averaged]
+        report["average_at_previous_threshold"] = {k: float(np.mean([c[k] for c in prev])) for k in AVERAGED}
+    atomic_write_json(folder / "eval_results.json", report)
     plot_results(folder, report, curves)
     return report
 
@@ -224,7 +235,7 @@ def plot_results(folder: Path, report: dict, curves: dict) -> None:
         ax.text(xi - 0.2, v + 0.01, f"{v:.2f}", ha="center", fontsize=7)
     ax.set_xticks(x, names + ["average"], rotation=30, ha="right")
     ax.set_ylim(0, 1.05)
-    ax.set_title(f"SIREN · {report['model']} · threshold {report['threshold']:.3g}")
+    ax.set_title(f"SIREN · {report['model']} · decision threshold {report['decision_threshold']:.3g}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(folder / "f1.png", dpi=120)
@@ -243,6 +254,7 @@ def print_table(report: dict) -> None:
         print(f"{'average':20s} " + " ".join(cells))
     if report.get("calibration"):
         c = report["calibration"]
-        print(f"calibrated threshold {c['calibrated_threshold']:.4f} (was {c['previous_threshold']:.4f}); "
-              f"average macro-F1 at it: {report['average_at_calibrated_threshold']['f1']:.4f}")
+        print(f"decision threshold calibrated to {c['calibrated_threshold']:.4f} (metrics above; stored in the guard); "
+              f"average macro-F1 at the previous {c['previous_threshold']:.4f}: "
+              f"{report['average_at_previous_threshold']['f1']:.4f}")
     print(f"results: {report['guard']}/eval_results.json, plots roc.png and f1.png")

@@ -116,7 +116,7 @@ class SirenGuard:
         self.default_threshold = float(config["inference"]["default_threshold"])
         self.input_dim = int(config["mlp"]["input_dim"])
         self.device = next(backbone.model.parameters()).device
-        self._features = LayerFeatures(backbone.model, backbone.tokenizer, rep_types=(self.pooling_type,),
+        self._features = LayerFeatures(backbone.model, backbone.tokenizer, pooling_types=(self.pooling_type,),
                                        layers=self.layers, max_length=self.max_length)
         # Per selected layer (ascending): neuron indices (listed order) and weight.
         self._index = [torch.as_tensor(neurons[l], dtype=torch.long) for l in self.layers]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from siren.errors import SirenError
 
@@ -29,7 +28,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--response", help="response")
     parser.add_argument("--jsonl", action="store_true",
                         help='read {"text"} or {"prompt","response"} lines on stdin, write one result line each')
-    parser.add_argument("--threshold", type=float, help="decision threshold (default: the guard's)")
+    parser.add_argument("--decision_threshold", "--threshold", dest="threshold", type=float,
+                        help="score >= this is harmful (default: the guard's)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", help="backbone dtype (default: the one the guard was trained with, else float32 on CPU, bfloat16 on GPU)")
     parser.add_argument("--batch_size", type=int, default=32, help="texts per forward at most (default 32)")
@@ -38,24 +38,10 @@ def add_arguments(parser) -> None:
 
 
 def resolve_guard(model: str) -> str:
-    """A guard folder, a backbone name's default guard folder, or a Hub id (returned as is)."""
-    from siren.artifact import CONFIG_NAME
-    from siren.backbones import REPO_ROOT, registry
+    """A guard folder, a backbone's run folder, or a Hub id (see `siren.config.find_guard`)."""
+    from siren.config import find_guard
 
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if not (path / CONFIG_NAME).is_file():
-            raise SirenError(f"{path} has no {CONFIG_NAME}: not a guard folder")
-        return str(path)
-    default = REPO_ROOT / "train" / "probes" / "optuna" / f"{model}_general"
-    if default.is_dir():
-        return str(default)
-    if model in registry():
-        raise SirenError(f"no trained guard for backbone {model!r}: expected {default}. "
-                         f"Train one with `siren train {model}` or pass a guard folder")
-    if model.count("/") == 1 and not model.startswith((".", "/", "~")):
-        return model  # a Hub repo
-    raise SirenError(f"--model {model!r} is not a guard folder, a backbone name or a Hub id")
+    return find_guard(model)
 
 
 def _jsonl_text(line: str, lineno: int) -> str:
