@@ -172,6 +172,17 @@ def check_two_classes(y: np.ndarray, what: str) -> None:
 
 # --------------------------------------------------------------------------- stages
 
+def write_splits(path: Path, datasets: list[str], split_kw: dict) -> None:
+    """Stage `splits`: the seeded split ids to splits.json; before any extraction, check that
+    the training rows hold both classes."""
+    from siren import data
+
+    frames = {name: data.load_splits(name, **split_kw) for name in datasets}
+    check_two_classes(np.concatenate([f["train"]["label"].to_numpy() for f in frames.values()]), "training")
+    data.write_split_ids(path, {name: {split: f["id"].tolist() for split, f in parts.items()}
+                                for name, parts in frames.items()})
+
+
 def extract_features(cfg: dict, split_kw: dict) -> dict:
     """Stage `extract`: {(dataset, split, pooling type): cache entry}."""
     from siren.pipeline.extract import ensure_features
@@ -321,7 +332,6 @@ def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate]
 def train(cfg: dict) -> dict:
     """Run every stage for a resolved config (`resolve_config`); returns the results dict also
     written to results.json, plus `out_dir`."""
-    from siren import data
     from siren.pipeline.cache import load_split
 
     datasets = list(cfg["datasets"])
@@ -333,14 +343,13 @@ def train(cfg: dict) -> dict:
 
     with staging_folder(out_dir) as work:
         with stage("splits"):
-            data.write_split_ids(work / "splits.json", data.make_split_ids(datasets, **split_kw))
+            write_splits(work / "splits.json", datasets, split_kw)
         with stage("extract"):
             folders = extract_features(cfg, split_kw)
         candidates, grids = [], {}
         for pooling in cfg["pooling_types"]:
             train_split = load_split(folders, datasets, "train", pooling)
             val_split = load_split(folders, datasets, "validation", pooling)
-            check_two_classes(train_split.y, "training")
             with stage("probes"):
                 grids[pooling] = grid = fit_probes(cfg, train_split, val_split)
             np.savez(work / f"probes_{pooling}.npz", **{k: np.asarray(v) for k, v in grid.to_dict().items()})

@@ -1,0 +1,75 @@
+"""A training run lands all-or-nothing, and data that cannot train a guard is a clear error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import siren.pipeline.train as train_mod
+from siren.cli import main as siren_main
+from test_end_to_end import write_rows
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("rows")
+    write_rows(d, "aegis", "test", 40, 0)
+    write_rows(d, "beavertails", "test", 40, 1)
+    return d
+
+
+def _args(model_dir, data_dir, out, cache, *more) -> list[str]:
+    return ["train", "--model", str(model_dir), "--datasets", "aegis", "beavertails", "--data_dir", str(data_dir),
+            "--out_dir", str(out), "--cache_dir", str(cache), "--n_trials", "1", "--n_folds", "2", "--max_epochs", "3",
+            "--c_values", "10", "--selection_thresholds", "0.9", "--max_length", "32", "--seed", "3", *more]
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+
+
+def test_failed_run_leaves_the_earlier_run_as_it_was(tiny_llama_dir, rows, tmp_path, monkeypatch, capsys):
+    out, cache = tmp_path / "guard", tmp_path / "cache"
+    assert siren_main(_args(tiny_llama_dir, rows, out, cache)) == 0
+    (out / "eval_results.json").write_text("{}\n")  # as if evaluated
+    before = _snapshot(out)
+    assert {"siren_config.json", "best_model.pkl", "results.json", "probes_residual_mean.npz"} <= set(before)
+
+    # Fail after the probes stage, in a run that would also have written probes_mlp_mean.npz.
+    def fail(*args, **kwargs):
+        raise RuntimeError("stopped on purpose")
+
+    monkeypatch.setattr(train_mod, "tune_candidates", fail)
+    with pytest.raises(RuntimeError, match="on purpose"):
+        siren_main(_args(tiny_llama_dir, rows, out, cache, "--pooling_types", "residual_mean", "mlp_mean",
+                         "--seed", "4"))
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "guard"]  # no temporary folder left
+
+    # A run that succeeds replaces the folder's run files, and drops the earlier eval_results.json.
+    monkeypatch.undo()
+    assert siren_main(_args(tiny_llama_dir, rows, out, cache, "--seed", "4")) == 0
+    assert not (out / "eval_results.json").exists()
+    assert json.loads((out / "results.json").read_text())["config"]["seed"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "guard"]
+
+
+def test_single_class_training_data_is_a_clear_error(tiny_llama_dir, tmp_path, capsys):
+    d = tmp_path / "rows"
+    write_rows(d, "aegis", "test", 30, 0, harmful_only=True)
+    assert siren_main(_args(tiny_llama_dir, d, tmp_path / "o", tmp_path / "c", "--datasets", "aegis")) == 2
+    err = capsys.readouterr().err
+    assert "training rows are all harmful" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_probe_grid_selecting_no_neuron_is_a_clear_error(tiny_llama_dir, rows, tmp_path, capsys):
+    # C this small makes the L1 penalty zero out every weight of every layer.
+    args = _args(tiny_llama_dir, rows, tmp_path / "o", tmp_path / "c")
+    args[args.index("--c_values") + 1] = "1e-6"
+    assert siren_main(args) == 2
+    err = capsys.readouterr().err
+    assert "no neuron is selected" in err and "C_VALUES" in err
+    assert not (tmp_path / "o").exists()
