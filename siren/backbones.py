@@ -28,6 +28,7 @@ import yaml
 
 from siren.errors import SirenError
 from siren.fileio import file_lock
+from siren.log import log
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REGISTRY_PATH = REPO_ROOT / "configs" / "backbones.yaml"
@@ -143,7 +144,7 @@ def convert_gguf(name: str, package: str, gguf_file: str) -> Path:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-        print(f"[siren] converting {gguf_file} to a Hugging Face folder at {target} (once)", flush=True)
+        log(f"converting {gguf_file} to a Hugging Face folder at {target} (once)")
         start = time.time()
         tokenizer = AutoTokenizer.from_pretrained(source_dir, gguf_file=gguf_file)
         quantised = AutoModelForCausalLM.from_pretrained(source_dir, gguf_file=gguf_file, dtype=torch.float32)
@@ -157,7 +158,7 @@ def convert_gguf(name: str, package: str, gguf_file: str) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, target)
-        print(f"[siren] converted in {time.time() - start:.1f} s", flush=True)
+        log(f"converted in {time.time() - start:.1f} s")
     return target
 
 
@@ -218,7 +219,6 @@ def load_backbone(model: str, *, device: str | None = None, dtype: str | None = 
 
     revision: a Hub revision that overrides the registry's (ignored for local folders).
     """
-    import torch
     from transformers import AutoModel, AutoTokenizer
 
     source = resolve(model)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from siren.pipeline.probes import LayerProbes, ProbeGrid, fit_probe_grid
+from siren.pipeline.probes import fit_probe_grid
 
 PLANTED = {1: {2: 2.0, 7: -1.5}, 3: {5: 1.5}}    # layer -> {neuron: weight}
 
@@ -20,6 +20,11 @@ def planted_data(n, L=4, d=30, seed=0):
     return X.astype(np.float32), y
 
 
+def fit_one(X, y, C, **kw):
+    """The probes of one C: a grid of one value (its validation rows are the training rows)."""
+    return fit_probe_grid(X, y, X, y, np.zeros(len(y), np.int64), [C], progress=False, **kw)
+
+
 def _objective(Z, y, w, b, C):
     m = Z @ w + b
     return np.mean(np.logaddexp(0, m) - y * m) + np.abs(w).sum() / C
@@ -27,44 +32,43 @@ def _objective(Z, y, w, b, C):
 
 def test_recovers_planted_neurons_with_exact_zeros():
     X, y = planted_data(800)
-    p = LayerProbes(C=30.0).fit(X, y)
-    assert p.coef_.shape == (4, 30) and p.coef_.dtype == np.float32
-    assert p.intercept_.shape == (4,) and p.mean_.shape == (4, 30) and p.n_iter_.shape == (4,)
+    p = fit_one(X, y, 30.0)
+    assert p.coef.shape == (4, 30) and p.coef.dtype == np.float32
+    assert p.intercept.shape == (4,) and p.mean.shape == (4, 30) and p.n_iter_by_C.shape == (1, 4)
     for layer, nw in PLANTED.items():
-        top = np.argsort(-np.abs(p.coef_[layer]))[:len(nw)]
+        top = np.argsort(-np.abs(p.coef[layer]))[:len(nw)]
         assert set(top.tolist()) == set(nw)
         for j, w in nw.items():
-            assert np.sign(p.coef_[layer, j]) == np.sign(w)
-        others = np.delete(p.coef_[layer], list(nw))
+            assert np.sign(p.coef[layer, j]) == np.sign(w)
+        others = np.delete(p.coef[layer], list(nw))
         assert np.mean(others == 0.0) >= 0.8, others     # exact zeros, not just small
     for layer in (0, 2):                                  # noise layers: (almost) all zero
-        assert np.mean(p.coef_[layer] == 0.0) >= 0.8
-    proba = p.predict_proba(X)
-    assert proba.shape == (800, 4) and proba.dtype == np.float32
-    assert np.mean(p.predict(X)[:, 1] == y) > 0.75      # layer 1 sees 2 of the 3 planted terms
-    np.testing.assert_array_equal(p.predict(X), (p.decision_function(X) > 0).astype(int))
+        assert np.mean(p.coef[layer] == 0.0) >= 0.8
+    pred = p.decision_function(X) > 0
+    assert pred.shape == (800, 4)
+    assert np.mean(pred[:, 1] == y) > 0.75               # layer 1 sees 2 of the 3 planted terms
 
 
 @pytest.mark.parametrize("C", [5.0, 50.0])
 def test_matches_sklearn_on_one_layer(C):
     X, y = planted_data(400, L=2, d=12, seed=1)
-    p = LayerProbes(C=C, tol=1e-7, max_iter=20000).fit(X, y)
+    p = fit_one(X, y, C, tol=1e-7, max_iter=20000)
     # standardisation: train mean / population std per neuron
-    np.testing.assert_allclose(p.mean_, X.mean(axis=0), rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(p.scale_, X.std(axis=0), rtol=1e-4)
-    Z = ((X[:, 1] - p.mean_[1]) / p.scale_[1]).astype(np.float64)
+    np.testing.assert_allclose(p.mean, X.mean(axis=0), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(p.scale, X.std(axis=0), rtol=1e-4)
+    Z = ((X[:, 1] - p.mean[1]) / p.scale[1]).astype(np.float64)
     # sklearn minimises ||w||_1 + C_sk * sum(loss): the same problem when C_sk = C / n
     sk = LogisticRegression(l1_ratio=1.0, solver="saga", C=C / len(y), tol=1e-12,
                             max_iter=200000).fit(Z, y)
-    np.testing.assert_allclose(p.coef_[1], sk.coef_[0], atol=2e-3)
-    assert p.intercept_[1] == pytest.approx(sk.intercept_[0], abs=2e-3)
-    np.testing.assert_array_equal(p.coef_[1] == 0, np.abs(sk.coef_[0]) < 1e-6)
-    ours = _objective(Z, y, p.coef_[1].astype(np.float64), float(p.intercept_[1]), C)
+    np.testing.assert_allclose(p.coef[1], sk.coef_[0], atol=2e-3)
+    assert p.intercept[1] == pytest.approx(sk.intercept_[0], abs=2e-3)
+    np.testing.assert_array_equal(p.coef[1] == 0, np.abs(sk.coef_[0]) < 1e-6)
+    ours = _objective(Z, y, p.coef[1].astype(np.float64), float(p.intercept[1]), C)
     theirs = _objective(Z, y, sk.coef_[0], sk.intercept_[0], C)
     assert ours <= theirs + 1e-6
     # raw-space decision equals the standardised model
     np.testing.assert_allclose(p.decision_function(X)[:, 1],
-                               Z @ p.coef_[1] + p.intercept_[1], atol=1e-4)
+                               Z @ p.coef[1] + p.intercept[1], atol=1e-4)
 
 
 def test_memmap_float16_input_and_warm_start(tmp_path):
@@ -73,15 +77,15 @@ def test_memmap_float16_input_and_warm_start(tmp_path):
     np.save(path, X.astype(np.float16))
     Xm = np.load(path, mmap_mode="r")
     before = np.array(Xm)
-    cold = LayerProbes(C=20.0, tol=1e-6).fit(Xm, y)
+    # The same C twice: the second solve is warm-started from the first, already at the optimum.
+    grid = fit_probe_grid(Xm, y, Xm, y, np.zeros(len(y), np.int64), [20.0, 20.0], tol=1e-6, progress=False)
     np.testing.assert_array_equal(np.array(Xm), before)           # input untouched
-    warm = LayerProbes(C=20.0, tol=1e-6).fit(Xm, y, warm_start=cold)
-    np.testing.assert_allclose(warm.coef_, cold.coef_, atol=1e-3)
-    assert warm.n_iter_.max() <= 3                                 # already at the optimum
+    assert grid.n_iter_by_C[1].max() <= 3
+    np.testing.assert_allclose(grid.coef, fit_one(X, y, 20.0, tol=1e-6).coef, atol=2e-3)  # fp16 vs fp32 input
     # a float32 array given directly must not be modified either (it is standardised in a copy)
     X1 = X[:, :1].copy()
     X1c = X1.copy()
-    LayerProbes(C=20.0).fit(X1, y)
+    fit_one(X1, y, 20.0)
     np.testing.assert_array_equal(X1, X1c)
 
 
@@ -101,12 +105,25 @@ def test_fit_probe_grid_picks_best_C_per_layer():
     assert grid.val_f1[1] > 0.75 and grid.val_f1[3] > 0.6 and grid.val_f1[0] < grid.val_f1[1] - 0.1
     # each chosen probe equals a stand-alone fit at that C (up to solver tolerance)
     C1 = float(grid.chosen_C[1])
-    alone = LayerProbes(C=C1, tol=1e-6, max_iter=20000).fit(X[tr], y[tr])
-    np.testing.assert_allclose(grid.coef[1], alone.coef_[1], atol=0.05)
-    # round trip through plain lists
-    d2 = grid.to_dict()
-    import json
-    back = ProbeGrid.from_dict(json.loads(json.dumps(d2)))
-    np.testing.assert_array_equal(back.coef, grid.coef)
-    np.testing.assert_array_equal(back.chosen_C, grid.chosen_C)
-    np.testing.assert_allclose(back.decision_function(X[va]), grid.decision_function(X[va]))
+    alone = fit_one(X[tr], y[tr], C1, tol=1e-6, max_iter=20000)
+    np.testing.assert_allclose(grid.coef[1], alone.coef[1], atol=0.05)
+    # what training saves (probes_<pooling>.npz) holds the chosen probes exactly
+    saved = {k: np.asarray(v) for k, v in grid.to_dict().items()}
+    np.testing.assert_array_equal(saved["coef"], grid.coef)
+    np.testing.assert_array_equal(saved["chosen_C"], grid.chosen_C)
+
+
+def test_grid_over_stacked_memmaps_equals_concatenated(tmp_path):
+    """Training fits over a RowStack of per-dataset memmaps, never one concatenated copy."""
+    from siren.pipeline.cache import RowStack
+
+    X, y = planted_data(300, L=3, d=10, seed=4)
+    X = X.astype(np.float16)
+    for name, part in (("a", X[:120]), ("b", X[120:])):
+        np.save(tmp_path / f"{name}.npy", part)
+    stacked = RowStack([np.load(tmp_path / f"{n}.npy", mmap_mode="r") for n in "ab"])
+    g = np.arange(300) % 2
+    a = fit_probe_grid(stacked, y, stacked, y, g, [5.0, 50.0], groups_train=g, progress=False)
+    b = fit_probe_grid(X, y, X, y, g, [5.0, 50.0], groups_train=g, progress=False)
+    for field in ("coef", "intercept", "mean", "scale", "val_f1", "train_f1", "chosen_C"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)

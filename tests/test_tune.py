@@ -1,6 +1,5 @@
 """tune.py: search space, pruning that really prunes, a study shared by two processes."""
 
-import json
 import subprocess
 import sys
 import textwrap

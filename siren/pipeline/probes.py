@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from siren.metrics import mean_group_macro_f1_columns
 
-__all__ = ["LayerProbes", "ProbeGrid", "fit_probe_grid"]
+__all__ = ["ProbeGrid", "fit_probe_grid"]
 
 # Keep one (L_chunk, n, d) float32 block under this many bytes (plus a few (L, d) vectors).
 _CHUNK_BYTES = 512 << 20   # compaction can briefly hold two blocks
@@ -147,93 +147,25 @@ def _fista(Z: torch.Tensor, y: torch.Tensor, C: float, w0: torch.Tensor, b0: tor
     return w_out, b_out, it_out
 
 
-class LayerProbes:
-    """One L1 logistic probe per layer, fitted together.
-
-    Parameters: ``C`` (penalty ||w||_1 / C on mean BCE; larger C = weaker penalty), ``tol``
-    (relative prox-gradient step at which a layer stops), ``max_iter``, ``device``.
-
-    Learned: ``coef_`` (L, d) float32 in standardised space, ``intercept_`` (L,),
-    ``mean_``/``scale_`` (L, d) the per-neuron standardisation, ``n_iter_`` (L,).
-    """
-
-    def __init__(self, C: float = 1000.0, tol: float = 1e-4, max_iter: int = 2000,
-                 device: str | torch.device = "cpu"):
-        self.C = C
-        self.tol = tol
-        self.max_iter = max_iter
-        self.device = device
-
-    # -- fitting -----------------------------------------------------------------------
-    def fit(self, X, y, *, warm_start: "LayerProbes | None" = None) -> "LayerProbes":
-        """X (n, L, d), y (n,) {0,1} -> self. ``warm_start``: a probe fitted on the same X
-        (its coefficients start the solver and its mean/scale are reused)."""
-        n, L, d = X.shape
-        y_np = np.asarray(y).reshape(-1)
-        if y_np.shape[0] != n:
-            raise ValueError(f"X has {n} rows, y has {y_np.shape[0]}")
-        yt = torch.as_tensor(y_np, dtype=torch.float32, device=self.device)
-        self.coef_ = np.zeros((L, d), np.float32)
-        self.intercept_ = np.zeros(L, np.float32)
-        self.mean_ = np.zeros((L, d), np.float32)
-        self.scale_ = np.ones((L, d), np.float32)
-        self.n_iter_ = np.zeros(L, np.int64)
-        for l0, l1 in _layer_chunks(n, L, d):
-            Z, lip = _prepare_chunk(X, l0, l1, self.device,
-                                    None if warm_start is None else
-                                    (warm_start.mean_[l0:l1], warm_start.scale_[l0:l1]))
-            mean, scale = Z.stats
-            self.mean_[l0:l1], self.scale_[l0:l1] = mean.cpu().numpy(), scale.cpu().numpy()
-            w0, b0 = _init_params(Z.data, yt, warm_start, l0, l1)
-            w, b, it = _fista(Z.data, yt, self.C, w0, b0, lip, self.tol, self.max_iter)
-            self.coef_[l0:l1] = w.cpu().numpy()
-            self.intercept_[l0:l1] = b.cpu().numpy()
-            self.n_iter_[l0:l1] = it.numpy()
-        return self
-
-    # -- prediction --------------------------------------------------------------------
-    def decision_function(self, X) -> np.ndarray:
-        """X (n, L, d) raw features -> (n, L) logits, one column per layer's probe."""
-        return _decision(X, self.coef_, self.intercept_, self.mean_, self.scale_)
-
-    def predict_proba(self, X) -> np.ndarray:
-        """X (n, L, d) -> (n, L) float32 P(harmful) per layer."""
-        z = self.decision_function(X)
-        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
-
-    def predict(self, X) -> np.ndarray:
-        """X (n, L, d) -> (n, L) int64 labels (logit > 0)."""
-        return (self.decision_function(X) > 0).astype(np.int64)
-
-
 @dataclasses.dataclass
 class _Chunk:
     data: torch.Tensor                     # (Lc, n, d) standardised
     stats: tuple[torch.Tensor, torch.Tensor]
 
 
-def _prepare_chunk(X, l0, l1, device, stats=None) -> tuple[_Chunk, torch.Tensor]:
+def _prepare_chunk(X, l0, l1, device) -> tuple[_Chunk, torch.Tensor]:
+    """Layers l0:l1 of X standardised (train mean and std), and their Lipschitz estimates."""
     Z = _load_chunk(X, l0, l1, device)
-    if stats is None:
-        mean, scale = _standardise_stats(Z)
-    else:
-        mean = torch.as_tensor(np.asarray(stats[0]), dtype=torch.float32, device=device)
-        scale = torch.as_tensor(np.asarray(stats[1]), dtype=torch.float32, device=device)
+    mean, scale = _standardise_stats(Z)
     Z.sub_(mean[:, None, :]).div_(scale[:, None, :])          # in place: no second copy
     return _Chunk(Z, (mean, scale)), _lipschitz(Z)
 
 
-def _init_params(Z, yt, warm_start, l0, l1):
-    Lc = Z.shape[0]
-    if warm_start is not None:
-        w0 = torch.as_tensor(warm_start.coef_[l0:l1], dtype=torch.float32, device=Z.device).clone()
-        b0 = torch.as_tensor(warm_start.intercept_[l0:l1], dtype=torch.float32,
-                             device=Z.device).clone()
-        return w0, b0
-    # start from w = 0 and the intercept that fits the base rate (the optimum along b)
+def _init_params(Z: torch.Tensor, yt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w = 0 and the intercept that fits the base rate (the optimum along b). Z (Lc, n, d)."""
     p = float(yt.mean().clamp(1e-6, 1 - 1e-6))
-    return (torch.zeros(Lc, Z.shape[2], device=Z.device),
-            torch.full((Lc,), math.log(p / (1 - p)), device=Z.device))
+    return (torch.zeros(Z.shape[0], Z.shape[2], device=Z.device),
+            torch.full((Z.shape[0],), math.log(p / (1 - p)), device=Z.device))
 
 
 def _decision(X, coef, intercept, mean, scale, chunk_rows: int = 2048) -> np.ndarray:
@@ -279,16 +211,6 @@ class ProbeGrid:
                          else np.asarray(getattr(self, f.name)).tolist())
                 for f in dataclasses.fields(self)}
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ProbeGrid":
-        dtypes = {"coef": np.float32, "mean": np.float32, "scale": np.float32,
-                  "intercept": np.float32, "n_iter_by_C": np.int64}
-        kw = {}
-        for f in dataclasses.fields(cls):
-            v = d.get(f.name)
-            kw[f.name] = None if v is None else np.asarray(v, dtype=dtypes.get(f.name, np.float64))
-        return cls(**kw)
-
     def decision_function(self, X) -> np.ndarray:
         """X (n, L, d) -> (n, L) logits of the chosen probes."""
         return _decision(X, self.coef, self.intercept, self.mean, self.scale)
@@ -331,7 +253,7 @@ def fit_probe_grid(X_train, y_train, X_val, y_val, groups_val, c_values,
         prev = None
         for i, C in enumerate(cs):
             if prev is None:
-                w0, b0 = _init_params(Z.data, yt, None, l0, l1)
+                w0, b0 = _init_params(Z.data, yt)
             else:
                 w0, b0 = prev
             w, b, it = _fista(Z.data, yt, float(C), w0, b0, lip, tol, max_iter)
