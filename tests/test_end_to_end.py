@@ -70,6 +70,7 @@ def test_train_eval_score_end_to_end(tiny_llama_dir, tiny_data, tmp_path, capsys
 
     payload = load_best_model_pkl(out / "best_model.pkl")
     config = json.loads((out / "siren_config.json").read_text())
+    check_selection_against_probes(out, results, config)
     assert payload["mlp"]["input_dim"] == config["mlp"]["input_dim"] == results["n_selected_neurons"]
 
     # Evaluation reads the cache (no re-extraction) and writes its report and plots.
@@ -129,6 +130,21 @@ def test_train_eval_score_end_to_end(tiny_llama_dir, tiny_data, tmp_path, capsys
 
 def _cache_folder(cache: Path, dataset: str, split: str, pooling_type: str) -> Path:
     return next(p.parent for p in cache.rglob("manifest.json") if p.parent.parts[-3:] == (dataset, split, pooling_type))
+
+
+def check_selection_against_probes(out: Path, results: dict, config: dict) -> None:
+    """The guard's neurons and layer weights, recomputed from the saved probes."""
+    from siren.pipeline.select import layer_weights, select_neurons
+
+    pooling, thr = results["chosen"]["pooling_type"], results["chosen"]["selection_threshold"]
+    probes = np.load(out / f"probes_{pooling}.npz")
+    selection = select_neurons(probes["coef"], thr)
+    weights = layer_weights(probes["val_f1"], floor=results["config"]["layer_weight_floor"])
+    assert results["selected_neurons_per_layer"] == {str(l): len(v) for l, v in selection.items()}
+    assert config["siren_module"]["selected_neurons_dict"] == {f"layer{l}_{pooling}": v.tolist()
+                                                               for l, v in selection.items()}
+    assert config["siren_module"]["layer_weights"] == {str(l): float(weights[l]) for l in selection}
+    assert config["siren_module"]["pooling_type"] == pooling
 
 
 def guard_features_from_cache(config: dict, X) -> np.ndarray:

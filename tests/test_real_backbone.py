@@ -24,7 +24,9 @@ def test_train_and_serve_smollm2_on_real_rows(data_dir, tmp_path, capsys):
     assert siren_main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["base_model"]["kind"] == "gguf" and results["probes"]["val_f1"]
-    assert len(results["probes"]["val_f1"]) == 30 and 0 < results["n_selected_neurons"] < 30 * 576
+    assert len(results["probes"]["val_f1"]) == 30 and results["n_total_neurons"] == 30 * 576
+    from test_end_to_end import check_selection_against_probes
+    check_selection_against_probes(out, results, json.loads((out / "siren_config.json").read_text()))
 
     siren_guard = pytest.importorskip("siren_guard")
     import torch
