@@ -135,6 +135,9 @@ def find_guard(model: str) -> str:
         return str(run)
     if kind == "hub":
         return model
-    what = "backbone folder" if kind == "local" else "backbone"
-    raise SirenError(f"no trained guard for {what} {model!r}: expected {run}. Train one with "
+    if kind == "local":
+        raise SirenError(f"{path} is not a guard folder (no {CONFIG_NAME}), and no guard was trained for it as a "
+                         f"backbone folder (expected {run}): pass a guard folder, or train one with "
+                         f"`siren train --model {model}`")
+    raise SirenError(f"no trained guard for backbone {model!r}: expected {run}. Train one with "
                      f"`siren train --model {model}` or pass a guard folder")

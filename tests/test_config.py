@@ -73,7 +73,7 @@ def test_run_folder_is_found_again_for_every_kind_of_model(tmp_path, monkeypatch
     shutil.rmtree(runs[1])
     assert score_cli.resolve_guard("Qwen/Qwen3-0.6B") == "Qwen/Qwen3-0.6B"
     shutil.rmtree(runs[2])
-    with pytest.raises(SirenError, match="no trained guard for backbone folder"):
+    with pytest.raises(SirenError, match="no guard was trained for it as a backbone folder"):
         score_cli.resolve_guard(str(local_a))
     shutil.rmtree(runs[0])
     with pytest.raises(SirenError, match="no trained guard for backbone 'smollm2-135m'"):

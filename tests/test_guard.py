@@ -195,10 +195,11 @@ def test_score_cli(tmp_path, tiny_llama_dir, capsys, monkeypatch):
 
 
 def test_score_cli_backbone_name(tmp_path, tiny_llama_dir, capsys, monkeypatch):
-    monkeypatch.setattr("siren.backbones.REPO_ROOT", tmp_path)
-    make_guard(tmp_path / "train" / "probes" / "optuna" / "tiny_general", tiny_llama_dir)
-    assert main(["score", "--model", "tiny", "--dtype", "float32", "hello"]) == 0
-    assert 0 <= _lines(capsys)[0]["score"] <= 1
+    monkeypatch.setattr("siren.config.OUTPUT_ROOT", tmp_path / "train" / "probes" / "optuna")
+    run = tmp_path / "train" / "probes" / "optuna" / "smollm2-135m_general"
+    make_guard(run, tiny_llama_dir)
+    assert main(["score", "--model", "smollm2-135m", "--dtype", "float32", "hello"]) == 0
+    assert _lines(capsys)[0]["score"] == SirenGuard.from_pretrained(str(run), dtype="float32").score("hello").score
     assert main(["score", "--model", "nothing-here", "hello"]) == 2
     assert "nothing-here" in capsys.readouterr().err
     folder = tmp_path / "empty"
