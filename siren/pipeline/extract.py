@@ -335,6 +335,19 @@ class CacheEntry:
         return str(self.folder)
 
 
+def _stale_folders(cache_dir, model: str, wanted: dict[str, dict], world: int) -> dict[str, Path]:
+    """{pooling type: folder} of the caches that must be (re)extracted, each with its reason
+    logged; rank 0 decides for every rank."""
+    todo = {}
+    for rep, manifest in wanted.items():
+        folder = cache_path(cache_dir, model, manifest["dataset"], manifest["split"], rep)
+        reason = distributed.from_rank0(stale_reason(folder, manifest), world)
+        if reason is not None:
+            log(f"extracting {manifest['dataset']}/{manifest['split']}/{rep}: {reason}")
+            todo[rep] = folder
+    return todo
+
+
 def ensure_features(model: str, datasets: list[str], *, splits=("train", "validation", "test"),
                     pooling_types=("residual_mean",), data_dir=None, seed=42, val_ratio=0.2, max_per_split=None,
                     cache_dir=None, batch_tokens=None, batch_size=None, dtype=None, device=None,
@@ -376,17 +389,14 @@ def ensure_features(model: str, datasets: list[str], *, splits=("train", "valida
             texts, labels, ids = frame["text"].tolist(), frame["label"].to_numpy(np.int64), frame["id"].astype(str).tolist()
             base = {"backbone": model, "model_id": source.model_id, "revision": source.revision,
                     "dataset": dataset, "split": split}
-            todo = {}
+            wanted = {rep: key_manifest(base, pooling_type=rep, texts=texts, labels=labels, ids=ids,
+                                        max_length=max_length, dtype=forward_dtype, cache_dtype=cache_dtype)
+                      for rep in pooling_types}
+            todo = _stale_folders(cache_dir, model, wanted, world)
             for rep in pooling_types:
-                folder = cache_path(cache_dir, model, dataset, split, rep)
-                wanted = key_manifest(base, pooling_type=rep, texts=texts, labels=labels, ids=ids,
-                                      max_length=max_length, dtype=forward_dtype, cache_dtype=cache_dtype)
-                reason = distributed.from_rank0(stale_reason(folder, wanted), world)
-                if reason is None:
+                if rep not in todo:
+                    folder = cache_path(cache_dir, model, dataset, split, rep)
                     entries[(dataset, split, rep)] = CacheEntry(dataset, split, rep, folder, len(ids), "cached", 0.0)
-                else:
-                    log(f"extracting {dataset}/{split}/{rep}: {reason}")
-                    todo[rep] = folder
             if not todo:
                 continue
             from siren.features import LayerFeatures
