@@ -342,3 +342,12 @@ def test_load_split_stacks_datasets_in_order(tiny_llama_dir, tmp_path):
     np.testing.assert_array_equal(split.y, np.concatenate([p.y for p in parts]))
     np.testing.assert_array_equal(split.groups, [0] * len(parts[0]) + [1] * len(parts[1]))
     assert list(split.ids) == list(parts[0].ids) + list(parts[1].ids)
+
+
+def test_manifest_written_before_the_pooling_type_rename_is_still_valid(tiny_llama_dir, tmp_path):
+    bb, kw, folder = _one_cache(tiny_llama_dir, tmp_path, "cache")
+    m = json.loads((folder / MANIFEST).read_text())
+    m["rep_type"] = m.pop("pooling_type")
+    (folder / MANIFEST).write_text(json.dumps(m))
+    entries = ensure_features(str(tiny_llama_dir), ["toxic_chat"], backbone=bb, **kw)
+    assert entries[("toxic_chat", "train", "residual_mean")].status == "cached"

@@ -16,19 +16,19 @@ import numpy as np
 __all__ = ["select_neurons", "layer_weights", "aggregate", "n_selected"]
 
 
-def select_neurons(coef: np.ndarray, threshold: float) -> dict[int, np.ndarray]:
-    """Keep, per layer, the fewest neurons whose |w| sum reaches ``threshold`` of the layer's.
+def select_neurons(coef: np.ndarray, selection_threshold: float) -> dict[int, np.ndarray]:
+    """Keep, per layer, the fewest neurons whose |w| sum reaches ``selection_threshold`` of the layer's.
 
     coef (L, d) -> {layer: ascending int64 indices}. For layer l the neurons are ranked by
     |coef[l]| (descending, ties broken by lower index first), and the smallest k with
-    top-k sum >= threshold * total is kept. A layer whose weights are all zero gets no
-    entry. ``threshold`` in (0, 1]; 1.0 keeps every non-zero weight.
+    top-k sum >= selection_threshold * total is kept. A layer whose weights are all zero gets no
+    entry. ``selection_threshold`` in (0, 1]; 1.0 keeps every non-zero weight.
     """
     coef = np.asarray(coef, dtype=np.float64)
     if coef.ndim != 2:
         raise ValueError(f"coef must be (L, d), got shape {coef.shape}")
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    if not 0.0 < selection_threshold <= 1.0:
+        raise ValueError(f"selection_threshold must be in (0, 1], got {selection_threshold}")
     out: dict[int, np.ndarray] = {}
     for layer, w in enumerate(np.abs(coef)):
         total = w.sum()
@@ -36,8 +36,8 @@ def select_neurons(coef: np.ndarray, threshold: float) -> dict[int, np.ndarray]:
             continue
         order = np.argsort(-w, kind="stable")           # stable: equal |w| -> lower index first
         csum = np.cumsum(w[order])
-        # small relative slack so that threshold=1.0 is not defeated by float round-off
-        k = int(np.searchsorted(csum, threshold * total * (1.0 - 1e-12), side="left")) + 1
+        # small relative slack so that selection_threshold=1.0 is not defeated by float round-off
+        k = int(np.searchsorted(csum, selection_threshold * total * (1.0 - 1e-12), side="left")) + 1
         k = min(k, int(np.count_nonzero(w)))
         out[layer] = np.sort(order[:k]).astype(np.int64)
     return out
