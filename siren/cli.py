@@ -1,8 +1,11 @@
 """`siren` command line: `siren data|backbone|extract|train|eval|score ...`.
 
 Each subcommand lives in its own module, which provides `add_arguments(parser)` and
-`run(args) -> int`. Only the module of the chosen subcommand is imported, so
-`siren data ...` does not pay for importing torch.
+`run(args) -> int`, in one pattern: flags default to None and `run` first resolves them
+against `configs/defaults.yaml` (`siren.config.resolve`), then calls named stages; a command
+with actions (`data`, `backbone`) dispatches on `args.action`. Only the module of the chosen
+subcommand is imported, so `siren data ...` does not pay for importing torch. A SirenError
+is printed as `siren <command>: error: ...` with exit status 2, no traceback.
 """
 
 from __future__ import annotations
