@@ -19,6 +19,7 @@ CALIBRATE="${CALIBRATE:-0}"           # 1: set the guard's decision threshold to
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -n "$DATA_DIR" ] && [ -d "$DATA_DIR" ]; then DATA_DIR="$(cd "$DATA_DIR" && pwd)"; fi
+if [ -n "${SIREN_DATA_DIR:-}" ] && [ -d "$SIREN_DATA_DIR" ]; then export SIREN_DATA_DIR="$(cd "$SIREN_DATA_DIR" && pwd)"; fi
 if [ -n "$MODEL" ] && [ -d "$MODEL" ]; then MODEL="$(cd "$MODEL" && pwd)"; fi
 PY="${SIREN_PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"

@@ -22,7 +22,7 @@ EVAL_VARS = ["MODEL", "DATASETS", "EXTRA_DATASETS", "DATA_DIR", "MAX_PER_SPLIT",
 def _run(script: str, tmp_path: Path, env_vars: dict, *extra: str) -> list[str]:
     """Run a driver with SIREN_PYTHON pointing at a stub that records its argv; returns it."""
     stub, record = tmp_path / "python", tmp_path / "argv"
-    stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{record}"\n')
+    stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{record}"\necho "$SIREN_DATA_DIR" > "{record}.env"\n')
     stub.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in TRAIN_VARS + EVAL_VARS + ["SIREN_DATA_DIR"]}
     env.update(env_vars, SIREN_PYTHON=str(stub))
@@ -79,3 +79,10 @@ def test_unset_flags_take_the_yaml_defaults(monkeypatch, tmp_path):
     yaml = config.defaults()
     assert {k: cfg[k] for k in TRAIN_KEYS if k != "out_dir"} == {k: yaml[k] for k in TRAIN_KEYS if k != "out_dir"}
     assert cfg["out_dir"] == str(config.output_dir(yaml["model"]))
+
+
+def test_relative_siren_data_dir_is_made_absolute(tmp_path):
+    """The drivers cd into the repository: a relative $SIREN_DATA_DIR must still mean the user's folder."""
+    (tmp_path / "rows").mkdir()
+    assert _run("train/run_general_siren.sh", tmp_path, {"SIREN_DATA_DIR": "rows"}) == ["-m", "siren", "train"]
+    assert (tmp_path / "argv.env").read_text().strip() == str(tmp_path / "rows")
