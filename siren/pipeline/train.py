@@ -37,7 +37,7 @@ import numpy as np
 
 from siren import config as cfgmod
 from siren.errors import SirenError
-from siren.fileio import atomic_write_json, fsync_dir
+from siren.fileio import atomic_write_json, file_lock, fsync_dir
 from siren.log import log
 
 TRAIN_KEYS = ["model", "datasets", "data_dir", "max_per_split", "seed", "val_ratio", "pooling_types", "c_values",
@@ -137,17 +137,20 @@ def publish(work: Path, out_dir: Path) -> None:
     """Move a finished run from `work` into `out_dir`: a rename when `out_dir` does not exist,
     else file by file (os.replace), then drop the run files of an earlier run not rewritten."""
     os.chmod(work, 0o755)
-    if not out_dir.exists():
-        os.replace(work, out_dir)
-        fsync_dir(out_dir.parent)
-        return
-    written = {p.name for p in work.iterdir()}
-    for name in sorted(written):
-        os.replace(work / name, out_dir / name)
-    for old in out_dir.iterdir():
-        if old.name not in written and (old.name in RUN_FILES or (old.name.startswith("probes_") and old.suffix == ".npz")):
-            old.unlink()
-    fsync_dir(out_dir)
+    # Workers of one shared Optuna study finish into the same folder: one lands at a time.
+    with file_lock(out_dir.parent / f".{out_dir.name}.lock"):
+        if not out_dir.exists():
+            os.replace(work, out_dir)
+            fsync_dir(out_dir.parent)
+            return
+        written = {p.name for p in work.iterdir()}
+        for name in sorted(written):
+            os.replace(work / name, out_dir / name)
+        for old in out_dir.iterdir():
+            if old.name not in written and (old.name in RUN_FILES
+                                            or (old.name.startswith("probes_") and old.suffix == ".npz")):
+                old.unlink()
+        fsync_dir(out_dir)
 
 
 def check_datasets(datasets: list[str]) -> None:
