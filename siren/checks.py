@@ -111,7 +111,7 @@ def check_n_folds(value, name: str = "N_FOLDS (--n_folds)") -> int:
 def check_n_folds_fit(n_folds: int, counts: Mapping[str, int], name: str = "N_FOLDS (--n_folds)") -> None:
     """Each cross-validation stratum must hold at least n_folds rows.
 
-    counts: {stratum description (e.g. "aegis, harmful"): rows in train + validation}; strata
+    counts: {stratum description (e.g. "dataset 'aegis' (harmful)"): rows in train + validation}; strata
     with 0 rows are absent (the folds stratify on the strata present)."""
     n_folds = check_n_folds(n_folds, name)
     present = {k: int(v) for k, v in counts.items() if int(v) > 0}
