@@ -296,12 +296,12 @@ def validate_config(config: dict, source: str) -> dict:
         if key in extra and not (_is_int(extra[key]) and extra[key] > 0):
             raise SirenError(f"{source}: siren.{key} must be a positive integer, got {extra[key]!r}")
     check_fits(config, extra.get("num_layers"), extra.get("hidden_size"), source,
-               what="the backbone it records (siren.num_layers / siren.hidden_size)")
+               what="as siren.num_layers / siren.hidden_size record")
     return config
 
 
 def check_fits(config: dict, num_layers: int | None, hidden_size: int | None, source: str,
-               what: str = "the backbone") -> None:
+               what: str = "the backbone's config") -> None:
     """Every selected layer < num_layers and every neuron < hidden_size (None: not checked).
 
     Used on load (against the sizes the guard records) and before scoring or evaluating
@@ -311,13 +311,13 @@ def check_fits(config: dict, num_layers: int | None, hidden_size: int | None, so
     if num_layers is not None:
         beyond = [l for l in sm["selected_layers"] if l >= num_layers]
         if beyond:
-            raise SirenError(f"{source}: selected layer {max(beyond)} does not exist in {what} with {num_layers} "
-                             f"layers (0 .. {num_layers - 1}): wrong backbone or a damaged config")
+            raise SirenError(f"{source}: selected layer {max(beyond)} does not exist in a backbone with {num_layers} "
+                             f"layers ({what}; layers 0 .. {num_layers - 1}): wrong backbone or a damaged config")
     if hidden_size is not None:
         for key, idx in sm["selected_neurons_dict"].items():
             if max(idx) >= hidden_size:
-                raise SirenError(f"{source}: {key} selects neuron {max(idx)}, but {what} has hidden size "
-                                 f"{hidden_size} (neurons 0 .. {hidden_size - 1}): wrong backbone or a damaged config")
+                raise SirenError(f"{source}: {key} selects neuron {max(idx)}, but the hidden size is {hidden_size} "
+                                 f"({what}; neurons 0 .. {hidden_size - 1}): wrong backbone or a damaged config")
 
 
 def load_guard_config(folder) -> dict:
