@@ -21,7 +21,7 @@ from siren.errors import SirenError
 __all__ = [
     "check_c_values", "check_selection_thresholds", "check_decision_threshold", "check_n_trials",
     "check_n_folds", "check_n_folds_fit", "check_storage", "check_max_length", "check_device",
-    "check_dtype", "check_positive_int", "check_out_dir", "check_writable_dir",
+    "check_dtype", "check_positive_int", "check_out_dir", "check_writable_dir", "check_training_values",
 ]
 
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
@@ -237,3 +237,24 @@ def _check_storage_file(path: Path, name: str, given: str) -> None:
     if path.is_dir():
         raise SirenError(f"{name} {given!r} is a folder: give a file path such as {path / 'optuna.db'}")
     check_writable_dir(path.parent, f"{name} {given!r}: folder")
+
+
+# ------------------------------------------------------------------ one call per entry point
+
+def check_training_values(*, c_values, selection_thresholds, n_trials, n_folds, max_length, device, dtype,
+                          storage, out_dir, cache_dir, positive: Mapping[str, object] | None = None) -> None:
+    """All of `siren train`'s start-up checks. positive: {flag name: value} of further integers
+    that must be >= 1 (None values are skipped)."""
+    check_c_values(c_values)
+    check_selection_thresholds(selection_thresholds)
+    check_n_trials(n_trials)
+    check_n_folds(n_folds)
+    check_max_length(max_length)
+    check_device(device)
+    check_dtype(dtype)
+    check_storage(storage)
+    for key, value in (positive or {}).items():
+        if value is not None:
+            check_positive_int(value, f"--{key}")
+    check_out_dir(out_dir)
+    check_writable_dir(cache_dir, "--cache_dir")

@@ -652,6 +652,13 @@ def run(args) -> int:
     start = time.time()
     # Unset flags take the same defaults as training, so `siren train` reuses these caches.
     cfg = cfgmod.resolve(args, ["seed", "val_ratio", "rep_types", "cache_dtype", "max_length"])
+    from siren import checks  # every value checked before data or the backbone loads
+
+    checks.check_max_length(cfg["max_length"])
+    checks.check_device(args.device)
+    if args.batch_tokens is not None:
+        checks.check_positive_int(args.batch_tokens, "--batch_tokens")
+    checks.check_writable_dir(args.cache_dir or default_cache_dir(), "--cache_dir")
     entries = ensure_caches(args.model, args.datasets, splits=tuple(args.splits), rep_types=tuple(cfg["rep_types"]),
                             data_dir=args.data_dir, seed=cfg["seed"], val_ratio=cfg["val_ratio"],
                             max_per_split=args.max_per_split, cache_dir=args.cache_dir,

@@ -63,6 +63,16 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     cfg = cfgmod.resolve(args, TRAIN_KEYS)
+    from siren import checks
+    from siren.pipeline.extract import default_cache_dir
+
+    # Every value checked before data or the backbone loads (N_FOLDS again once the classes are known).
+    checks.check_training_values(
+        c_values=cfg["c_values"], selection_thresholds=cfg["thresholds"], n_trials=cfg["n_trials"],
+        n_folds=cfg["n_folds"], max_length=cfg["max_length"], device=cfg["device"], dtype=cfg["dtype"],
+        storage=cfg["storage"], out_dir=cfg["out_dir"] or cfgmod.output_dir(cfg["model"]),
+        cache_dir=cfg["cache_dir"] or default_cache_dir(),
+        positive={k: cfg[k] for k in ("max_epochs", "patience", "batch_size", "n_jobs", "batch_tokens")})
     results = train(cfg)
     print_summary(results)
     return 0
@@ -119,7 +129,7 @@ def load_split(paths: dict, datasets: list[str], split: str, rep: str):
 
 def train(cfg: dict) -> dict:
     """Run every stage; returns the results dict also written to results.json."""
-    from siren import data
+    from siren import checks, data
     from siren.artifact import save_best_model_pkl, save_guard
     from siren.backbones import resolve as resolve_backbone
     from siren.backbones import resolve_device, resolve_dtype
@@ -146,7 +156,10 @@ def train(cfg: dict) -> dict:
     source = resolve_backbone(cfg["model"])
 
     with stage("splits"):
-        split_ids = data.make_split_ids(datasets, **split_kw)
+        splits = data.make_splits(datasets, **split_kw)
+        checks.check_n_folds_fit(cfg["n_folds"], data.label_counts(splits))
+        split_ids = data.split_ids_of(splits)
+        del splits
         data.write_split_ids(out_dir / "splits.json", split_ids)
 
     with stage("extract"):
