@@ -457,6 +457,7 @@ MAX_PICKLE_DEPTH = 64  # best_model.pkl is a few levels deep; anything deeper is
 def _check_data(value: Any, where: str) -> None:
     """Plain data only, walked without recursion (a crafted file nested 200k deep must give this
     error, not a RecursionError), at most MAX_PICKLE_DEPTH containers deep."""
+    root = where
     stack = [(value, where, 0)]
     while stack:
         value, where, depth = stack.pop()
@@ -469,7 +470,7 @@ def _check_data(value: Any, where: str) -> None:
                 raise SirenError(f"{where}: numpy arrays of dtype object are not allowed (data only)")
             continue
         if isinstance(value, (dict, list, tuple)) and depth >= MAX_PICKLE_DEPTH:
-            raise SirenError(f"{where.split('[')[0]}: nested more than {MAX_PICKLE_DEPTH} levels deep; "
+            raise SirenError(f"{root}: nested more than {MAX_PICKLE_DEPTH} levels deep; "
                              "best_model.pkl holds a flat record: the file is corrupt or not ours")
         if isinstance(value, dict):
             for k, v in value.items():
