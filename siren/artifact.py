@@ -301,7 +301,7 @@ def validate_config(config: dict, source: str) -> dict:
 
 
 def check_fits(config: dict, num_layers: int | None, hidden_size: int | None, source: str,
-               what: str = "the backbone's config") -> None:
+               what: str = "from the backbone's config") -> None:
     """Every selected layer < num_layers and every neuron < hidden_size (None: not checked).
 
     Used on load (against the sizes the guard records) and before scoring or evaluating

@@ -185,8 +185,9 @@ def _custom_code_error(model: str, source: BackboneSource, err: Exception) -> Si
     """Our message for transformers' "contains custom code" refusal (None for other errors)."""
     if "trust_remote_code" not in str(err):
         return None
-    return SirenError(f"backbone {model!r} ({source.model_id}) ships its own Python model code, which SIREN "
-                      "does not run unless asked: if you trust its authors, pass --trust_remote_code")
+    where = "" if str(model) == source.model_id else f" ({source.model_id})"
+    return SirenError(f"backbone {model!r}{where} ships its own Python model code, which SIREN does not run "
+                      "unless asked: if you trust its authors, pass --trust_remote_code")
 
 
 def backbone_config(model: str, *, revision: str | None = None, trust_remote_code: bool = False):

@@ -95,7 +95,7 @@ def check_backbone(config: dict, backbone: Backbone, source: str = "guard") -> N
     if "hidden_size" in extra and int(extra["hidden_size"]) != d:
         raise SirenError(f"{where}: the guard was trained on a backbone with hidden size {extra['hidden_size']}, "
                          f"the loaded backbone has {d}: wrong backbone")
-    check_fits(config, L, d, where, what="the loaded backbone")
+    check_fits(config, L, d, where, what="from the backbone's config")
 
 
 class SirenGuard:
