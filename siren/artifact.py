@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from siren.errors import SirenError
-from siren.fileio import atomic_write
+from siren.fileio import atomic_write, fsync_dir
 
 CONFIG_NAME = "siren_config.json"
 WEIGHTS_NAME = "siren.safetensors"
@@ -172,10 +172,11 @@ def save_guard(folder, *, base_model_id: str, revision: str | None, pooling_type
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
-        (tmp / WEIGHTS_NAME).write_bytes(weights_bytes)
-        (tmp / CONFIG_NAME).write_bytes(config_bytes)
+        atomic_write(tmp / WEIGHTS_NAME, weights_bytes)  # fsynced, so the renamed folder is whole
+        atomic_write(tmp / CONFIG_NAME, config_bytes)
         os.chmod(tmp, 0o755)
         os.replace(tmp, folder)
+        fsync_dir(folder.parent)
     except BaseException:
         import shutil
 
