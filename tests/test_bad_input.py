@@ -328,3 +328,34 @@ def test_quickstart_passes_the_model_name_as_an_argument(tmp_path):
     assert out.returncode == 0, out.stderr
     assert not marker.exists()
     assert out.stdout.endswith("_general")
+
+
+def test_device_check_against_the_cuda_devices_present(monkeypatch):
+    """cuda:N is refused when N is not a device here (torch's view mocked: one GPU)."""
+    from siren import checks
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert checks.check_device("cuda") == "cuda" and checks.check_device("cuda:0") == "cuda:0"
+    with pytest.raises(SirenError, match=r"--device 'cuda:1': this machine has 1 CUDA device\(s\) \(cuda:0 \.\. cuda:0\)"):
+        checks.check_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SirenError, match="CUDA is not available on this machine; use --device cpu"):
+        checks.check_device("cuda")
+    assert checks.check_device("auto") == "auto" and checks.check_device(None) is None
+
+
+def test_good_values_pass_the_checks(tmp_path):
+    """What the checks accept: the paper's defaults and every storage form tune.make_storage takes."""
+    from siren import checks
+
+    assert checks.check_c_values([200, 500, 1000]) == [200.0, 500.0, 1000.0]
+    assert checks.check_selection_thresholds([1, 0.9]) == [1.0, 0.9]
+    assert checks.check_decision_threshold(0) == 0.0 and checks.check_decision_threshold(1) == 1.0
+    for storage in [f"sqlite:///{tmp_path}/a.db", str(tmp_path / "new" / "b.journal"), str(tmp_path / "c.log"),
+                    str(tmp_path / "d.db"), "postgresql://user@host/db", None]:
+        assert checks.check_storage(storage) == storage
+    assert not any(tmp_path.rglob("*")), "checks must not create files"
+    checks.check_n_folds_fit(5, {"dataset 'a' (harmful)": 5, "dataset 'a' (safe)": 50, "dataset 'b' (harmful)": 0})
+    with pytest.raises(SirenError, match=r"dataset 'a' \(harmful\) has only 1 row\(s\).*add rows of that class"):
+        checks.check_n_folds_fit(2, {"dataset 'a' (harmful)": 1, "dataset 'a' (safe)": 50})
