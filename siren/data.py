@@ -516,10 +516,20 @@ def make_split_ids(
                                     max_per_split=max_per_split))
 
 
+def _output_file(path: str | os.PathLike) -> pathlib.Path:
+    """`path` as a file to (over)write, its folder created; SirenError if it is a folder."""
+    path = pathlib.Path(path).expanduser()
+    if path.is_dir():
+        raise SirenError(f"{path} is a folder: give a file path to write (e.g. {path / 'splits.json'})")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise SirenError(f"cannot write {path}: {path.parent} is a file, not a folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def write_split_ids(path: str | os.PathLike, split_ids: dict[str, dict[str, list[str]]]) -> None:
     """Write split ids as JSON (sorted keys, indented), atomically."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _output_file(path)
     atomic_write_text(path, json.dumps(split_ids, sort_keys=True, indent=2) + "\n")
 
 
@@ -530,6 +540,5 @@ def write_jsonl(path: str | os.PathLike, frame: pd.DataFrame) -> None:
                     "response": r.response}, ensure_ascii=False)
         for r in frame.itertuples(index=False)
     )
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _output_file(path)
     atomic_write_text(path, "".join(line + "\n" for line in lines))

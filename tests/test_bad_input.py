@@ -196,6 +196,8 @@ CASES: list[tuple[str, Callable[[Env], list[str] | Callable], str, bool]] = [
     ("ids 7 and \"7\"", lambda e: write_jsonl(e.data / "aegis" / "test.jsonl", [
         {"id": 7, "text": "a", "label": 0}, *good_rows()[1:], {"id": "7", "text": "b", "label": 1}]) or e.train(),
      r"aegis/test\.jsonl:21: duplicate id '7', first used on line 1 \(ids are compared as text", False),
+    ("data splits --out is a folder", lambda e: ["data", "splits", "--datasets", "aegis", "--data_dir", str(e.data),
+                                                 "--out", str(e.out)], r"/out is a folder: give a file path to write", False),
     # -- guard folders: eval makes the checks score makes, before any extraction
     ("eval layer beyond backbone", lambda e: make_guard(e.root / "g2", e.tiny, extra={}, neurons={7: np.array([3])})
      and e.eval("--guard", str(e.root / "g2")), r"selected layer 7 does not exist in a backbone with 4 layers", False),
