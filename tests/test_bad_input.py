@@ -361,3 +361,12 @@ def test_good_values_pass_the_checks(tmp_path):
     checks.check_n_folds_fit(5, {"dataset 'a' (harmful)": 5, "dataset 'a' (safe)": 50, "dataset 'b' (harmful)": 0})
     with pytest.raises(SirenError, match=r"dataset 'a' \(harmful\) has only 1 row\(s\).*add rows of that class"):
         checks.check_n_folds_fit(2, {"dataset 'a' (harmful)": 1, "dataset 'a' (safe)": 50})
+
+
+def test_guard_names_a_text_with_a_lone_surrogate(env):
+    from siren.runtime.guard import SirenGuard
+
+    guard = SirenGuard.from_pretrained(str(env.guard), device="cpu")
+    with pytest.raises(SirenError, match=r"text 1 holds a lone surrogate \('\\ud800' at character 1\)"):
+        guard.score_batch(["fine", "a\ud800b"])
+    assert guard.score_batch(["caf\u00e9 \U0001f600"])[0].score == pytest.approx(guard.score("caf\u00e9 \U0001f600").score)

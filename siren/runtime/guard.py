@@ -186,6 +186,12 @@ class SirenGuard:
         for i, t in enumerate(texts):
             if t is not None and not isinstance(t, str):
                 raise SirenError(f"text {i} is a {type(t).__name__}, not a string")
+            if t and not t.isascii():  # a lone surrogate cannot be tokenised: say which text holds it
+                try:
+                    t.encode("utf-8")
+                except UnicodeEncodeError as err:
+                    raise SirenError(f"text {i} holds a lone surrogate ({t[err.start]!r} at character {err.start}): "
+                                     "give valid Unicode text") from None
         thr = self._threshold(threshold)
         probs = self.predict_proba(texts, batch_size=batch_size, batch_tokens=batch_tokens)
         return [ScoreResult(float(p), bool(p >= thr), thr) for p in probs]
