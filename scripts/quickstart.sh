@@ -45,7 +45,8 @@ bash "$ROOT/scripts/setup.sh"
 bash "$ROOT/train/run_general_siren.sh"
 bash "$ROOT/test/eval_general_siren.sh"
 
-OUT="$("$ROOT/.venv/bin/python" -c "from siren.config import output_dir; print(output_dir('$MODEL'))")"
+# The model name goes in as an argument, never pasted into the code: any name is safe.
+OUT="$("$ROOT/.venv/bin/python" -c 'import sys; from siren.config import output_dir; print(output_dir(sys.argv[1]))' "$MODEL")"
 echo
 echo "Scoring three example texts with the runtime (siren score --jsonl):"
 printf '%s\n' \

@@ -37,6 +37,7 @@ import torch
 
 from siren.errors import SirenError
 from siren.features import POOLING_TYPES
+from siren.fileio import atomic_write, fsync_dir
 
 CONFIG_NAME = "siren_config.json"
 WEIGHTS_NAME = "siren.safetensors"
@@ -63,32 +64,6 @@ def head_layout(input_dim: int, layer_dims: list[int], dropout_rates: list[float
     shapes[f"network.{k}.weight"] = (int(num_classes), prev)
     shapes[f"network.{k}.bias"] = (int(num_classes),)
     return shapes
-
-
-# ---------------------------------------------------------------- atomic writes
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress():
-            os.unlink(tmp)
-        raise
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return True
 
 
 def _json_bytes(obj: dict) -> bytes:
@@ -192,16 +167,17 @@ def save_guard(folder, *, base_model_id: str, revision: str | None, pooling_type
     if folder.exists() and not folder.is_dir():
         raise SirenError(f"guard folder {folder} exists and is not a folder")
     if folder.is_dir():
-        _atomic_write_bytes(folder / WEIGHTS_NAME, weights_bytes)
-        _atomic_write_bytes(folder / CONFIG_NAME, config_bytes)
+        atomic_write(folder / WEIGHTS_NAME, weights_bytes)
+        atomic_write(folder / CONFIG_NAME, config_bytes)
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
-        (tmp / WEIGHTS_NAME).write_bytes(weights_bytes)
-        (tmp / CONFIG_NAME).write_bytes(config_bytes)
+        atomic_write(tmp / WEIGHTS_NAME, weights_bytes)  # fsynced, so the renamed folder is whole
+        atomic_write(tmp / CONFIG_NAME, config_bytes)
         os.chmod(tmp, 0o755)
         os.replace(tmp, folder)
+        fsync_dir(folder.parent)
     except BaseException:
         import shutil
 
@@ -223,7 +199,7 @@ def set_default_threshold(folder, threshold: float) -> None:
         payload = load_best_model_pkl(pkl)
         payload["threshold"] = threshold
         save_best_model_pkl(pkl, payload)
-    _atomic_write_bytes(Path(folder) / CONFIG_NAME, _json_bytes(config))
+    atomic_write(Path(folder) / CONFIG_NAME, _json_bytes(config))
 
 
 # ---------------------------------------------------------------- load + validation
@@ -323,7 +299,33 @@ def validate_config(config: dict, source: str) -> dict:
     extra = config.get("siren")
     if extra is not None and not isinstance(extra, dict):
         raise SirenError(f"{source}: key siren must be an object")
+    extra = extra or {}
+    for key in ("num_layers", "hidden_size"):
+        if key in extra and not (_is_int(extra[key]) and extra[key] > 0):
+            raise SirenError(f"{source}: siren.{key} must be a positive integer, got {extra[key]!r}")
+    check_fits(config, extra.get("num_layers"), extra.get("hidden_size"), source,
+               what="as siren.num_layers / siren.hidden_size record")
     return config
+
+
+def check_fits(config: dict, num_layers: int | None, hidden_size: int | None, source: str,
+               what: str = "from the backbone's config") -> None:
+    """Every selected layer < num_layers and every neuron < hidden_size (None: not checked).
+
+    Used on load (against the sizes the guard records) and before scoring or evaluating
+    (against the backbone's own config), so that a guard for another backbone is refused by name
+    instead of indexing out of range."""
+    sm = config["siren_module"]
+    if num_layers is not None:
+        beyond = [l for l in sm["selected_layers"] if l >= num_layers]
+        if beyond:
+            raise SirenError(f"{source}: selected layer {max(beyond)} does not exist in a backbone with {num_layers} "
+                             f"layers ({what}; layers 0 .. {num_layers - 1}): wrong backbone or a damaged config")
+    if hidden_size is not None:
+        for key, idx in sm["selected_neurons_dict"].items():
+            if max(idx) >= hidden_size:
+                raise SirenError(f"{source}: {key} selects neuron {max(idx)}, but the hidden size is {hidden_size} "
+                                 f"({what}; neurons 0 .. {hidden_size - 1}): wrong backbone or a damaged config")
 
 
 def load_guard_config(folder) -> dict:
@@ -344,6 +346,8 @@ def load_config_file(path) -> dict:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise SirenError(f"{path} is not valid JSON ({err}): the file is corrupt") from err
+    except RecursionError:
+        raise SirenError(f"{path} is nested too deeply to be a guard config: the file is corrupt") from None
     return validate_config(config, source=str(path))
 
 
@@ -455,27 +459,38 @@ class _DataOnlyUnpickler(pickle.Unpickler):
         raise SirenError(f"{self._source}: refusing a persistent id in a data-only pickle")
 
 
+MAX_PICKLE_DEPTH = 64  # best_model.pkl is a few levels deep; anything deeper is not ours
+
+
 def _check_data(value: Any, where: str) -> None:
-    if value is None or isinstance(value, (str, bytes, bool, int, float, np.generic)):
-        if isinstance(value, np.generic) and value.dtype.hasobject:
-            raise SirenError(f"{where}: object-typed numpy values are not data")
-        return
-    if isinstance(value, np.ndarray):
-        if value.dtype.hasobject:
-            raise SirenError(f"{where}: numpy arrays of dtype object are not allowed (data only)")
-        return
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, (str, int, float, bool, tuple)) and k is not None:
-                raise SirenError(f"{where}: dict key {k!r} ({type(k).__name__}) is not plain data")
-            _check_data(v, f"{where}[{k!r}]")
-        return
-    if isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _check_data(v, f"{where}[{i}]")
-        return
-    raise SirenError(f"{where}: {type(value).__module__}.{type(value).__name__} is not plain data "
-                     "(allowed: dict, list, tuple, str, int, float, bool, None, numpy arrays)")
+    """Plain data only, walked without recursion (a crafted file nested 200k deep must give this
+    error, not a RecursionError), at most MAX_PICKLE_DEPTH containers deep."""
+    root = where
+    stack = [(value, where, 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if value is None or isinstance(value, (str, bytes, bool, int, float, np.generic)):
+            if isinstance(value, np.generic) and value.dtype.hasobject:
+                raise SirenError(f"{where}: object-typed numpy values are not data")
+            continue
+        if isinstance(value, np.ndarray):
+            if value.dtype.hasobject:
+                raise SirenError(f"{where}: numpy arrays of dtype object are not allowed (data only)")
+            continue
+        if isinstance(value, (dict, list, tuple)) and depth >= MAX_PICKLE_DEPTH:
+            raise SirenError(f"{root}: nested more than {MAX_PICKLE_DEPTH} levels deep; "
+                             "best_model.pkl holds a flat record: the file is corrupt or not ours")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not isinstance(k, (str, int, float, bool, tuple)) and k is not None:
+                    raise SirenError(f"{where}: dict key {k!r} ({type(k).__name__}) is not plain data")
+                stack.append((v, f"{where}[{k!r}]", depth + 1))
+            continue
+        if isinstance(value, (list, tuple)):
+            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
+            continue
+        raise SirenError(f"{where}: {type(value).__module__}.{type(value).__name__} is not plain data "
+                         "(allowed: dict, list, tuple, str, int, float, bool, None, numpy arrays)")
 
 
 def best_model_payload(folder, *, model: str, base_model: dict, metrics: dict) -> dict:
@@ -510,7 +525,7 @@ def save_best_model_pkl(path, payload: dict) -> None:
     _check_data(payload, "best_model.pkl payload")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(path, pickle.dumps(payload, protocol=4))
+    atomic_write(path, pickle.dumps(payload, protocol=4))
 
 
 def load_best_model_pkl(path) -> dict:

@@ -213,19 +213,46 @@ def resolve_dtype(dtype: str | None, device: str):
     return table[dtype]
 
 
+def _custom_code_error(model: str, source: BackboneSource, err: Exception) -> SirenError | None:
+    """Our message for transformers' "contains custom code" refusal (None for other errors)."""
+    if "trust_remote_code" not in str(err):
+        return None
+    where = "" if str(model) == source.model_id else f" ({source.model_id})"
+    return SirenError(f"backbone {model!r}{where} ships its own Python model code, which SIREN does not run "
+                      "unless asked: if you trust its authors, pass --trust_remote_code")
+
+
+def backbone_config(model: str, *, revision: str | None = None, trust_remote_code: bool = False):
+    """The backbone's transformers config (reads config.json only, no weights): layers and
+    hidden size can be checked before anything heavy loads."""
+    from transformers import AutoConfig
+
+    source = resolve(model)
+    hub_revision = (revision or source.revision) if source.kind == "hub" else None
+    try:
+        return AutoConfig.from_pretrained(source.model_id, revision=hub_revision, trust_remote_code=trust_remote_code)
+    except ValueError as err:
+        raise (_custom_code_error(model, source, err) or err) from None
+    except OSError as err:
+        raise SirenError(f"could not read the config of backbone {model!r} from {source.model_id}: {err}") from err
+
+
 def load_backbone(model: str, *, device: str | None = None, dtype: str | None = None, revision: str | None = None,
                   trust_remote_code: bool = False) -> Backbone:
     """Load the base model (AutoModel: no LM head) and tokenizer, frozen, in eval mode.
 
     revision: a Hub revision that overrides the registry's (ignored for local folders).
     """
-    from transformers import AutoModel, AutoTokenizer
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     source = resolve(model)
     hub_revision = (revision or source.revision) if source.kind == "hub" else None
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     try:
+        # The config first: a backbone with custom code is named as such before any other failure.
+        AutoConfig.from_pretrained(source.model_id, revision=hub_revision, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(source.model_id, revision=hub_revision,
                                                   trust_remote_code=trust_remote_code)
         base = AutoModel.from_pretrained(source.model_id, revision=hub_revision, dtype=torch_dtype,
@@ -235,6 +262,11 @@ def load_backbone(model: str, *, device: str | None = None, dtype: str | None = 
             f"could not load backbone {model!r} from {source.model_id}: {err}. Offline? Use a local folder "
             "or the registry's smollm2-135m"
         ) from err
+    except ValueError as err:  # custom code refused (trust_remote_code=False); other ValueErrors as is
+        custom = _custom_code_error(model, source, err)
+        if custom is None:
+            raise
+        raise custom from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     base.to(device).eval()

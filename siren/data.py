@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -30,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from siren.errors import SirenError
+from siren.fileio import atomic_write_text
 
 SPLITS = ("train", "validation", "test")
 COLUMNS = ("id", "text", "label", "prompt", "response")
@@ -181,10 +181,10 @@ def _frame(rows: Iterable[Row], where: str) -> pd.DataFrame:
     bad = frame["text"].map(lambda t: not isinstance(t, str))
     if bad.any():
         raise SirenError(f"{where}: row {frame['id'].iloc[int(np.argmax(bad))]!r} has no text")
+    frame["id"] = frame["id"].astype(str)
     dup = frame["id"][frame["id"].duplicated()]
     if len(dup):
         raise SirenError(f"{where}: duplicate id {dup.iloc[0]!r}; ids must be unique within a dataset")
-    frame["id"] = frame["id"].astype(str)
     frame["label"] = frame["label"].astype("int64")
     frame["response"] = frame["response"].astype(object).where(frame["response"].notna(), None)
     return frame
@@ -233,29 +233,77 @@ def load_hub(name: str) -> dict[str, pd.DataFrame]:
     return out
 
 
+def _check_text(value, field: str, where: str, *, nullable: bool = False) -> None:
+    """A JSON string field: a str holding only real characters (a lone UTF-16 surrogate such as
+    "\\ud800" parses but cannot be encoded, tokenised or written back)."""
+    if value is None and nullable:
+        return
+    if not isinstance(value, str):
+        kind = "a string or null" if nullable else "a string"
+        raise SirenError(f"{where}: {field} must be {kind}, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise SirenError(f"{where}: {field} holds a lone surrogate ({value[err.start]!r} at character "
+                         f"{err.start}), which is not a character; fix the \\u escape") from None
+
+
+def _row_id(value, where: str) -> str:
+    """Ids are non-empty strings or integers; both are kept as text (so 7 and "7" are one id)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        got = "null" if value is None else f"a {type(value).__name__} ({json.dumps(value)[:40]})"
+        raise SirenError(f"{where}: id must be a non-empty string or an integer, got {got}")
+    if isinstance(value, str):
+        _check_text(value, "id", where)
+        if not value.strip():
+            raise SirenError(f"{where}: id must be a non-empty string or an integer, got {value!r}")
+    return str(value)
+
+
 def _read_jsonl(path: pathlib.Path) -> pd.DataFrame:
-    """One SIREN-ready JSONL file -> frame; SirenError with file:line on a bad line."""
+    """One SIREN-ready JSONL file -> frame; SirenError with file:line on a bad line.
+
+    Lines are decoded one by one (strict UTF-8), so a bad byte is reported with its line; ids
+    are compared as text, so a repeat is reported with both line numbers."""
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    first_line: dict[str, int] = {}
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise SirenError(f"{where}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1} "
+                                 "of the line); re-save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
-                raise SirenError(f"{path}:{lineno}: malformed JSON ({err.msg}); fix or remove the line") from None
+                raise SirenError(f"{where}: malformed JSON ({err.msg}); fix or remove the line") from None
+            except RecursionError:
+                raise SirenError(f"{where}: JSON nested too deeply to read; a row is one flat object "
+                                 "with id, text, label, prompt, response") from None
             if not isinstance(obj, dict) or not {"id", "text", "label"} <= obj.keys():
-                raise SirenError(f"{path}:{lineno}: expected an object with id, text, label, prompt, response")
+                raise SirenError(f"{where}: expected an object with id, text, label, prompt, response")
+            id_ = _row_id(obj["id"], where)
+            if id_ in first_line:
+                raise SirenError(f"{where}: duplicate id {id_!r}, first used on line {first_line[id_]} (ids are "
+                                 "compared as text: 7 and \"7\" are the same id); ids must be unique")
+            first_line[id_] = lineno
             label = obj["label"]
             # bool is an int subclass; reject it so that true/false is not silently read as 1/0
             if isinstance(label, bool) or label not in (0, 1):
-                raise SirenError(f"{path}:{lineno}: label must be 0 or 1 (1 = harmful), got {label!r}")
-            if not isinstance(obj["text"], str):
-                raise SirenError(f"{path}:{lineno}: text must be a string")
-            rows.append({
-                "id": obj["id"], "text": obj["text"], "label": label,
-                "prompt": obj.get("prompt", obj["text"]), "response": obj.get("response"),
-            })
+                raise SirenError(f"{where}: label must be 0 or 1 (1 = harmful), got {label!r}")
+            _check_text(obj["text"], "text", where)
+            prompt = obj.get("prompt", obj["text"])
+            _check_text(prompt, "prompt", where)
+            _check_text(obj.get("response"), "response", where, nullable=True)
+            rows.append({"id": id_, "text": obj["text"], "label": label, "prompt": prompt,
+                         "response": obj.get("response")})
+    if not rows:
+        raise SirenError(f"{path} holds no rows (the file is empty); fill it with one JSON object a line "
+                         "or remove it")
     return _frame(rows, str(path))
 
 
@@ -425,6 +473,36 @@ def load_splits(
     return out
 
 
+def make_splits(
+    names: list[str],
+    *,
+    data_dir: str | os.PathLike | None = None,
+    seed: int = 42,
+    val_ratio: float = 0.2,
+    max_per_split: int | Sequence[int] | None = None,
+) -> dict[str, dict[str, pd.DataFrame]]:
+    """{dataset: {split: frame}} for `names`, from load_splits."""
+    return {name: load_splits(name, data_dir=data_dir, seed=seed, val_ratio=val_ratio,
+                              max_per_split=max_per_split) for name in names}
+
+
+def split_ids_of(splits: Mapping[str, Mapping[str, pd.DataFrame]]) -> dict[str, dict[str, list[str]]]:
+    """{dataset: {split: [ids in split order]}} of `make_splits`' frames."""
+    return {name: {split: frame["id"].tolist() for split, frame in parts.items()} for name, parts in splits.items()}
+
+
+def label_counts(splits: Mapping[str, Mapping[str, pd.DataFrame]],
+                 which: Sequence[str] = ("train", "validation")) -> dict[str, int]:
+    """{"dataset '<name>' (harmful|safe)": rows} over the `which` splits: the strata that training's
+    cross-validation folds are stratified on (dataset x label)."""
+    counts: dict[str, int] = {}
+    for name, parts in splits.items():
+        labels = np.concatenate([parts[s]["label"].to_numpy() for s in which if s in parts] or [np.zeros(0)])
+        for value, word in ((1, "harmful"), (0, "safe")):
+            counts[f"dataset {name!r} ({word})"] = int((labels == value).sum())
+    return counts
+
+
 def make_split_ids(
     names: list[str],
     *,
@@ -434,35 +512,25 @@ def make_split_ids(
     max_per_split: int | Sequence[int] | None = None,
 ) -> dict[str, dict[str, list[str]]]:
     """{dataset: {split: [ids in split order]}} for `names`, from load_splits."""
-    return {
-        name: {
-            split: frame["id"].tolist()
-            for split, frame in load_splits(
-                name, data_dir=data_dir, seed=seed, val_ratio=val_ratio, max_per_split=max_per_split
-            ).items()
-        }
-        for name in names
-    }
+    return split_ids_of(make_splits(names, data_dir=data_dir, seed=seed, val_ratio=val_ratio,
+                                    max_per_split=max_per_split))
 
 
-def _write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to a temp file next to `path`, then rename it over `path`, so that readers
-    never see a half-written file."""
-    path = pathlib.Path(path)
+def _output_file(path: str | os.PathLike) -> pathlib.Path:
+    """`path` as a file to (over)write, its folder created; SirenError if it is a folder."""
+    path = pathlib.Path(path).expanduser()
+    if path.is_dir():
+        raise SirenError(f"{path} is a folder: give a file path to write (e.g. {path / 'splits.json'})")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise SirenError(f"cannot write {path}: {path.parent} is a file, not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    return path
 
 
 def write_split_ids(path: str | os.PathLike, split_ids: dict[str, dict[str, list[str]]]) -> None:
     """Write split ids as JSON (sorted keys, indented), atomically."""
-    _write_atomic(path, json.dumps(split_ids, sort_keys=True, indent=2) + "\n")
+    path = _output_file(path)
+    atomic_write_text(path, json.dumps(split_ids, sort_keys=True, indent=2) + "\n")
 
 
 def write_jsonl(path: str | os.PathLike, frame: pd.DataFrame) -> None:
@@ -472,4 +540,5 @@ def write_jsonl(path: str | os.PathLike, frame: pd.DataFrame) -> None:
                     "response": r.response}, ensure_ascii=False)
         for r in frame.itertuples(index=False)
     )
-    _write_atomic(path, "".join(line + "\n" for line in lines))
+    path = _output_file(path)
+    atomic_write_text(path, "".join(line + "\n" for line in lines))

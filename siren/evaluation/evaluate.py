@@ -18,16 +18,18 @@ alike; the metrics are then reported at it, and at the previous one under `at_pr
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from siren import config as cfgmod
 from siren.errors import SirenError
-from siren.fileio import atomic_write_json
+from siren.fileio import atomic_write, atomic_write_json, atomic_write_text
 
 AVERAGED = ("f1", "harmful_f1", "accuracy", "precision", "recall", "roc_auc", "pr_auc")
 
@@ -48,6 +50,15 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from siren import checks
+
+    # Checked before any data or backbone loads.
+    checks.check_device(args.device)
+    checks.check_dtype(args.dtype)
+    if args.batch_tokens is not None:
+        checks.check_positive_int(args.batch_tokens, "--batch_tokens")
+    if args.cache_dir is not None:
+        checks.check_writable_dir(args.cache_dir, "--cache_dir")
     report = evaluate(args)
     print_table(report)
     return 0
@@ -60,6 +71,47 @@ def guard_folder(model: str, guard: str | None = None) -> Path:
     if (Path(model) / "siren_config.json").is_file():
         return Path(model)
     return cfgmod.output_dir(model)
+
+
+def read_training_config(folder: Path) -> dict:
+    """The resolved training config in `<folder>/results.json` ({} when there is no such file);
+    SirenError when the file is corrupt or has no config."""
+    path = folder / "results.json"
+    if not path.is_file():
+        return {}
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SirenError(f"{path} is not valid JSON ({err}): the file is corrupt; retrain, or move it away "
+                         "and pass --datasets") from None
+    except RecursionError:
+        raise SirenError(f"{path} is nested too deeply: the file is corrupt; retrain, or move it away "
+                         "and pass --datasets") from None
+    if not isinstance(results, dict) or not isinstance(results.get("config"), dict):
+        raise SirenError(f"{path} has no \"config\" object (the training run's settings): it is not a SIREN "
+                         "results file or is damaged; retrain, or move it away and pass --datasets")
+    return results["config"]
+
+
+def pick_cache_dir(args, trained: dict) -> Path:
+    from siren.pipeline.cache import default_cache_dir
+
+    chosen = args.cache_dir if args.cache_dir is not None else trained.get("cache_dir")
+    return Path(chosen).expanduser() if chosen else default_cache_dir()
+
+
+def backbone_dims(model: str) -> tuple[int, int] | None:
+    """(layers, hidden size) from the backbone's config, without its weights; None when the
+    config cannot be read here (e.g. a Hub id offline). Custom-code backbones are refused."""
+    from siren.backbones import backbone_config
+
+    try:
+        cfg = backbone_config(model)
+    except SirenError as err:
+        if "--trust_remote_code" in str(err) or "unknown backbone" in str(err):
+            raise
+        return None
+    return int(cfg.num_hidden_layers), int(cfg.hidden_size)
 
 
 def classification_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict:
@@ -105,17 +157,24 @@ def evaluate(args) -> dict:
     from siren.pipeline.cache import load_features
     from siren.pipeline.extract import ensure_features
     from siren.mlp import predict_proba_head
+    from siren import checks
     from siren.pipeline.select import aggregate
+    from siren.runtime.guard import check_backbone
 
     args.model = args.model or cfgmod.defaults()["model"]
     if args.extra_datasets is None:
         args.extra_datasets = list(cfgmod.defaults()["extra_datasets"])
     folder = guard_folder(args.model, args.guard)
     config = load_guard_config(folder)
-    trained = {}
-    if (folder / "results.json").is_file():
-        trained = json.loads((folder / "results.json").read_text())["config"]
+    trained = read_training_config(folder)
     model = trained.get("model") or config.get("siren", {}).get("backbone") or config["base_model"]["model_id"]
+    checks.check_writable_dir(folder, "guard folder (eval_results.json is written there)")
+    checks.check_writable_dir(pick_cache_dir(args, trained), "--cache_dir")
+    # The checks `siren score` makes when it loads the backbone, made here from its config alone
+    # (no weights); if the config cannot be read (an offline Hub id), on the cached features.
+    dims = backbone_dims(model)
+    if dims is not None:
+        check_backbone(config, SimpleNamespace(num_layers=dims[0], hidden_size=dims[1]), str(folder))
     datasets = list(args.datasets or trained.get("datasets") or [])
     if not datasets and not args.extra_datasets:
         raise SirenError("no datasets to evaluate: pass --datasets (the guard folder has no results.json)")
@@ -134,7 +193,7 @@ def evaluate(args) -> dict:
                     val_ratio=trained.get("val_ratio", defaults["val_ratio"]), max_per_split=pick("max_per_split"))
     rep = config["siren_module"]["pooling_type"]
     _, selection, weight_of = selection_from_config(config)
-    L = int(config.get("siren", {}).get("num_layers") or max(selection) + 1)
+    L = dims[0] if dims is not None else int(config.get("siren", {}).get("num_layers") or max(selection) + 1)
     weights = np.ones(L, dtype=np.float32)  # (L,): aggregate() reads only the selected layers'
     for layer, w in weight_of.items():
         weights[layer] = w
@@ -155,6 +214,8 @@ def evaluate(args) -> dict:
 
     def scores_of(key):
         fs = load_features(paths[key])
+        if dims is None:  # (n, L, d): the backbone's sizes, as the cache holds them
+            check_backbone(config, SimpleNamespace(num_layers=fs.X.shape[1], hidden_size=fs.X.shape[2]), str(folder))
         return np.asarray(fs.y).astype(np.int64), predict_proba_head(head, aggregate(fs.X, selection, weights))
 
     calibration, source = None, "the guard's inference.default_threshold"
@@ -221,7 +282,7 @@ def plot_results(folder: Path, report: dict, curves: dict) -> None:
     ax.set_title(f"SIREN · {report['model']}")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(folder / "roc.png", dpi=120)
+    _save_figure(fig, folder / "roc.png")
     plt.close(fig)
 
     names = report["averaged_over"]
@@ -238,8 +299,14 @@ def plot_results(folder: Path, report: dict, curves: dict) -> None:
     ax.set_title(f"SIREN · {report['model']} · decision threshold {report['decision_threshold']:.3g}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(folder / "f1.png", dpi=120)
+    _save_figure(fig, folder / "f1.png")
     plt.close(fig)
+
+
+def _save_figure(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=120, format="png")
+    atomic_write(path, buf.getvalue())
 
 
 def print_table(report: dict) -> None:

@@ -442,9 +442,20 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from siren import config as cfgmod
 
+    from siren import checks
+    from siren.pipeline.cache import default_cache_dir
+
     cfg = cfgmod.resolve(args, CLI_KEYS)  # the training defaults, so `siren train` reuses these caches
     if args.datasets is None:
         cfg["datasets"] = cfgmod.default_datasets(cfg["data_dir"])
+    # Every value checked before data or the backbone loads.
+    checks.check_max_length(cfg["max_length"])
+    checks.check_device(cfg["device"])
+    checks.check_dtype(cfg["dtype"])
+    for key in ("batch_tokens", "batch_size"):
+        if cfg[key] is not None:
+            checks.check_positive_int(cfg[key], f"--{key}")
+    checks.check_writable_dir(cfg["cache_dir"] or default_cache_dir(), "--cache_dir")
     start = time.time()
     entries = extract(cfg, splits=tuple(args.splits or ("train", "validation", "test")))
     print_entries(entries, time.time() - start)

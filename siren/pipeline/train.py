@@ -81,7 +81,17 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from siren import checks
+    from siren.pipeline.cache import default_cache_dir
+
     cfg = resolve_config(args)
+    # Every value checked before data or the backbone loads (N_FOLDS again once the classes are known).
+    checks.check_training_values(
+        c_values=cfg["c_values"], selection_thresholds=cfg["selection_thresholds"], n_trials=cfg["n_trials"],
+        n_folds=cfg["n_folds"], max_length=cfg["max_length"], device=cfg["device"], dtype=cfg["dtype"],
+        storage=cfg["storage"], out_dir=cfg["out_dir"], cache_dir=cfg["cache_dir"] or default_cache_dir(),
+        positive={k: cfg[k] for k in ("max_epochs", "patience", "head_batch_size", "batch_size", "n_jobs",
+                                      "batch_tokens")})
     results = train(cfg)
     print_summary(results)
     return 0
@@ -175,13 +185,14 @@ def check_two_classes(y: np.ndarray, what: str) -> None:
 
 # --------------------------------------------------------------------------- stages
 
-def write_splits(path: Path, datasets: list[str], split_kw: dict) -> None:
+def write_splits(path: Path, datasets: list[str], split_kw: dict, n_folds: int) -> None:
     """Stage `splits`: the seeded split ids to splits.json; before any extraction, check that
-    the training rows hold both classes."""
-    from siren import data
+    the training rows hold both classes and that every CV stratum fills `n_folds` folds."""
+    from siren import checks, data
 
     frames = {name: data.load_splits(name, **split_kw) for name in datasets}
     check_two_classes(np.concatenate([f["train"]["label"].to_numpy() for f in frames.values()]), "training")
+    checks.check_n_folds_fit(n_folds, data.label_counts(frames))
     data.write_split_ids(path, {name: {split: f["id"].tolist() for split, f in parts.items()}
                                 for name, parts in frames.items()})
 
@@ -346,7 +357,7 @@ def train(cfg: dict) -> dict:
 
     with staging_folder(out_dir) as work:
         with stage("splits"):
-            write_splits(work / "splits.json", datasets, split_kw)
+            write_splits(work / "splits.json", datasets, split_kw, cfg["n_folds"])
         with stage("extract"):
             folders = extract_features(cfg, split_kw)
         candidates, grids = [], {}

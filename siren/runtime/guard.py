@@ -26,8 +26,9 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from siren.artifact import (CONFIG_NAME, WEIGHTS_NAME, build_head, load_config_file, load_head_state,
+from siren.artifact import (CONFIG_NAME, WEIGHTS_NAME, build_head, check_fits, load_config_file, load_head_state,
                             selection_from_config)
+from siren.checks import check_decision_threshold
 from siren.backbones import Backbone, load_backbone, registry
 from siren.errors import SirenError
 from siren.features import LayerFeatures, join_prompt_response, length_batches
@@ -85,7 +86,6 @@ def _backbone_model_id(config: dict) -> str:
 
 def check_backbone(config: dict, backbone: Backbone, source: str = "guard") -> None:
     """The artifact must fit the backbone: layers < L, neurons < d, and our recorded L/d if present."""
-    layers, neurons, _ = selection_from_config(config)
     L, d = backbone.num_layers, backbone.hidden_size
     extra = config.get("siren") or {}
     where = f"{source} (base model {config['base_model']['model_id']})"
@@ -95,12 +95,7 @@ def check_backbone(config: dict, backbone: Backbone, source: str = "guard") -> N
     if "hidden_size" in extra and int(extra["hidden_size"]) != d:
         raise SirenError(f"{where}: the guard was trained on a backbone with hidden size {extra['hidden_size']}, "
                          f"the loaded backbone has {d}: wrong backbone")
-    if max(layers) >= L:
-        raise SirenError(f"{where}: selected layer {max(layers)} does not exist in a backbone with {L} layers")
-    for l, idx in neurons.items():
-        if int(idx.max()) >= d:
-            raise SirenError(f"{where}: layer {l} selects neuron {int(idx.max())}, but the backbone's hidden size "
-                             f"is {d}: wrong backbone")
+    check_fits(config, L, d, where, what="from the backbone's config")
 
 
 class SirenGuard:
@@ -182,7 +177,7 @@ class SirenGuard:
         return self.proba_from_features(self.features(texts, batch_size=batch_size, batch_tokens=batch_tokens))
 
     def _threshold(self, threshold) -> float:
-        return self.default_threshold if threshold is None else float(threshold)
+        return self.default_threshold if threshold is None else check_decision_threshold(threshold, "threshold")
 
     def score_batch(self, texts: Sequence[str], *, batch_size: int = 32, batch_tokens: int = 16384,
                     threshold: float | None = None) -> list[ScoreResult]:
@@ -191,6 +186,12 @@ class SirenGuard:
         for i, t in enumerate(texts):
             if t is not None and not isinstance(t, str):
                 raise SirenError(f"text {i} is a {type(t).__name__}, not a string")
+            if t and not t.isascii():  # a lone surrogate cannot be tokenised: say which text holds it
+                try:
+                    t.encode("utf-8")
+                except UnicodeEncodeError as err:
+                    raise SirenError(f"text {i} holds a lone surrogate ({t[err.start]!r} at character {err.start}): "
+                                     "give valid Unicode text") from None
         thr = self._threshold(threshold)
         probs = self.predict_proba(texts, batch_size=batch_size, batch_tokens=batch_tokens)
         return [ScoreResult(float(p), bool(p >= thr), thr) for p in probs]

@@ -6,8 +6,10 @@
 
 M: a guard folder, a backbone name (-> train/probes/optuna/<M>_general/ in the repo), or a
 Hub repo holding a guard. Output lines: {"score", "is_harmful", "threshold"}. With --jsonl,
-output line i answers non-blank input line i (blank lines are skipped); a malformed line stops
-with an error naming its line number.
+output line i answers non-blank input line i (blank lines are skipped). A bad line (not JSON,
+not UTF-8, a lone surrogate, no text field) stops the run with an error naming its line
+number and exit status 2, after the results of every line before it have been written, so
+the output is always a prefix of the full answer.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import sys
 
+from siren.checks import check_decision_threshold, check_device, check_dtype
 from siren.errors import SirenError
 
 JSONL_CHUNK = 1024  # lines scored per round (the guard batches within it), then written out
@@ -44,6 +47,24 @@ def resolve_guard(model: str) -> str:
     return find_guard(model)
 
 
+def _check_chars(value: str, where: str) -> None:
+    """SirenError if `value` holds a lone surrogate (from a "\\ud800" escape, or a non-UTF-8 byte
+    in a command-line argument): it is not a character and cannot be tokenised."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise SirenError(f"{where} holds a lone surrogate or an undecodable byte ({value[err.start]!r} at "
+                         f"character {err.start}): give valid UTF-8 text") from None
+
+
+def _decode_line(raw: bytes, lineno: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SirenError(f"stdin line {lineno}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at byte "
+                         f"{err.start + 1} of the line); send UTF-8 text") from None
+
+
 def _jsonl_text(line: str, lineno: int) -> str:
     from siren.features import join_prompt_response
 
@@ -51,6 +72,8 @@ def _jsonl_text(line: str, lineno: int) -> str:
         row = json.loads(line)
     except json.JSONDecodeError as err:
         raise SirenError(f"stdin line {lineno}: not valid JSON ({err})") from err
+    except RecursionError:
+        raise SirenError(f"stdin line {lineno}: JSON nested too deeply; send one flat object a line") from None
     if not isinstance(row, dict):
         raise SirenError(f"stdin line {lineno}: expected a JSON object with \"text\" or \"prompt\"/\"response\"")
     has_pair = "prompt" in row or "response" in row
@@ -65,6 +88,8 @@ def _jsonl_text(line: str, lineno: int) -> str:
     for k in fields:
         if row[k] is not None and not isinstance(row[k], str):
             raise SirenError(f"stdin line {lineno}: field {k!r} must be a string, got {type(row[k]).__name__}")
+        if row[k] is not None:
+            _check_chars(row[k], f"stdin line {lineno}: field {k!r}")
     if "text" in row:
         return row["text"] or ""
     return join_prompt_response(row.get("prompt"), row.get("response"))
@@ -84,6 +109,14 @@ def run(args) -> int:
         raise SirenError("nothing to score: give a text, --prompt/--response, or --jsonl with lines on stdin")
     if args.batch_size < 1 or args.batch_tokens < 1:
         raise SirenError("--batch_size and --batch_tokens must be >= 1")
+    # Checked before the guard and its backbone load: a bad value costs nothing.
+    if args.threshold is not None:
+        args.threshold = check_decision_threshold(args.threshold, "--decision_threshold")
+    check_device(args.device)
+    check_dtype(args.dtype)
+    for name in ("text", "prompt", "response"):
+        if getattr(args, name) is not None:
+            _check_chars(getattr(args, name), "the text" if name == "text" else f"--{name}")
 
     from siren.runtime.guard import SirenGuard
 
@@ -102,10 +135,19 @@ def run(args) -> int:
         sys.stdout.flush()
         pending.clear()
 
-    for lineno, line in enumerate(sys.stdin, start=1):
-        if not line.strip():
-            continue
-        pending.append(_jsonl_text(line, lineno))
+    # Bytes, decoded line by line: a bad byte is reported with its line, and the lines before it
+    # are still scored.
+    stdin = getattr(sys.stdin, "buffer", None)
+    lines = stdin if stdin is not None else (line.encode("utf-8", "surrogatepass") for line in sys.stdin)
+    for lineno, raw in enumerate(lines, start=1):
+        try:
+            line = _decode_line(raw, lineno)
+            if not line.strip():
+                continue
+            pending.append(_jsonl_text(line, lineno))
+        except SirenError:
+            flush()  # every result before the bad line, then the error
+            raise
         if len(pending) >= JSONL_CHUNK:
             flush()
     if pending:
