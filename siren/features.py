@@ -76,15 +76,21 @@ def check_rep_types(rep_types: Iterable[str]) -> tuple[str, ...]:
     return rep_types
 
 
-def decoder_parts(model) -> tuple[Sequence[torch.nn.Module], torch.nn.Module]:
-    """(decoder layers, final norm) of a base model or a *ForCausalLM wrapping one."""
+def base_decoder(model) -> torch.nn.Module:
+    """The module holding `layers` and `norm`: the model itself, or the base model a *ForCausalLM wraps."""
     for candidate in (model, getattr(model, "model", None), getattr(model, "language_model", None)):
         if candidate is not None and hasattr(candidate, "layers") and hasattr(candidate, "norm"):
-            return candidate.layers, candidate.norm
+            return candidate
     raise SirenError(
         f"{type(model).__name__} does not expose `layers` and `norm` (a Llama/Qwen-style decoder): "
         "this architecture is not supported yet"
     )
+
+
+def decoder_parts(model) -> tuple[Sequence[torch.nn.Module], torch.nn.Module]:
+    """(decoder layers, final norm) of a base model or a *ForCausalLM wrapping one."""
+    base = base_decoder(model)
+    return base.layers, base.norm
 
 
 def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
