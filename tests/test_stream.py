@@ -277,3 +277,19 @@ def test_fallback_when_the_generating_model_differs(tmp_path, tiny_llama_dir):
     copy = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
     with guard.attach(copy) as guarded:
         assert guarded.in_process
+
+
+def test_a_second_generate_call_starts_afresh(tmp_path, tiny_llama_dir):
+    guard, causal, tok = causal_guard(tmp_path, tiny_llama_dir, max_length=64)
+    short, long = tok("tell me a joke\n")["input_ids"], tok(PROMPT + " at home with a weapon\n")["input_ids"]
+    assert len(long) > len(short) + 3
+    with guard.attach(causal, threshold=0.0, debounce=2, stop=True) as guarded:
+        causal.generate(torch.tensor([short]), stopping_criteria=[guarded], max_new_tokens=5, do_sample=False,
+                        pad_token_id=1)
+        first = guarded.flagged_at[0]
+        out = causal.generate(torch.tensor([long]), stopping_criteria=[guarded], max_new_tokens=5, do_sample=False,
+                              pad_token_id=1)
+    assert out.shape[1] == len(long) + 2  # a fresh debounce: two more scores were needed
+    [point] = guarded.flagged_at
+    assert first.token == len(short) and point.token == len(long) and point.answer_tokens == 0
+    assert point.score == pytest.approx(ids_score(guard, long), abs=1e-4)

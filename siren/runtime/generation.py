@@ -29,8 +29,8 @@ read when the run of high scores began (cut the answer there to drop everything 
 `char` is their length in characters when a tokenizer is given. With `stop=False` the
 criteria only records (`history`, `flagged_at`) and never stops generation.
 
-A new `generate()` call starts afresh (the first forward of a generation reads an empty KV
-cache); call `reset()` to clear the results by hand and `detach()` (or leave the `with`
+A new `generate()` call starts afresh (its first forward reads an empty KV cache, and its first
+criteria call does not continue the previous sequence); call `reset()` to clear the results by hand and `detach()` (or leave the `with`
 block) to remove the hooks.
 """
 
@@ -115,6 +115,7 @@ class GuardedGeneration(StoppingCriteria):
         self._counts: torch.Tensor | None = None  # (b,) tokens read per row (capped at max_length)
         self._keep: torch.Tensor | None = None  # (b, T) bool: which positions of the current forward count
         self._prompt_width: int | None = None
+        self._prompt_ids: torch.Tensor | None = None
         self._last_width = 0
         self._debounces: list[Debounce] = []
         self._sessions: list[StreamSession] = []
@@ -205,9 +206,13 @@ class GuardedGeneration(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
         b, width = int(input_ids.shape[0]), int(input_ids.shape[1])
-        if self._prompt_width is None or width <= self._last_width or b != len(self._debounces):
+        continuing = (self._prompt_width is not None and width == self._last_width + 1
+                      and b == len(self._debounces)
+                      and torch.equal(input_ids[:, :self._prompt_width], self._prompt_ids))
+        if not continuing:
             # A new generation: the first call comes after the first sampled token.
             self._prompt_width = width - 1
+            self._prompt_ids = input_ids[:, :width - 1].clone()
             self._debounces = [Debounce(self.debounce, self.threshold) for _ in range(b)]
             if not self.in_process:
                 self._sessions = [self.guard.stream(self.prompt, threshold=self.threshold) for _ in range(b)]

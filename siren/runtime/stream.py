@@ -9,6 +9,8 @@
 
 After every `feed`, the score is the one `guard.score(prompt=prompt, response=session.text)`
 gives (within fp32 round-off; tested to 1e-4): same normalisation, same tokens, same truncation.
+(With a bf16 backbone the cached forward and the full forward round differently, so the two
+agree to bf16 precision only.)
 What changes is the cost. The session keeps
 
 - the token ids the backbone has already read ("committed"), with the backbone's KV cache for
