@@ -57,6 +57,7 @@ Each `ScoreResult.is_harmful` is the plain `score >= threshold` of that feed, as
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import asdict, dataclass
 from typing import Sequence
@@ -167,6 +168,9 @@ class StreamSession:
         self._fast = bool(getattr(self._tokenizer, "is_fast", False))
         self._max_length = guard.max_length
         self._device = features.device
+        # transformers renamed `past_key_values` to `cache` during 5.x: pass whichever this version takes.
+        params = inspect.signature(self._model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self._modules = features._modules()  # one per selected layer, ascending, in firing order
         self._slot = {l: i for i, l in enumerate(guard.layers)}
         self._index = [idx.to(self._device) for idx in guard._index]
@@ -326,7 +330,8 @@ class StreamSession:
         input_ids = torch.tensor([ids], dtype=torch.long, device=self._device)
         position_ids = torch.arange(start, start + len(ids), device=self._device)[None]
         try:
-            self._model(input_ids=input_ids, position_ids=position_ids, cache=self._cache, use_cache=True)
+            self._model(input_ids=input_ids, position_ids=position_ids, use_cache=True,
+                        **{self._cache_kwarg: self._cache})
         except _Stop:
             pass
         finally:
