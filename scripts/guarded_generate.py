@@ -98,7 +98,7 @@ def main(argv=None) -> int:
               f"{answer[:90]!r} |", flush=True)
 
     # 2. Tokens/s, plain vs guarded (monitoring: same tokens), interleaved.
-    plain_tps, guarded_tps = [], []
+    plain_tps, guarded_tps, overhead_share = [], [], []
     n_new = args.max_new_tokens
     for rep in range(args.reps):
         for kind in (["plain", "guarded"] if rep % 2 == 0 else ["guarded", "plain"]):
@@ -116,6 +116,7 @@ def main(argv=None) -> int:
                                              stopping_criteria=[guarded], **gen)
                         seconds += time.perf_counter() - t
                     assert len(guarded.history) == n_new
+                    overhead_share.append(guarded.overhead_s / (time.perf_counter() - t))
                 tokens += out.shape[1] - ids.shape[1]
             (plain_tps if kind == "plain" else guarded_tps).append(tokens / seconds)
         print(f"[guarded_generate] speed repetition {rep + 1}/{args.reps}: plain {plain_tps[-1]:.2f} tok/s, "
@@ -125,6 +126,8 @@ def main(argv=None) -> int:
     print("| | tokens/s |\n|---|---:|")
     print(f"| plain generate() | {p:.2f} |\n| guarded generate() (scores every token) | {g:.2f} |")
     print(f"| guarded / plain | {g / p:.3f}x |")
+    print(f"| time inside the guard's hooks and criteria, share of guarded generation time (median) | "
+          f"{100 * statistics.median(overhead_share):.2f}% |")
 
     # 3. Decision agreement on templated beavertails pairs.
     pairs = load_pairs(args.pairs, args.seed)

@@ -36,6 +36,8 @@ block) to remove the hooks.
 
 from __future__ import annotations
 
+import time
+
 import torch
 from transformers import StoppingCriteria
 
@@ -121,6 +123,7 @@ class GuardedGeneration(StoppingCriteria):
         self._sessions: list[StreamSession] = []
         self._fed: list[str] = []
         self.history: list[list[float]] = []  # per step: the score of each row
+        self.overhead_s = 0.0  # wall time spent in the guard's hooks and criteria calls (cost counter)
 
     def detach(self) -> None:
         """Remove the hooks from the generating model."""
@@ -156,6 +159,7 @@ class GuardedGeneration(StoppingCriteria):
 
     def _before_forward(self, _module, args, kwargs):
         """Which positions of this forward count, per row; a forward on an empty cache starts afresh."""
+        t0 = time.perf_counter()
         ref = kwargs.get("input_ids", args[0] if args else None)
         if ref is None:
             ref = kwargs.get("inputs_embeds")
@@ -174,6 +178,7 @@ class GuardedGeneration(StoppingCriteria):
         keep = real & (position <= self.guard.max_length)  # score() reads only the first max_length tokens
         self._counts += keep.sum(dim=1)
         self._keep = keep.to(ref.device)
+        self.overhead_s += time.perf_counter() - t0
         return None
 
     def _make_hook(self, slot: int, device):
@@ -183,11 +188,13 @@ class GuardedGeneration(StoppingCriteria):
         def hook(_module, _inputs, output):
             if self._keep is None:
                 return None
+            t0 = time.perf_counter()
             h = output[0] if isinstance(output, tuple) else output  # (b, T, d)
             sel = h.index_select(-1, idx)  # (b, T, k)
             # where() rather than multiply: padded positions may hold inf/nan.
             sel = torch.where(self._keep[..., None], sel, torch.zeros((), dtype=sel.dtype, device=sel.device))
             self._sums[:, lo:hi] += sel.sum(dim=1, dtype=torch.float32).to("cpu", torch.float64)
+            self.overhead_s += time.perf_counter() - t0
             return None
 
         return hook
@@ -205,6 +212,7 @@ class GuardedGeneration(StoppingCriteria):
     # ------------------------------------------------------------ the criteria
 
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
+        t0 = time.perf_counter()
         b, width = int(input_ids.shape[0]), int(input_ids.shape[1])
         continuing = (self._prompt_width is not None and width == self._last_width + 1
                       and b == len(self._debounces)
@@ -236,6 +244,7 @@ class GuardedGeneration(StoppingCriteria):
                 deb.flagged_at = FlagPoint(deb.flagged_at.token, len(text), deb.flagged_at.score,
                                            deb.flagged_at.answer_tokens)
         done = [self.stop and d.flagged_at is not None for d in self._debounces]
+        self.overhead_s += time.perf_counter() - t0
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     def _feed_row(self, r: int, answer_ids: torch.Tensor) -> FlagPoint:
