@@ -293,3 +293,16 @@ def test_a_second_generate_call_starts_afresh(tmp_path, tiny_llama_dir):
     [point] = guarded.flagged_at
     assert first.token == len(short) and point.token == len(long) and point.answer_tokens == 0
     assert point.score == pytest.approx(ids_score(guard, long), abs=1e-4)
+
+
+def test_in_process_reads_only_max_length_tokens(tmp_path, tiny_llama_dir):
+    guard, causal, tok = causal_guard(tmp_path, tiny_llama_dir, max_length=24)
+    ids = tok(PROMPT + "\nYou can mix flour, water and yeast.")["input_ids"]
+    k = len(tok(PROMPT + "\n")["input_ids"])
+    assert k < 24 < len(ids) - 2
+    with guard.attach(causal, stop=False) as guarded:
+        causal.generate(torch.tensor([ids[:k]]), logits_processor=LogitsProcessorList([Force([ids])]),
+                        stopping_criteria=[guarded], max_new_tokens=len(ids) - k, do_sample=False, pad_token_id=1)
+    for step, [score] in enumerate(guarded.history):
+        assert score == pytest.approx(ids_score(guard, ids[:min(k + step, 24)]), abs=1e-4)
+    assert guarded.history[-1][0] == pytest.approx(guard.score(tok.decode(ids)).score, abs=1e-4)

@@ -10,8 +10,8 @@
 **In-process** (the generating model is the guard's backbone: the same modules, or equal
 weights and dtype in every layer the guard reads): forward hooks on the generating model add
 each forward's selected neurons, per row, to running per-layer sums, so the guard runs no
-forward of its own; scoring a step costs an index-select per selected layer and the small MLP
-head. What is scored is the mean over every token the model has read (chat-template tokens
+forward of its own; scoring a step costs an index-select per selected layer (in the hooks), one
+concatenation and sum, and the MLP head. What is scored is the mean over every token the model has read (chat-template tokens
 and prompt included, at most `max_length` of them, padding excluded through the attention
 mask), i.e. the sequence the model sees. `score()` strips chat-template tokens and
 re-tokenises text, so on a templated conversation the two scores differ; on untemplated text
@@ -115,7 +115,8 @@ class GuardedGeneration(StoppingCriteria):
     def reset(self) -> None:
         self._sums: torch.Tensor | None = None  # (b, input_dim) float64: sums of the selected neurons
         self._counts: torch.Tensor | None = None  # (b,) tokens read per row (capped at max_length)
-        self._keep: torch.Tensor | None = None  # (b, T) bool: which positions of the current forward count
+        self._keep: torch.Tensor | None = None  # (b, T) bool: positions of the last forward that count (None: all)
+        self._parts: list | None = None  # the last forward's selected neurons per layer, not yet summed
         self._prompt_width: int | None = None
         self._prompt_ids: torch.Tensor | None = None
         self._last_width = 0
@@ -160,6 +161,7 @@ class GuardedGeneration(StoppingCriteria):
     def _before_forward(self, _module, args, kwargs):
         """Which positions of this forward count, per row; a forward on an empty cache starts afresh."""
         t0 = time.perf_counter()
+        self._flush()
         ref = kwargs.get("input_ids", args[0] if args else None)
         if ref is None:
             ref = kwargs.get("inputs_embeds")
@@ -177,32 +179,44 @@ class GuardedGeneration(StoppingCriteria):
         position = self._counts[:, None] + real.long().cumsum(dim=1)  # 1-based rank among real tokens
         keep = real & (position <= self.guard.max_length)  # score() reads only the first max_length tokens
         self._counts += keep.sum(dim=1)
-        self._keep = keep.to(ref.device)
+        # None when every position counts (the usual decoding step): no masking needed.
+        self._keep = None if bool(keep.all()) else keep.to(ref.device)
+        self._parts = [None] * len(self._bounds)
         self.overhead_s += time.perf_counter() - t0
         return None
 
     def _make_hook(self, slot: int, device):
         idx = self.guard._index[slot].to(device)
-        lo, hi = self._bounds[slot]
 
         def hook(_module, _inputs, output):
-            if self._keep is None:
+            if self._parts is None:
                 return None
             t0 = time.perf_counter()
             h = output[0] if isinstance(output, tuple) else output  # (b, T, d)
-            sel = h.index_select(-1, idx)  # (b, T, k)
-            # where() rather than multiply: padded positions may hold inf/nan.
-            sel = torch.where(self._keep[..., None], sel, torch.zeros((), dtype=sel.dtype, device=sel.device))
-            self._sums[:, lo:hi] += sel.sum(dim=1, dtype=torch.float32).to("cpu", torch.float64)
+            self._parts[slot] = h.index_select(-1, idx)  # (b, T, k): a copy, so later in-place ops cannot touch it
             self.overhead_s += time.perf_counter() - t0
             return None
 
         return hook
 
+    def _flush(self) -> None:
+        """Add the last forward's selected neurons (one block per selected layer) to the running sums."""
+        parts = self._parts
+        if parts is None or any(p is None for p in parts):
+            self._parts = None
+            return
+        feats = torch.cat(parts, dim=-1)  # (b, T, input_dim)
+        if self._keep is not None:
+            # where() rather than multiply: padded positions may hold inf/nan.
+            feats = torch.where(self._keep[..., None], feats, torch.zeros((), dtype=feats.dtype, device=feats.device))
+        self._sums += feats.sum(dim=1, dtype=torch.float32).to("cpu", torch.float64)
+        self._parts = None
+
     def results(self) -> list[ScoreResult]:
         """In-process: the score of what the generating model has read so far, per row."""
         if not self.in_process:
             return [s.result for s in self._sessions]
+        self._flush()
         if self._sums is None:
             return []
         mean = self._sums / self._counts.clamp(min=1)[:, None].to(torch.float64)
