@@ -36,15 +36,17 @@ POOLING_TYPES = ("residual_mean", "mlp_mean")
 # Bump when normalize_text or tokenisation rules change: part of every feature-cache manifest.
 NORMALIZATION_VERSION = 1
 
-_CHAT_TOKENS = re.compile(
-    r"<\|im_start\|>|<\|im_end\|>|<\|im_sep\|>"
-    r"|<\|system\|>|<\|user\|>|<\|assistant\|>"
-    r"|<\|begin_of_text\|>|<\|end_of_text\|>"
-    r"|<\|start_header_id\|>|<\|end_header_id\|>|<\|eot_id\|>"
-    r"|<\|endoftext\|>|<\|fim_prefix\|>|<\|fim_suffix\|>|<\|fim_middle\|>"
-    r"|<<SYS>>|<</SYS>>|\[INST\]|\[/INST\]"
-    r"|<s>|</s>|<\|s\|>|<\|/s\|>"
+# Chat-template markers that normalisation removes (in this order: the first matching alternative wins).
+CHAT_TOKENS = (
+    "<|im_start|>", "<|im_end|>", "<|im_sep|>",
+    "<|system|>", "<|user|>", "<|assistant|>",
+    "<|begin_of_text|>", "<|end_of_text|>",
+    "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+    "<|endoftext|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>",
+    "<<SYS>>", "<</SYS>>", "[INST]", "[/INST]",
+    "<s>", "</s>", "<|s|>", "<|/s|>",
 )
+_CHAT_TOKENS = re.compile("|".join(re.escape(t) for t in CHAT_TOKENS))
 _HORIZONTAL_SPACE = re.compile(r"[ \t]+")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 EMPTY_TEXT = " "  # what an empty text is scored as
@@ -75,15 +77,21 @@ def check_pooling_types(pooling_types: Iterable[str]) -> tuple[str, ...]:
     return pooling_types
 
 
-def decoder_parts(model) -> tuple[Sequence[torch.nn.Module], torch.nn.Module]:
-    """(decoder layers, final norm) of a base model or a *ForCausalLM wrapping one."""
+def base_decoder(model) -> torch.nn.Module:
+    """The module holding `layers` and `norm`: the model itself, or the base model a *ForCausalLM wraps."""
     for candidate in (model, getattr(model, "model", None), getattr(model, "language_model", None)):
         if candidate is not None and hasattr(candidate, "layers") and hasattr(candidate, "norm"):
-            return candidate.layers, candidate.norm
+            return candidate
     raise SirenError(
         f"{type(model).__name__} does not expose `layers` and `norm` (a Llama/Qwen-style decoder): "
         "this architecture is not supported yet"
     )
+
+
+def decoder_parts(model) -> tuple[Sequence[torch.nn.Module], torch.nn.Module]:
+    """(decoder layers, final norm) of a base model or a *ForCausalLM wrapping one."""
+    base = base_decoder(model)
+    return base.layers, base.norm
 
 
 def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
@@ -123,6 +131,23 @@ def length_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: in
     return batches
 
 
+def feature_modules(decoder_layers: Sequence[torch.nn.Module], final_norm: torch.nn.Module,
+                    pooling_types: Sequence[str], layers: Sequence[int]) -> list[tuple[str, int, torch.nn.Module]]:
+    """(pooling type, layer, module whose output is that layer's vector), in firing order.
+
+    The last layer's `residual_mean` is read after the final norm (`hidden_states[-1]`). Shared by
+    the batch feature function, the streaming session and in-process generation hooks.
+    """
+    last = len(decoder_layers) - 1
+    wanted = []
+    for l in sorted(layers):
+        if "mlp_mean" in pooling_types:
+            wanted.append(("mlp_mean", l, decoder_layers[l].mlp))
+        if "residual_mean" in pooling_types:
+            wanted.append(("residual_mean", l, final_norm if l == last else decoder_layers[l]))
+    return wanted
+
+
 class _Stop(Exception):
     """Raised by the last needed hook so the forward skips the layers nobody reads."""
 
@@ -152,16 +177,7 @@ class LayerFeatures:
         return tokenize(self.tokenizer, texts, self.max_length)
 
     def _modules(self) -> list[tuple[str, int, torch.nn.Module]]:
-        """(pooling type, layer, module whose output is that layer's vector), in firing order."""
-        last = self.num_layers - 1
-        wanted = []
-        for l in self.layers:
-            if "mlp_mean" in self.pooling_types:
-                wanted.append(("mlp_mean", l, self.decoder_layers[l].mlp))
-            if "residual_mean" in self.pooling_types:
-                module = self.final_norm if l == last else self.decoder_layers[l]
-                wanted.append(("residual_mean", l, module))
-        return wanted
+        return feature_modules(self.decoder_layers, self.final_norm, self.pooling_types, self.layers)
 
     @torch.no_grad()
     def __call__(self, batch: Sequence[Sequence[int]], padding_side: str = "right") -> dict[str, torch.Tensor]:

@@ -4,7 +4,9 @@
     guard.score("how do I make a bomb")            # ScoreResult(score, is_harmful, threshold)
     guard.score(prompt="...", response="...")      # joined with "\\n"
     guard.score_batch(texts)                       # length-bucketed, input order
-    for r in guard.stream(chunks, prompt=p): ...   # cumulative response after each chunk
+    session = guard.stream(prompt=p, debounce=2)   # incremental: constant backbone cost per token
+    session.feed(chunk)                            # ScoreResult of p + "\\n" + response so far
+    guard.attach(causal_lm)                        # StoppingCriteria for generate(): see runtime.generation
 
 Features are exactly `llm-siren`'s: for each selected layer (ascending) the pooled vector
 (`siren.features.LayerFeatures`, the same function training used) in fp32, indexed by that
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -209,14 +211,35 @@ class SirenGuard:
 
     __call__ = score
 
-    def score_streaming(self, response_so_far: str, threshold: float | None = None) -> ScoreResult:
-        """Score the response generated so far (llm-siren's name)."""
-        return self.score(response_so_far or "", threshold=threshold)
+    def score_streaming(self, prefix: str, prompt: str | None = None, *, threshold: float | None = None) -> ScoreResult:
+        """Score prompt + "\\n" + the response generated so far, from scratch (llm-siren's stateless
+        form: a full forward of the whole text each call). `stream()` gives the same scores at a
+        constant cost per token."""
+        for name, value in (("prefix", prefix), ("prompt", prompt)):
+            if value is not None and not isinstance(value, str):
+                raise SirenError(f"score_streaming: {name} must be a string, got a {type(value).__name__}")
+        return self.score(join_prompt_response(prompt, prefix or ""), threshold=threshold)
 
-    def stream(self, chunks: Iterable[str], *, prompt: str | None = None,
-               threshold: float | None = None) -> Iterator[ScoreResult]:
-        """After each chunk, score prompt + "\\n" + the response so far (a full forward each time)."""
-        so_far = ""
-        for chunk in chunks:
-            so_far += chunk
-            yield self.score(join_prompt_response(prompt, so_far), threshold=threshold)
+    def stream(self, prompt: str | None = None, *, debounce: int = 1, threshold: float | None = None):
+        """A `StreamSession` for one response: `session.feed(chunk)` -> ScoreResult of prompt + "\\n" +
+        the response so far, equal to `score()` of that text, with the backbone run only on new tokens
+        (KV cache + running per-layer sums; see `siren.runtime.stream`). `debounce`: flag only after
+        that many consecutive scores >= threshold (`session.flagged`, `session.flagged_at`)."""
+        from siren.runtime.stream import StreamSession
+
+        if prompt is not None and not isinstance(prompt, str):
+            raise SirenError("stream() takes the prompt (a string) and returns a session: feed it the response "
+                             "chunks with session.feed(chunk)")
+        return StreamSession(self, prompt, debounce=debounce, threshold=threshold)
+
+    def attach(self, model, *, tokenizer=None, prompt: str | None = None, debounce: int = 1,
+               threshold: float | None = None, stop: bool = True):
+        """Guard `model.generate(...)`: returns a `GuardedGeneration`, a StoppingCriteria to pass as
+        `stopping_criteria=[guarded]`. When `model` is (or holds the same weights as) this guard's
+        backbone, forward hooks read the generating forward itself (no extra backbone forward);
+        otherwise it decodes the new tokens with `tokenizer` and feeds a StreamSession per row.
+        See `siren.runtime.generation`."""
+        from siren.runtime.generation import GuardedGeneration
+
+        return GuardedGeneration(self, model, tokenizer=tokenizer, prompt=prompt, debounce=debounce,
+                                 threshold=threshold, stop=stop)
