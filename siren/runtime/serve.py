@@ -150,6 +150,7 @@ class DynamicBatcher:
         self.default_threshold = float(default_threshold)
         self._queue: queue.Queue = queue.Queue(maxsize=limits.max_queue)
         self._thread = threading.Thread(target=self._loop, name="siren-guard-worker", daemon=True)
+        self._closed = False
         self.batches = 0        # score_batch calls made
         self.batched_texts = 0  # texts scored through them
 
@@ -158,6 +159,7 @@ class DynamicBatcher:
         return self
 
     def close(self, timeout: float = 30.0) -> None:
+        self._closed = True
         if self._thread.is_alive():
             self._queue.put(_STOP)  # blocking put: the stop waits behind queued work, never dropped
             self._thread.join(timeout)
@@ -167,8 +169,8 @@ class DynamicBatcher:
         return self._queue.qsize()
 
     def _put(self, job) -> Future:
-        if not self._thread.is_alive():
-            raise RuntimeError("the guard worker is not running")
+        if self._closed:
+            raise RuntimeError("the guard worker has been stopped")
         try:
             self._queue.put_nowait(job)
         except queue.Full:
