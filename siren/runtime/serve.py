@@ -33,7 +33,6 @@ otherwise. If `SIREN_API_KEY` is set, every /v1 call needs `Authorization: Beare
 (checked in constant time); the page and /healthz stay open. Imports no Optuna and no training code.
 """
 
-from __future__ import annotations
 
 import asyncio
 import hmac
