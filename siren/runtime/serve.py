@@ -143,8 +143,9 @@ class DynamicBatcher:
     run in arrival order between batches.
     """
 
-    def __init__(self, guard, limits: ServeLimits, *, default_threshold: float):
+    def __init__(self, guard, limits: ServeLimits, *, default_threshold: float, threads: int | None = None):
         self.guard = guard
+        self.threads = threads
         self.limits = limits
         self.default_threshold = float(default_threshold)
         self._queue: queue.Queue = queue.Queue(maxsize=limits.max_queue)
@@ -185,6 +186,10 @@ class DynamicBatcher:
     # The loop: a job left over from the previous round (one that did not fit, or a call that
     # arrived while collecting) is handled before the queue is read again, so order is kept.
     def _loop(self) -> None:
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
         held = None
         while True:
             job = held if held is not None else self._queue.get()
@@ -418,9 +423,10 @@ def _page() -> str:
 
 
 def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, threshold: float | None = None,
-               api_key: str | None = None):
+               api_key: str | None = None, threads: int | None = None):
     """The FastAPI app around one loaded guard. The worker thread starts and stops with the app
-    (its lifespan); `app.state.batcher` is the `DynamicBatcher`."""
+    (its lifespan); `app.state.batcher` is the `DynamicBatcher`. threads: torch threads of the
+    worker (default: torch's)."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
@@ -429,7 +435,7 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
 
     limits = limits or ServeLimits()
     default_threshold = float(guard.default_threshold if threshold is None else threshold)
-    batcher = DynamicBatcher(guard, limits, default_threshold=default_threshold)
+    batcher = DynamicBatcher(guard, limits, default_threshold=default_threshold, threads=threads)
     created = int(time.time())
 
     @asynccontextmanager
@@ -653,6 +659,9 @@ def add_arguments(parser) -> None:
     for f in fields(ServeLimits):
         parser.add_argument(f"--{f.name}", type=float if f.name == "max_wait_ms" else int,
                             help=f"(default: configs/defaults.yaml serve.{f.name})")
+    parser.add_argument("--threads", type=int,
+                        help="torch threads for scoring (default: torch's, one per core). On a busy machine "
+                             "fewer threads than cores can lower latency: the event loop needs a core too")
     parser.add_argument("--no_batching", action="store_true",
                         help="score every request alone (same as --max_batch_size 1 --max_wait_ms 0)")
     parser.add_argument("--log_level", default="info", help="uvicorn log level")
@@ -665,6 +674,8 @@ def run(args) -> int:
     limits = ServeLimits.from_defaults(**overrides)
     if not 0 < args.port < 65536:
         raise SirenError(f"--port must be between 1 and 65535, got {args.port}")
+    if args.threads is not None and args.threads < 1:
+        raise SirenError(f"--threads must be >= 1, got {args.threads}")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise SirenError(f"--threshold must be between 0 and 1, got {args.threshold}")
     api_key = os.environ.get(API_KEY_ENV) or None
@@ -685,7 +696,8 @@ def run(args) -> int:
     guard = SirenGuard.from_pretrained(folder, device=args.device, dtype=args.dtype,
                                        trust_remote_code=args.trust_remote_code)
     name = args.model_name or (Path(folder).resolve().name if Path(folder).is_dir() else folder)
-    app = create_app(guard, model_name=name, limits=limits, threshold=args.threshold, api_key=api_key)
+    app = create_app(guard, model_name=name, limits=limits, threshold=args.threshold, api_key=api_key,
+                     threads=args.threads)
     print(f"[siren serve] {name} on http://{args.host}:{args.port}/  (max_batch_size {limits.max_batch_size}, "
           f"max_wait_ms {limits.max_wait_ms:g}, API key {'required' if api_key else 'off'})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
