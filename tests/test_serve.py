@@ -439,6 +439,8 @@ def test_openai_client_against_the_server(guard):
         for r, w in zip(res.results, want):
             assert r.flagged is w.is_harmful
             assert r.category_scores.model_dump()["harmful"] == pytest.approx(w.score, abs=1e-5)
+        bare = client.moderations.create(input=TEXTS[0])  # no model: the served guard
+        assert bare.results[0].category_scores.model_dump()["harmful"] == pytest.approx(want[0].score, abs=1e-5)
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=srv.url + "/v1", api_key="wrong", max_retries=0).moderations.create(input="a")
         with pytest.raises(openai.BadRequestError, match="empty list"):
