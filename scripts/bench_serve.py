@@ -179,7 +179,9 @@ def main(argv=None) -> int:
     ap.add_argument("--clients", type=int, default=8, help="concurrent clients")
     ap.add_argument("--max_batch_size", type=int, default=32)
     ap.add_argument("--max_wait_ms", type=float, default=5)
-    ap.add_argument("--threads", type=int, help="torch threads of the server's worker (siren serve --threads)")
+    ap.add_argument("--threads", type=int,
+                    help="torch threads, for the servers' worker (siren serve --threads) and the in-process runs "
+                         "alike (default: torch's). On a machine busier than its cores, 1 thread can be much faster")
     ap.add_argument("--timeout_s", type=float, default=300, help="per request")
     ap.add_argument("--authors_bf16", action="store_true",
                     help="also time the authors' runtime in its default dtype, bfloat16")
@@ -191,6 +193,8 @@ def main(argv=None) -> int:
 
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     guard_dir = str(Path(args.guard).resolve())
     texts, source = load_texts(args.data_dir, args.dataset, args.split, args.requests)
     print(f"[bench_serve] guard {guard_dir}; {len(texts)} texts from {source}; {args.clients} clients; "
@@ -218,12 +222,14 @@ def main(argv=None) -> int:
                 print(f"[bench_serve] {r['n_errors']} failed requests, e.g. {r['errors']}", flush=True)
 
     from siren.runtime.guard import SirenGuard
+    from siren.runtime.serve import ServeLimits, resolve_batch_tokens
 
     ours = SirenGuard.from_pretrained(guard_dir, device="cpu")
     dtype = next(ours.backbone.model.parameters()).dtype
-    print(f"[bench_serve] in-process: ours (backbone {dtype}) ...", flush=True)
-    ours_s, ours_scores = in_process(lambda b: ours.score_batch(b, batch_size=args.max_batch_size), texts,
-                                     args.max_batch_size)
+    batch_tokens = resolve_batch_tokens(ServeLimits.from_defaults(), ours)  # as the server does
+    print(f"[bench_serve] in-process: ours (backbone {dtype}, batch_tokens {batch_tokens}) ...", flush=True)
+    ours_s, ours_scores = in_process(lambda b: ours.score_batch(b, batch_size=args.max_batch_size,
+                                                                batch_tokens=batch_tokens), texts, args.max_batch_size)
     numbers["ours_in_process"] = {"wall_s": ours_s, "texts_per_s": len(texts) / ours_s}
     rows.append((f"ours in-process, score_batch (chunks of {args.max_batch_size}, {str(dtype).split('.')[-1]})",
                  f"{len(texts)}", f"{len(texts) / ours_s:.2f}", "", "", "", ""))

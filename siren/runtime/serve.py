@@ -73,11 +73,13 @@ class ServeLimits:
     max_body_bytes: int = 1 << 20   # request body
     max_queue: int = 1024           # requests waiting for the worker; beyond: 503
     max_stream_chunks: int = 8192   # chunks per streaming session
-    batch_tokens: int = 16384       # padded tokens per forward inside score_batch
+    batch_tokens: int | None = None  # padded tokens per forward inside score_batch; None: 2048 on CPU, 16384 on GPU
 
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "batch_tokens" and value is None:
+                continue
             if f.name == "max_wait_ms":
                 if not value >= 0:
                     raise SirenError(f"serve limit max_wait_ms must be >= 0, got {value}")
@@ -108,6 +110,14 @@ class RequestError(Exception):
         kind = {401: "authentication_error", 404: "not_found_error", 413: "request_too_large",
                 503: "server_busy"}.get(self.status, "invalid_request_error")
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+def resolve_batch_tokens(limits: ServeLimits, guard) -> int:
+    """limits.batch_tokens, else the rule of configs/defaults.yaml's batch_tokens: small batches
+    on CPU (activations that stay in cache), large ones on GPU."""
+    if limits.batch_tokens is not None:
+        return limits.batch_tokens
+    return 16384 if str(getattr(guard, "device", "cpu")).startswith("cuda") else 2048
 
 
 class ServerBusy(RequestError):
@@ -146,6 +156,7 @@ class DynamicBatcher:
     def __init__(self, guard, limits: ServeLimits, *, default_threshold: float, threads: int | None = None):
         self.guard = guard
         self.threads = threads
+        self.batch_tokens = resolve_batch_tokens(limits, guard)
         self.limits = limits
         self.default_threshold = float(default_threshold)
         self._queue: queue.Queue = queue.Queue(maxsize=limits.max_queue)
@@ -231,7 +242,7 @@ class DynamicBatcher:
             return
         texts = [t for job in batch for t in job.texts]
         try:
-            results = self.guard.score_batch(texts, batch_size=len(texts), batch_tokens=self.limits.batch_tokens)
+            results = self.guard.score_batch(texts, batch_size=len(texts), batch_tokens=self.batch_tokens)
             self.batches += 1
             self.batched_texts += len(texts)
         except BaseException as err:
