@@ -31,8 +31,11 @@ Limits (texts per request, characters per text, body bytes, queued requests, str
 configurable; defaults are in `configs/defaults.yaml` (`serve:`). Binds to 127.0.0.1 unless told
 otherwise. If `SIREN_API_KEY` is set, every /v1 call needs `Authorization: Bearer <key>`
 (checked in constant time); the page and /healthz stay open. Imports no Optuna and no training code.
-"""
 
+No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at run
+time, and `Request` / `WebSocket` are imported inside `create_app` (so importing this module
+does not need FastAPI).
+"""
 
 import asyncio
 import hmac
