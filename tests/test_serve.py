@@ -477,3 +477,32 @@ def test_one_megabyte_text_with_default_limits(guard):
         assert r.status_code == 413
         assert "input has 1,000,000 characters; the limit is 32,768" in r.json()["error"]["message"]
         assert c.post("/v1/moderations", json={"input": "fine"}).status_code == 200
+
+
+def test_stream_socket_uses_the_incremental_session(guard):
+    class Session:  # the session API: feed(chunk) -> ScoreResult, flagged_at
+        def __init__(self, threshold):
+            self.threshold, self.fed, self.flagged_at = threshold, "", None
+
+        def feed(self, chunk):
+            self.fed += chunk
+            score = min(1.0, len(self.fed) / 10)
+            if score >= self.threshold and self.flagged_at is None:
+                self.flagged_at = (len(self.fed), len(self.fed))  # e.g. (token, char)
+            return ScoreResult(score, score >= self.threshold, self.threshold)
+
+    class WithSession(CountingGuard):
+        def stream(self, prompt=None, *, debounce=1, threshold=None):
+            return Session(threshold)
+
+    with TestClient(create_app(WithSession(guard), model_name="g", limits=LIMITS)) as c, \
+            c.websocket_connect("/v1/stream") as ws:
+        ws.send_json({"prompt": "p", "threshold": 0.5})
+        assert ws.receive_json()["incremental"] is True
+        got = []
+        for chunk in ["abc", "de", "fgh"]:
+            ws.send_json({"chunk": chunk})
+            got.append(ws.receive_json())
+    assert [g["score"] for g in got] == pytest.approx([0.3, 0.5, 0.8])
+    assert [g["flagged_chunk"] for g in got] == [None, 1, 1]
+    assert got[-1]["flagged_at"] == [5, 5]
