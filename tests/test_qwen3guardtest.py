@@ -179,3 +179,28 @@ def test_eval_stream_cli_on_written_loc_rows(tmp_path, tiny_llama_dir):
         assert rec.response[:ends[p_end - 1]].endswith(rec.response[rec.unsafe_start:rec.unsafe_end])
         timely = guard.score(rec.response[:ends[p_end - 1]]).score >= 0.5  # response alone, as the authors
         assert res["checkpoint_flags"]["0"] == timely
+
+
+def test_shell_drivers_pass_their_variables(tmp_path, tiny_llama_dir):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    folder, *_ = make_guard(tmp_path / "g", tiny_llama_dir, threshold=0.5)
+    think = tmp_path / "thinking.jsonl"
+    think.write_text("".join(json.dumps(r) + "\n" for r in THINKING_ROWS))
+    streams = tmp_path / "streams.jsonl"
+    streams.write_text("".join(json.dumps({"id": f"r{i}", "prompt": "tell me a joke", "response": "the quick brown fox",
+                                           "label": i % 2}) + "\n" for i in range(4)))
+    env = dict(os.environ, SIREN_PYTHON=sys.executable, MODEL=str(folder), DEVICE="cpu")
+    subprocess.run(["bash", str(repo / "test/generalization/eval_gen_siren.sh")], check=True, capture_output=True,
+                   env=dict(env, DATA_FILE=str(think), OUT=str(tmp_path / "think.json"), WITH_PROMPT="1"))
+    assert json.loads((tmp_path / "think.json").read_text())["config"]["with_prompt"] is True
+    subprocess.run(["bash", str(repo / "test/streaming/run_streaming_siren.sh")], check=True, capture_output=True,
+                   env=dict(env, SOURCE="jsonl", DATA_FILE=str(streams), OUT_DIR=str(tmp_path / "s"), EVERY="2",
+                            LIMIT="3", SAVE_TRACES="1"))
+    report = json.loads((tmp_path / "s" / "streaming_results.json").read_text())
+    assert report["config"]["every"] == 2 and report["summary"]["n_streams"] == 3
+    assert (tmp_path / "s" / "traces.jsonl").is_file()
