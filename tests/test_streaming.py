@@ -218,3 +218,12 @@ def test_cli_on_jsonl_streams(tmp_path, tiny_llama_dir, capsys):
     assert "detection rate" in capsys.readouterr().out
     # a bad source is a clear error, exit 2
     assert main(["eval-stream", "--model", str(folder), "--source", "jsonl"]) == 2
+
+
+def test_jsonl_config_records_no_split(tmp_path, tiny_llama_dir):
+    folder, *_ = make_guard(tmp_path / "g", tiny_llama_dir)
+    f = _write_rows(tmp_path / "s.jsonl", [{"id": "a", "prompt": "p", "response": "tell me a joke", "label": 1}])
+    assert main(["eval-stream", "--model", str(folder), "--source", "jsonl", "--data_file", str(f),
+                 "--out_dir", str(tmp_path / "o"), "--device", "cpu"]) == 0
+    config = json.loads((tmp_path / "o" / "streaming_results.json").read_text())["config"]
+    assert config["split"] is None and config["data_file"] == str(f) and config["every"] == 1

@@ -503,7 +503,8 @@ def evaluate_streams(args) -> dict:
         "config": {k: getattr(args, k) for k in ("source", "split", "data_file", "ids_from", "ids_dataset",
                                                  "ids_split", "limit", "every", "max_tokens", "graces",
                                                  "debounce", "with_prompt", "reference_tokenizer")}
-        | {"seed": seed, "max_length": guard.max_length},
+        | {"seed": seed, "max_length": guard.max_length}
+        | ({"split": None, "reference_tokenizer": None} if args.source == "jsonl" else {}),
         "scoring": "session" if used_session == {True} else "stateless" if used_session == {False} else "mixed",
         "seconds": round(seconds, 1),
         "summary": summary,
