@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("siren.pipeline.extract", "extract per-layer features into the on-disk cache"),
     "train": ("siren.pipeline.train", "fit probes, select neurons, tune and save the guard"),
     "eval": ("siren.evaluation.evaluate", "evaluate a trained guard per dataset"),
+    "eval-stream": ("siren.evaluation.streaming", "streaming evaluation: how early harmful responses are caught"),
+    "eval-think": ("siren.evaluation.generalization", "reasoning-trace evaluation per source model (Qwen3GuardTest)"),
     "score": ("siren.runtime.score_cli", "score texts with a trained guard"),
     "serve": ("siren.runtime.serve", "serve a trained guard over HTTP: OpenAI moderation endpoint, streaming, demo page"),
 }
