@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("siren.pipeline.train", "fit probes, select neurons, tune and save the guard"),
     "eval": ("siren.evaluation.evaluate", "evaluate a trained guard per dataset"),
     "score": ("siren.runtime.score_cli", "score texts with a trained guard"),
+    "report": ("siren.evaluation.report", "compare SIREN with baselines and guard models on a run's splits"),
 }
 
 
