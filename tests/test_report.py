@@ -120,6 +120,8 @@ def test_siren_row_reproduces_the_run(report, trained):
     # uniform weights: the same neurons (the probes are refitted on the same rows)
     assert res["systems"]["uniform_weights"]["info"]["same_selection_as_run"] is True
     assert res["systems"]["uniform_weights"]["n_features"] == run_results["n_selected_neurons"]
+    w = res["uniform_weights_vs_siren"]
+    assert w["rows"] == sum(res["systems"]["siren"]["datasets"][d]["n"] for d in ("aegis", "toxic_chat", "advbench"))
 
 
 def test_best_layer_is_the_runs_best_probe(report, trained):
@@ -217,3 +219,19 @@ def test_changed_data_is_refused(trained, tmp_path):
     (changed / "splits.json").write_text(json.dumps(splits))
     with pytest.raises(SirenError, match="aegis/test"):
         RunData(changed, cache_dir=cache)
+
+
+def test_layer_weights_cancel_in_the_head():
+    """Why uniform_weights can match siren: fit_head standardises each column, so scaling a
+    layer's columns by a constant leaves the trained head's scores (on equally scaled inputs) unchanged."""
+    from siren.mlp import predict_proba_head
+    from siren.pipeline.head import fit_head
+
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(120, 6)).astype(np.float32)
+    y = (Z[:, 0] + 0.5 * Z[:, 3] > 0).astype(np.int64)
+    w = np.array([1.0, 1.0, 0.1, 0.1, 0.55, 0.55], dtype=np.float32)       # three "layers" of two neurons
+    kw = dict(layer_dims=[16, 8], dropout_rates=[0.2, 0.2], lr=3e-3, seed=1, max_epochs=15, batch_size=32)
+    plain, _ = fit_head(Z, y, **kw)
+    weighted, _ = fit_head(Z * w, y, **kw)
+    np.testing.assert_allclose(predict_proba_head(weighted, Z * w), predict_proba_head(plain, Z), atol=1e-4)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -281,6 +282,9 @@ def load_guard_model(spec: GuardSpec, *, device: str | None = None, dtype: str |
     from siren.backbones import resolve_device, resolve_dtype
 
     device = resolve_device(device)
+    if spec.model_id.startswith((".", "/", "~")) and not Path(spec.model_id).expanduser().is_dir():
+        raise SirenError(f"guard {spec.name}: no folder {spec.model_id}; pass {spec.name}=FOLDER with the "
+                         "downloaded model, or a registry name with Hub access")
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.model_id)
         model = AutoModelForCausalLM.from_pretrained(spec.model_id, dtype=resolve_dtype(dtype, device))
