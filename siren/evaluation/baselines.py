@@ -158,7 +158,7 @@ class RunData:
     def featurizer(self, layers: list[int]) -> Callable[[list[str]], np.ndarray]:
         """texts -> (b, L, d) float32 with `layers` filled (the others zero), by one padded forward
         that stops after the deepest needed layer: the runtime's feature function."""
-        from siren.features import LayerFeatures, normalize_text
+        from siren.features import LayerFeatures
 
         if self._backbone is None:
             from siren.backbones import load_backbone
@@ -169,7 +169,7 @@ class RunData:
         L, d = self.num_layers, self.hidden_size
 
         def featurize(texts: list[str]) -> np.ndarray:
-            ids = lf.tokenize([normalize_text(t) for t in texts])
+            ids = lf.tokenize(texts)                                 # normalises, as the runtime does
             part = lf(ids)[self.rep].numpy()                       # (b, len(layers), d)
             out = np.zeros((len(texts), L, d), np.float32)
             out[:, layers] = part
