@@ -53,7 +53,7 @@ def add_arguments(p) -> None:
     p.add_argument("--n_folds", type=int, help="default: the run's")
     p.add_argument("--all_neurons_limit", type=int, default=4096,
                    help="all_neurons_mlp uses all L*d features up to this many, else a random subset of SIREN's size")
-    p.add_argument("--latency_texts", type=int, default=32, help="test texts timed at batch 1 and batch 32")
+    p.add_argument("--latency_texts", type=int, default=32, help="test texts timed in batches of 32 (the first 8 at batch 1)")
     p.add_argument("--guard_batch_size", type=int, default=8)
     p.add_argument("--device", help="cpu, cuda ... (default: the run's)")
     p.add_argument("--guard_device", help="default: cuda if available")
@@ -91,13 +91,41 @@ def summarise(per_dataset: dict, datasets: list[str]) -> dict:
     return {k: float(np.mean([per_dataset[d][k] for d in both])) for k in ("f1", "harmful_f1", "roc_auc")} if both else {}
 
 
-def time_per_text(score_fn, texts: list, batch_size: int) -> float:
-    """Milliseconds per text to score `texts` in batches of `batch_size` (after one warm-up call)."""
-    score_fn(texts[:batch_size])
+def time_per_text(score_fn, texts: list, batch_size: int, single_texts: int = 8) -> float:
+    """Milliseconds per text to score texts in batches of `batch_size`, after a two-text warm-up.
+
+    Batch 1 times the first `single_texts` texts one by one; larger batches time all `texts`."""
+    score_fn(texts[:2])
+    texts = texts[:single_texts] if batch_size == 1 else texts
     start = time.perf_counter()
     for s in range(0, len(texts), batch_size):
         score_fn(texts[s:s + batch_size])
     return 1000.0 * (time.perf_counter() - start) / len(texts)
+
+
+class FeatureLatency:
+    """Latency of feature systems = backbone forward up to the deepest layer a system reads
+    (pooling every layer up to it) + the system's own scoring of those features.
+
+    The forward is timed once per depth and shared by the systems of that depth, which keeps the
+    number of backbone passes small on a busy CPU; the head is timed on the features it gets.
+    """
+
+    def __init__(self, run, texts: list[str]):
+        self.run, self.texts = run, texts
+        self.forward: dict[int, dict[str, float]] = {}
+        self.features: dict[int, np.ndarray] = {}
+
+    def __call__(self, system) -> dict[str, float]:
+        depth = max(system.layers)
+        if depth not in self.forward:
+            featurize = self.run.featurizer(list(range(depth + 1)))
+            self.forward[depth] = {f"batch_{b}": time_per_text(featurize, self.texts, b) for b in (1, 32)}
+            self.features[depth] = featurize(self.texts)                       # (n, L, d)
+        X = self.features[depth]
+        head = {f"batch_{b}": time_per_text(lambda idx: system.proba_features(X[idx]), list(range(len(X))), b)
+                for b in (1, 32)}
+        return {k: self.forward[depth][k] + head[k] for k in head}
 
 
 def git_commit() -> str:
@@ -144,6 +172,7 @@ def build_report(args) -> dict:
 
     systems = fit_systems(run, args.systems, seed=run.seed, n_trials=n_trials, n_folds=n_folds,
                           all_neurons_limit=args.all_neurons_limit)
+    feature_latency = FeatureLatency(run, sample_texts)
     entries, curves, all_scores = {}, {}, {}
     for system in systems:
         if isinstance(system, Unavailable):
@@ -163,13 +192,9 @@ def build_report(args) -> dict:
         curves[system.name] = (np.concatenate(pooled[0]), np.concatenate(pooled[1]))
         all_scores[system.name] = np.concatenate(all_scores_of)
         if system.kind == "text":
-            fn = system.proba_text
+            latency = {f"batch_{b}": time_per_text(system.proba_text, sample_texts, b) for b in (1, 32)}
         else:
-            featurize = run.featurizer(system.layers)
-
-            def fn(texts, system=system, featurize=featurize):
-                return system.proba_features(featurize(texts))
-        latency = {f"batch_{b}": time_per_text(fn, sample_texts, b) for b in (1, 32)}
+            latency = feature_latency(system)
         entries[system.name] = {"status": "ok", "datasets": per_dataset, "average": summarise(per_dataset, run.datasets),
                                 "train_seconds": system.train_seconds, "latency_ms_per_text": latency,
                                 "n_features": system.n_features, "n_params": system.n_params, "kind": system.kind,
@@ -363,8 +388,9 @@ def markdown(report: dict) -> str:
     lines += ["## Cost", "",
               f"Training wall time on this machine (feature extraction, shared by every feature system, not included; "
               f"the feature cache existed or took {report['features_seconds']:.0f} s here). Latency: scoring "
-              f"{report['latency_texts']} test texts one at a time (batch 1) and in batches of 32, backbone forward "
-              "included for the feature systems, per text. Parameters: trained ones (frozen backbone not counted); "
+              f"the first 8 of {report['latency_texts']} test texts one at a time (batch 1), and all of them in batches "
+              "of 32, per text; for the feature systems the backbone forward up to the deepest layer the system reads "
+              "is included (timed once per depth). Parameters: trained ones (frozen backbone not counted); "
               "guard models: all of theirs.", "",
               "| system | train (s) | ms/text, batch 1 | ms/text, batch 32 | input features | parameters | notes |",
               "|---|---:|---:|---:|---:|---:|---|"]
@@ -389,8 +415,8 @@ def paper_section(report: dict) -> list[str]:
     cols, pds = paper["columns"], paper["datasets"]
     ok = {n: e for n, e in report["systems"].items() if e["status"] == "ok"}
     lines = ["## In the paper's format", "",
-             "Macro-F1 x100 on the paper's seven test sets; `–`: no local copy of that dataset (offline, `aegis2` "
-             "is missing). Avg. is over the datasets measured, so with a `–` it is not the paper's average.", "",
+             "Macro-F1 x100 on the paper's seven test sets; `–`: not in this run (offline there is no copy of `aegis2`) "
+             ". Avg. is over the datasets measured, so with a `–` it is not the paper's average.", "",
              "| Backbone | Method | " + " | ".join(cols) + " | Avg. |", "|---|---|" + "---:|" * (len(cols) + 1)]
     for n, e in ok.items():
         if n != "siren" and not n.startswith("guard:"):
@@ -401,6 +427,14 @@ def paper_section(report: dict) -> list[str]:
         method = "SIREN" if n == "siren" else f"Guard ({n.removeprefix('guard:')})"
         lines.append(f"| {report['model']} (measured here) | {method} | " + " | ".join(_pct(v) for v in vals)
                      + f" | {avg} |")
+    if not any(n.startswith("guard:") for n in report["systems"]):
+        from siren.evaluation.guard_models import PAPER_GUARD_OF
+
+        family = PAPER_GUARD_OF.get(report["model"])
+        lines += ["", "No guard model was scored in this report"
+                  + (f" (the paper's guard for this backbone is `{family}`: `--guards {family}`)." if family else
+                     f": the paper pairs no guard model with `{report['model']}`; `--guards NAME[=FOLDER]` adds one "
+                     "(Qwen3Guard-Gen or Llama Guard 3).")]
     rows = paper["rows"]
     if report["model"] in rows:
         r = rows[report["model"]]
