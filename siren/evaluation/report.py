@@ -415,7 +415,7 @@ def paper_section(report: dict) -> list[str]:
     cols, pds = paper["columns"], paper["datasets"]
     ok = {n: e for n, e in report["systems"].items() if e["status"] == "ok"}
     lines = ["## In the paper's format", "",
-             "Macro-F1 x100 on the paper's seven test sets; `–`: not in this run (offline there is no copy of `aegis2`) "
+             "Macro-F1 x100 on the paper's seven test sets; `–`: not in this run (offline there is no copy of `aegis2`)"
              ". Avg. is over the datasets measured, so with a `–` it is not the paper's average.", "",
              "| Backbone | Method | " + " | ".join(cols) + " | Avg. |", "|---|---|" + "---:|" * (len(cols) + 1)]
     for n, e in ok.items():
