@@ -86,6 +86,9 @@ def test_report_files_and_setup(report, trained):
     assert not (run / "RESULTS.md").exists()                      # the run folder is never written
     assert res["datasets"] == ["aegis", "toxic_chat"] and res["extra_datasets"] == ["advbench"]
     assert res["seed"] == 5 and res["data_dir"] == str(data)
+    tok = res["latency_tokens"]
+    assert 0 < tok["mean"] <= tok["max"] <= 32 and tok["batch_32_padded_over_real"] == pytest.approx(
+        res["latency_texts"] * tok["max"] / (tok["mean"] * res["latency_texts"]))
     md = (out / "RESULTS.md").read_text()
     assert "not comparable with the paper's table" in md
     assert "as reported by the authors" in md and "| qwen3-0.6b | SIREN | 81.4 | 90.0 |" in md

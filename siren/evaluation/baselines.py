@@ -175,6 +175,7 @@ class RunData:
             out[:, layers] = part
             return out
 
+        featurize.layer_features = lf                              # for token counts
         return featurize
 
 

@@ -115,11 +115,22 @@ class FeatureLatency:
         self.run, self.texts = run, texts
         self.forward: dict[int, dict[str, float]] = {}
         self.features: dict[int, np.ndarray] = {}
+        self.tokens: dict | None = None
+
+    def token_stats(self, lf) -> dict:
+        """Token lengths of the timed texts (after truncation) and how much a batch of 32 pads."""
+        lengths = np.array([len(ids) for ids in lf.tokenize(self.texts)])
+        batches = [lengths[s:s + 32] for s in range(0, len(lengths), 32)]
+        padded = sum(len(b) * int(b.max()) for b in batches)
+        return {"mean": float(lengths.mean()), "max": int(lengths.max()),
+                "batch_32_padded_over_real": float(padded / lengths.sum())}
 
     def __call__(self, system) -> dict[str, float]:
         depth = max(system.layers)
         if depth not in self.forward:
             featurize = self.run.featurizer(list(range(depth + 1)))
+            if self.tokens is None:
+                self.tokens = self.token_stats(featurize.layer_features)
             self.forward[depth] = {f"batch_{b}": time_per_text(featurize, self.texts, b) for b in (1, 32)}
             self.features[depth] = featurize(self.texts)                       # (n, L, d)
         X = self.features[depth]
@@ -244,6 +255,7 @@ def build_report(args) -> dict:
                                                    "max_epochs", "patience", "max_length")},
         "threshold": THRESHOLD,
         "latency_texts": len(sample_texts),
+        "latency_tokens": feature_latency.tokens,
         "systems": entries,
         "siren_matches_run_results": siren_check,
         "uniform_weights_vs_siren": weighting,
@@ -385,13 +397,18 @@ def markdown(report: dict) -> str:
         for n, e in ok.items():
             lines.append(f"| {n} | " + " | ".join(_pct(e["datasets"][d].get("detection_rate")) for d in extras) + " |")
         lines.append("")
+    tok = report.get("latency_tokens")
+    tokens_note = "" if not tok else (
+        f" The timed texts have {tok['mean']:.0f} tokens on average and at most {tok['max']}; a batch of 32 is padded "
+        f"to its longest text ({tok['batch_32_padded_over_real']:.1f}x the real tokens here), so on a CPU a batch "
+        "of 32 can cost more per text than one text at a time.")
     lines += ["## Cost", "",
               f"Training wall time on this machine (feature extraction, shared by every feature system, not included; "
               f"the feature cache existed or took {report['features_seconds']:.0f} s here). Latency: scoring "
               f"the first 8 of {report['latency_texts']} test texts one at a time (batch 1), and all of them in batches "
               "of 32, per text; for the feature systems the backbone forward up to the deepest layer the system reads "
-              "is included (timed once per depth). Parameters: trained ones (frozen backbone not counted); "
-              "guard models: all of theirs.", "",
+              "is included (timed once per depth)." + tokens_note + " Parameters: trained ones (frozen backbone not "
+              "counted); guard models: all of theirs.", "",
               "| system | train (s) | ms/text, batch 1 | ms/text, batch 32 | input features | parameters | notes |",
               "|---|---:|---:|---:|---:|---:|---|"]
     for n, e in ok.items():
