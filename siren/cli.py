@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-think": ("siren.evaluation.generalization", "reasoning-trace evaluation per source model (Qwen3GuardTest)"),
     "score": ("siren.runtime.score_cli", "score texts with a trained guard"),
     "serve": ("siren.runtime.serve", "serve a trained guard over HTTP: OpenAI moderation endpoint, streaming, demo page"),
+    "report": ("siren.evaluation.report", "compare SIREN with baselines and guard models on a run's splits"),
 }
 
 
