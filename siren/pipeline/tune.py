@@ -6,19 +6,27 @@ file, journal file, or an RDB URL), so several workers on several machines can s
 study. The runtime never imports this module.
 
 Search space (the paper's): 2-3 hidden layers; lr in [1e-4, 5e-3] log-uniform; first width
-in [256, min(2 k, 2048)] step 64 (if 2 k < 256, in [64, max(64, 2 k)] step 64, since a first
-layer much wider than twice the input adds nothing but cost); each later width in
-[64, previous width] step 64; dropout in [0.2, 0.5] per hidden layer.
+in [256, min(2 k, width_cap)] step 64 (if 2 k < 256, in [64, max(64, 2 k)] step 64, since a
+first layer much wider than twice the input adds nothing but cost); each later width in
+[64, previous width] step 64; dropout in [0.2, 0.5] per hidden layer. ``width_cap`` is the
+paper's 2048 unless lowered: the first layer (k x width) is most of an epoch's cost.
 
 Objective: k-fold CV (``StratifiedKFold`` on ``dataset * 2 + label``, shuffled with
 ``random_state=seed``), score = mean over folds of the mean-over-datasets macro-F1, each
 fold trained by ``head.fit_head`` with early stopping on its held-out fold.
 
-Pruning: ``MedianPruner`` on per-epoch scores. During fold f, epoch e, the trial reports at
-step ``f * max_epochs + e`` the best held-out score reached so far in that fold (best-so-far
-is what early stopping keeps, and it is less noisy than the raw per-epoch value); the
-pruner compares it with other trials' values at the same step, i.e. the same fold (the
-folds are identical across trials) and the same epoch.
+Pruning (``pruner``): during fold f, epoch e, the trial reports at step
+``f * max_epochs + e`` the best held-out score reached so far in that fold (best-so-far is
+what early stopping keeps, and it is less noisy than the raw per-epoch value), so a value is
+only ever compared with other trials' values of the same fold (the folds are identical
+across trials) and the same epoch. ``"median"``: ``MedianPruner`` on every fold's steps.
+``"halving"``: successive halving on fold 0's epochs only (rungs at ``pruner_warmup_epochs
+* 3**r``; a trial goes on while it is in the top third of the trials that reached the
+rung), so a weak configuration stops after a few epochs of one fold, and a trial that
+survives fold 0 runs the other folds out. ``"none"``.
+
+The best trial's fold heads are kept in memory (``TuneResult.fold_heads``) when this
+process ran that trial: ``head.ensemble_heads`` turns them into one head without a refit.
 
 Sharing a study: with ``storage``, the study is loaded if it exists, and the number of
 trials is capped at ``n_trials`` across all workers: a worker does not ask for a trial once
