@@ -13,8 +13,18 @@ warm-started over C). Both pick, per layer, the C with the best validation
 mean-over-datasets macro-F1; the table reports mean/max of that over layers, time, and
 how many weights are exactly zero.
 
+Head search, old against new (``--head_compare``): the probes and selection as above (or
+``--aggregated Z.npz`` holding the head's input Z (n, k), y (n,), g (n,)), then, in this one
+process and one after the other, ``tune_head`` with each variant's settings (``--variants``;
+``old`` is the search as it was: MedianPruner over all folds, first width up to 2048,
+patience 20, per-tensor AdamW). ``--holdout F`` keeps a stratified share F of the
+train+validation rows out of the search, to compare, per variant, the final head refit on
+all search rows (for the CV epoch count) against the mean of the best trial's fold heads
+(``head.ensemble_heads``) on rows neither saw. No test rows are read.
+
 Usage: python scripts/bench_train.py --run train/probes/optuna/smollm2-135m_general [--trials 3] [--out b.json]
        python scripts/bench_train.py --synthetic 2000 16 256
+       python scripts/bench_train.py --run DIR --head_compare --trials 8 --folds 3 --head_epochs 200 --holdout 0.2
 """
 
 from __future__ import annotations
@@ -146,6 +156,107 @@ def bench(X_tr, y_tr, g_tr, X_va, y_va, g_va, c_values, *, selection_threshold=0
     return out
 
 
+# name -> tune_head settings. "old" is the search before the speed work; "new" the defaults now.
+HEAD_VARIANTS: dict[str, dict] = {
+    "old": dict(pruner="median", width_cap=2048, patience=20, fused=False),
+    "fused": dict(pruner="median", width_cap=2048, patience=20, fused=True),
+    "fused_w1024": dict(pruner="median", width_cap=1024, patience=20, fused=True),
+    "fused_w512": dict(pruner="median", width_cap=512, patience=20, fused=True),
+    "fused_p10": dict(pruner="median", width_cap=2048, patience=10, fused=True),
+    "fused_halving": dict(pruner="halving", width_cap=2048, patience=20, fused=True),
+    "fused_w512_p10": dict(pruner="median", width_cap=512, patience=10, fused=True),
+    "fused_w512_halving": dict(pruner="halving", width_cap=512, patience=20, fused=True),
+    "fused_w512_p10_halving": dict(pruner="halving", width_cap=512, patience=10, fused=True),
+}
+
+
+def _new_variant() -> dict:
+    import inspect
+
+    from siren.pipeline.tune import tune_head
+
+    sig = inspect.signature(tune_head).parameters
+    return {k: sig[k].default for k in ("pruner", "width_cap", "patience", "fused")}
+
+
+HEAD_VARIANTS["new"] = _new_variant()
+
+
+def holdout_split(y, g, share: float, seed: int):
+    """Stratified (dataset, label) split of row indices -> (search_idx, holdout_idx)."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    strata = np.asarray(g).astype(np.int64) * 2 + np.asarray(y).astype(np.int64)
+    a, b = train_test_split(idx, test_size=share, random_state=seed, stratify=strata)
+    return np.sort(a), np.sort(b)
+
+
+def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, max_epochs: int,
+                 seed: int, holdout: float = 0.0) -> list[dict]:
+    """Run tune_head once per variant on Z (n, k); -> one dict per variant (JSON-ready)."""
+    from siren.metrics import mean_group_macro_f1
+    from siren.mlp import predict_proba_head
+    from siren.pipeline.head import ensemble_heads, fit_head
+    from siren.pipeline.tune import tune_head
+
+    search, held = (holdout_split(y, g, holdout, seed) if holdout > 0
+                    else (np.arange(len(y)), np.arange(0)))
+    Zs, ys, gs = Z[search], y[search], g[search]
+    # warm-up (first-call costs: kernels, allocator), so that the first variant is not charged
+    fit_head(Zs[:64], ys[:64], layer_dims=[64, 64], dropout_rates=[0.2, 0.2], lr=1e-3, seed=0,
+             max_epochs=2, fused=True)
+    fit_head(Zs[:64], ys[:64], layer_dims=[64, 64], dropout_rates=[0.2, 0.2], lr=1e-3, seed=0,
+             max_epochs=2, fused=False)
+    rows = []
+    for name in variants:
+        kw = HEAD_VARIANTS[name]
+        t = time.perf_counter()
+        res = tune_head(Zs, ys, gs, n_trials=n_trials, n_folds=n_folds, seed=seed,
+                        max_epochs=max_epochs, progress=False, **kw)
+        row = {"variant": name, **kw, "search_s": time.perf_counter() - t,
+               "cv_f1": res.best_value, "n_pruned": res.n_pruned,
+               "n_complete": res.n_trials_complete, "best_params": res.best_params,
+               "best_epochs": res.best_epochs,
+               "trial_values": [tr["value"] for tr in res.trials]}
+        if len(held):
+            p = res.best_params
+            epochs = max(1, int(round(res.best_epochs or max_epochs)))
+            t = time.perf_counter()
+            refit, _ = fit_head(Zs, ys, layer_dims=p["layer_dims"], dropout_rates=p["dropout_rates"],
+                                lr=p["lr"], seed=seed, max_epochs=epochs, fused=kw["fused"])
+            row["refit_s"] = time.perf_counter() - t
+            f1 = lambda m: float(mean_group_macro_f1(    # noqa: E731
+                y[held], (predict_proba_head(m, Z[held]) >= 0.5).astype(np.int64), g[held]))
+            row["holdout_f1_refit"] = f1(refit)
+            if res.fold_heads:
+                row["holdout_f1_fold_ensemble"] = f1(ensemble_heads(res.fold_heads))
+        rows.append(row)
+        print(json.dumps({k: row[k] for k in ("variant", "search_s", "cv_f1", "n_pruned")}),
+              file=sys.stderr, flush=True)
+    return rows
+
+
+def head_table(rows: list[dict]) -> str:
+    base = rows[0]
+    head = ["variant", "pruner", "w_cap", "pat", "fused", "search_s", "x_first", "cv_f1",
+            "d_cv", "pruned"]
+    has_ho = "holdout_f1_refit" in base
+    if has_ho:
+        head += ["refit_s", "ho_f1_refit", "ho_f1_folds"]
+    out = [head]
+    for r in rows:
+        line = [r["variant"], r["pruner"], str(r["width_cap"]), str(r["patience"]), str(r["fused"]),
+                f"{r['search_s']:.1f}", f"{base['search_s'] / r['search_s']:.2f}",
+                f"{r['cv_f1']:.4f}", f"{r['cv_f1'] - base['cv_f1']:+.4f}", str(r["n_pruned"])]
+        if has_ho:
+            line += [f"{r['refit_s']:.1f}", f"{r['holdout_f1_refit']:.4f}",
+                     f"{r.get('holdout_f1_fold_ensemble', float('nan')):.4f}"]
+        out.append(line)
+    widths = [max(len(x[i]) for x in out) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(x, widths)) for x in out)
+
+
 def table(r: dict) -> str:
     rows = [("stage", "time_s", "val_f1_mean", "val_f1_max", "zero_frac", "selected")]
     rows.append(("probes ours", f"{r['ours_s']:.2f}", f"{r['ours_val_f1_mean']:.4f}",
@@ -172,11 +283,16 @@ def cached_run(run_dir: str, rep: str):
     from siren.pipeline.extract import ensure_features
 
     cfg = json.loads((Path(run_dir) / "results.json").read_text())["config"]
+    # The dtype the run's features were extracted in (as the guard records it), not a fresh
+    # resolution of "auto", which may differ on another host and would re-extract everything.
+    guard_cfg = Path(run_dir) / "siren_config.json"
+    dtype = cfg["dtype"]
+    if guard_cfg.exists():
+        dtype = (json.loads(guard_cfg.read_text()).get("siren") or {}).get("dtype") or dtype
     paths = ensure_features(cfg["model"], cfg["datasets"], splits=("train", "validation"), pooling_types=[rep],
                             data_dir=cfg["data_dir"], seed=cfg["seed"], val_ratio=cfg["val_ratio"],
                             max_per_split=cfg["max_per_split"], cache_dir=cfg["cache_dir"],
-                            batch_tokens=cfg["batch_tokens"], batch_size=cfg.get("batch_size"), dtype=cfg["dtype"],
-                            device=cfg["device"],
+                            batch_tokens=cfg["batch_tokens"], batch_size=cfg.get("batch_size"), dtype=dtype, device=cfg["device"],
                             cache_dtype=cfg["cache_dtype"], max_length=cfg["max_length"])
     tr = load_split(paths, cfg["datasets"], "train", rep)
     va = load_split(paths, cfg["datasets"], "validation", rep)
@@ -197,9 +313,57 @@ def main(argv=None) -> int:
     ap.add_argument("--no_reference", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out")
+    ap.add_argument("--aggregated", help="an .npz with the head's input Z (n, k), y (n,), g (n,)")
+    ap.add_argument("--head_compare", action="store_true", help="time and CV F1 of head-search variants")
+    ap.add_argument("--variants", nargs="+", default=["old", "new"],
+                    help=f"with --head_compare: {', '.join(HEAD_VARIANTS)}")
+    ap.add_argument("--holdout", type=float, default=0.0,
+                    help="with --head_compare: share of rows kept out of the search (refit vs fold heads)")
+    ap.add_argument("--save_aggregated", help="write the head's input (Z, y, g) to this .npz and stop")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads")
     a = ap.parse_args(argv)
-    if (a.synthetic is None) == (a.run is None):
-        ap.error("give exactly one of --run DIR or --synthetic N L D")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if sum(x is not None for x in (a.synthetic, a.run, a.aggregated)) != 1:
+        ap.error("give exactly one of --run DIR, --synthetic N L D or --aggregated Z.npz")
+    if a.head_compare or a.save_aggregated:
+        unknown = [v for v in a.variants if v not in HEAD_VARIANTS]
+        if unknown:
+            ap.error(f"unknown variants {unknown}: use {', '.join(HEAD_VARIANTS)}")
+        if a.aggregated:
+            d = np.load(a.aggregated)
+            Z, y, g = d["Z"].astype(np.float32), d["y"], d["g"]
+        else:
+            tr, va = (cached_run(a.run, a.pooling_type) if a.run else None), None
+            if tr is None:
+                n, L, dd = a.synthetic
+                X, yy, gg = synthetic(int(n * 1.25), L, dd, seed=a.seed)
+                tr, va = (X[:n], yy[:n], gg[:n]), (X[n:], yy[n:], gg[n:])
+            else:
+                tr, va = tr
+            grid = fit_probe_grid(tr[0], tr[1], va[0], va[1], va[2], a.c_values, groups_train=tr[2],
+                                  progress=False)
+            sel, w = select_neurons(grid.coef, a.selection_threshold), layer_weights(grid.val_f1)
+            Z = np.concatenate([aggregate(tr[0], sel, w), aggregate(va[0], sel, w)])
+            y, g = np.concatenate([tr[1], va[1]]), np.concatenate([tr[2], va[2]])
+        if a.save_aggregated:
+            np.savez(a.save_aggregated, Z=Z.astype(np.float16), y=y, g=g)
+            print(f"wrote {a.save_aggregated}: Z {Z.shape}")
+            return 0
+        rows = head_compare(Z, y, g, a.variants, n_trials=a.trials, n_folds=a.folds,
+                            max_epochs=a.head_epochs, seed=a.seed, holdout=a.holdout)
+        r = {"head_compare": rows, "shape": list(Z.shape), "threads": torch.get_num_threads(),
+             "trials": a.trials, "folds": a.folds, "max_epochs": a.head_epochs,
+             "holdout": a.holdout, "seed": a.seed}
+        text = json.dumps(r, indent=2)
+        print(text)
+        if a.out:
+            with open(a.out, "w") as f:
+                f.write(text + "\n")
+        print(f"Z {tuple(Z.shape)}, {a.trials} trials x {a.folds} folds, max {a.head_epochs} epochs, "
+              f"threads {torch.get_num_threads()}, holdout {a.holdout}")
+        print(head_table(rows))
+        return 0
     if a.run:
         tr, va = cached_run(a.run, a.pooling_type)
         data_desc = {"run": a.run, "pooling_type": a.pooling_type, "train_shape": list(tr[0].shape)}

@@ -20,6 +20,7 @@ import importlib.util
 import os
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,12 +201,56 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
+_CPU_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU feature flags Linux reports (empty elsewhere: then no native bf16 is assumed)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def auto_dtype(device: str) -> tuple[str, str]:
+    """The dtype ``auto`` picks for ``device``, and why: (name, reason).
+
+    bf16 only where the device computes it natively: a CUDA device that supports bf16, or a
+    CPU with AMX-BF16 / AVX512-BF16. Elsewhere bf16 is emulated and far slower than fp32
+    (about 17x on an AVX2-only CPU for smollm2-135m), so fp32.
+    """
+    import torch
+
+    if device.startswith("cuda"):
+        if torch.cuda.is_bf16_supported():
+            return "bfloat16", f"{device} supports bf16"
+        return "float32", f"{device} has no native bf16"
+    if device == "cpu" or device.startswith("cpu:"):
+        native = sorted(_CPU_BF16_FLAGS & _cpu_flags())
+        if native:
+            return "bfloat16", f"CPU has native bf16 ({', '.join(native)})"
+        return "float32", "CPU has no native bf16 (no amx_bf16 / avx512_bf16)"
+    return "float32", f"{device}: bf16 support not probed"
+
+
+_told: set[tuple[str, str]] = set()
+
+
 def resolve_dtype(dtype: str | None, device: str):
-    """Default: bf16 on GPU, fp32 on CPU (the paper's backbone runs in bf16)."""
+    """A dtype name (or None/"auto") -> torch dtype; "auto" as ``auto_dtype`` decides, said once."""
     import torch
 
     if dtype in (None, "", "auto"):
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        name, reason = auto_dtype(device)
+        if (device, name) not in _told:
+            _told.add((device, name))
+            # stderr: `siren score --jsonl` keeps stdout for results
+            print(f"[siren] dtype auto -> {name} on {device}: {reason}", file=sys.stderr, flush=True)
+        return torch.bfloat16 if name == "bfloat16" else torch.float32
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
     if dtype not in table:

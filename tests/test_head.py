@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from siren.mlp import MLPHead, predict_proba_head
-from siren.pipeline.head import fit_head, fold_standardisation
+from siren.pipeline.head import ensemble_heads, fit_head, fold_standardisation
 
 
 def toy(n=240, k=12, seed=0):
@@ -108,3 +108,21 @@ def test_on_epoch_exception_propagates():
         fit_head(X, y, layer_dims=[8, 8], dropout_rates=[0.2, 0.2], lr=1e-3, seed=0,
                  max_epochs=10, X_val=X, y_val=y, groups_val=g, on_epoch=cb)
     assert seen == [1, 2]
+
+
+def test_ensemble_heads_is_the_mean_of_the_logits():
+    X, y, _ = toy(90)
+    heads = [fit_head(X, y, layer_dims=[24, 16, 8], dropout_rates=[0.3, 0.0, 0.2], lr=3e-3,
+                      seed=s, max_epochs=3, batch_size=32)[0] for s in range(3)]
+    heads[1].network[0].weight.data.mul_(1.5)      # make the members clearly different
+    ens = ensemble_heads(heads)
+    assert ens.layer_dims == [72, 48, 24] and ens.dropout_rates == [0.3, 0.0, 0.2]
+    # the runtime's layout: it loads strictly into a freshly built head of those sizes
+    MLPHead(X.shape[1], [72, 48, 24], [0.3, 0.0, 0.2]).load_state_dict(ens.state_dict())
+    Xt = torch.from_numpy(X)
+    with torch.no_grad():
+        want = torch.stack([h(Xt) for h in heads]).mean(dim=0)
+        got = ens(Xt)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError):
+        ensemble_heads([heads[0], MLPHead(X.shape[1], [8, 8], [0.1, 0.1])])

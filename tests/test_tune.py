@@ -93,3 +93,34 @@ def test_two_workers_share_one_study(tmp_path, name):
                       np.arange(80) % 2, n_trials=n_trials, n_folds=2, seed=0,
                       storage=storage, study_name="shared", progress=False)
     assert len(again.trials) == n_trials
+
+
+def test_halving_prunes_on_fold_zero_only_and_keeps_best_fold_heads():
+    from siren.metrics import mean_group_macro_f1
+    from siren.mlp import predict_proba_head
+
+    X, y, g = toy(120, noise=True)
+    r = tune_head(X, y, g, n_trials=8, n_folds=2, seed=0, max_epochs=9, patience=9,
+                  batch_size=32, pruner="halving", pruner_warmup_epochs=1, progress=False)
+    assert r.n_pruned >= 1 and r.n_trials_complete + r.n_pruned == 8
+    for t in r.trials:                      # a pruned trial never got past fold 0
+        if t["state"] == "PRUNED":
+            assert "fold_scores" not in t["user_attrs"]
+    # the kept fold heads are the best trial's: each reproduces its fold's held-out score
+    best = max((t for t in r.trials if t["state"] == "COMPLETE"), key=lambda t: (t["value"], -t["number"]))
+    assert r.best_value == best["value"] and len(r.fold_heads) == 2
+    for head, (_, va), want in zip(r.fold_heads, cv_folds(y, g, 2, 0), best["user_attrs"]["fold_scores"]):
+        pred = (predict_proba_head(head, X[va]) >= 0.5).astype(np.int64)
+        assert mean_group_macro_f1(y[va], pred, g[va]) == pytest.approx(want)
+    assert "fold_heads" not in r.to_dict()
+    with pytest.raises(ValueError):
+        tune_head(X, y, g, n_trials=1, n_folds=2, seed=0, pruner="bogus", progress=False)
+
+
+def test_width_cap_bounds_the_first_layer():
+    assert width_bounds(4000, 512) == (256, 512)
+    assert width_bounds(100, 512) == (64, 192)
+    X, y, g = toy(80, k=400)
+    r = tune_head(X, y, g, n_trials=3, n_folds=2, seed=0, max_epochs=2, patience=2,
+                  width_cap=320, progress=False)
+    assert all(256 <= t["params"]["width_0"] <= 320 for t in r.trials)

@@ -6,19 +6,27 @@ file, journal file, or an RDB URL), so several workers on several machines can s
 study. The runtime never imports this module.
 
 Search space (the paper's): 2-3 hidden layers; lr in [1e-4, 5e-3] log-uniform; first width
-in [256, min(2 k, 2048)] step 64 (if 2 k < 256, in [64, max(64, 2 k)] step 64, since a first
-layer much wider than twice the input adds nothing but cost); each later width in
-[64, previous width] step 64; dropout in [0.2, 0.5] per hidden layer.
+in [256, min(2 k, width_cap)] step 64 (if 2 k < 256, in [64, max(64, 2 k)] step 64, since a
+first layer much wider than twice the input adds nothing but cost); each later width in
+[64, previous width] step 64; dropout in [0.2, 0.5] per hidden layer. ``width_cap`` is the
+paper's 2048 unless lowered: the first layer (k x width) is most of an epoch's cost.
 
 Objective: k-fold CV (``StratifiedKFold`` on ``dataset * 2 + label``, shuffled with
 ``random_state=seed``), score = mean over folds of the mean-over-datasets macro-F1, each
 fold trained by ``head.fit_head`` with early stopping on its held-out fold.
 
-Pruning: ``MedianPruner`` on per-epoch scores. During fold f, epoch e, the trial reports at
-step ``f * max_epochs + e`` the best held-out score reached so far in that fold (best-so-far
-is what early stopping keeps, and it is less noisy than the raw per-epoch value); the
-pruner compares it with other trials' values at the same step, i.e. the same fold (the
-folds are identical across trials) and the same epoch.
+Pruning (``pruner``): during fold f, epoch e, the trial reports at step
+``f * max_epochs + e`` the best held-out score reached so far in that fold (best-so-far is
+what early stopping keeps, and it is less noisy than the raw per-epoch value), so a value is
+only ever compared with other trials' values of the same fold (the folds are identical
+across trials) and the same epoch. ``"median"``: ``MedianPruner`` on every fold's steps.
+``"halving"``: successive halving on fold 0's epochs only (rungs at ``pruner_warmup_epochs
+* 3**r``; a trial goes on while it is in the top third of the trials that reached the
+rung), so a weak configuration stops after a few epochs of one fold, and a trial that
+survives fold 0 runs the other folds out. ``"none"``.
+
+The best trial's fold heads are kept in memory (``TuneResult.fold_heads``) when this
+process ran that trial: ``head.ensemble_heads`` turns them into one head without a refit.
 
 Sharing a study: with ``storage``, the study is loaded if it exists, and the number of
 trials is capped at ``n_trials`` across all workers: a worker does not ask for a trial once
@@ -35,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -65,28 +74,33 @@ class TuneResult:
     n_pruned: int
     trials: list[dict[str, Any]]
     best_epochs: float | None = None
+    # The best trial's fold heads (MLPHead, eval mode, raw features in), when this process ran
+    # that trial; None when another worker of a shared study did. Not part of to_dict().
+    fold_heads: list | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "fold_heads"}
 
 
 class _SurplusTrial(Exception):
     """This trial's number is past the cap (another worker asked at the same time)."""
 
 
-def width_bounds(input_dim: int) -> tuple[int, int]:
+def width_bounds(input_dim: int, width_cap: int = 2048) -> tuple[int, int]:
     """(low, high) of the first hidden width, both multiples of 64 apart."""
-    cap = min(2 * int(input_dim), 2048)
+    cap = min(2 * int(input_dim), int(width_cap))
     low = 256 if cap >= 256 else 64
     high = low + max(0, (cap - low) // 64) * 64
     return low, high
 
 
-def suggest_head_params(trial: optuna.Trial, input_dim: int) -> dict[str, Any]:
+def suggest_head_params(trial: optuna.Trial, input_dim: int, width_cap: int = 2048
+                        ) -> dict[str, Any]:
     """Sample one head configuration from the paper's space (see module docstring)."""
     n_layers = trial.suggest_int("n_layers", 2, 3)
     lr = trial.suggest_float("lr", 1e-4, 5e-3, log=True)
-    low, high = width_bounds(input_dim)
+    low, high = width_bounds(input_dim, width_cap)
     dims = [trial.suggest_int("width_0", low, high, step=64)]
     for i in range(1, n_layers):
         dims.append(trial.suggest_int(f"width_{i}", 64, dims[-1], step=64))
@@ -151,11 +165,30 @@ def _trial_dict(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
             "params": dict(t.params), "user_attrs": dict(t.user_attrs)}
 
 
+PRUNERS = ("median", "halving", "none")
+
+
+def make_pruner(kind: str, *, startup_trials: int, warmup_epochs: int) -> optuna.pruners.BasePruner:
+    """"median": MedianPruner on every fold's epochs; "halving": successive halving on
+    fold 0's epochs (rungs at warmup_epochs * 3**r, a trial goes on only while it is in the
+    top third of the trials that reached the rung); "none"."""
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=startup_trials,
+                                           n_warmup_steps=warmup_epochs)
+    if kind == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, warmup_epochs),
+                                                      reduction_factor=3)
+    if kind == "none":
+        return optuna.pruners.NopPruner()
+    raise ValueError(f"pruner {kind!r}: use one of {', '.join(PRUNERS)}")
+
+
 def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int,
               n_folds: int, seed: int, storage: str | None = None,
               study_name: str | None = None, n_jobs: int = 1, max_epochs: int = 200,
-              patience: int = 20, batch_size: int = 256, pruner_startup_trials: int = 4,
-              pruner_warmup_epochs: int = 5, progress: bool = True) -> TuneResult:
+              patience: int = 20, batch_size: int = 256, pruner: str = "median",
+              pruner_startup_trials: int = 4, pruner_warmup_epochs: int = 5,
+              width_cap: int = 2048, fused: bool = True, progress: bool = True) -> TuneResult:
     """Search the head's hyper-parameters. X (n, k) float32, y (n,), groups (n,).
 
     ``n_trials`` is the study-wide total (shared with other workers when ``storage`` is
@@ -173,22 +206,27 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
     # what matters is that workers do not all draw the same startup configurations.
     sampler_seed = seed if storage is None else (seed * 1_000_003 + os.getpid()) % (2**31)
     sampler = optuna.samplers.TPESampler(seed=sampler_seed)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=pruner_startup_trials,
-                                         n_warmup_steps=pruner_warmup_epochs)
-    study = _open_study(storage, study_name or "siren_head", sampler, pruner)
+    study = _open_study(storage, study_name or "siren_head", sampler,
+                        make_pruner(pruner, startup_trials=pruner_startup_trials,
+                                    warmup_epochs=pruner_warmup_epochs))
+    halving = pruner == "halving"
+    kept: dict[str, Any] = {"value": -np.inf, "number": -1, "heads": None}
+    kept_lock = threading.Lock()                      # n_jobs > 1 runs trials in threads
 
     def objective(trial: optuna.Trial) -> float:
         if trial.number >= n_trials:
             trial.set_user_attr("surplus", True)
             study.stop()
             raise _SurplusTrial(f"trial {trial.number} is past the cap of {n_trials}")
-        params = suggest_head_params(trial, input_dim)
-        scores, epochs = [], []
+        params = suggest_head_params(trial, input_dim, width_cap)
+        scores, epochs, heads = [], [], []
         for f, (tr, va) in enumerate(folds):
             best = [-np.inf]
 
             def on_epoch(epoch: int, score: float, f=f, best=best) -> None:
                 best[0] = max(best[0], score)
+                if halving and f > 0:
+                    return          # halving's budget axis is fold 0's epochs; later folds run out
                 step = f * max_epochs + epoch
                 trial.report(best[0], step)
                 if trial.should_prune():
@@ -197,13 +235,18 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
             model, hist = fit_head(
                 X[tr], y[tr], **params, seed=seed + trial.number * 1000 + f,
                 max_epochs=max_epochs, batch_size=batch_size, patience=patience,
-                X_val=X[va], y_val=y[va], groups_val=groups[va], on_epoch=on_epoch)
+                X_val=X[va], y_val=y[va], groups_val=groups[va], on_epoch=on_epoch, fused=fused)
             pred = (predict_proba_head(model, X[va]) >= 0.5).astype(np.int64)
             scores.append(mean_group_macro_f1(y[va], pred, groups[va]))
             epochs.append(hist["best_epoch"])
+            heads.append(model)
         trial.set_user_attr("fold_scores", [float(s) for s in scores])
         trial.set_user_attr("best_epochs", [int(e) for e in epochs])
-        return float(np.mean(scores))
+        value = float(np.mean(scores))
+        with kept_lock:     # same order as the final pick below: higher value, then lower number
+            if (value, -trial.number) > (kept["value"], -kept["number"]):
+                kept.update(value=value, number=trial.number, heads=heads)
+        return value
 
     def n_existing() -> int:
         return len(study.get_trials(deepcopy=False))
@@ -238,4 +281,5 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
     return TuneResult(best_params=params_from_trial(best.params), best_value=float(best.value),
                       n_trials_complete=len(complete), n_pruned=len(pruned),
                       trials=[_trial_dict(t) for t in trials],
-                      best_epochs=float(np.mean(be)) if be else None)
+                      best_epochs=float(np.mean(be)) if be else None,
+                      fold_heads=kept["heads"] if kept["number"] == best.number else None)

@@ -1,0 +1,131 @@
+"""Serving latency: ``siren.runtime.guard.SirenGuard`` against the authors' runtime
+(``siren_guard.SirenGuard`` from PyPI ``llm-siren``) on the same guard folder, same texts,
+same device, same backbone dtype, in one process.
+
+Texts: ``--n`` rows drawn (seeded) from every dataset in the data dir. Batch 1: each text is
+scored by ``score(text)`` in both runtimes, alternating which goes first, so that drifts in
+machine load hit both alike; the figure is the sum over texts. Batch 32: ``score_batch`` on
+consecutive chunks of 32, alternating likewise. The two runtimes' scores are compared too.
+Prints one table (seconds, texts/s, ratio theirs/ours: > 1 means ours is faster).
+
+    .venv/bin/python scripts/bench_latency.py --guard /path/to/guard --n 64 --data_dir ../shared/data/siren
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def sample_texts(n: int, seed: int, data_dir: str | None) -> list[str]:
+    """n texts drawn (seeded) from the rows of every dataset folder in the data dir."""
+    from siren.data import load_source
+
+    root = Path(data_dir or os.environ.get("SIREN_DATA_DIR") or REPO.parent / "shared" / "data" / "siren")
+    texts = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for frame in load_source(folder.name, root).values():
+            texts.extend(frame["text"].tolist())
+    rng = np.random.default_rng(seed)
+    return [texts[i] for i in rng.choice(len(texts), size=min(n, len(texts)), replace=False)]
+
+
+def timed(fn) -> tuple[float, object]:
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def bench(ours, theirs, texts: list[str], batch: int) -> dict:
+    """Alternating timings of both runtimes. -> {"ours_s", "theirs_s", "max_abs_diff"}."""
+    chunks = [texts[i:i + batch] for i in range(0, len(texts), batch)]
+    t_ours = t_theirs = 0.0
+    diffs = []
+    for k, chunk in enumerate(chunks):
+        if batch == 1:
+            run_ours = lambda c=chunk: [ours.score(c[0])]               # noqa: E731
+            run_theirs = lambda c=chunk: [theirs.score(c[0])]           # noqa: E731
+        else:
+            run_ours = lambda c=chunk: ours.score_batch(c, batch_size=batch)  # noqa: E731
+            run_theirs = lambda c=chunk: theirs.score_batch(c)                # noqa: E731
+        order = [("ours", run_ours), ("theirs", run_theirs)]
+        if k % 2:
+            order.reverse()
+        got = {}
+        for name, fn in order:
+            s, res = timed(fn)
+            got[name] = [r.score for r in res]
+            if name == "ours":
+                t_ours += s
+            else:
+                t_theirs += s
+        diffs.append(float(np.max(np.abs(np.asarray(got["ours"]) - np.asarray(got["theirs"])))))
+    return {"ours_s": t_ours, "theirs_s": t_theirs, "max_abs_diff": max(diffs)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--guard", required=True, help="a guard folder (siren_config.json + siren.safetensors)")
+    ap.add_argument("--n", type=int, default=64, help="texts (batch 1 scores each; batch 32 scores all)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--data_dir")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", help="backbone dtype for both (default: the one the guard records, else float32)")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--out")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    import siren_guard
+
+    from siren.runtime.guard import SirenGuard
+
+    cfg = json.loads((Path(a.guard) / "siren_config.json").read_text())
+    dtype = a.dtype or (cfg.get("siren") or {}).get("dtype") or "float32"
+    torch_dtype = getattr(torch, dtype)
+    ours = SirenGuard.from_pretrained(a.guard, device="cpu", dtype=dtype)
+    theirs = siren_guard.SirenGuard.from_pretrained(a.guard, device="cpu", dtype=torch_dtype,
+                                                    trust_remote_code=False)
+    texts = sample_texts(a.n, a.seed, a.data_dir)
+    warm = texts[: min(4, len(texts))]
+    for t in warm:                       # first-call costs (allocator, kernels) out of the figures
+        ours.score(t)
+        theirs.score(t)
+    ours.score_batch(warm)
+    theirs.score_batch(warm)
+    tok = ours.backbone.tokenizer
+    n_tokens = int(sum(len(x) for x in tok(texts, truncation=True, max_length=ours.max_length)["input_ids"]))
+    rows = {}
+    for b in (1, a.batch):
+        r = bench(ours, theirs, texts, b)
+        r["ratio_theirs_over_ours"] = r["theirs_s"] / r["ours_s"]
+        rows[f"batch {b}"] = r
+    result = {"guard": a.guard, "n_texts": len(texts), "n_tokens": n_tokens, "dtype": dtype,
+              "threads": torch.get_num_threads(), "selected_layers": len(ours.layers),
+              "deepest_layer": max(ours.layers), "num_layers": ours.backbone.num_layers, "rows": rows}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if a.out:
+        Path(a.out).write_text(text + "\n")
+    print(f"\n{len(texts)} texts ({n_tokens} tokens), {dtype}, {torch.get_num_threads()} threads, "
+          f"layers read {len(ours.layers)} (deepest {max(ours.layers)} of {ours.backbone.num_layers})")
+    print(f"{'':10s} {'ours_s':>8s} {'theirs_s':>9s} {'ours text/s':>11s} {'theirs text/s':>13s} "
+          f"{'theirs/ours':>11s} {'max|diff|':>9s}")
+    for name, r in rows.items():
+        print(f"{name:10s} {r['ours_s']:8.2f} {r['theirs_s']:9.2f} {len(texts) / r['ours_s']:11.2f} "
+              f"{len(texts) / r['theirs_s']:13.2f} {r['ratio_theirs_over_ours']:10.2f}x "
+              f"{r['max_abs_diff']:9.1e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
