@@ -11,9 +11,9 @@
 weights and dtype in every layer the guard reads): forward hooks on the generating model add
 each forward's selected neurons, per row, to running per-layer sums, so the guard runs no
 forward of its own; scoring a step costs an index-select per selected layer (in the hooks), one
-concatenation and sum, and the MLP head. What is scored is the mean over every token the model has read (chat-template tokens
-and prompt included, at most `max_length` of them, padding excluded through the attention
-mask), i.e. the sequence the model sees. `score()` strips chat-template tokens and
+concatenation and sum, and the MLP head. What is scored is the mean over every token the model
+has read (chat-template tokens and prompt included, at most `max_length` of them, padding
+excluded through the attention mask), i.e. the sequence the model sees. `score()` strips chat-template tokens and
 re-tokenises text, so on a templated conversation the two scores differ; on untemplated text
 whose tokens round-trip through decode/encode they are equal (tested).
 
@@ -30,8 +30,8 @@ read when the run of high scores began (cut the answer there to drop everything 
 criteria only records (`history`, `flagged_at`) and never stops generation.
 
 A new `generate()` call starts afresh (its first forward reads an empty KV cache, and its first
-criteria call does not continue the previous sequence); call `reset()` to clear the results by hand and `detach()` (or leave the `with`
-block) to remove the hooks.
+criteria call does not continue the previous sequence); call `reset()` to clear the results by
+hand and `detach()` (or leave the `with` block) to remove the hooks.
 """
 
 from __future__ import annotations
