@@ -13,6 +13,10 @@ from tiny_models import save_tiny  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
+# dtype "auto" picks bf16 on CPUs with native bf16 (AMX / AVX512-BF16) and fp32 elsewhere; the
+# suite compares scores with fp32 computations, so it runs fp32 on every CPU (subprocesses too).
+os.environ["SIREN_CPU_BF16"] = "0"
+
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> Path:

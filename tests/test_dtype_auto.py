@@ -6,6 +6,11 @@ import torch
 from siren import backbones
 
 
+@pytest.fixture(autouse=True)
+def _probe_the_cpu(monkeypatch):
+    monkeypatch.delenv("SIREN_CPU_BF16", raising=False)   # conftest pins fp32 for the rest of the suite
+
+
 @pytest.mark.parametrize("flags, expected", [
     ({"avx2", "fma", "avx512f"}, "float32"),                     # AVX2/AVX-512 without bf16
     ({"avx2", "avx512f", "avx512_bf16"}, "bfloat16"),
@@ -47,3 +52,9 @@ def test_cpu_flags_parses_proc_cpuinfo(monkeypatch, tmp_path):
     monkeypatch.setattr("builtins.open",
                         lambda p, *a, **k: real_open(info if p == "/proc/cpuinfo" else p, *a, **k))
     assert backbones._cpu_flags() == {"fpu", "sse", "avx2", "amx_bf16"}
+
+
+def test_env_pins_fp32_on_cpu(monkeypatch):
+    monkeypatch.setattr(backbones, "_cpu_flags", lambda: {"amx_bf16"})
+    monkeypatch.setenv("SIREN_CPU_BF16", "0")
+    assert backbones.auto_dtype("cpu") == ("float32", "SIREN_CPU_BF16=0")
