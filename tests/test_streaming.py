@@ -14,6 +14,10 @@ from siren.runtime.guard import SirenGuard
 from test_guard import make_guard
 
 PROMPT = "how can I hurt someone badly"
+# Scores of the same text through different batch shapes (padding, KV cache) agree only to fp32
+# round-off, which the tiny random models amplify to ~1e-4; prefix scores differ from each other
+# by > 1e-2 here, so a wrong prefix or chunk still fails.
+ATOL = 5e-4
 RESPONSE = "You can mix flour, water and yeast. Then explain how to make a weapon at home."
 
 
@@ -73,7 +77,7 @@ def test_stateless_and_session_paths_give_the_direct_scores(guard, prompt):
     stateless = score_prefixes(guard, RESPONSE, prompt, use_session=False, batch_size=4, batch_tokens=64)
     assert not stateless.used_session and stateless.n_tokens == len(ends)
     assert stateless.positions.tolist() == list(range(1, len(ends) + 1))
-    np.testing.assert_allclose(stateless.scores, direct, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(stateless.scores, direct, atol=ATOL, rtol=0)
     assert np.ptp(direct) > 0.01  # the prefixes really score differently
 
     wrapped = SessionGuard(guard)
@@ -96,7 +100,7 @@ def test_session_is_optional_unless_required(guard):
     else:  # the runtime's own session must give the stateless numbers
         a = score_prefixes(guard, RESPONSE, PROMPT, every=2, use_session=True)
         b = score_prefixes(guard, RESPONSE, PROMPT, every=2, use_session=False)
-        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(a.scores, b.scores, atol=ATOL, rtol=0)
 
 
 def test_first_flag_and_debounce():
@@ -209,8 +213,8 @@ def test_cli_on_jsonl_streams(tmp_path, tiny_llama_dir, capsys):
         assert trace["positions"] == stream_positions(len(ends), 2).tolist()
         want = [guard.score(prompt=row["prompt"], response=row["response"][:ends[p - 1]]).score
                 for p in trace["positions"]]
-        np.testing.assert_allclose(trace["scores"], want, atol=1e-5)
-        assert res["flag_position"] == first_flag(np.array(trace["positions"]), np.array(want), 0.5)
+        np.testing.assert_allclose(trace["scores"], want, atol=ATOL)
+        assert res["flag_position"] == first_flag(np.array(trace["positions"]), np.array(trace["scores"]), 0.5)
     s = report["summary"]
     assert s["n_harmful"] == 1 and s["n_safe"] == 2
     assert s["false_alarm_rate"] == pytest.approx(np.mean([r["flag_position"] is not None
