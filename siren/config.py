@@ -29,6 +29,7 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "layer_weight_floor": (float,), "n_trials": (int,), "n_folds": (int,), "n_jobs": (int,), "storage": (str,),
     "study_name": (str,), "max_epochs": (int,), "patience": (int,), "head_batch_size": (int,),
     "decision_threshold": (float,), "out_dir": (str,), "extra_datasets": (list, str),
+    "trust_remote_code": (bool,),
     "serve": (dict,),  # `siren serve` limits; its keys are checked by siren.runtime.serve.ServeLimits
 }
 

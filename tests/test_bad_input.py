@@ -372,3 +372,26 @@ def test_guard_names_a_text_with_a_lone_surrogate(env):
     with pytest.raises(SirenError, match=r"text 1 holds a lone surrogate \('\\ud800' at character 1\)"):
         guard.score_batch(["fine", "a\ud800b"])
     assert guard.score_batch(["caf\u00e9 \U0001f600"])[0].score == pytest.approx(guard.score("caf\u00e9 \U0001f600").score)
+
+
+@pytest.mark.parametrize("command", ["train", "extract"])
+def test_trust_remote_code_reaches_the_backbone_loader(env, monkeypatch, command):
+    """The error for a custom-code backbone says to pass --trust_remote_code: every command that
+    loads a backbone takes it, and hands it to the loader (which is stopped before any code runs)."""
+    from siren import backbones
+
+    seen = {}
+
+    def fake_load(model, **kw):
+        seen.update(kw)
+        raise SirenError("stop here")
+
+    monkeypatch.setattr(backbones, "load_backbone", fake_load)
+    argv = env.train() if command == "train" else [
+        "extract", "--model", str(env.tiny), "--datasets", "aegis", "--data_dir", str(env.data),
+        "--cache_dir", str(env.cache), "--max_length", "32"]
+    assert main(argv + ["--trust_remote_code"]) == 2
+    assert seen.get("trust_remote_code") is True
+    seen.clear()
+    assert main(argv) == 2
+    assert seen.get("trust_remote_code") is False

@@ -47,6 +47,7 @@ def add_arguments(p) -> None:
     p.add_argument("--dtype", help="backbone dtype (default: the training run's)")
     p.add_argument("--device")
     p.add_argument("--cache_dir")
+    p.add_argument("--trust_remote_code", action="store_const", const=True, help="run the backbone's own model code (only for backbones whose authors you trust)")
 
 
 def run(args) -> int:
@@ -100,13 +101,13 @@ def pick_cache_dir(args, trained: dict) -> Path:
     return Path(chosen).expanduser() if chosen else default_cache_dir()
 
 
-def backbone_dims(model: str) -> tuple[int, int] | None:
+def backbone_dims(model: str, trust_remote_code: bool = False) -> tuple[int, int] | None:
     """(layers, hidden size) from the backbone's config, without its weights; None when the
     config cannot be read here (e.g. a Hub id offline). Custom-code backbones are refused."""
     from siren.backbones import backbone_config
 
     try:
-        cfg = backbone_config(model)
+        cfg = backbone_config(model, trust_remote_code=trust_remote_code)
     except SirenError as err:
         if "--trust_remote_code" in str(err) or "unknown backbone" in str(err):
             raise
@@ -172,7 +173,8 @@ def evaluate(args) -> dict:
     checks.check_writable_dir(pick_cache_dir(args, trained), "--cache_dir")
     # The checks `siren score` makes when it loads the backbone, made here from its config alone
     # (no weights); if the config cannot be read (an offline Hub id), on the cached features.
-    dims = backbone_dims(model)
+    trust_remote_code = bool(args.trust_remote_code or trained.get("trust_remote_code"))
+    dims = backbone_dims(model, trust_remote_code)
     if dims is not None:
         check_backbone(config, SimpleNamespace(num_layers=dims[0], hidden_size=dims[1]), str(folder))
     datasets = list(args.datasets or trained.get("datasets") or [])
@@ -210,7 +212,8 @@ def evaluate(args) -> dict:
                             batch_tokens=pick("batch_tokens", defaults["batch_tokens"]),
                             batch_size=pick("batch_size", defaults["batch_size"]), dtype=pick("dtype"),
                             device=pick("device"), cache_dtype=trained.get("cache_dtype", defaults["cache_dtype"]),
-                            max_length=int(config["inference"]["max_length"]), **split_kw)
+                            max_length=int(config["inference"]["max_length"]),
+                            trust_remote_code=trust_remote_code, **split_kw)
 
     def scores_of(key):
         fs = load_features(paths[key])

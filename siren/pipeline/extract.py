@@ -351,7 +351,8 @@ def _stale_folders(cache_dir, model: str, wanted: dict[str, dict], world: int) -
 def ensure_features(model: str, datasets: list[str], *, splits=("train", "validation", "test"),
                     pooling_types=("residual_mean",), data_dir=None, seed=42, val_ratio=0.2, max_per_split=None,
                     cache_dir=None, batch_tokens=None, batch_size=None, dtype=None, device=None,
-                    cache_dtype="float16", max_length=512, backbone=None) -> dict[tuple[str, str, str], CacheEntry]:
+                    cache_dtype="float16", max_length=512, backbone=None,
+                    trust_remote_code: bool = False) -> dict[tuple[str, str, str], CacheEntry]:
     """(dataset, split, pooling type) -> finished cache folder, extracting what is missing, stale
     or damaged.
 
@@ -377,7 +378,7 @@ def ensure_features(model: str, datasets: list[str], *, splits=("train", "valida
             from siren.backbones import load_backbone
 
             t = time.time()
-            loaded[0] = load_backbone(model, device=device, dtype=dtype)
+            loaded[0] = load_backbone(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
             log(f"loaded backbone {model} ({source.model_id}) on {device} in {time.time() - t:.1f} s")
         return loaded[0]
 
@@ -415,7 +416,7 @@ def ensure_features(model: str, datasets: list[str], *, splits=("train", "valida
 # --------------------------------------------------------------------------- CLI: siren extract
 
 CLI_KEYS = ["model", "datasets", "data_dir", "max_per_split", "seed", "val_ratio", "pooling_types", "batch_size",
-            "batch_tokens", "dtype", "cache_dtype", "max_length", "cache_dir", "device"]
+            "batch_tokens", "dtype", "cache_dtype", "max_length", "cache_dir", "device", "trust_remote_code"]
 
 
 def add_arguments(parser) -> None:
@@ -437,6 +438,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max_length", type=int)
     parser.add_argument("--cache_dir", help="default: $SIREN_CACHE/features")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument("--trust_remote_code", action="store_const", const=True, help="run the backbone's own model code (only for backbones whose authors you trust)")
 
 
 def run(args) -> int:
@@ -468,7 +470,8 @@ def extract(cfg: dict, splits) -> list[CacheEntry]:
                               data_dir=cfg["data_dir"], seed=cfg["seed"], val_ratio=cfg["val_ratio"],
                               max_per_split=cfg["max_per_split"], cache_dir=cfg["cache_dir"],
                               batch_tokens=cfg["batch_tokens"], batch_size=cfg["batch_size"], dtype=cfg["dtype"],
-                              device=cfg["device"], cache_dtype=cfg["cache_dtype"], max_length=cfg["max_length"])
+                              device=cfg["device"], cache_dtype=cfg["cache_dtype"], max_length=cfg["max_length"],
+                              trust_remote_code=bool(cfg["trust_remote_code"]))
     rank, world = distributed.rank_world()
     distributed.shutdown(world)
     return list(entries.values()) if rank == 0 else []

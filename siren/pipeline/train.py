@@ -43,7 +43,7 @@ from siren.log import log
 TRAIN_KEYS = ["model", "datasets", "data_dir", "max_per_split", "seed", "val_ratio", "pooling_types", "c_values",
               "selection_thresholds", "n_trials", "n_folds", "n_jobs", "storage", "study_name", "batch_size",
               "batch_tokens", "dtype", "device", "cache_dtype", "cache_dir", "max_length", "max_epochs", "patience",
-              "head_batch_size", "decision_threshold", "out_dir", "layer_weight_floor"]
+              "head_batch_size", "decision_threshold", "out_dir", "layer_weight_floor", "trust_remote_code"]
 # Files a run writes whose names do not depend on its settings, plus those an evaluation adds:
 # when a new run lands in a folder, the ones it did not write are removed (they describe another guard).
 RUN_FILES = ("splits.json", "siren_config.json", "siren.safetensors", "best_model.pkl", "results.json", "layers.png",
@@ -70,6 +70,8 @@ def add_arguments(p) -> None:
     p.add_argument("--batch_tokens", type=int, help="extraction: padded tokens per forward")
     p.add_argument("--dtype", help="backbone dtype: float32 or bfloat16 (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--trust_remote_code", action="store_const", const=True,
+                   help="run the backbone's own model code (only for backbones whose authors you trust)")
     p.add_argument("--cache_dtype", choices=["float16", "float32"])
     p.add_argument("--cache_dir", help="feature cache (default: $SIREN_CACHE/features)")
     p.add_argument("--max_length", type=int)
@@ -204,7 +206,8 @@ def extract_features(cfg: dict, split_kw: dict) -> dict:
     return ensure_features(cfg["model"], cfg["datasets"], pooling_types=cfg["pooling_types"],
                            cache_dir=cfg["cache_dir"], batch_tokens=cfg["batch_tokens"], batch_size=cfg["batch_size"],
                            dtype=cfg["dtype"], device=cfg["device"], cache_dtype=cfg["cache_dtype"],
-                           max_length=cfg["max_length"], **split_kw)
+                           max_length=cfg["max_length"], trust_remote_code=bool(cfg["trust_remote_code"]),
+                           **split_kw)
 
 
 def fit_probes(cfg: dict, train_split, val_split):
