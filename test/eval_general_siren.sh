@@ -5,6 +5,7 @@
 # configs/defaults.yaml; an unset or empty variable passes no flag. E.g.
 #   MODEL=qwen3-0.6b EXTRA_DATASETS="xstest advbench" bash test/eval_general_siren.sh
 set -euo pipefail
+set -f  # list variables (C_VALUES="200 500 1000") are split into words, never expanded as globs
 
 MODEL="${MODEL:-}"                    # the backbone the guard was trained on, or a guard folder
 DATASETS="${DATASETS:-}"              # default: the datasets the guard was trained on

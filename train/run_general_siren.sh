@@ -8,6 +8,7 @@
 #   DATASETS="aegis beavertails" DATA_DIR=../shared/data/siren bash train/run_general_siren.sh
 # Further flags are passed through: bash train/run_general_siren.sh --out_dir runs/x
 set -euo pipefail
+set -f  # list variables (C_VALUES="200 500 1000") are split into words, never expanded as globs
 
 MODEL="${MODEL:-}"                    # registry name (configs/backbones.yaml), local folder or Hub id
 DATASETS="${DATASETS:-}"              # training datasets; unset: the paper's list (with a data dir: those it has)

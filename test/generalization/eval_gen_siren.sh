@@ -5,6 +5,7 @@
 #   MODEL=qwen3-4b bash test/generalization/eval_gen_siren.sh
 #   MODEL=path/to/guard DATA_FILE=~/data/Qwen3GuardTest/thinking.jsonl bash test/generalization/eval_gen_siren.sh
 set -euo pipefail
+set -f  # list variables (C_VALUES="200 500 1000") are split into words, never expanded as globs
 
 MODEL="${MODEL:-smollm2-135m}"        # a guard folder, or the backbone whose trained guard to read
 SPLIT="${SPLIT:-thinking}"            # Qwen3GuardTest split

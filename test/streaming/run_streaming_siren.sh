@@ -8,6 +8,7 @@
 #   SOURCE=jsonl DATA_FILE=../shared/data/siren/beavertails/test.jsonl IDS_FROM=path/to/guard/splits.json \
 #     IDS_DATASET=beavertails WITH_PROMPT=1 MODEL=path/to/guard bash test/streaming/run_streaming_siren.sh
 set -euo pipefail
+set -f  # list variables (C_VALUES="200 500 1000") are split into words, never expanded as globs
 
 MODEL="${MODEL:-smollm2-135m}"        # a guard folder, or the backbone whose trained guard to read
 SOURCE="${SOURCE:-qwen3guardtest}"    # qwen3guardtest | jsonl (SIREN-ready rows: prompt, response, label)
