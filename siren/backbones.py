@@ -173,7 +173,11 @@ _CPU_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
 
 def _cpu_flags() -> set[str]:
-    """The CPU feature flags Linux reports (empty elsewhere: then no native bf16 is assumed)."""
+    """The CPU feature flags Linux reports (empty elsewhere: then no native bf16 is assumed).
+    ``SIREN_CPU_FLAGS`` (space-separated, may be empty) replaces them: the tests set it so that
+    ``auto`` means fp32 on every host, subprocesses included."""
+    if "SIREN_CPU_FLAGS" in os.environ:
+        return set(os.environ["SIREN_CPU_FLAGS"].split())
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

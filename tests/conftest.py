@@ -12,6 +12,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import save_tiny  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+# dtype "auto" must not depend on the host: no native bf16 (so fp32 on CPU) in every test and
+# every subprocess a test starts (tests that need a capability mock siren.backbones._cpu_flags).
+os.environ["SIREN_CPU_FLAGS"] = ""
 
 
 @pytest.fixture(scope="session")

@@ -41,9 +41,17 @@ def test_says_what_it_picked_once(monkeypatch, capsys):
 
 
 def test_cpu_flags_parses_proc_cpuinfo(monkeypatch, tmp_path):
+    monkeypatch.delenv("SIREN_CPU_FLAGS", raising=False)
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 amx_bf16\n\nprocessor\t: 1\n")
     real_open = open
     monkeypatch.setattr("builtins.open",
                         lambda p, *a, **k: real_open(info if p == "/proc/cpuinfo" else p, *a, **k))
     assert backbones._cpu_flags() == {"fpu", "sse", "avx2", "amx_bf16"}
+
+
+def test_env_replaces_the_probe(monkeypatch):
+    monkeypatch.setenv("SIREN_CPU_FLAGS", "avx2 amx_bf16")
+    assert backbones.auto_dtype("cpu")[0] == "bfloat16"
+    monkeypatch.setenv("SIREN_CPU_FLAGS", "")
+    assert backbones.auto_dtype("cpu")[0] == "float32"
