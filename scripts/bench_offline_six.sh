@@ -84,6 +84,8 @@ stages.append(("total (train + eval)", total_ours, ref["total_wall_s"]))
 cfg = res["config"]
 print(f"\noffline-six: {cfg['model']}, dtype {json.loads((out / 'siren_config.json').read_text()).get('siren', {}).get('dtype')}, "
       f"caps {cfg.get('max_per_split') or 'protocol rows'}, {cfg['n_trials']} trials x {cfg['n_folds']} folds, seed {cfg['seed']}, cold cache")
+if cfg.get("max_per_split"):
+    print("(rows capped below the protocol's: times and F1 are not comparable with the authors')")
 print(f"{'stage':22s} {'ours_s':>9s} {'theirs_s':>9s} {'theirs/ours':>11s}")
 for name, o, t in stages:
     print(f"{name:22s} {o:9.1f} {t:9.1f} {t / max(o, 1e-9):10.1f}x")

@@ -205,7 +205,11 @@ _CPU_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
 
 def _cpu_flags() -> set[str]:
-    """The CPU feature flags Linux reports (empty elsewhere: then no native bf16 is assumed)."""
+    """The CPU feature flags Linux reports (empty elsewhere: then no native bf16 is assumed).
+    ``SIREN_CPU_FLAGS`` (space-separated, may be empty) replaces them: the tests set it so that
+    ``auto`` means fp32 on every host, subprocesses included."""
+    if "SIREN_CPU_FLAGS" in os.environ:
+        return set(os.environ["SIREN_CPU_FLAGS"].split())
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -230,8 +234,6 @@ def auto_dtype(device: str) -> tuple[str, str]:
             return "bfloat16", f"{device} supports bf16"
         return "float32", f"{device} has no native bf16"
     if device == "cpu" or device.startswith("cpu:"):
-        if os.environ.get("SIREN_CPU_BF16") == "0":  # e.g. the test suite: the same numbers on every CPU
-            return "float32", "SIREN_CPU_BF16=0"
         native = sorted(_CPU_BF16_FLAGS & _cpu_flags())
         if native:
             return "bfloat16", f"CPU has native bf16 ({', '.join(native)})"

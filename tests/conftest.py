@@ -12,10 +12,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import save_tiny  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+# dtype "auto" must not depend on the host: no native bf16 (so fp32 on CPU) in every test and
+# every subprocess a test starts (tests that need a capability mock siren.backbones._cpu_flags).
+os.environ["SIREN_CPU_FLAGS"] = ""
 
-# dtype "auto" picks bf16 on CPUs with native bf16 (AMX / AVX512-BF16) and fp32 elsewhere; the
-# suite compares scores with fp32 computations, so it runs fp32 on every CPU (subprocesses too).
-os.environ["SIREN_CPU_BF16"] = "0"
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,6 @@ import torch
 from siren import backbones
 
 
-@pytest.fixture(autouse=True)
-def _probe_the_cpu(monkeypatch):
-    monkeypatch.delenv("SIREN_CPU_BF16", raising=False)   # conftest pins fp32 for the rest of the suite
-
-
 @pytest.mark.parametrize("flags, expected", [
     ({"avx2", "fma", "avx512f"}, "float32"),                     # AVX2/AVX-512 without bf16
     ({"avx2", "avx512f", "avx512_bf16"}, "bfloat16"),
@@ -46,6 +41,7 @@ def test_says_what_it_picked_once(monkeypatch, capsys):
 
 
 def test_cpu_flags_parses_proc_cpuinfo(monkeypatch, tmp_path):
+    monkeypatch.delenv("SIREN_CPU_FLAGS", raising=False)
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 amx_bf16\n\nprocessor\t: 1\n")
     real_open = open
@@ -54,7 +50,8 @@ def test_cpu_flags_parses_proc_cpuinfo(monkeypatch, tmp_path):
     assert backbones._cpu_flags() == {"fpu", "sse", "avx2", "amx_bf16"}
 
 
-def test_env_pins_fp32_on_cpu(monkeypatch):
-    monkeypatch.setattr(backbones, "_cpu_flags", lambda: {"amx_bf16"})
-    monkeypatch.setenv("SIREN_CPU_BF16", "0")
-    assert backbones.auto_dtype("cpu") == ("float32", "SIREN_CPU_BF16=0")
+def test_env_replaces_the_probe(monkeypatch):
+    monkeypatch.setenv("SIREN_CPU_FLAGS", "avx2 amx_bf16")
+    assert backbones.auto_dtype("cpu")[0] == "bfloat16"
+    monkeypatch.setenv("SIREN_CPU_FLAGS", "")
+    assert backbones.auto_dtype("cpu")[0] == "float32"

@@ -433,7 +433,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch_tokens", type=int,
                         help=f"padded tokens per batch (default: {CPU_BATCH_TOKENS} on CPU, {GPU_BATCH_TOKENS} on GPU)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                        help="the backbone's dtype (default: bfloat16 on GPU, float32 on CPU)")
+                        help="the backbone's dtype (default: auto, bfloat16 where the device runs it natively, else float32)")
     parser.add_argument("--cache_dtype", choices=sorted(CACHE_DTYPES))
     parser.add_argument("--max_length", type=int)
     parser.add_argument("--cache_dir", help="default: $SIREN_CACHE/features")

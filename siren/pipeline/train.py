@@ -68,7 +68,7 @@ def add_arguments(p) -> None:
     p.add_argument("--study_name")
     p.add_argument("--batch_size", type=int, help="extraction: texts per forward at most")
     p.add_argument("--batch_tokens", type=int, help="extraction: padded tokens per forward")
-    p.add_argument("--dtype", help="backbone dtype: float32 or bfloat16 (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--dtype", help="backbone dtype: float32, bfloat16 or float16 (default: auto, bf16 where the device runs it natively, else fp32)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--trust_remote_code", action="store_const", const=True,
                    help="run the backbone's own model code (only for backbones whose authors you trust)")

@@ -129,7 +129,7 @@ class SirenGuard:
         """Load a guard folder (ours or `llm-siren`'s format) or a Hub repo holding one.
 
         device: "cpu", "cuda", ... (default: cuda if available). dtype: backbone dtype (default:
-        the dtype recorded at training, else float32 on CPU, bfloat16 on GPU). backbone: an already loaded Backbone to reuse.
+        the dtype recorded at training, else auto: bfloat16 where the device runs it natively, else float32). backbone: an already loaded Backbone to reuse.
         """
         config_path, weights_path = _artifact_files(folder_or_hub_id)
         config = load_config_file(config_path)
@@ -137,7 +137,7 @@ class SirenGuard:
         head = build_head(config, state)
         if backbone is None:
             # Default dtype: the one the guard was trained with (so the served model is the evaluated
-            # one), else float32 on CPU / bfloat16 on GPU.
+            # one), else auto (bf16 only where native).
             dtype = _dtype_name(dtype) or (config.get("siren") or {}).get("dtype")
             kwargs = dict(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
             kwargs["revision"] = config["base_model"].get("revision")

@@ -34,7 +34,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--decision_threshold", "--threshold", dest="threshold", type=float,
                         help="score >= this is harmful (default: the guard's)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--dtype", help="backbone dtype (default: the one the guard was trained with, else float32 on CPU, bfloat16 on GPU)")
+    parser.add_argument("--dtype", help="backbone dtype (default: the one the guard was trained with, else auto: bfloat16 where the device runs it natively, else float32)")
     parser.add_argument("--batch_size", type=int, default=32, help="texts per forward at most (default 32)")
     parser.add_argument("--batch_tokens", type=int, default=16384, help="padded tokens per forward at most")
     parser.add_argument("--trust_remote_code", action="store_true")
