@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,20 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_extract import sample_texts  # noqa: E402  (n texts drawn, seeded, from the data dir)
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def sample_texts(n: int, seed: int, data_dir: str | None) -> list[str]:
-    """n texts drawn (seeded) from the rows of every dataset folder in the data dir."""
-    from siren.data import load_source
-
-    root = Path(data_dir or os.environ.get("SIREN_DATA_DIR") or REPO.parent / "shared" / "data" / "siren")
-    texts = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for frame in load_source(folder.name, root).values():
-            texts.extend(frame["text"].tolist())
-    rng = np.random.default_rng(seed)
-    return [texts[i] for i in rng.choice(len(texts), size=min(n, len(texts)), replace=False)]
 
 
 def timed(fn) -> tuple[float, object]:
