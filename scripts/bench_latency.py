@@ -25,7 +25,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_extract import sample_texts  # noqa: E402  (n texts drawn, seeded, from the data dir)
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def timed(fn) -> tuple[float, object]:
