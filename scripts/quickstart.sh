@@ -11,7 +11,6 @@ export MODEL="${MODEL:-smollm2-135m}"
 export MAX_PER_SPLIT="${MAX_PER_SPLIT:-150}"  # rows per split and dataset: ~5 minutes of extraction on 2 cores
 export N_TRIALS="${N_TRIALS:-8}"
 export N_FOLDS="${N_FOLDS:-3}"
-OFFLINE_DATASETS="toxic_chat openai_moderation aegis wildguard safe_rlhf beavertails"
 HARMFUL_ONLY="advbench harmbench simple_safety_tests"
 
 if [ -n "${SIREN_DATA_DIR:-}" ]; then
@@ -21,11 +20,8 @@ if [ -n "${SIREN_DATA_DIR:-}" ]; then
   fi
   export SIREN_DATA_DIR="$(cd "$SIREN_DATA_DIR" && pwd)"
   export DATA_DIR="$SIREN_DATA_DIR"
-  # Only the datasets present offline (aegis2 has no public offline copy).
-  AVAILABLE=""
-  for d in $OFFLINE_DATASETS; do [ -d "$SIREN_DATA_DIR/$d" ] && AVAILABLE="$AVAILABLE $d"; done
-  export DATASETS="${DATASETS:-${AVAILABLE# }}"
-  [ -n "$DATASETS" ] || { echo "quickstart: no known dataset folders in $SIREN_DATA_DIR" >&2; exit 2; }
+  # DATASETS unset: training takes the paper's list (configs/defaults.yaml) less those without a
+  # folder here (aegis2 has no public offline copy), and names what it left out.
   EXTRA=""
   for d in $HARMFUL_ONLY; do [ -d "$SIREN_DATA_DIR/$d" ] && EXTRA="$EXTRA $d"; done
   export EXTRA_DATASETS="${EXTRA_DATASETS:-${EXTRA# }}"
