@@ -292,7 +292,6 @@ def load_backbone(model: str, *, device: str | None = None, dtype: str | None = 
 
     revision: a Hub revision that overrides the registry's (ignored for local folders).
     """
-    import torch
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     source = resolve(model)

@@ -21,7 +21,7 @@ import numpy as np
 from siren.errors import SirenError
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_save_npy",
-           "fsync_dir", "file_lock"]
+           "fsync_dir", "file_lock", "save_figure"]
 
 
 def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
@@ -53,6 +53,13 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2)
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     buf = io.BytesIO()
     np.save(buf, np.asarray(array), allow_pickle=False)
+    atomic_write(path, buf.getvalue())
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
+    """A matplotlib figure as PNG, all-or-nothing (rendered in memory, then `atomic_write`)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
     atomic_write(path, buf.getvalue())
 
 

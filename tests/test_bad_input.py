@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import os
-import pickle
 import shutil
 import sys
 from dataclasses import dataclass, field

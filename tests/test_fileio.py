@@ -53,3 +53,19 @@ def test_file_lock_refuses_second_writer(tmp_path):
         proc.join(10)
     with file_lock(tmp_path / ".lock", wait=False):   # free again once the holder is gone
         pass
+
+
+def test_save_figure_writes_a_png_and_no_temp(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from siren.fileio import save_figure
+
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [0, 1])
+    save_figure(fig, tmp_path / "f.png", dpi=50)
+    plt.close(fig)
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(os.listdir(tmp_path)) == ["f.png"]

@@ -18,7 +18,6 @@ alike; the metrics are then reported at it, and at the previous one under `at_pr
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
@@ -29,7 +28,7 @@ import numpy as np
 
 from siren import config as cfgmod
 from siren.errors import SirenError
-from siren.fileio import atomic_write, atomic_write_json, atomic_write_text
+from siren.fileio import atomic_write_json, save_figure
 
 AVERAGED = ("f1", "harmful_f1", "accuracy", "precision", "recall", "roc_auc", "pr_auc")
 
@@ -285,7 +284,7 @@ def plot_results(folder: Path, report: dict, curves: dict) -> None:
     ax.set_title(f"SIREN · {report['model']}")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    _save_figure(fig, folder / "roc.png")
+    save_figure(fig, folder / "roc.png")
     plt.close(fig)
 
     names = report["averaged_over"]
@@ -302,14 +301,8 @@ def plot_results(folder: Path, report: dict, curves: dict) -> None:
     ax.set_title(f"SIREN · {report['model']} · decision threshold {report['decision_threshold']:.3g}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save_figure(fig, folder / "f1.png")
+    save_figure(fig, folder / "f1.png")
     plt.close(fig)
-
-
-def _save_figure(fig, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=120, format="png")
-    atomic_write(path, buf.getvalue())
 
 
 def print_table(report: dict) -> None:

@@ -392,7 +392,7 @@ def markdown(report: dict) -> str:
     lines += table("Harmful-class F1 on the test sets (x100)", "harmful_f1", ds)
     lines += table("ROC-AUC on the test sets (x100)", "roc_auc", ds)
     if extras:
-        lines += [f"## Detection rate on the harmful-only sets (%)", "", "| system | " + " | ".join(extras) + " |",
+        lines += ["## Detection rate on the harmful-only sets (%)", "", "| system | " + " | ".join(extras) + " |",
                   "|---|" + "---:|" * len(extras)]
         for n, e in ok.items():
             lines.append(f"| {n} | " + " | ".join(_pct(e["datasets"][d].get("detection_rate")) for d in extras) + " |")
@@ -476,6 +476,8 @@ def plot_roc(path: Path, curves: dict, report: dict) -> None:
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_auc_score, roc_curve
 
+    from siren.fileio import save_figure
+
     fig, ax = plt.subplots(figsize=(6, 5.5))
     for name, (y, s) in curves.items():
         if y.min() == y.max():
@@ -488,10 +490,8 @@ def plot_roc(path: Path, curves: dict, report: dict) -> None:
     ax.set_title(f"{report['model']}: test rows of {len(report['datasets'])} datasets, pooled")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(".roc.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_report(out_dir: Path, report: dict, curves: dict, run) -> None:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -296,7 +296,7 @@ def plot_delays(path: str | Path, results: Sequence[dict], threshold: float, tit
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from siren.fileio import atomic_write
+    from siren.fileio import save_figure
 
     harmful = [r for r in results if r["label"] == 1]
     safe = [r for r in results if r["label"] == 0]
@@ -331,12 +331,8 @@ def plot_delays(path: str | Path, results: Sequence[dict], threshold: float, tit
     right.legend(fontsize=8, loc="lower right")
     fig.suptitle(f"{title} · threshold {threshold:.3g}".strip(" ·"), fontsize=10)
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
-    atomic_write(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------- data

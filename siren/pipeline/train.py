@@ -400,14 +400,13 @@ def _jsonable(o):
 
 def plot_layers(path: Path, grid, n_per_layer: dict[int, int], title: str) -> None:
     """Probe validation F1 per layer (line, one per C and the chosen) and selected neurons per layer (bars)."""
-    import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from siren.fileio import atomic_write
+    from siren.fileio import save_figure
 
     L = len(grid.val_f1)
     layers = np.arange(L)
@@ -423,10 +422,8 @@ def plot_layers(path: Path, grid, n_per_layer: dict[int, int], title: str) -> No
     ax2.set_ylabel("selected neurons")
     ax2.set_xlabel("layer")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
-    atomic_write(path, buf.getvalue())
 
 
 def print_summary(results: dict) -> None:
