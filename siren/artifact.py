@@ -37,7 +37,7 @@ import torch
 
 from siren.errors import SirenError
 from siren.features import POOLING_TYPES
-from siren.fileio import atomic_write, fsync_dir
+from siren.fileio import atomic_write, fsync_dir, jsonable
 
 CONFIG_NAME = "siren_config.json"
 WEIGHTS_NAME = "siren.safetensors"
@@ -68,23 +68,6 @@ def head_layout(input_dim: int, layer_dims: list[int], dropout_rates: list[float
 
 def _json_bytes(obj: dict) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-
-
-def _jsonable(value: Any) -> Any:
-    """numpy scalars/arrays and tuples -> plain JSON values (for `extra`)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    raise SirenError(f"guard config value {value!r} ({type(value).__name__}) cannot be written to JSON")
 
 
 # ---------------------------------------------------------------- save
@@ -134,7 +117,7 @@ def build_config(*, base_model_id: str, revision: str | None, pooling_type: str,
             "num_classes": 2,
         },
         "inference": {"max_length": int(max_length), "default_threshold": float(threshold)},
-        "siren": {**_jsonable(dict(extra or {})), "format_version": FORMAT_VERSION},
+        "siren": {**jsonable(dict(extra or {})), "format_version": FORMAT_VERSION},
     }
     validate_config(config, source="the guard being saved")
     return config

@@ -8,6 +8,7 @@ reader sees the old file or the new one, never half of one, whatever kills the w
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import io
 import json
@@ -21,7 +22,7 @@ import numpy as np
 from siren.errors import SirenError
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_save_npy",
-           "fsync_dir", "file_lock", "save_figure"]
+           "fsync_dir", "file_lock", "save_figure", "jsonable"]
 
 
 def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
@@ -39,6 +40,26 @@ def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Non
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def jsonable(value: Any) -> Any:
+    """numpy arrays and scalars, dataclasses, Paths and tuples -> plain JSON values; a value of any
+    other type is a SirenError (a bug to surface, not a repr to write)."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable(dataclasses.asdict(value))
+    if isinstance(value, Path):
+        return str(value)
+    raise SirenError(f"value {value!r} ({type(value).__name__}) cannot be written to JSON")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -69,3 +69,21 @@ def test_save_figure_writes_a_png_and_no_temp(tmp_path):
     plt.close(fig)
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(os.listdir(tmp_path)) == ["f.png"]
+
+
+def test_jsonable_converts_and_refuses():
+    from dataclasses import dataclass
+    from pathlib import Path
+
+    from siren.fileio import jsonable
+
+    @dataclass
+    class P:
+        token: int
+        score: float
+
+    got = jsonable({1: (np.float32(0.5), np.arange(2)), "p": P(3, 0.25), "path": Path("/a/b"), "n": None})
+    assert got == {"1": [0.5, [0, 1]], "p": {"token": 3, "score": 0.25}, "path": "/a/b", "n": None}
+    assert json.loads(json.dumps(got)) == got
+    with pytest.raises(SirenError, match="cannot be written to JSON"):
+        jsonable({"x": {1, 2}})

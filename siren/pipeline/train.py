@@ -37,7 +37,7 @@ import numpy as np
 
 from siren import config as cfgmod
 from siren.errors import SirenError
-from siren.fileio import atomic_write_json, file_lock, fsync_dir
+from siren.fileio import atomic_write_json, file_lock, fsync_dir, jsonable
 from siren.log import log
 
 TRAIN_KEYS = ["model", "datasets", "data_dir", "max_per_split", "seed", "val_ratio", "pooling_types", "c_values",
@@ -341,7 +341,7 @@ def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate]
         "note": "offline copies are not the paper's splits: numbers are not comparable with the paper's table"
         if cfg.get("data_dir") or os.environ.get("SIREN_DATA_DIR") else None,
     }
-    atomic_write_json(work / "results.json", _jsonable(results))
+    atomic_write_json(work / "results.json", jsonable(results))
     plot_layers(work / "layers.png", grid, n_per_layer, title=f"{cfg['model']} · {pooling}")
     return results
 
@@ -381,21 +381,6 @@ def train(cfg: dict) -> dict:
                            test, stage.seconds)
     results["out_dir"] = str(out_dir)
     return results
-
-
-def _jsonable(o):
-    """numpy scalars and arrays, Paths and tuples -> plain JSON values."""
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _jsonable(o.tolist())
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    return o
 
 
 def plot_layers(path: Path, grid, n_per_layer: dict[int, int], title: str) -> None:

@@ -48,11 +48,12 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import dataclass, fields
 from importlib import resources
 from typing import Any, Callable, Sequence
 
 from siren.errors import SirenError
+from siren.fileio import jsonable
 
 log = logging.getLogger("siren.serve")
 
@@ -303,21 +304,6 @@ def open_session(guard, prompt: str | None = None, *, debounce: int = 1, thresho
             if hasattr(session, "feed"):
                 return session
     return StatelessSession(guard, prompt, debounce=debounce, threshold=threshold)
-
-
-def _jsonable(value):
-    """session.flagged_at in JSON: None, numbers, dataclasses, mappings, tuples."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(asdict(value))
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item"):  # numpy / torch scalars
-        return value.item()
-    return str(value)
 
 
 # ---------------------------------------------------------------- request parsing (pure functions)
@@ -615,7 +601,7 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
                 msg = await receive()
                 if msg.get("end"):
                     await ws.send_json({"done": True, "chunks": index, "flagged_chunk": flagged_chunk,
-                                        "flagged_at": _jsonable(getattr(session, "flagged_at", None))})
+                                        "flagged_at": jsonable(getattr(session, "flagged_at", None))})
                     await ws.close(code=1000)
                     return
                 chunk = msg.get("chunk")
@@ -635,7 +621,7 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
                     flagged_chunk = index
                 await ws.send_json({"index": index, "score": float(result.score), "is_harmful": bool(result.is_harmful),
                                     "threshold": float(result.threshold), "flagged": flagged_at is not None,
-                                    "flagged_at": _jsonable(flagged_at), "flagged_chunk": flagged_chunk})
+                                    "flagged_at": jsonable(flagged_at), "flagged_chunk": flagged_chunk})
                 index += 1
         except WebSocketDisconnect:
             return
