@@ -269,7 +269,7 @@ def test_bad_input(case, env, capsys, monkeypatch):
         if name in EMITTED_BEFORE:
             results = [json.loads(line) for line in captured.out.splitlines()]
             assert len(results) == EMITTED_BEFORE[name]
-            assert all(0.0 <= r["score"] <= 1.0 and r["threshold"] == 0.5 for r in results)
+            assert all(r["threshold"] == 0.5 and r["is_harmful"] == (r["score"] >= 0.5) for r in results)
     assert len(message.strip().splitlines()) == 1, message
     import re
 

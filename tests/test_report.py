@@ -103,7 +103,9 @@ def test_every_system_is_scored(report):
         e = res["systems"][name]
         assert e["status"] == "ok", (name, e)
         assert set(e["datasets"]) == {"aegis", "toxic_chat", "advbench"}
-        assert 0.0 <= e["datasets"]["advbench"]["detection_rate"] <= 1.0
+        adv = e["datasets"]["advbench"]
+        assert adv["harmful"] == adv["n"] and adv["detection_rate"] * adv["n"] == pytest.approx(
+            round(adv["detection_rate"] * adv["n"]))   # a share of the harmful-only rows
         assert e["latency_ms_per_text"]["batch_1"] > 0 and e["latency_ms_per_text"]["batch_32"] > 0
         f1s = [e["datasets"][d]["f1"] for d in ("aegis", "toxic_chat")]
         assert e["average"]["f1"] == pytest.approx(np.mean(f1s))
@@ -238,3 +240,11 @@ def test_layer_weights_cancel_in_the_head():
     plain, _ = fit_head(Z, y, **kw)
     weighted, _ = fit_head(Z * w, y, **kw)
     np.testing.assert_allclose(predict_proba_head(weighted, Z * w), predict_proba_head(plain, Z), atol=1e-4)
+
+
+def test_metrics_on_a_one_class_set_is_the_share_flagged():
+    from siren.evaluation.report import metrics
+
+    assert metrics(np.ones(4), np.array([1, 0, 1, 1]), np.zeros(4)) == {"n": 4, "harmful": 4, "detection_rate": 0.75}
+    assert metrics(np.zeros(5), np.array([0, 1, 0, 0, 0]), np.zeros(5)) == {"n": 5, "harmful": 0,
+                                                                              "false_positive_rate": 0.2}
