@@ -37,8 +37,14 @@ export DATA_DIR="$WORK/data"
 export DATASETS="toxic_chat openai_moderation aegis wildguard safe_rlhf beavertails"
 export MAX_PER_SPLIT="${MAX_PER_SPLIT:-}"   # empty: every protocol row (already 600/200/300 at most)
 export N_TRIALS="${N_TRIALS:-8}" N_FOLDS="${N_FOLDS:-3}" SEED="${SEED:-42}"
-export C_VALUES="200 500 1000" THRESHOLDS="0.9" REP_TYPES="residual_mean" DTYPE="${DTYPE:-auto}"
+export C_VALUES="200 500 1000" SELECTION_THRESHOLDS="0.9" POOLING_TYPES="residual_mean" DTYPE="${DTYPE:-auto}"
 OUT="$WORK/guard"
+
+# The floor: a bare forward pass of the same backbone over the same rows and batches.
+FLOOR_ARGS=(--model "$MODEL" --data_dir "$DATA_DIR" --datasets $DATASETS)
+[ "$DTYPE" != "auto" ] && FLOOR_ARGS+=(--dtype "$DTYPE")
+[ -n "$MAX_PER_SPLIT" ] && FLOOR_ARGS+=(--max_per_split $MAX_PER_SPLIT)
+"$PY" "$ROOT/scripts/forward_floor.py" "${FLOOR_ARGS[@]}" > "$WORK/floor.json" 2> "$WORK/floor.log"
 
 # Each driver in its own process, timed with its peak RSS (children's ru_maxrss).
 "$PY" - "$ROOT" "$OUT" "$WORK" <<'PY'
@@ -62,12 +68,13 @@ for name, cmd in (("train", ["bash", f"{root}/train/run_general_siren.sh", "--ou
 json.dump(runs, open(f"{work}/runs.json", "w"), indent=2)
 PY
 
-"$PY" - "$PROTOCOL/reference.json" "$OUT" "$WORK/runs.json" <<'PY'
+"$PY" - "$PROTOCOL/reference.json" "$OUT" "$WORK/runs.json" "$WORK/floor.json" <<'PY'
 import json, sys
 from pathlib import Path
 ref = json.load(open(sys.argv[1]))
 out = Path(sys.argv[2])
 runs = json.load(open(sys.argv[3]))
+floor = json.loads(Path(sys.argv[4]).read_text().strip().splitlines()[-1])
 res = json.loads((out / "results.json").read_text())
 ev = json.loads((out / "eval_results.json").read_text())
 ours_t, rt = res["timings_s"], ref["times"]
@@ -89,6 +96,10 @@ if cfg.get("max_per_split"):
 print(f"{'stage':22s} {'ours_s':>9s} {'theirs_s':>9s} {'theirs/ours':>11s}")
 for name, o, t in stages:
     print(f"{name:22s} {o:9.1f} {t:9.1f} {t / max(o, 1e-9):10.1f}x")
+print(f"{'bare forward (floor)':22s} {floor['forward_s']:9.1f} {'':>9s}   "
+      f"({floor['n_texts']} texts, {floor['real_tokens']} tokens, {floor['dtype']})")
+print(f"end to end / floor: {total_ours / floor['forward_s']:.2f}x   extraction / floor: "
+      f"{ours_t.get('extract', 0.0) / floor['forward_s']:.2f}x")
 rss = max(runs["train"]["peak_rss_gib"], runs["eval"]["peak_rss_gib"])
 print(f"{'peak RSS (GiB)':22s} {rss:9.2f} {ref['peak_rss_mib']['overall_mib'] / 1024:9.2f}")
 print(f"\n{'dataset':20s} {'ours F1':>8s} {'theirs F1':>9s} {'diff':>7s}")

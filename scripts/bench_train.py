@@ -156,27 +156,38 @@ def bench(X_tr, y_tr, g_tr, X_va, y_va, g_va, c_values, *, selection_threshold=0
     return out
 
 
-# name -> tune_head settings. "old" is the search before the speed work; "new" the defaults now.
+# name -> head-search settings: tune_head's pruner, width_cap, patience, fused, bf16 (autocast),
+# and scale (multiply each standardised input by its layer weight: scale_by_layer_weight).
+# "old" is the search before the speed work; "new" what configs/defaults.yaml says now.
+_BASE = dict(pruner="median", width_cap=2048, patience=20, fused=True, bf16=False, scale=False)
 HEAD_VARIANTS: dict[str, dict] = {
-    "old": dict(pruner="median", width_cap=2048, patience=20, fused=False),
-    "fused": dict(pruner="median", width_cap=2048, patience=20, fused=True),
-    "fused_w1024": dict(pruner="median", width_cap=1024, patience=20, fused=True),
-    "fused_w512": dict(pruner="median", width_cap=512, patience=20, fused=True),
-    "fused_p10": dict(pruner="median", width_cap=2048, patience=10, fused=True),
-    "fused_halving": dict(pruner="halving", width_cap=2048, patience=20, fused=True),
-    "fused_w512_p10": dict(pruner="median", width_cap=512, patience=10, fused=True),
-    "fused_w512_halving": dict(pruner="halving", width_cap=512, patience=20, fused=True),
-    "fused_w512_p10_halving": dict(pruner="halving", width_cap=512, patience=10, fused=True),
+    "old": {**_BASE, "fused": False},
+    "fused": dict(_BASE),
+    "fused_w1024": {**_BASE, "width_cap": 1024},
+    "fused_w512": {**_BASE, "width_cap": 512},
+    "fused_p10": {**_BASE, "patience": 10},
+    "fused_halving": {**_BASE, "pruner": "halving"},
+    "fused_w512_p10": {**_BASE, "width_cap": 512, "patience": 10},
+    "fused_w512_halving": {**_BASE, "width_cap": 512, "pruner": "halving"},
+    "fused_w512_p10_halving": {**_BASE, "width_cap": 512, "patience": 10, "pruner": "halving"},
+    "halving_p10": {**_BASE, "patience": 10, "pruner": "halving"},
+    "halving_p10_bf16": {**_BASE, "patience": 10, "pruner": "halving", "bf16": True},
+    "halving_p10_bf16_scaled": {**_BASE, "patience": 10, "pruner": "halving", "bf16": True, "scale": True},
+    "bf16": {**_BASE, "bf16": True},
+    "bf16_scaled": {**_BASE, "bf16": True, "scale": True},
 }
 
 
 def _new_variant() -> dict:
-    import inspect
+    """The defaults of configs/defaults.yaml as a variant (head_dtype null: what this CPU runs natively)."""
+    from siren.backbones import auto_dtype
+    from siren.config import defaults as load_defaults
 
-    from siren.pipeline.tune import tune_head
-
-    sig = inspect.signature(tune_head).parameters
-    return {k: sig[k].default for k in ("pruner", "width_cap", "patience", "fused")}
+    d = load_defaults()
+    bf16 = d["head_dtype"] in ("bfloat16", "bf16") or (d["head_dtype"] in (None, "auto")
+                                                         and auto_dtype("cpu")[0] == "bfloat16")
+    return dict(pruner=d["pruner"], width_cap=d["head_width_cap"], patience=d["patience"], fused=True,
+                bf16=bf16, scale=bool(d["scale_by_layer_weight"]))
 
 
 HEAD_VARIANTS["new"] = _new_variant()
@@ -193,8 +204,9 @@ def holdout_split(y, g, share: float, seed: int):
 
 
 def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, max_epochs: int,
-                 seed: int, holdout: float = 0.0) -> list[dict]:
-    """Run tune_head once per variant on Z (n, k); -> one dict per variant (JSON-ready)."""
+                 seed: int, holdout: float = 0.0, colw: np.ndarray | None = None) -> list[dict]:
+    """Run tune_head once per variant on Z (n, k); colw (k,) each column's layer weight (for
+    the "scale" variants); -> one dict per variant (JSON-ready)."""
     from siren.metrics import mean_group_macro_f1
     from siren.mlp import predict_proba_head
     from siren.pipeline.head import ensemble_heads, fit_head
@@ -211,9 +223,13 @@ def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, m
     rows = []
     for name in variants:
         kw = HEAD_VARIANTS[name]
+        if kw["scale"] and colw is None:
+            raise SystemExit(f"variant {name} scales by layer weight: the data has no column weights")
+        tkw = {k: v for k, v in kw.items() if k != "scale"}
+        scale = colw if kw["scale"] else None
         t = time.perf_counter()
         res = tune_head(Zs, ys, gs, n_trials=n_trials, n_folds=n_folds, seed=seed,
-                        max_epochs=max_epochs, progress=False, **kw)
+                        max_epochs=max_epochs, progress=False, column_scale=scale, **tkw)
         row = {"variant": name, **kw, "search_s": time.perf_counter() - t,
                "cv_f1": res.best_value, "n_pruned": res.n_pruned,
                "n_complete": res.n_trials_complete, "best_params": res.best_params,
@@ -224,7 +240,8 @@ def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, m
             epochs = max(1, int(round(res.best_epochs or max_epochs)))
             t = time.perf_counter()
             refit, _ = fit_head(Zs, ys, layer_dims=p["layer_dims"], dropout_rates=p["dropout_rates"],
-                                lr=p["lr"], seed=seed, max_epochs=epochs, fused=kw["fused"])
+                                lr=p["lr"], seed=seed, max_epochs=epochs, fused=kw["fused"],
+                                bf16=kw["bf16"], column_scale=scale)
             row["refit_s"] = time.perf_counter() - t
             f1 = lambda m: float(mean_group_macro_f1(    # noqa: E731
                 y[held], (predict_proba_head(m, Z[held]) >= 0.5).astype(np.int64), g[held]))
@@ -239,7 +256,7 @@ def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, m
 
 def head_table(rows: list[dict]) -> str:
     base = rows[0]
-    head = ["variant", "pruner", "w_cap", "pat", "fused", "search_s", "x_first", "cv_f1",
+    head = ["variant", "pruner", "w_cap", "pat", "fused", "bf16", "scale", "search_s", "x_first", "cv_f1",
             "d_cv", "pruned"]
     has_ho = "holdout_f1_refit" in base
     if has_ho:
@@ -247,6 +264,7 @@ def head_table(rows: list[dict]) -> str:
     out = [head]
     for r in rows:
         line = [r["variant"], r["pruner"], str(r["width_cap"]), str(r["patience"]), str(r["fused"]),
+                str(r["bf16"]), str(r["scale"]),
                 f"{r['search_s']:.1f}", f"{base['search_s'] / r['search_s']:.2f}",
                 f"{r['cv_f1']:.4f}", f"{r['cv_f1'] - base['cv_f1']:+.4f}", str(r["n_pruned"])]
         if has_ho:
@@ -333,6 +351,7 @@ def main(argv=None) -> int:
         if a.aggregated:
             d = np.load(a.aggregated)
             Z, y, g = d["Z"].astype(np.float32), d["y"], d["g"]
+            colw = d["colw"] if "colw" in d.files else None
         else:
             tr, va = (cached_run(a.run, a.pooling_type) if a.run else None), None
             if tr is None:
@@ -346,12 +365,13 @@ def main(argv=None) -> int:
             sel, w = select_neurons(grid.coef, a.selection_threshold), layer_weights(grid.val_f1)
             Z = np.concatenate([aggregate(tr[0], sel, w), aggregate(va[0], sel, w)])
             y, g = np.concatenate([tr[1], va[1]]), np.concatenate([tr[2], va[2]])
+            colw = np.concatenate([np.full(len(sel[l]), w[l]) for l in sorted(sel)])
         if a.save_aggregated:
-            np.savez(a.save_aggregated, Z=Z.astype(np.float16), y=y, g=g)
+            np.savez(a.save_aggregated, Z=Z.astype(np.float16), y=y, g=g, colw=colw)
             print(f"wrote {a.save_aggregated}: Z {Z.shape}")
             return 0
         rows = head_compare(Z, y, g, a.variants, n_trials=a.trials, n_folds=a.folds,
-                            max_epochs=a.head_epochs, seed=a.seed, holdout=a.holdout)
+                            max_epochs=a.head_epochs, seed=a.seed, holdout=a.holdout, colw=colw)
         r = {"head_compare": rows, "shape": list(Z.shape), "threads": torch.get_num_threads(),
              "trials": a.trials, "folds": a.folds, "max_epochs": a.head_epochs,
              "holdout": a.holdout, "seed": a.seed}

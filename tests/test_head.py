@@ -126,3 +126,50 @@ def test_ensemble_heads_is_the_mean_of_the_logits():
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError):
         ensemble_heads([heads[0], MLPHead(X.shape[1], [8, 8], [0.1, 0.1])])
+
+
+def _unfold(model, mean, std):
+    """The first Linear before fold_standardisation: W = W' * std, b = b' + W' @ mean."""
+    first = model.network[0]
+    W = first.weight.detach().double()
+    return (W * torch.as_tensor(std, dtype=torch.float64)[None, :],
+            first.bias.detach().double() + W @ torch.as_tensor(mean, dtype=torch.float64))
+
+
+def test_column_scale_multiplies_standardised_inputs_and_is_folded():
+    X, y, g = toy(200)
+    kw = dict(layer_dims=[16, 8], dropout_rates=[0.2, 0.2], lr=1e-3, seed=3, max_epochs=3)
+    plain, hp = fit_head(X, y, **kw)
+    ones, h1 = fit_head(X, y, column_scale=np.ones(X.shape[1]), **kw)
+    # all-ones is exactly no scaling
+    for (k, a), b in zip(plain.state_dict().items(), ones.state_dict().values()):
+        assert torch.equal(a, b), k
+    scale = np.linspace(0.1, 1.0, X.shape[1])
+    scaled, hs = fit_head(X, y, column_scale=scale, **kw)
+    # the effective divisor is std / scale, and the returned head still takes raw features:
+    # unfolding with that divisor gives back a first layer that sees scale * standardised x
+    np.testing.assert_allclose(hs["std"], hp["std"] / scale, rtol=1e-6)
+    W, b = _unfold(scaled, hs["mean"], hs["std"])
+    z = (X - hs["mean"]) / hp["std"] * scale                     # scale * standardised x
+    with torch.no_grad():
+        first = torch.from_numpy(z).double() @ W.T + b
+        import copy
+        twin = copy.deepcopy(scaled).double()        # .double() converts in place: on a copy
+        ref = twin.network[1:](first).float()
+        got = twin(torch.from_numpy(X).double()).float()
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(predict_proba_head(scaled, X), predict_proba_head(plain, X))
+    with pytest.raises(ValueError, match="column_scale"):
+        fit_head(X, y, column_scale=np.zeros(X.shape[1]), **kw)
+
+
+def test_bf16_autocast_is_deterministic_and_learns():
+    X, y, g = toy(400)
+    kw = dict(layer_dims=[32, 16], dropout_rates=[0.2, 0.2], lr=3e-3, seed=0, max_epochs=40,
+              patience=10, batch_size=32, X_val=X[300:], y_val=y[300:], groups_val=g[300:])
+    a, ha = fit_head(X[:300], y[:300], bf16=True, **kw)
+    b, _ = fit_head(X[:300], y[:300], bf16=True, **kw)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert va.dtype == torch.float32 and torch.equal(va, vb), k    # weights stay fp32
+    f, hf = fit_head(X[:300], y[:300], bf16=False, **kw)
+    assert ha["best_val_f1"] > 0.85 and abs(ha["best_val_f1"] - hf["best_val_f1"]) < 0.05

@@ -27,6 +27,11 @@ N_TRIALS="${N_TRIALS:-}"              # Optuna trials
 N_FOLDS="${N_FOLDS:-}"                # k-fold CV on train+validation
 N_JOBS="${N_JOBS:-}"                  # parallel trials in this process
 HEAD_BATCH_SIZE="${HEAD_BATCH_SIZE:-}"  # the MLP head's mini-batch
+PRUNER="${PRUNER:-}"                  # head search pruner: median | halving | none
+HEAD_WIDTH_CAP="${HEAD_WIDTH_CAP:-}"  # largest first hidden width the head search tries
+HEAD_DTYPE="${HEAD_DTYPE:-}"          # head training: float32 | bfloat16 | auto (bf16 where native)
+FINAL_HEAD="${FINAL_HEAD:-}"          # refit | ensemble (mean of the best configuration's CV fold heads)
+SCALE_BY_LAYER_WEIGHT="${SCALE_BY_LAYER_WEIGHT:-}"  # 1 | 0: multiply standardised head inputs by their layer weight
 DECISION_THRESHOLD="${DECISION_THRESHOLD:-}"  # score >= this is harmful
 STORAGE="${STORAGE:-}"                # Optuna storage shared by workers (sqlite:///x.db, x.journal, RDB URL)
 STUDY_NAME="${STUDY_NAME:-}"
@@ -59,6 +64,16 @@ flag --n_trials "$N_TRIALS"
 flag --n_folds "$N_FOLDS"
 flag --n_jobs "$N_JOBS"
 flag --head_batch_size "$HEAD_BATCH_SIZE"
+flag --pruner "$PRUNER"
+flag --head_width_cap "$HEAD_WIDTH_CAP"
+flag --head_dtype "$HEAD_DTYPE"
+flag --final_head "$FINAL_HEAD"
+case "$SCALE_BY_LAYER_WEIGHT" in
+  "") ;;
+  1|true|yes) ARGS+=(--scale_by_layer_weight) ;;
+  0|false|no) ARGS+=(--no-scale_by_layer_weight) ;;
+  *) echo "SCALE_BY_LAYER_WEIGHT='$SCALE_BY_LAYER_WEIGHT': use 1 or 0" >&2; exit 2 ;;
+esac
 flag --decision_threshold "$DECISION_THRESHOLD"
 flag --storage "$STORAGE"
 flag --study_name "$STUDY_NAME"

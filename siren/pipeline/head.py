@@ -125,7 +125,8 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
              patience: int = 20, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
              groups_val: np.ndarray | None = None,
              on_epoch: Callable[[int, float], None] | None = None,
-             weight_decay: float = 1e-4, fused: bool = True) -> tuple[MLPHead, dict]:
+             weight_decay: float = 1e-4, fused: bool = True, bf16: bool = False,
+             column_scale: np.ndarray | None = None) -> tuple[MLPHead, dict]:
     """Train the head. X (n, k) raw aggregated features, y (n,) {0,1}.
 
     With X_val/y_val (groups_val (m,) dataset index; one group if omitted): early stopping
@@ -133,7 +134,12 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
     called after every epoch (it may raise, e.g. ``optuna.TrialPruned``; that propagates).
     Without validation: trains exactly ``max_epochs`` epochs. ``fused``: the single-kernel
     AdamW step (same update rule; on CPU it takes about a third of the time of the
-    per-tensor loop, which was half of an epoch for a wide first layer).
+    per-tensor loop, which was half of an epoch for a wide first layer). ``bf16``: forward
+    and backward under CPU/CUDA autocast to bfloat16 (weights and optimizer state stay
+    fp32); only worth it where the device has native bf16 matmuls (about 2x per epoch on
+    AMX cores, several times slower on AVX2-only ones). ``column_scale`` (k,): multiply
+    each standardised column by this (e.g. its layer's weight), so that standardising does
+    not cancel a per-column scale of the raw features; folded into the first Linear too.
 
     Returns (model in eval mode, taking raw features; history dict with ``val_f1`` list,
     ``train_loss`` list, ``best_epoch`` (1-based, number of epochs of the kept state),
@@ -145,6 +151,11 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
     if n == 0:
         raise ValueError("no training rows")
     mean, std = _standard_stats(X)
+    if column_scale is not None:
+        scale = np.asarray(column_scale, dtype=np.float64).reshape(-1)
+        if scale.shape != (k,) or not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+            raise ValueError(f"column_scale must be {k} finite values > 0")
+        std = std / scale              # (x - mean) / (std / s) == s * standardised x
     Xt = torch.from_numpy(((X - mean) / std).astype(np.float32))
     yt = torch.from_numpy(y)
     has_val = X_val is not None and y_val is not None
@@ -174,6 +185,8 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr,
                             fused=bool(fused))
     best_state, best_score, best_epoch, stale = None, -np.inf, 0, 0
+    device_type = Xt.device.type
+    autocast = lambda: torch.autocast(device_type, dtype=torch.bfloat16, enabled=bool(bf16))  # noqa: E731
     for epoch in range(1, max_epochs + 1):
         model.train()
         perm = torch.randperm(n, generator=shuffle_gen)
@@ -181,14 +194,16 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
         for s in range(0, n, batch_size):
             idx = perm[s:s + batch_size]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(Xt[idx]), yt[idx])
+            with autocast():
+                loss = loss_fn(model(Xt[idx]).float(), yt[idx])
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
         history["train_loss"].append(total / n)
         if not has_val:
             continue
-        pred = logits_of(model, Xv).argmax(dim=1).numpy()
+        with autocast():
+            pred = logits_of(model, Xv).argmax(dim=1).numpy()
         score = mean_group_macro_f1(yv, pred, gv)
         history["val_f1"].append(score)
         if score > best_score:

@@ -24,6 +24,7 @@ train+validation -> per-dataset test F1 -> save -> publish.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import resource
@@ -43,7 +44,8 @@ from siren.log import log
 TRAIN_KEYS = ["model", "datasets", "data_dir", "max_per_split", "seed", "val_ratio", "pooling_types", "c_values",
               "selection_thresholds", "n_trials", "n_folds", "n_jobs", "storage", "study_name", "batch_size",
               "batch_tokens", "dtype", "device", "cache_dtype", "cache_dir", "max_length", "max_epochs", "patience",
-              "head_batch_size", "decision_threshold", "out_dir", "layer_weight_floor", "trust_remote_code"]
+              "head_batch_size", "decision_threshold", "out_dir", "layer_weight_floor", "trust_remote_code", "pruner",
+              "head_width_cap", "head_dtype", "final_head", "scale_by_layer_weight"]
 # Files a run writes whose names do not depend on its settings, plus those an evaluation adds:
 # when a new run lands in a folder, the ones it did not write are removed (they describe another guard).
 RUN_FILES = ("splits.json", "siren_config.json", "siren.safetensors", "best_model.pkl", "results.json", "layers.png",
@@ -78,6 +80,14 @@ def add_arguments(p) -> None:
     p.add_argument("--max_epochs", type=int)
     p.add_argument("--patience", type=int)
     p.add_argument("--head_batch_size", type=int, help="MLP head mini-batch size")
+    p.add_argument("--pruner", choices=["median", "halving", "none"], help="Optuna pruner of the head search")
+    p.add_argument("--head_width_cap", type=int, help="largest first hidden width the head search tries")
+    p.add_argument("--head_dtype", choices=["auto", "float32", "bfloat16"],
+                   help="head training dtype (auto: bf16 where the device runs it natively)")
+    p.add_argument("--final_head", choices=["refit", "ensemble"],
+                   help="refit the best configuration on train+validation, or average its CV fold heads")
+    p.add_argument("--scale_by_layer_weight", action=argparse.BooleanOptionalAction,
+                   help="multiply each standardised head input by its layer's weight")
     p.add_argument("--decision_threshold", type=float, help="score >= this is harmful (stored in the guard)")
     p.add_argument("--out_dir", help="default: train/probes/optuna/{MODEL}_general")
 
@@ -93,7 +103,7 @@ def run(args) -> int:
         n_folds=cfg["n_folds"], max_length=cfg["max_length"], device=cfg["device"], dtype=cfg["dtype"],
         storage=cfg["storage"], out_dir=cfg["out_dir"], cache_dir=cfg["cache_dir"] or default_cache_dir(),
         positive={k: cfg[k] for k in ("max_epochs", "patience", "head_batch_size", "batch_size", "n_jobs",
-                                      "batch_tokens")})
+                                      "batch_tokens", "head_width_cap")})
     results = train(cfg)
     print_summary(results)
     return 0
@@ -254,22 +264,49 @@ def tune_candidates(cfg: dict, pooling: str, grid, train_split, val_split, seed:
         study = f"{cfg['study_name']}-{pooling}-t{thr}" if cfg.get("study_name") else None
         tuned = tune_head(Z, y, groups, n_trials=cfg["n_trials"], n_folds=cfg["n_folds"], seed=seed,
                           storage=cfg.get("storage"), study_name=study, n_jobs=cfg.get("n_jobs") or 1,
-                          max_epochs=cfg["max_epochs"], patience=cfg["patience"], batch_size=cfg["head_batch_size"])
+                          max_epochs=cfg["max_epochs"], patience=cfg["patience"], batch_size=cfg["head_batch_size"],
+                          pruner=cfg["pruner"], width_cap=cfg["head_width_cap"], bf16=head_bf16(cfg),
+                          column_scale=column_scale(cfg, selection, weights))
         log(f"{pooling} selection threshold {thr}: {Z.shape[1]} neurons, CV F1 {tuned.best_value:.4f}")
         out.append(Candidate(pooling, float(thr), selection, weights, tuned, Z, y, groups))
     return out
 
 
+def head_bf16(cfg: dict) -> bool:
+    """Whether the head trains under bf16 autocast. It trains on the CPU, so ``null``/auto
+    asks whether the CPU runs bf16 natively (AMX / AVX512-BF16), as the backbone's auto does."""
+    from siren.backbones import auto_dtype
+
+    dtype = cfg.get("head_dtype")
+    if dtype in (None, "", "auto"):
+        return auto_dtype("cpu")[0] == "bfloat16"
+    return dtype in ("bfloat16", "bf16")
+
+
+def column_scale(cfg: dict, selection: dict, weights: np.ndarray) -> np.ndarray | None:
+    """(k,) each head input's layer weight, in the aggregation order, or None when
+    ``scale_by_layer_weight`` is off."""
+    if not cfg.get("scale_by_layer_weight"):
+        return None
+    return np.concatenate([np.full(len(selection[l]), float(weights[l])) for l in sorted(int(l) for l in selection)])
+
+
 def refit_head(cfg: dict, best: Candidate, seed: int):
-    """Stage `final_head`: the best candidate's head on all of train+validation. No rows are
-    held out, so it trains for the epoch count that CV early stopping chose. Returns
+    """Stage `final_head`. ``final_head: ensemble``: the mean of the best configuration's CV
+    fold heads (one head of K times the width, no training; each fold head early-stopped on
+    rows it did not see). ``refit`` (or when another worker ran the best trial, so its fold
+    heads are not here): that configuration retrained on all of train+validation; no rows
+    are held out, so it trains for the epoch count that CV early stopping chose. Returns
     (head, history, epochs)."""
-    from siren.pipeline.head import fit_head
+    from siren.pipeline.head import ensemble_heads, fit_head
 
     params = best.tuned.best_params
     epochs = max(1, int(round(best.tuned.best_epochs or cfg["max_epochs"])))
+    if cfg.get("final_head") == "ensemble" and best.tuned.fold_heads:
+        return ensemble_heads(best.tuned.fold_heads), {"train_loss": []}, epochs
     head, history = fit_head(best.Z, best.y, layer_dims=params["layer_dims"], dropout_rates=params["dropout_rates"],
-                             lr=params["lr"], seed=seed, max_epochs=epochs, batch_size=cfg["head_batch_size"])
+                             lr=params["lr"], seed=seed, max_epochs=epochs, batch_size=cfg["head_batch_size"],
+                             bf16=head_bf16(cfg), column_scale=column_scale(cfg, best.selection, best.weights))
     return head, history, epochs
 
 
@@ -304,7 +341,7 @@ def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate]
     save_guard(work, base_model_id=source.model_id, revision=source.revision if source.kind == "hub" else None,
                pooling_type=pooling, selection=selection, layer_weights=layer_weight_map,
                head_state={k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
-               layer_dims=list(params["layer_dims"]), dropout_rates=list(params["dropout_rates"]),
+               layer_dims=list(head.layer_dims), dropout_rates=list(head.dropout_rates),
                max_length=cfg["max_length"], threshold=cfg["decision_threshold"],
                extra={"backbone": cfg["model"], "dtype": forward_dtype, "num_layers": int(coef.shape[0]),
                       "hidden_size": int(coef.shape[1]), "pooling_type": pooling,
@@ -321,7 +358,8 @@ def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate]
         "base_model": base_model,
         "config": cfg,
         "chosen": {"pooling_type": pooling, "selection_threshold": best.selection_threshold, "head": params,
-                   "final_epochs": final_epochs, "cv_f1": float(best.tuned.best_value)},
+                   "final_epochs": final_epochs, "cv_f1": float(best.tuned.best_value),
+                   "final_head": cfg.get("final_head"), "saved_layer_dims": list(head.layer_dims)},
         "decision_threshold": float(cfg["decision_threshold"]),
         "candidates": [{"pooling_type": c.pooling_type, "selection_threshold": c.selection_threshold,
                         "n_neurons": int(c.Z.shape[1]), "cv_f1": float(c.tuned.best_value),

@@ -188,7 +188,8 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
               study_name: str | None = None, n_jobs: int = 1, max_epochs: int = 200,
               patience: int = 20, batch_size: int = 256, pruner: str = "median",
               pruner_startup_trials: int = 4, pruner_warmup_epochs: int = 5,
-              width_cap: int = 2048, fused: bool = True, progress: bool = True) -> TuneResult:
+              width_cap: int = 2048, fused: bool = True, bf16: bool = False,
+              column_scale: np.ndarray | None = None, progress: bool = True) -> TuneResult:
     """Search the head's hyper-parameters. X (n, k) float32, y (n,), groups (n,).
 
     ``n_trials`` is the study-wide total (shared with other workers when ``storage`` is
@@ -235,7 +236,8 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
             model, hist = fit_head(
                 X[tr], y[tr], **params, seed=seed + trial.number * 1000 + f,
                 max_epochs=max_epochs, batch_size=batch_size, patience=patience,
-                X_val=X[va], y_val=y[va], groups_val=groups[va], on_epoch=on_epoch, fused=fused)
+                X_val=X[va], y_val=y[va], groups_val=groups[va], on_epoch=on_epoch, fused=fused,
+                bf16=bf16, column_scale=column_scale)
             pred = (predict_proba_head(model, X[va]) >= 0.5).astype(np.int64)
             scores.append(mean_group_macro_f1(y[va], pred, groups[va]))
             epochs.append(hist["best_epoch"])
