@@ -328,19 +328,19 @@ def fit_best_layer(run: RunData, probes: Probes) -> System:
                   info={"layer": best, "C": float(grid.chosen_C[best]), "nonzero": nnz})
 
 
-def _head_on(Z: np.ndarray, y: np.ndarray, g: np.ndarray, run: RunData, seed: int, n_trials: int, n_folds: int):
-    """SIREN's head search and refit on given inputs Z (n, k): (head, tuned, epochs)."""
-    from siren.pipeline.head import fit_head
-    from siren.pipeline.tune import tune_head
+def _head_on(Z: np.ndarray, y: np.ndarray, g: np.ndarray, run: RunData, seed: int, n_trials: int, n_folds: int,
+             scale: np.ndarray | None = None):
+    """The run's own head search and final head (``train.search_head`` / ``train.final_head``
+    with the run's settings, so every MLP system gets SIREN's procedure and budget) on
+    inputs Z (n, k): (head, tuned, epochs). Settings a run from before they existed does not
+    record come from configs/defaults.yaml."""
+    from siren import config as cfgmod
+    from siren.pipeline.train import final_head, search_head
 
-    cfg = run.cfg
-    head_batch = int(cfg.get("head_batch_size") or 256)
-    tuned = tune_head(Z, y, g, n_trials=n_trials, n_folds=n_folds, seed=seed, max_epochs=int(cfg["max_epochs"]),
-                      patience=int(cfg["patience"]), batch_size=head_batch)
-    p = tuned.best_params
-    epochs = max(1, int(round(tuned.best_epochs or cfg["max_epochs"])))
-    head, _ = fit_head(Z, y, layer_dims=p["layer_dims"], dropout_rates=p["dropout_rates"], lr=p["lr"], seed=seed,
-                       max_epochs=epochs, batch_size=head_batch, patience=int(cfg["patience"]))
+    cfg = {**cfgmod.defaults(), **{k: v for k, v in run.cfg.items() if v is not None},
+           "n_trials": n_trials, "n_folds": n_folds, "storage": None}
+    tuned = search_head(cfg, Z, y, g, seed, scale=scale)
+    head, _, epochs = final_head(cfg, tuned, Z, y, seed, scale=scale)
     return head, tuned, epochs
 
 

@@ -249,7 +249,6 @@ def tune_candidates(cfg: dict, pooling: str, grid, train_split, val_split, seed:
     train+validation. Only the selected neurons are gathered (row chunks of the memmaps), so
     memory is bounded by n x k, not n x L x d."""
     from siren.pipeline.select import aggregate, layer_weights, select_neurons
-    from siren.pipeline.tune import tune_head
 
     weights = layer_weights(np.asarray(grid.val_f1), floor=cfg["layer_weight_floor"])
     y = np.concatenate([train_split.y, val_split.y])
@@ -262,11 +261,7 @@ def tune_candidates(cfg: dict, pooling: str, grid, train_split, val_split, seed:
                              "neuron is selected; use larger C_VALUES (a weaker L1 penalty)")
         Z = np.concatenate([aggregate(train_split.X, selection, weights), aggregate(val_split.X, selection, weights)])
         study = f"{cfg['study_name']}-{pooling}-t{thr}" if cfg.get("study_name") else None
-        tuned = tune_head(Z, y, groups, n_trials=cfg["n_trials"], n_folds=cfg["n_folds"], seed=seed,
-                          storage=cfg.get("storage"), study_name=study, n_jobs=cfg.get("n_jobs") or 1,
-                          max_epochs=cfg["max_epochs"], patience=cfg["patience"], batch_size=cfg["head_batch_size"],
-                          pruner=cfg["pruner"], width_cap=cfg["head_width_cap"], bf16=head_bf16(cfg),
-                          column_scale=column_scale(cfg, selection, weights))
+        tuned = search_head(cfg, Z, y, groups, seed, scale=column_scale(cfg, selection, weights), study_name=study)
         log(f"{pooling} selection threshold {thr}: {Z.shape[1]} neurons, CV F1 {tuned.best_value:.4f}")
         out.append(Candidate(pooling, float(thr), selection, weights, tuned, Z, y, groups))
     return out
@@ -291,22 +286,36 @@ def column_scale(cfg: dict, selection: dict, weights: np.ndarray) -> np.ndarray 
     return np.concatenate([np.full(len(selection[l]), float(weights[l])) for l in sorted(int(l) for l in selection)])
 
 
-def refit_head(cfg: dict, best: Candidate, seed: int):
+def search_head(cfg: dict, Z: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, *,
+                scale: np.ndarray | None = None, study_name: str | None = None):
+    """The head search of a run's config on inputs Z (n, k), labels y (n,), dataset index
+    groups (n,); scale (k,) or None: see ``column_scale``. Returns tune.TuneResult. The
+    report's MLP baselines call this too, so they get the same search and budget."""
+    from siren.pipeline.tune import tune_head
+
+    return tune_head(Z, y, groups, n_trials=cfg["n_trials"], n_folds=cfg["n_folds"], seed=seed,
+                     storage=cfg.get("storage"), study_name=study_name, n_jobs=cfg.get("n_jobs") or 1,
+                     max_epochs=cfg["max_epochs"], patience=cfg["patience"], batch_size=cfg["head_batch_size"],
+                     pruner=cfg["pruner"], width_cap=cfg["head_width_cap"], bf16=head_bf16(cfg),
+                     column_scale=scale)
+
+
+def final_head(cfg: dict, tuned, Z: np.ndarray, y: np.ndarray, seed: int, *, scale: np.ndarray | None = None):
     """Stage `final_head`. ``final_head: ensemble``: the mean of the best configuration's CV
     fold heads (one head of K times the width, no training; each fold head early-stopped on
     rows it did not see). ``refit`` (or when another worker ran the best trial, so its fold
-    heads are not here): that configuration retrained on all of train+validation; no rows
-    are held out, so it trains for the epoch count that CV early stopping chose. Returns
-    (head, history, epochs)."""
+    heads are not here): that configuration retrained on all of Z; no rows are held out,
+    so it trains for the epoch count that CV early stopping chose. Returns (head, history,
+    epochs)."""
     from siren.pipeline.head import ensemble_heads, fit_head
 
-    params = best.tuned.best_params
-    epochs = max(1, int(round(best.tuned.best_epochs or cfg["max_epochs"])))
-    if cfg.get("final_head") == "ensemble" and best.tuned.fold_heads:
-        return ensemble_heads(best.tuned.fold_heads), {"train_loss": []}, epochs
-    head, history = fit_head(best.Z, best.y, layer_dims=params["layer_dims"], dropout_rates=params["dropout_rates"],
+    params = tuned.best_params
+    epochs = max(1, int(round(tuned.best_epochs or cfg["max_epochs"])))
+    if cfg.get("final_head") == "ensemble" and tuned.fold_heads:
+        return ensemble_heads(tuned.fold_heads), {"train_loss": []}, epochs
+    head, history = fit_head(Z, y, layer_dims=params["layer_dims"], dropout_rates=params["dropout_rates"],
                              lr=params["lr"], seed=seed, max_epochs=epochs, batch_size=cfg["head_batch_size"],
-                             bf16=head_bf16(cfg), column_scale=column_scale(cfg, best.selection, best.weights))
+                             bf16=head_bf16(cfg), column_scale=scale)
     return head, history, epochs
 
 
@@ -412,7 +421,8 @@ def train(cfg: dict) -> dict:
                 candidates += tune_candidates(cfg, pooling, grid, train_split, val_split, seed)
         best = max(candidates, key=lambda c: c.tuned.best_value)
         with stage("final_head"):
-            head, history, final_epochs = refit_head(cfg, best, seed)
+            head, history, final_epochs = final_head(cfg, best.tuned, best.Z, best.y, seed,
+                                                     scale=column_scale(cfg, best.selection, best.weights))
         with stage("test"):
             test = test_f1(cfg, folders, best, head)
         results = save_run(work, cfg, best, candidates, grids[best.pooling_type], head, history, final_epochs,
