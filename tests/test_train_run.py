@@ -73,3 +73,33 @@ def test_probe_grid_selecting_no_neuron_is_a_clear_error(tiny_llama_dir, rows, t
     err = capsys.readouterr().err
     assert "no neuron is selected" in err and "C_VALUES" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_fold_ensemble_head_with_layer_scale_is_what_the_guard_serves(tiny_llama_dir, rows, tmp_path, capsys):
+    """final_head=ensemble saves the mean of the CV fold heads (n_folds x the width, no refit),
+    with the layer-weight scale folded in; the saved guard reproduces the run's test F1."""
+    import numpy as np
+
+    from siren.metrics import macro_f1
+    from siren.runtime.guard import SirenGuard
+
+    out, cache = tmp_path / "guard", tmp_path / "cache"
+    assert siren_main(_args(tiny_llama_dir, rows, out, cache, "--final_head", "ensemble", "--scale_by_layer_weight",
+                            "--pruner", "halving", "--head_dtype", "bfloat16", "--n_trials", "2")) == 0
+    res = json.loads((out / "results.json").read_text())
+    chosen = res["chosen"]
+    assert chosen["final_head"] == "ensemble" and res["config"]["scale_by_layer_weight"] is True
+    assert chosen["saved_layer_dims"] == [2 * w for w in chosen["head"]["layer_dims"]]
+    assert res["final_head_train_loss"] == []                      # nothing was trained after the search
+    cfg = json.loads((out / "siren_config.json").read_text())
+    assert json.dumps(chosen["saved_layer_dims"]) in json.dumps(cfg)
+    guard = SirenGuard.from_pretrained(str(out), dtype="float32")
+    splits = json.loads((out / "splits.json").read_text())
+    for name in ("aegis", "beavertails"):
+        test_ids = set(splits[name]["test"])
+        lines = [json.loads(x) for x in (rows / name / "test.jsonl").read_text().splitlines()]
+        lines = [r for r in lines if r["id"] in test_ids]
+        assert len(lines) == len(test_ids) > 0
+        pred = np.array([r.is_harmful for r in guard.score_batch([r["text"] for r in lines])], dtype=np.int64)
+        y = np.array([int(r["label"]) for r in lines])
+        assert macro_f1(y, pred) == pytest.approx(res["test_f1"][name], abs=1e-9)
