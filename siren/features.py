@@ -214,8 +214,14 @@ class LayerFeatures:
             return hook
 
         handles = [module.register_forward_hook(make_hook(rep, l)) for rep, l, module in wanted]
+        # No padding (one text, or texts of one length): no mask and default positions give the
+        # same vectors, and let attention take its plain causal path instead of building a 4D
+        # mask every call (most of the per-call overhead when scoring one short text).
+        unpadded = all(len(ids) == width for ids in batch)
+        kw = dict(input_ids=input_ids, use_cache=False) if unpadded else dict(
+            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
         try:
-            self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
+            self.model(**kw)
         except _Stop:
             pass
         finally:
