@@ -173,6 +173,9 @@ HEAD_VARIANTS: dict[str, dict] = {
     "halving_p10": {**_BASE, "patience": 10, "pruner": "halving"},
     "halving_p10_bf16": {**_BASE, "patience": 10, "pruner": "halving", "bf16": True},
     "halving_p10_bf16_scaled": {**_BASE, "patience": 10, "pruner": "halving", "bf16": True, "scale": True},
+    "halving_bf16_scaled": {**_BASE, "pruner": "halving", "bf16": True, "scale": True},
+    "halving_p10_w1024_bf16_scaled": {**_BASE, "patience": 10, "pruner": "halving", "bf16": True, "scale": True,
+                                      "width_cap": 1024},
     "bf16": {**_BASE, "bf16": True},
     "bf16_scaled": {**_BASE, "bf16": True, "scale": True},
 }
@@ -243,11 +246,19 @@ def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, m
                                 lr=p["lr"], seed=seed, max_epochs=epochs, fused=kw["fused"],
                                 bf16=kw["bf16"], column_scale=scale)
             row["refit_s"] = time.perf_counter() - t
-            f1 = lambda m: float(mean_group_macro_f1(    # noqa: E731
-                y[held], (predict_proba_head(m, Z[held]) >= 0.5).astype(np.int64), g[held]))
+            f1 = lambda m, t=0.5: float(mean_group_macro_f1(    # noqa: E731
+                y[held], (predict_proba_head(m, Z[held]) >= t).astype(np.int64), g[held]))
             row["holdout_f1_refit"] = f1(refit)
             if res.fold_heads:
                 row["holdout_f1_fold_ensemble"] = f1(ensemble_heads(res.fold_heads))
+            if res.fold_heads and res.oof_proba is not None:
+                # the decision threshold chosen on the search's out-of-fold scores, then applied
+                # to the rows the search never saw
+                from siren.metrics import best_threshold
+
+                thr, oof_f1 = best_threshold(ys, res.oof_proba, gs)
+                row["cv_threshold"], row["oof_f1_at_cv_threshold"] = thr, oof_f1
+                row["holdout_f1_fold_ensemble_cv_threshold"] = f1(ensemble_heads(res.fold_heads), thr)
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("variant", "search_s", "cv_f1", "n_pruned")}),
               file=sys.stderr, flush=True)
@@ -260,7 +271,7 @@ def head_table(rows: list[dict]) -> str:
             "d_cv", "pruned"]
     has_ho = "holdout_f1_refit" in base
     if has_ho:
-        head += ["refit_s", "ho_f1_refit", "ho_f1_folds"]
+        head += ["refit_s", "ho_f1_refit", "ho_f1_folds", "cv_thr", "ho_f1_folds_cv_thr"]
     out = [head]
     for r in rows:
         line = [r["variant"], r["pruner"], str(r["width_cap"]), str(r["patience"]), str(r["fused"]),
@@ -269,7 +280,9 @@ def head_table(rows: list[dict]) -> str:
                 f"{r['cv_f1']:.4f}", f"{r['cv_f1'] - base['cv_f1']:+.4f}", str(r["n_pruned"])]
         if has_ho:
             line += [f"{r['refit_s']:.1f}", f"{r['holdout_f1_refit']:.4f}",
-                     f"{r.get('holdout_f1_fold_ensemble', float('nan')):.4f}"]
+                     f"{r.get('holdout_f1_fold_ensemble', float('nan')):.4f}",
+                     f"{r.get('cv_threshold', float('nan')):.2f}",
+                     f"{r.get('holdout_f1_fold_ensemble_cv_threshold', float('nan')):.4f}"]
         out.append(line)
     widths = [max(len(x[i]) for x in out) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(x, widths)) for x in out)

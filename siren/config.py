@@ -29,7 +29,7 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "layer_weight_floor": (float,), "n_trials": (int,), "n_folds": (int,), "n_jobs": (int,), "storage": (str,),
     "study_name": (str,), "max_epochs": (int,), "patience": (int,), "head_batch_size": (int,),
     "pruner": (str,), "head_width_cap": (int,), "head_dtype": (str,), "final_head": (str,),
-    "scale_by_layer_weight": (bool,),
+    "scale_by_layer_weight": (bool,), "threshold_from_cv": (bool,),
     "decision_threshold": (float,), "out_dir": (str,), "extra_datasets": (list, str),
     "trust_remote_code": (bool,),
     "serve": (dict,),  # `siren serve` limits; its keys are checked by siren.runtime.serve.ServeLimits

@@ -75,3 +75,29 @@ def mean_group_macro_f1_columns(y_true: np.ndarray, y_pred: np.ndarray,
 def mean_group_macro_f1(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray) -> float:
     """The paper's metric: macro-F1 per dataset, averaged over datasets. (n,) x3 -> float."""
     return float(mean_group_macro_f1_columns(y_true, np.asarray(y_pred).reshape(-1), groups)[0])
+
+
+def best_threshold(y_true: np.ndarray, proba: np.ndarray, groups: np.ndarray,
+                   grid: np.ndarray | None = None) -> tuple[float, float]:
+    """The decision threshold that maximises mean_group_macro_f1 of ``proba >= t``.
+
+    y_true, proba, groups (n,); grid: candidate thresholds (default 0.05, 0.06, ..., 0.95).
+    Ties go to the candidate closest to 0.5. Returns (threshold, score). Meant for
+    out-of-fold (cross-validation) scores, never for test rows.
+    """
+    grid = np.round(np.linspace(0.05, 0.95, 91), 2) if grid is None else np.asarray(grid, dtype=np.float64)
+    p = np.asarray(proba, dtype=np.float64).reshape(-1)
+    scores = mean_group_macro_f1_columns(y_true, p[:, None] >= grid[None, :], groups)
+    best = np.flatnonzero(scores >= scores.max() - 1e-12)
+    i = best[np.argmin(np.abs(grid[best] - 0.5))]
+    return float(grid[i]), float(scores[i])
+
+
+def score_thresholds(proba: np.ndarray, max_candidates: int = 513) -> np.ndarray:
+    """Candidate thresholds at the scores themselves (rounded to 1e-4), or at most
+    ``max_candidates`` quantiles of them."""
+    p = np.asarray(proba, dtype=np.float64).reshape(-1)
+    candidates = np.unique(np.round(p, 4))
+    if len(candidates) > max_candidates:
+        candidates = np.quantile(p, np.linspace(0.0, 1.0, max_candidates))
+    return candidates

@@ -64,3 +64,22 @@ def test_metrics_match_sklearn():
     ref = [np.mean([sk(y[g == k], P[g == k, j]) for k in range(3)]) for j in range(5)]
     np.testing.assert_allclose(mean_group_macro_f1_columns(y, P, g), ref)
     assert mean_group_macro_f1(y, P[:, 1], g) == pytest.approx(ref[1])
+
+
+def test_best_threshold_maximises_mean_group_macro_f1():
+    from siren.metrics import best_threshold, mean_group_macro_f1, score_thresholds
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    g = np.arange(300) % 3
+    p = np.clip(0.3 * y + rng.uniform(0, 0.7, 300), 0, 1)     # harmful rows score higher
+    thr, score = best_threshold(y, p, g)
+    grid = np.round(np.linspace(0.05, 0.95, 91), 2)
+    brute = [mean_group_macro_f1(y, (p >= t).astype(int), g) for t in grid]
+    assert score == pytest.approx(max(brute)) and thr in grid
+    assert mean_group_macro_f1(y, (p >= thr).astype(int), g) == pytest.approx(score)
+    assert score > mean_group_macro_f1(y, (p >= 0.5).astype(int), g) - 1e-12
+    # ties go to the candidate closest to 0.5
+    assert best_threshold(np.array([0, 1]), np.array([0.0, 1.0]), np.array([0, 0]))[0] == 0.5
+    t2, _ = best_threshold(y, p, g, grid=score_thresholds(p))
+    assert t2 in np.unique(np.round(p, 4))

@@ -77,7 +77,8 @@ def test_probe_grid_selecting_no_neuron_is_a_clear_error(tiny_llama_dir, rows, t
 
 def test_fold_ensemble_head_with_layer_scale_is_what_the_guard_serves(tiny_llama_dir, rows, tmp_path, capsys):
     """final_head=ensemble saves the mean of the CV fold heads (n_folds x the width, no refit),
-    with the layer-weight scale folded in; the saved guard reproduces the run's test F1."""
+    with the layer-weight scale folded in and the threshold chosen on the out-of-fold scores;
+    the saved guard reproduces the run's test F1 at that threshold."""
     import numpy as np
 
     from siren.metrics import macro_f1
@@ -85,7 +86,8 @@ def test_fold_ensemble_head_with_layer_scale_is_what_the_guard_serves(tiny_llama
 
     out, cache = tmp_path / "guard", tmp_path / "cache"
     assert siren_main(_args(tiny_llama_dir, rows, out, cache, "--final_head", "ensemble", "--scale_by_layer_weight",
-                            "--pruner", "halving", "--head_dtype", "bfloat16", "--n_trials", "2")) == 0
+                            "--pruner", "halving", "--head_dtype", "bfloat16", "--n_trials", "2",
+                            "--threshold_from_cv")) == 0
     res = json.loads((out / "results.json").read_text())
     chosen = res["chosen"]
     assert chosen["final_head"] == "ensemble" and res["config"]["scale_by_layer_weight"] is True
@@ -93,7 +95,9 @@ def test_fold_ensemble_head_with_layer_scale_is_what_the_guard_serves(tiny_llama
     assert res["final_head_train_loss"] == []                      # nothing was trained after the search
     cfg = json.loads((out / "siren_config.json").read_text())
     assert json.dumps(chosen["saved_layer_dims"]) in json.dumps(cfg)
+    assert res["decision_threshold_source"] == "cv"
     guard = SirenGuard.from_pretrained(str(out), dtype="float32")
+    assert guard.score_batch(["x"])[0].threshold == pytest.approx(res["decision_threshold"])
     splits = json.loads((out / "splits.json").read_text())
     for name in ("aegis", "beavertails"):
         test_ids = set(splits[name]["test"])

@@ -32,6 +32,7 @@ HEAD_WIDTH_CAP="${HEAD_WIDTH_CAP:-}"  # largest first hidden width the head sear
 HEAD_DTYPE="${HEAD_DTYPE:-}"          # head training: float32 | bfloat16 | auto (bf16 where native)
 FINAL_HEAD="${FINAL_HEAD:-}"          # refit | ensemble (mean of the best configuration's CV fold heads)
 SCALE_BY_LAYER_WEIGHT="${SCALE_BY_LAYER_WEIGHT:-}"  # 1 | 0: multiply standardised head inputs by their layer weight
+THRESHOLD_FROM_CV="${THRESHOLD_FROM_CV:-}"  # 1 | 0: choose the decision threshold on the head search's out-of-fold scores
 DECISION_THRESHOLD="${DECISION_THRESHOLD:-}"  # score >= this is harmful
 STORAGE="${STORAGE:-}"                # Optuna storage shared by workers (sqlite:///x.db, x.journal, RDB URL)
 STUDY_NAME="${STUDY_NAME:-}"
@@ -68,12 +69,16 @@ flag --pruner "$PRUNER"
 flag --head_width_cap "$HEAD_WIDTH_CAP"
 flag --head_dtype "$HEAD_DTYPE"
 flag --final_head "$FINAL_HEAD"
-case "$SCALE_BY_LAYER_WEIGHT" in
-  "") ;;
-  1|true|yes) ARGS+=(--scale_by_layer_weight) ;;
-  0|false|no) ARGS+=(--no-scale_by_layer_weight) ;;
-  *) echo "SCALE_BY_LAYER_WEIGHT='$SCALE_BY_LAYER_WEIGHT': use 1 or 0" >&2; exit 2 ;;
-esac
+switch() {  # a yes/no variable -> --name / --no-name
+  case "$2" in
+    "") ;;
+    1|true|yes) ARGS+=("--$1") ;;
+    0|false|no) ARGS+=("--no-$1") ;;
+    *) echo "$3='$2': use 1 or 0" >&2; exit 2 ;;
+  esac
+}
+switch scale_by_layer_weight "$SCALE_BY_LAYER_WEIGHT" SCALE_BY_LAYER_WEIGHT
+switch threshold_from_cv "$THRESHOLD_FROM_CV" THRESHOLD_FROM_CV
 flag --decision_threshold "$DECISION_THRESHOLD"
 flag --storage "$STORAGE"
 flag --study_name "$STUDY_NAME"

@@ -136,21 +136,6 @@ def classification_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -
     return out
 
 
-def best_threshold(scores: list[np.ndarray], labels: list[np.ndarray]) -> float:
-    """The threshold maximising macro-F1 averaged over datasets (one (scores, labels) pair each)."""
-    from siren.metrics import macro_f1
-
-    candidates = np.unique(np.round(np.concatenate(scores), 4))
-    if len(candidates) > 512:
-        candidates = np.quantile(np.concatenate(scores), np.linspace(0.0, 1.0, 513))
-    best, best_f1 = 0.5, -1.0
-    for t in candidates:
-        f1 = np.mean([macro_f1(y, (s >= t).astype(np.int64)) for s, y in zip(scores, labels)])
-        if f1 > best_f1 + 1e-12:
-            best, best_f1 = float(t), float(f1)
-    return best
-
-
 def evaluate(args) -> dict:
     from siren import data
     from siren.artifact import load_guard_config, load_head, selection_from_config, set_default_threshold
@@ -223,7 +208,12 @@ def evaluate(args) -> dict:
     calibration, source = None, "the guard's inference.default_threshold"
     if args.calibrate:
         pairs = [scores_of((d, "validation", rep)) for d in train_datasets]
-        calibrated = best_threshold([s for _, s in pairs], [y for y, _ in pairs])
+        from siren.metrics import best_threshold, score_thresholds
+
+        ys = np.concatenate([y for y, _ in pairs])
+        ss = np.concatenate([s for _, s in pairs])
+        gs = np.concatenate([np.full(len(y), k) for k, (y, _) in enumerate(pairs)])
+        calibrated, _ = best_threshold(ys, ss, gs, grid=score_thresholds(ss))
         calibration = {"previous_threshold": threshold, "calibrated_threshold": calibrated,
                        "calibrated_on": [f"{d}/validation" for d in train_datasets]}
         set_default_threshold(folder, calibrated)  # siren_config.json and best_model.pkl

@@ -45,7 +45,7 @@ TRAIN_KEYS = ["model", "datasets", "data_dir", "max_per_split", "seed", "val_rat
               "selection_thresholds", "n_trials", "n_folds", "n_jobs", "storage", "study_name", "batch_size",
               "batch_tokens", "dtype", "device", "cache_dtype", "cache_dir", "max_length", "max_epochs", "patience",
               "head_batch_size", "decision_threshold", "out_dir", "layer_weight_floor", "trust_remote_code", "pruner",
-              "head_width_cap", "head_dtype", "final_head", "scale_by_layer_weight"]
+              "head_width_cap", "head_dtype", "final_head", "scale_by_layer_weight", "threshold_from_cv"]
 # Files a run writes whose names do not depend on its settings, plus those an evaluation adds:
 # when a new run lands in a folder, the ones it did not write are removed (they describe another guard).
 RUN_FILES = ("splits.json", "siren_config.json", "siren.safetensors", "best_model.pkl", "results.json", "layers.png",
@@ -89,6 +89,8 @@ def add_arguments(p) -> None:
     p.add_argument("--scale_by_layer_weight", action=argparse.BooleanOptionalAction,
                    help="multiply each standardised head input by its layer's weight")
     p.add_argument("--decision_threshold", type=float, help="score >= this is harmful (stored in the guard)")
+    p.add_argument("--threshold_from_cv", action=argparse.BooleanOptionalAction,
+                   help="choose the decision threshold on the search's out-of-fold scores instead")
     p.add_argument("--out_dir", help="default: train/probes/optuna/{MODEL}_general")
 
 
@@ -319,7 +321,21 @@ def final_head(cfg: dict, tuned, Z: np.ndarray, y: np.ndarray, seed: int, *, sca
     return head, history, epochs
 
 
-def test_f1(cfg: dict, folders: dict, best: Candidate, head) -> dict[str, float]:
+def decision_threshold(cfg: dict, best: Candidate) -> tuple[float, str]:
+    """(threshold, source). ``threshold_from_cv``: the threshold that maximises the mean
+    macro-F1 of the best configuration's out-of-fold scores (each row scored by the fold
+    head that did not train on it; train+validation rows only). Else the configured one."""
+    from siren.metrics import best_threshold
+
+    oof = best.tuned.oof_proba
+    if cfg.get("threshold_from_cv") and oof is not None:
+        thr, score = best_threshold(best.y, oof, best.groups)
+        log(f"decision threshold {thr:.2f} from the CV out-of-fold scores (mean macro-F1 {score:.4f} there)")
+        return thr, "cv"
+    return float(cfg["decision_threshold"]), "config"
+
+
+def test_f1(cfg: dict, folders: dict, best: Candidate, head, threshold: float) -> dict[str, float]:
     """Stage `test`: macro-F1 per dataset at the decision threshold."""
     from siren.metrics import macro_f1
     from siren.mlp import predict_proba_head
@@ -330,12 +346,13 @@ def test_f1(cfg: dict, folders: dict, best: Candidate, head) -> dict[str, float]
     for name in cfg["datasets"]:
         split = load_split(folders, [name], "test", best.pooling_type)
         proba = predict_proba_head(head, aggregate(split.X, best.selection, best.weights))
-        out[name] = macro_f1(split.y, (proba >= cfg["decision_threshold"]).astype(np.int64))
+        out[name] = macro_f1(split.y, (proba >= threshold).astype(np.int64))
     return out
 
 
 def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate], grid, head, history,
-             final_epochs: int, test: dict[str, float], seconds: dict[str, float]) -> dict:
+             final_epochs: int, test: dict[str, float], seconds: dict[str, float], threshold: float,
+             threshold_source: str) -> dict:
     """Stage `save`: the guard, best_model.pkl, results.json and layers.png into `work`."""
     from siren.artifact import best_model_payload, save_best_model_pkl, save_guard
     from siren.backbones import resolve as resolve_backbone
@@ -351,7 +368,7 @@ def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate]
                pooling_type=pooling, selection=selection, layer_weights=layer_weight_map,
                head_state={k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
                layer_dims=list(head.layer_dims), dropout_rates=list(head.dropout_rates),
-               max_length=cfg["max_length"], threshold=cfg["decision_threshold"],
+               max_length=cfg["max_length"], threshold=threshold,
                extra={"backbone": cfg["model"], "dtype": forward_dtype, "num_layers": int(coef.shape[0]),
                       "hidden_size": int(coef.shape[1]), "pooling_type": pooling,
                       "selection_threshold": best.selection_threshold, "seed": int(cfg["seed"]),
@@ -369,7 +386,8 @@ def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate]
         "chosen": {"pooling_type": pooling, "selection_threshold": best.selection_threshold, "head": params,
                    "final_epochs": final_epochs, "cv_f1": float(best.tuned.best_value),
                    "final_head": cfg.get("final_head"), "saved_layer_dims": list(head.layer_dims)},
-        "decision_threshold": float(cfg["decision_threshold"]),
+        "decision_threshold": float(threshold),
+        "decision_threshold_source": threshold_source,
         "candidates": [{"pooling_type": c.pooling_type, "selection_threshold": c.selection_threshold,
                         "n_neurons": int(c.Z.shape[1]), "cv_f1": float(c.tuned.best_value),
                         "n_trials_complete": c.tuned.n_trials_complete, "n_pruned": c.tuned.n_pruned}
@@ -423,10 +441,11 @@ def train(cfg: dict) -> dict:
         with stage("final_head"):
             head, history, final_epochs = final_head(cfg, best.tuned, best.Z, best.y, seed,
                                                      scale=column_scale(cfg, best.selection, best.weights))
+        threshold, threshold_source = decision_threshold(cfg, best)
         with stage("test"):
-            test = test_f1(cfg, folders, best, head)
+            test = test_f1(cfg, folders, best, head, threshold)
         results = save_run(work, cfg, best, candidates, grids[best.pooling_type], head, history, final_epochs,
-                           test, stage.seconds)
+                           test, stage.seconds, threshold, threshold_source)
     results["out_dir"] = str(out_dir)
     return results
 

@@ -77,10 +77,13 @@ class TuneResult:
     # The best trial's fold heads (MLPHead, eval mode, raw features in), when this process ran
     # that trial; None when another worker of a shared study did. Not part of to_dict().
     fold_heads: list | None = dataclasses.field(default=None, repr=False, compare=False)
+    # (n,) float32: each row's score by the fold head that did not train on it (same trial
+    # and condition as fold_heads), for choosing a decision threshold on CV. Not in to_dict().
+    oof_proba: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name != "fold_heads"}
+                if f.name not in ("fold_heads", "oof_proba")}
 
 
 class _SurplusTrial(Exception):
@@ -211,7 +214,7 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
                         make_pruner(pruner, startup_trials=pruner_startup_trials,
                                     warmup_epochs=pruner_warmup_epochs))
     halving = pruner == "halving"
-    kept: dict[str, Any] = {"value": -np.inf, "number": -1, "heads": None}
+    kept: dict[str, Any] = {"value": -np.inf, "number": -1, "heads": None, "oof": None}
     kept_lock = threading.Lock()                      # n_jobs > 1 runs trials in threads
 
     def objective(trial: optuna.Trial) -> float:
@@ -221,6 +224,7 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
             raise _SurplusTrial(f"trial {trial.number} is past the cap of {n_trials}")
         params = suggest_head_params(trial, input_dim, width_cap)
         scores, epochs, heads = [], [], []
+        oof = np.full(len(y), np.nan, dtype=np.float32)
         for f, (tr, va) in enumerate(folds):
             best = [-np.inf]
 
@@ -238,7 +242,8 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
                 max_epochs=max_epochs, batch_size=batch_size, patience=patience,
                 X_val=X[va], y_val=y[va], groups_val=groups[va], on_epoch=on_epoch, fused=fused,
                 bf16=bf16, column_scale=column_scale)
-            pred = (predict_proba_head(model, X[va]) >= 0.5).astype(np.int64)
+            oof[va] = predict_proba_head(model, X[va])
+            pred = (oof[va] >= 0.5).astype(np.int64)
             scores.append(mean_group_macro_f1(y[va], pred, groups[va]))
             epochs.append(hist["best_epoch"])
             heads.append(model)
@@ -247,7 +252,7 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
         value = float(np.mean(scores))
         with kept_lock:     # same order as the final pick below: higher value, then lower number
             if (value, -trial.number) > (kept["value"], -kept["number"]):
-                kept.update(value=value, number=trial.number, heads=heads)
+                kept.update(value=value, number=trial.number, heads=heads, oof=oof)
         return value
 
     def n_existing() -> int:
@@ -284,4 +289,5 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
                       n_trials_complete=len(complete), n_pruned=len(pruned),
                       trials=[_trial_dict(t) for t in trials],
                       best_epochs=float(np.mean(be)) if be else None,
-                      fold_heads=kept["heads"] if kept["number"] == best.number else None)
+                      fold_heads=kept["heads"] if kept["number"] == best.number else None,
+                      oof_proba=kept["oof"] if kept["number"] == best.number else None)
