@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The offline-six benchmark: our pipeline on exactly the rows the authors' code was measured on
 # (../shared/protocols/offline_six/), with the protocol's settings (smollm2-135m, the dtype our
-# default picks for this device, residual_mean, C 200/500/1000, selection threshold 0.9,
-# 8 trials x 3 folds, seed 42) and a cold feature cache. Runs train/run_general_siren.sh and
+# default picks for this device, C 200/500/1000, selection threshold 0.9, 8 trials x 3 folds,
+# seed 42; pooling: our default, see below) and a cold feature cache. It also times a bare
+# forward pass of the backbone over the same rows and batches (scripts/forward_floor.py), the
+# floor that end-to-end time is compared with. Runs train/run_general_siren.sh and
 # test/eval_general_siren.sh, then prints one table: per stage our time beside the authors',
 # peak RSS beside theirs, and per-dataset test macro-F1 beside theirs with the average.
 #
@@ -37,7 +39,11 @@ export DATA_DIR="$WORK/data"
 export DATASETS="toxic_chat openai_moderation aegis wildguard safe_rlhf beavertails"
 export MAX_PER_SPLIT="${MAX_PER_SPLIT:-}"   # empty: every protocol row (already 600/200/300 at most)
 export N_TRIALS="${N_TRIALS:-8}" N_FOLDS="${N_FOLDS:-3}" SEED="${SEED:-42}"
-export C_VALUES="200 500 1000" SELECTION_THRESHOLDS="0.9" POOLING_TYPES="residual_mean" DTYPE="${DTYPE:-auto}"
+export C_VALUES="200 500 1000" SELECTION_THRESHOLDS="0.9" DTYPE="${DTYPE:-auto}"
+# Pooling: our default (configs/defaults.yaml: residual_mean and mlp_mean, the head search's CV
+# picks one; the protocol's residual_mean is one of the two). POOLING_TYPES=residual_mean runs
+# the protocol's setting alone. Every other head setting is our default too.
+export POOLING_TYPES="${POOLING_TYPES:-}"
 OUT="$WORK/guard"
 
 # The floor: a bare forward pass of the same backbone over the same rows and batches.
@@ -89,7 +95,8 @@ stages = [  # (stage, ours, theirs)
 total_ours = runs["train"]["seconds"] + runs["eval"]["seconds"]
 stages.append(("total (train + eval)", total_ours, ref["total_wall_s"]))
 cfg = res["config"]
-print(f"\noffline-six: {cfg['model']}, dtype {json.loads((out / 'siren_config.json').read_text()).get('siren', {}).get('dtype')}, "
+print(f"\noffline-six: {cfg['model']}, pooling {res['chosen']['pooling_type']} (of {', '.join(cfg['pooling_types'])}), "
+      f"final head {cfg.get('final_head')}, dtype {json.loads((out / 'siren_config.json').read_text()).get('siren', {}).get('dtype')}, "
       f"caps {cfg.get('max_per_split') or 'protocol rows'}, {cfg['n_trials']} trials x {cfg['n_folds']} folds, seed {cfg['seed']}, cold cache")
 if cfg.get("max_per_split"):
     print("(rows capped below the protocol's: times and F1 are not comparable with the authors')")
