@@ -176,6 +176,8 @@ HEAD_VARIANTS: dict[str, dict] = {
     "halving_bf16_scaled": {**_BASE, "pruner": "halving", "bf16": True, "scale": True},
     "halving_p10_w1024_bf16_scaled": {**_BASE, "patience": 10, "pruner": "halving", "bf16": True, "scale": True,
                                       "width_cap": 1024},
+    "halving_p10_w640_bf16_scaled": {**_BASE, "patience": 10, "pruner": "halving", "bf16": True, "scale": True,
+                                     "width_cap": 640},
     "bf16": {**_BASE, "bf16": True},
     "bf16_scaled": {**_BASE, "bf16": True, "scale": True},
 }

@@ -113,11 +113,27 @@ def _seeded_init(model: MLPHead, gen: torch.Generator) -> None:
                 nn.init.uniform_(m.bias, -bound, bound, generator=gen)
 
 
-def _standard_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mean = X.mean(axis=0, dtype=np.float64)
-    std = X.std(axis=0, dtype=np.float64)
+def _standard_stats(X: np.ndarray, chunk_rows: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and std (k,) float64 of X (n, k), accumulated over row chunks, so that no
+    (n, k) float64 temporary is made (it would be twice the size of X)."""
+    n, k = X.shape
+    mean = np.zeros(k, dtype=np.float64)
+    for s in range(0, n, chunk_rows):
+        mean += X[s:s + chunk_rows].sum(axis=0, dtype=np.float64)
+    mean /= n
+    var = np.zeros(k, dtype=np.float64)
+    for s in range(0, n, chunk_rows):
+        var += np.square(X[s:s + chunk_rows] - mean).sum(axis=0)
+    std = np.sqrt(var / n)
     std = np.where(std > 1e-8 * (1.0 + np.abs(mean)), std, 1.0)   # constant column: leave as is
     return mean, std
+
+
+def _standardise(X: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+    """(X - mean) / std as a float32 tensor (n, k), computed in float32 (no float64 copy)."""
+    out = np.subtract(X, mean.astype(np.float32), dtype=np.float32)
+    out /= std.astype(np.float32)
+    return torch.from_numpy(out)
 
 
 def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rates: list[float],
@@ -156,11 +172,11 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
         if scale.shape != (k,) or not np.all(np.isfinite(scale)) or np.any(scale <= 0):
             raise ValueError(f"column_scale must be {k} finite values > 0")
         std = std / scale              # (x - mean) / (std / s) == s * standardised x
-    Xt = torch.from_numpy(((X - mean) / std).astype(np.float32))
+    Xt = _standardise(X, mean, std)
     yt = torch.from_numpy(y)
     has_val = X_val is not None and y_val is not None
     if has_val:
-        Xv = torch.from_numpy(((np.asarray(X_val, np.float32) - mean) / std).astype(np.float32))
+        Xv = _standardise(np.asarray(X_val, np.float32), mean, std)
         yv = np.asarray(y_val).reshape(-1)
         gv = np.zeros(len(yv), np.int64) if groups_val is None else np.asarray(groups_val)
 

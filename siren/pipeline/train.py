@@ -241,9 +241,17 @@ class Candidate:
     selection: dict
     weights: np.ndarray
     tuned: object
-    Z: np.ndarray
+    Z: np.ndarray | None
     y: np.ndarray
     groups: np.ndarray
+    n_neurons: int = 0
+
+    def release(self) -> None:
+        """Drop what only the chosen candidate needs (its head input, fold heads and
+        out-of-fold scores), so a losing candidate does not hold memory while others are tuned."""
+        self.Z = None
+        self.tuned.fold_heads = None
+        self.tuned.oof_proba = None
 
 
 def tune_candidates(cfg: dict, pooling: str, grid, train_split, val_split, seed: int) -> list[Candidate]:
@@ -265,7 +273,7 @@ def tune_candidates(cfg: dict, pooling: str, grid, train_split, val_split, seed:
         study = f"{cfg['study_name']}-{pooling}-t{thr}" if cfg.get("study_name") else None
         tuned = search_head(cfg, Z, y, groups, seed, scale=column_scale(cfg, selection, weights), study_name=study)
         log(f"{pooling} selection threshold {thr}: {Z.shape[1]} neurons, CV F1 {tuned.best_value:.4f}")
-        out.append(Candidate(pooling, float(thr), selection, weights, tuned, Z, y, groups))
+        out.append(Candidate(pooling, float(thr), selection, weights, tuned, Z, y, groups, n_neurons=int(Z.shape[1])))
     return out
 
 
@@ -389,7 +397,7 @@ def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate]
         "decision_threshold": float(threshold),
         "decision_threshold_source": threshold_source,
         "candidates": [{"pooling_type": c.pooling_type, "selection_threshold": c.selection_threshold,
-                        "n_neurons": int(c.Z.shape[1]), "cv_f1": float(c.tuned.best_value),
+                        "n_neurons": c.n_neurons, "cv_f1": float(c.tuned.best_value),
                         "n_trials_complete": c.tuned.n_trials_complete, "n_pruned": c.tuned.n_pruned}
                        for c in candidates],
         "n_selected_neurons": int(sum(n_per_layer.values())),
@@ -428,7 +436,7 @@ def train(cfg: dict) -> dict:
             write_splits(work / "splits.json", datasets, split_kw, cfg["n_folds"])
         with stage("extract"):
             folders = extract_features(cfg, split_kw)
-        candidates, grids = [], {}
+        candidates, grids, best = [], {}, None
         for pooling in cfg["pooling_types"]:
             train_split = load_split(folders, datasets, "train", pooling)
             val_split = load_split(folders, datasets, "validation", pooling)
@@ -436,12 +444,19 @@ def train(cfg: dict) -> dict:
                 grids[pooling] = grid = fit_probes(cfg, train_split, val_split)
             np.savez(work / f"probes_{pooling}.npz", **{k: np.asarray(v) for k, v in grid.to_dict().items()})
             with stage("optuna"):
-                candidates += tune_candidates(cfg, pooling, grid, train_split, val_split, seed)
-        best = max(candidates, key=lambda c: c.tuned.best_value)
+                for c in tune_candidates(cfg, pooling, grid, train_split, val_split, seed):
+                    candidates.append(c)
+                    if best is None or c.tuned.best_value > best.tuned.best_value:   # ties: the first
+                        if best is not None:
+                            best.release()
+                        best = c
+                    else:
+                        c.release()
         with stage("final_head"):
             head, history, final_epochs = final_head(cfg, best.tuned, best.Z, best.y, seed,
                                                      scale=column_scale(cfg, best.selection, best.weights))
         threshold, threshold_source = decision_threshold(cfg, best)
+        best.release()      # the saved head is built; its inputs and fold heads are not needed any more
         with stage("test"):
             test = test_f1(cfg, folders, best, head, threshold)
         results = save_run(work, cfg, best, candidates, grids[best.pooling_type], head, history, final_epochs,
