@@ -223,13 +223,15 @@ def build_report(args) -> dict:
 
     weighting = None
     if "uniform_weights" in all_scores and "siren" in all_scores:
-        # The head standardises every input column before training, which cancels a constant
-        # per-layer factor: the ablation measures how much the weighting still changes.
+        # The head standardises every input column; with scale_by_layer_weight the run then
+        # multiplies each column by its layer weight, else the weights cancel and only the two
+        # separate head searches differ.
         diff = np.abs(all_scores["uniform_weights"] - all_scores["siren"])
         weighting = {"max_abs_score_difference": float(diff.max()),
                      "rows_with_different_decision": int(((all_scores["uniform_weights"] >= THRESHOLD)
                                                           != (all_scores["siren"] >= THRESHOLD)).sum()),
-                     "rows": int(len(diff))}
+                     "rows": int(len(diff)),
+                     "scale_by_layer_weight": bool(run.cfg.get("scale_by_layer_weight"))}
 
     from siren.backbones import resolve
 
@@ -374,8 +376,12 @@ def markdown(report: dict) -> str:
     if w:
         lines.append(f"- `uniform_weights` vs `siren` on all {w['rows']} test rows: scores differ by at most "
                      f"{w['max_abs_score_difference']:.2e}, decisions on {w['rows_with_different_decision']} rows. "
-                     "The head standardises each input column before training, so a constant factor per layer "
-                     "cancels; what is left comes from the two separate head searches.")
+                     + ("The run's head multiplies each standardised input by its layer's weight "
+                        "(scale_by_layer_weight); `uniform_weights` uses the same neurons without it, with its own "
+                        "head search, so the difference mixes the weighting with search noise."
+                        if w.get("scale_by_layer_weight") else
+                        "The head standardises each input column before training, so a constant factor per layer "
+                        "cancels; what is left comes from the two separate head searches."))
     lines.append("")
 
     def table(title, key, names, note=None):
