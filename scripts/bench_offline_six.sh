@@ -8,7 +8,7 @@
 # test/eval_general_siren.sh, then prints one table: per stage our time beside the authors',
 # peak RSS beside theirs, and per-dataset test macro-F1 beside theirs with the average.
 #
-#   bash scripts/bench_offline_six.sh                      # the full protocol (15 min on a 2-core AMX host)
+#   bash scripts/bench_offline_six.sh                      # the full protocol (about 17 min on a 2-core AMX host, floor included)
 #   MAX_PER_SPLIT="20 10 10" N_TRIALS=2 bash scripts/bench_offline_six.sh   # a smoke run on capped rows
 #
 # Skips (exit 0) when the protocol folder is absent. WORK (default: a new temp dir) holds the
