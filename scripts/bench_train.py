@@ -184,15 +184,13 @@ HEAD_VARIANTS: dict[str, dict] = {
 
 
 def _new_variant() -> dict:
-    """The defaults of configs/defaults.yaml as a variant (head_dtype null: what this CPU runs natively)."""
-    from siren.backbones import auto_dtype
-    from siren.config import defaults as load_defaults
+    """The defaults of configs/defaults.yaml as a variant (head_dtype resolved as training does)."""
+    from siren.config import defaults
+    from siren.pipeline.train import head_bf16
 
-    d = load_defaults()
-    bf16 = d["head_dtype"] in ("bfloat16", "bf16") or (d["head_dtype"] in (None, "auto")
-                                                         and auto_dtype("cpu")[0] == "bfloat16")
+    d = defaults()
     return dict(pruner=d["pruner"], width_cap=d["head_width_cap"], patience=d["patience"], fused=True,
-                bf16=bf16, scale=bool(d["scale_by_layer_weight"]))
+                bf16=head_bf16(d), scale=bool(d["scale_by_layer_weight"]))
 
 
 HEAD_VARIANTS["new"] = _new_variant()
