@@ -40,8 +40,8 @@ export DATASETS="toxic_chat openai_moderation aegis wildguard safe_rlhf beaverta
 export MAX_PER_SPLIT="${MAX_PER_SPLIT:-}"   # empty: every protocol row (already 600/200/300 at most)
 export N_TRIALS="${N_TRIALS:-8}" N_FOLDS="${N_FOLDS:-3}" SEED="${SEED:-42}"
 export C_VALUES="200 500 1000" SELECTION_THRESHOLDS="0.9" DTYPE="${DTYPE:-auto}"
-# Pooling: our default (configs/defaults.yaml: residual_mean and mlp_mean, the head search's CV
-# picks one; the protocol's residual_mean is one of the two). POOLING_TYPES=residual_mean runs
+# Pooling: our default (configs/defaults.yaml: mlp_mean, which won CV against residual_mean in
+# every run; reports/head_search_offline6). POOLING_TYPES=residual_mean runs
 # the protocol's setting alone. Every other head setting is our default too.
 export POOLING_TYPES="${POOLING_TYPES:-}"
 OUT="$WORK/guard"
@@ -52,10 +52,14 @@ FLOOR_ARGS=(--model "$MODEL" --data_dir "$DATA_DIR" --datasets $DATASETS)
 [ -n "$MAX_PER_SPLIT" ] && FLOOR_ARGS+=(--max_per_split $MAX_PER_SPLIT)
 "$PY" "$ROOT/scripts/forward_floor.py" "${FLOOR_ARGS[@]}" > "$WORK/floor.json" 2> "$WORK/floor.log"
 
-# Each driver in its own process, timed with its peak RSS (children's ru_maxrss).
+# Each driver in its own process, timed with its peak RSS: a fresh wrapper process per driver
+# reads its children's ru_maxrss (the largest process of that driver alone; this process's own
+# RUSAGE_CHILDREN would carry the first driver's peak into the second's).
 "$PY" - "$ROOT" "$OUT" "$WORK" <<'PY'
 import json, resource, subprocess, sys, time
 root, out, work = sys.argv[1:4]
+WRAP = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[2:]); "
+        "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(rc)")
 runs = {}
 for name, cmd in (("train", ["bash", f"{root}/train/run_general_siren.sh", "--out_dir", out,
                              "--cache_dir", f"{work}/features"]),
@@ -63,12 +67,12 @@ for name, cmd in (("train", ["bash", f"{root}/train/run_general_siren.sh", "--ou
     if name == "eval":
         import os
         os.environ["MODEL"] = out
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t = time.perf_counter()
     with open(f"{work}/{name}.log", "w") as log:
-        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+        rc = subprocess.call([sys.executable, "-c", WRAP, f"{work}/{name}.maxrss"] + cmd,
+                             stdout=log, stderr=subprocess.STDOUT)
     runs[name] = {"seconds": time.perf_counter() - t, "rc": rc,
-                  "peak_rss_gib": max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 2**20}
+                  "peak_rss_gib": int(open(f"{work}/{name}.maxrss").read() or 0) / 2**20}
     if rc != 0:
         sys.exit(f"bench_offline_six: {name} failed (exit {rc}); see {work}/{name}.log")
 json.dump(runs, open(f"{work}/runs.json", "w"), indent=2)
@@ -108,7 +112,8 @@ print(f"{'bare forward (floor)':22s} {floor['forward_s']:9.1f} {'':>9s}   "
 print(f"end to end / floor: {total_ours / floor['forward_s']:.2f}x   extraction / floor: "
       f"{ours_t.get('extract', 0.0) / floor['forward_s']:.2f}x")
 rss = max(runs["train"]["peak_rss_gib"], runs["eval"]["peak_rss_gib"])
-print(f"{'peak RSS (GiB)':22s} {rss:9.2f} {ref['peak_rss_mib']['overall_mib'] / 1024:9.2f}")
+print(f"{'peak RSS (GiB)':22s} {rss:9.2f} {ref['peak_rss_mib']['overall_mib'] / 1024:9.2f}"
+      f"   (train {runs['train']['peak_rss_gib']:.2f}, eval {runs['eval']['peak_rss_gib']:.2f})")
 print(f"\n{'dataset':20s} {'ours F1':>8s} {'theirs F1':>9s} {'diff':>7s}")
 theirs = {k: v["f1_macro"] for k, v in ref["test_per_dataset"].items()}
 for name, f1 in ev["f1"].items():

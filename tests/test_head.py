@@ -173,3 +173,26 @@ def test_bf16_autocast_is_deterministic_and_learns():
         assert va.dtype == torch.float32 and torch.equal(va, vb), k    # weights stay fp32
     f, hf = fit_head(X[:300], y[:300], bf16=False, **kw)
     assert ha["best_val_f1"] > 0.85 and abs(ha["best_val_f1"] - hf["best_val_f1"]) < 0.05
+
+
+def test_bf16_inputs_are_the_autocast_cast_of_the_float32_standardisation():
+    """fit_head stores standardised rows in bf16 under bf16: the same numbers autocast's first
+    Linear would have made from float32 rows, computed chunk by chunk."""
+    from siren.pipeline.head import _standard_stats, _standardise
+
+    X, _, _ = toy(300, k=7)
+    mean, std = _standard_stats(X)
+    f32 = _standardise(X, mean, std, chunk_rows=64)
+    b16 = _standardise(X, mean, std, torch.bfloat16, chunk_rows=64)
+    assert f32.dtype == torch.float32 and b16.dtype == torch.bfloat16
+    assert torch.equal(b16, f32.to(torch.bfloat16))
+    np.testing.assert_allclose(f32.numpy(), (X - mean) / std, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_trained_head_holds_no_gradients(bf16):
+    """Fold heads are kept for the ensemble: a kept head must not hold its last step's gradients."""
+    X, y, g = toy(200)
+    model, _ = fit_head(X[:150], y[:150], layer_dims=[16], dropout_rates=[0.1], lr=1e-2, seed=0, max_epochs=3,
+                        batch_size=32, X_val=X[150:], y_val=y[150:], groups_val=g[150:], bf16=bf16)
+    assert all(p.grad is None for p in model.parameters())

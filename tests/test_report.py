@@ -132,7 +132,8 @@ def test_siren_row_reproduces_the_run(report, trained):
 def test_best_layer_is_the_runs_best_probe(report, trained):
     _, res = report
     _, _, run, _ = trained
-    probes = np.load(run / "probes_residual_mean.npz")
+    pooling = json.loads((run / "results.json").read_text())["chosen"]["pooling_type"]
+    probes = np.load(run / f"probes_{pooling}.npz")
     assert res["systems"]["best_layer"]["info"]["layer"] == int(np.argmax(probes["val_f1"]))
 
 

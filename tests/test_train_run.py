@@ -35,7 +35,7 @@ def test_failed_run_leaves_the_earlier_run_as_it_was(tiny_llama_dir, rows, tmp_p
     assert siren_main(_args(tiny_llama_dir, rows, out, cache)) == 0
     (out / "eval_results.json").write_text("{}\n")  # as if evaluated
     before = _snapshot(out)
-    assert {"siren_config.json", "best_model.pkl", "results.json", "probes_residual_mean.npz"} <= set(before)
+    assert {"siren_config.json", "best_model.pkl", "results.json", "probes_mlp_mean.npz"} <= set(before)
 
     # Fail after the probes stage, in a run that would also have written probes_mlp_mean.npz.
     def fail(*args, **kwargs):
