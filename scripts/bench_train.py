@@ -194,6 +194,7 @@ def _new_variant() -> dict:
 
 
 HEAD_VARIANTS["new"] = _new_variant()
+HEAD_VARIANTS["new_dataset_balanced"] = {**HEAD_VARIANTS["new"], "balance": "dataset_label"}
 
 
 def holdout_split(y, g, share: float, seed: int):
@@ -229,6 +230,7 @@ def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, m
         if kw["scale"] and colw is None:
             raise SystemExit(f"variant {name} scales by layer weight: the data has no column weights")
         tkw = {k: v for k, v in kw.items() if k != "scale"}
+        fkw = {"groups": gs, "balance": kw["balance"]} if "balance" in kw else {}
         scale = colw if kw["scale"] else None
         t = time.perf_counter()
         res = tune_head(Zs, ys, gs, n_trials=n_trials, n_folds=n_folds, seed=seed,
@@ -244,7 +246,7 @@ def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, m
             t = time.perf_counter()
             refit, _ = fit_head(Zs, ys, layer_dims=p["layer_dims"], dropout_rates=p["dropout_rates"],
                                 lr=p["lr"], seed=seed, max_epochs=epochs, fused=kw["fused"],
-                                bf16=kw["bf16"], column_scale=scale)
+                                bf16=kw["bf16"], column_scale=scale, **fkw)
             row["refit_s"] = time.perf_counter() - t
             f1 = lambda m, t=0.5: float(mean_group_macro_f1(    # noqa: E731
                 y[held], (predict_proba_head(m, Z[held]) >= t).astype(np.int64), g[held]))

@@ -211,3 +211,25 @@ def test_rows_train_on_a_fold_exactly_as_on_its_copy():
     assert ha["val_f1"] == hb["val_f1"]
     for va_, vb_ in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(va_, vb_)
+
+
+def test_dataset_label_balance_equals_label_balance_when_cells_are_equal():
+    """With every (dataset, label) cell the same size, both balances weigh every row alike."""
+    X, _, _ = toy(240)
+    y = np.tile([0, 1], 120).astype(np.int64)
+    g = np.repeat([0, 1], 120)
+    kw = dict(layer_dims=[16], dropout_rates=[0.1], lr=3e-3, seed=2, max_epochs=4, batch_size=40)
+    a, ha = fit_head(X, y, **kw)
+    b, hb = fit_head(X, y, groups=g, balance="dataset_label", **kw)
+    np.testing.assert_allclose(ha["train_loss"], hb["train_loss"], rtol=1e-5)
+    for va, vb in zip(a.state_dict().values(), b.state_dict().values()):
+        torch.testing.assert_close(va, vb, rtol=1e-4, atol=1e-5)
+
+
+def test_dataset_label_balance_needs_groups_and_a_known_name():
+    X, y, g = toy(60)
+    kw = dict(layer_dims=[8], dropout_rates=[0.1], lr=1e-3, seed=0, max_epochs=1)
+    with pytest.raises(ValueError, match="groups"):
+        fit_head(X, y, balance="dataset_label", **kw)
+    with pytest.raises(ValueError, match="balance"):
+        fit_head(X, y, groups=g, balance="datasets", **kw)

@@ -160,8 +160,14 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
              on_epoch: Callable[[int, float], None] | None = None,
              weight_decay: float = 1e-4, fused: bool = True, bf16: bool = False,
              column_scale: np.ndarray | None = None, rows: np.ndarray | None = None,
-             val_rows: np.ndarray | None = None) -> tuple[MLPHead, dict]:
+             val_rows: np.ndarray | None = None, groups: np.ndarray | None = None,
+             balance: str = "label") -> tuple[MLPHead, dict]:
     """Train the head. X (n, k) raw aggregated features, y (n,) {0,1}.
+
+    ``balance``: "label": each class weighs the same in the loss (class weights n / (2 n_c));
+    "dataset_label": each (dataset, label) cell of ``groups`` (n,) weighs the same (per-row
+    weights n / (cells x n_cell)), so a small or skewed dataset counts as much as a large one,
+    as in the score (the mean over datasets of macro-F1).
 
     ``rows`` / ``val_rows`` (int arrays): train on X[rows], y[rows] and validate on
     X_val[val_rows], y_val[val_rows], groups_val[val_rows] (a CV fold of one array, as the head
@@ -211,9 +217,25 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
         if val_rows is not None:
             yv, gv = yv[val_rows], gv[val_rows]
 
-    counts = np.bincount(y, minlength=2).astype(np.float64)
-    cw = np.where(counts > 0, n / (2.0 * np.maximum(counts, 1)), 0.0)
-    loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(cw, dtype=torch.float32))
+    if balance == "label":
+        counts = np.bincount(y, minlength=2).astype(np.float64)
+        cw = np.where(counts > 0, n / (2.0 * np.maximum(counts, 1)), 0.0)
+        loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(cw, dtype=torch.float32))
+    elif balance == "dataset_label":
+        if groups is None:
+            raise ValueError("balance='dataset_label' needs the training rows' groups")
+        g = np.asarray(groups).reshape(-1).astype(np.int64)
+        g = g[rows] if rows is not None else g
+        _, cell, size = np.unique(g * 2 + y, return_inverse=True, return_counts=True)
+        row_w = torch.tensor(n / (len(size) * size[cell]), dtype=torch.float32)     # (n,)
+        ce = nn.CrossEntropyLoss(reduction="none")
+
+        def loss_fn(logits: torch.Tensor, target: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            w = row_w[idx]
+            return (ce(logits, target) * w).sum() / w.sum()   # CrossEntropyLoss(weight)'s mean, per row
+    else:
+        raise ValueError(f"balance {balance!r}: use 'label' or 'dataset_label'")
+    per_row = balance != "label"
 
     history: dict = {"val_f1": [], "train_loss": [], "best_epoch": 0, "best_val_f1": None}
     seed = int(seed)
@@ -242,7 +264,8 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
             idx = perm[s:s + batch_size]
             opt.zero_grad(set_to_none=True)
             with autocast():
-                loss = loss_fn(model(Xt[idx]).float(), yt[idx])
+                logits = model(Xt[idx]).float()
+                loss = loss_fn(logits, yt[idx], idx) if per_row else loss_fn(logits, yt[idx])
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)

@@ -193,7 +193,8 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
               patience: int = 20, batch_size: int = 256, pruner: str = "median",
               pruner_startup_trials: int = 4, pruner_warmup_epochs: int = 5,
               width_cap: int = 2048, fused: bool = True, bf16: bool = False,
-              column_scale: np.ndarray | None = None, progress: bool = True) -> TuneResult:
+              column_scale: np.ndarray | None = None, balance: str = "label",
+              progress: bool = True) -> TuneResult:
     """Search the head's hyper-parameters. X (n, k) float32, y (n,), groups (n,).
 
     ``n_trials`` is the study-wide total (shared with other workers when ``storage`` is
@@ -245,7 +246,7 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
                 X, y, rows=tr, **params, seed=seed + trial.number * 1000 + f,
                 max_epochs=max_epochs, batch_size=batch_size, patience=patience,
                 X_val=X, y_val=y, groups_val=groups, val_rows=va, on_epoch=on_epoch, fused=fused,
-                bf16=bf16, column_scale=column_scale)
+                bf16=bf16, column_scale=column_scale, groups=groups, balance=balance)
             oof[va] = predict_proba_head(model, X[va])
             pred = (oof[va] >= 0.5).astype(np.int64)
             scores.append(mean_group_macro_f1(y[va], pred, groups[va]))
