@@ -193,10 +193,11 @@ class LayerFeatures:
         # Positions count real tokens only, so left padding gives the same vectors as right padding.
         position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
         input_ids, mask, position_ids = (t.to(self.device) for t in (input_ids, mask, position_ids))
-        keep = mask.unsqueeze(-1).bool()  # (b, T, 1)
-        weight = mask.unsqueeze(-1).to(torch.float32)  # (b, T, 1)
-        counts = mask.sum(dim=1, keepdim=True).to(torch.float32)  # (b, 1)
         left = padding_side != "right"
+        # (b, T, 1): which positions are real tokens, as a bool for where() (left padding) or as
+        # 0/1 float32 to multiply by (right padding)
+        keep = mask.unsqueeze(-1).bool() if left else mask.unsqueeze(-1).to(torch.float32)
+        counts = mask.sum(dim=1, keepdim=True).to(torch.float32)  # (b, 1)
 
         wanted = self._modules()
         out = {rep: [None] * len(self.layers) for rep in self.pooling_types}
@@ -209,7 +210,7 @@ class LayerFeatures:
                 if left:    # where() rather than multiply: left-padded positions may hold inf/nan
                     summed = torch.where(keep, h, torch.zeros((), dtype=h.dtype, device=h.device)).sum(dim=1, dtype=torch.float32)
                 else:       # right padding: every position is finite; the same sum, about 2x faster
-                    summed = (h.float() * weight).sum(dim=1)
+                    summed = (h.float() * keep).sum(dim=1)
                 out[rep][slot[layer]] = summed / counts
                 remaining[0] -= 1
                 if remaining[0] == 0:

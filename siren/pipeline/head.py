@@ -217,10 +217,14 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
         if val_rows is not None:
             yv, gv = yv[val_rows], gv[val_rows]
 
+    # loss_fn(logits (b, 2), target (b,), idx (b,) the batch's row numbers) -> weighted mean CE
     if balance == "label":
         counts = np.bincount(y, minlength=2).astype(np.float64)
         cw = np.where(counts > 0, n / (2.0 * np.maximum(counts, 1)), 0.0)
-        loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(cw, dtype=torch.float32))
+        class_ce = nn.CrossEntropyLoss(weight=torch.tensor(cw, dtype=torch.float32))
+
+        def loss_fn(logits: torch.Tensor, target: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            return class_ce(logits, target)
     elif balance == "dataset_label":
         if groups is None:
             raise ValueError("balance='dataset_label' needs the training rows' groups")
@@ -235,7 +239,6 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
             return (ce(logits, target) * w).sum() / w.sum()   # CrossEntropyLoss(weight)'s mean, per row
     else:
         raise ValueError(f"balance {balance!r}: use 'label' or 'dataset_label'")
-    per_row = balance != "label"
 
     history: dict = {"val_f1": [], "train_loss": [], "best_epoch": 0, "best_val_f1": None}
     seed = int(seed)
@@ -264,8 +267,7 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
             idx = perm[s:s + batch_size]
             opt.zero_grad(set_to_none=True)
             with autocast():
-                logits = model(Xt[idx]).float()
-                loss = loss_fn(logits, yt[idx], idx) if per_row else loss_fn(logits, yt[idx])
+                loss = loss_fn(model(Xt[idx]).float(), yt[idx], idx)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
