@@ -12,6 +12,6 @@ __version__ = "0.1.0"
 # shape, and each keeps its own buffers. Length-bucketed extraction and the head search's
 # varying widths meet hundreds of shapes, so that cache alone grew peak memory by about
 # 0.4 GiB on a three-dataset extraction (1.85 -> 1.44 GiB with 128 entries, same speed;
-# 16 entries: 1.40 GiB but 16% slower). Read once, when oneDNN first runs, so it is set here,
+# 16 entries: 1.40 GiB but 16% slower; reports/memory_knobs). Read once, when oneDNN first runs, so it is set here,
 # before torch is imported through siren; a value the user exported wins.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128")

@@ -4,8 +4,8 @@ glibc's malloc keeps freed blocks of its heap for reuse; with the varying tensor
 extraction (length buckets) and of the head search (a new width per trial), freed memory sits
 in holes that later requests do not fit, so the resident size only ever grows. ``trim()``
 (``malloc_trim(0)``) returns those free pages. It is called where a training stage ends and
-before each head fit of the search (peak of the offline-six head search 1.98 -> 1.75 GiB),
-not in extraction: per batch it cost 13% of the time for 0.16 GiB, per split it saved nothing.
+before each head fit of the search, not in extraction: per batch it cost 13% of the time
+for 0.16 GiB (reports/memory_knobs), per split it saved nothing.
 """
 
 from __future__ import annotations
