@@ -62,13 +62,15 @@ def run_ours(bb, texts, batch_tokens: int, folder: Path) -> float:
 
 
 def padded_tokens(batches, lengths) -> int:
-    return int(sum(len(b) * max(lengths[i] for i in b) for b in batches))
+    from siren.features import batch_width
+
+    return int(sum(len(b) * batch_width([lengths[i] for i in b]) for b in batches))
 
 
 def bench(args) -> dict:
     import torch
 
-    from siren.features import LayerFeatures, length_batches
+    from siren.features import LayerFeatures, batch_width, length_batches
 
     # Peak RSS of (b) for n and 4n texts, each in a fresh subprocess, spawned first: Linux keeps
     # ru_maxrss across fork+exec, so a child of a big parent would report the parent's peak.
@@ -104,7 +106,7 @@ def bench(args) -> dict:
 
     def padded(idx) -> tuple[torch.Tensor, torch.Tensor]:
         """(input ids, attention mask) of one batch, right-padded: (b, width) each."""
-        width = max(lengths[i] for i in idx)
+        width = batch_width([lengths[i] for i in idx])
         x = torch.full((len(idx), width), lf.pad_id, dtype=torch.long)
         m = torch.zeros((len(idx), width), dtype=torch.long)
         for r, i in enumerate(idx):
@@ -133,7 +135,7 @@ def bench(args) -> dict:
                         model(input_ids=x, attention_mask=m, use_cache=False)
                         fwd += time.perf_counter() - t0
                     else:
-                        lf([ids[i] for i in idx])
+                        lf([ids[i] for i in idx], width=x.shape[1])
                         ours += time.perf_counter() - t0
         return fwd, ours
 

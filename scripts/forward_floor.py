@@ -22,7 +22,7 @@ import torch
 def main() -> int:
     from siren.backbones import load_backbone, resolve_device, resolve_dtype
     from siren.data import load_splits
-    from siren.features import length_batches, tokenize
+    from siren.features import batch_width, length_batches, tokenize
     from siren.pipeline.extract import default_batch_tokens
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -65,7 +65,7 @@ def main() -> int:
     t = time.perf_counter()
     with torch.no_grad():
         for idx in batches:
-            width = max(lengths[i] for i in idx)
+            width = batch_width([lengths[i] for i in idx])
             x = torch.full((len(idx), width), pad, dtype=torch.long)
             m = torch.zeros((len(idx), width), dtype=torch.long)
             for r, i in enumerate(idx):

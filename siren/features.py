@@ -101,33 +101,50 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]
     return [list(ids) for ids in enc["input_ids"]]
 
 
-def length_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: int | None = None,
-                   max_padding: float = 0.10) -> list[np.ndarray]:
-    """Group indices into batches of similar length whose padded size fits a token budget.
+# Batch widths come from a fixed ladder (multiples of WIDTH_QUANTUM, each rung about
+# WIDTH_STEP above the last), so extraction sees a few dozen distinct (rows, width) shapes
+# instead of hundreds. Measured on three offline-six datasets (smollm2-135m, bf16, 2 cores):
+# 29 shapes instead of 266, 19-23% less time and 0.31 GiB less peak memory in the same run,
+# although 16% of the positions are padding instead of 3%: every new shape costs kernel
+# set-up and leaves the allocator's free lists fragmented (memory kept growing with the
+# number of shapes seen).
+WIDTH_QUANTUM, WIDTH_STEP = 8, 0.125
 
-    lengths: (n,) token counts. Texts are taken longest first; a batch is closed when the next
-    text would overflow `batch_tokens` (padded), `max_batch_size`, or when it is so much
-    shorter than the batch's longest that padding could exceed `max_padding` of its tokens
-    (so padded / real tokens <= 1 + max_padding in every batch). A text longer than the budget
-    gets a batch of its own. Returns index arrays, longest batches first (so an
-    out-of-memory error shows up at once, not at the end).
+
+def padded_width(length: int) -> int:
+    """The smallest ladder rung >= length (>= 1): 8, 16, 24, ..., 64, 72, 88, 104, ..."""
+    width = WIDTH_QUANTUM
+    while width < length:
+        width = max(width + WIDTH_QUANTUM, -(-int(width * (1 + WIDTH_STEP)) // WIDTH_QUANTUM) * WIDTH_QUANTUM)
+    return width
+
+
+def batch_width(lengths: Sequence[int]) -> int:
+    """The width a batch of texts with these token counts is padded to: its ladder rung, or the
+    text's own length for a single text (nothing to pad against, so no mask is needed)."""
+    longest = max(1, max(int(x) for x in lengths))
+    return longest if len(lengths) == 1 else padded_width(longest)
+
+
+def length_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: int | None = None) -> list[np.ndarray]:
+    """Group indices into batches of a few fixed shapes that fit a token budget.
+
+    lengths: (n,) token counts. Texts are taken longest first; each batch starts with the
+    longest text left, is padded to that text's ladder rung W (`padded_width`), and takes the
+    next min(batch_tokens // W, max_batch_size) texts (at least one), which all fit in W. So
+    every batch but a group's last has one of a few dozen shapes. Returns index arrays,
+    longest batches first (so an out-of-memory error shows up at once, not at the end);
+    pad each to `batch_width` of its lengths.
     """
-    order = np.argsort(-np.asarray(lengths), kind="stable")
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
     batches: list[np.ndarray] = []
-    current: list[int] = []
-    longest = 0
-    for i in order:
-        length = max(1, int(lengths[i]))
-        if current and ((len(current) + 1) * longest > batch_tokens
-                        or (max_batch_size is not None and len(current) >= max_batch_size)
-                        or length * (1 + max_padding) < longest):
-            batches.append(np.asarray(current))
-            current = []
-        if not current:
-            longest = length
-        current.append(int(i))
-    if current:
-        batches.append(np.asarray(current))
+    i = 0
+    while i < len(order):
+        rows = max(1, int(batch_tokens) // padded_width(int(lengths[order[i]])))
+        if max_batch_size is not None:
+            rows = min(rows, int(max_batch_size))
+        batches.append(order[i:i + rows])
+        i += rows
     return batches
 
 
@@ -180,10 +197,12 @@ class LayerFeatures:
         return feature_modules(self.decoder_layers, self.final_norm, self.pooling_types, self.layers)
 
     @torch.no_grad()
-    def __call__(self, batch: Sequence[Sequence[int]], padding_side: str = "right") -> dict[str, torch.Tensor]:
-        """batch: token id lists. Returns {pooling type: (b, len(layers), d) float32 tensor on CPU}."""
+    def __call__(self, batch: Sequence[Sequence[int]], padding_side: str = "right",
+                 width: int | None = None) -> dict[str, torch.Tensor]:
+        """batch: token id lists; width: pad to at least this many positions (default: the longest).
+        Returns {pooling type: (b, len(layers), d) float32 tensor on CPU}."""
         b = len(batch)
-        width = max(len(ids) for ids in batch)
+        width = max([len(ids) for ids in batch] + [width or 0])
         input_ids = torch.full((b, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((b, width), dtype=torch.long)
         for i, ids in enumerate(batch):
@@ -243,7 +262,8 @@ class LayerFeatures:
         d = int(self.model.config.hidden_size)
         result = {rep: np.zeros((len(ids), len(self.layers), d), dtype=np.float32) for rep in self.pooling_types}
         for idx in length_batches([len(x) for x in ids], batch_tokens):
-            feats = self([ids[i] for i in idx])
+            batch = [ids[i] for i in idx]
+            feats = self(batch, width=batch_width([len(x) for x in batch]))
             for rep, v in feats.items():
                 result[rep][idx] = v.numpy()
         return result

@@ -3,7 +3,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from siren.features import LayerFeatures, join_prompt_response, length_batches, normalize_text
+from siren.features import (LayerFeatures, batch_width, join_prompt_response, length_batches, normalize_text,
+                             padded_width)
 from siren.errors import SirenError
 from tiny_models import load_base
 
@@ -116,11 +117,40 @@ def test_bad_pooling_type_and_layers(tiny_llama_dir):
         LayerFeatures(model, tok, layers=[99])
 
 
-def test_length_batches_bound_padding():
+def test_length_batches_use_few_fixed_shapes():
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 400, size=2000)
-    batches = length_batches(lengths, batch_tokens=16384, max_padding=0.1)
-    padded = sum(len(b) * lengths[b].max() for b in batches)
-    assert padded / lengths.sum() <= 1.10
-    for b in batches:
-        assert lengths[b].max() <= 1.1 * lengths[b].min() + 1e-9 or len(b) == 1
+    batches = length_batches(lengths, batch_tokens=2048)
+    assert (np.sort(np.concatenate(batches)) == np.arange(len(lengths))).all()
+    shapes = set()
+    for k, b in enumerate(batches):
+        width = batch_width(lengths[b])
+        assert lengths[b].max() <= width == padded_width(lengths[b][0])   # the batch's first text is its longest
+        assert len(b) == 2048 // width or k == len(batches) - 1 or len(b) == 1
+        shapes.add((len(b), width))
+    assert len(shapes) <= 25                     # one shape per ladder rung (+ the tail)
+    padded = sum(len(b) * batch_width(lengths[b]) for b in batches)
+    assert padded / lengths.sum() < 1.25
+    capped = length_batches(lengths, batch_tokens=2048, max_batch_size=8)
+    assert max(len(b) for b in capped) == 8
+
+
+def test_padded_width_ladder():
+    rungs = sorted({padded_width(n) for n in range(1, 513)})
+    assert rungs[:8] == [8, 16, 24, 32, 40, 48, 56, 64]
+    assert all(r % 8 == 0 for r in rungs) and len(rungs) == 23
+    assert all(b / a <= 1.125 + 8 / a for a, b in zip(rungs, rungs[1:]))   # about 12.5% apart
+    for n in range(1, 513):
+        assert n <= padded_width(n) <= max(8, n * 1.125 + 8)
+    assert batch_width([37]) == 37 and batch_width([37, 5]) == padded_width(37) == 40
+
+
+def test_width_padding_leaves_vectors_unchanged(tiny_llama_dir):
+    model, tok = _load(tiny_llama_dir)
+    lf = LayerFeatures(model, tok, pooling_types=("residual_mean", "mlp_mean"))
+    ids = lf.tokenize(["a short one", "a somewhat longer text than the first one"])
+    plain, padded = lf(ids), lf(ids, width=40)
+    for rep in plain:
+        torch.testing.assert_close(padded[rep], plain[rep], rtol=1e-5, atol=1e-5)
+
+

@@ -49,6 +49,9 @@ def test_aggregate_order_and_values():
                          [12 * 0.5, 14 * 0.5, 21 * 2.0, 23 * 2.0]], dtype=np.float32)
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, expected)
+    half = aggregate(X, sel, w, chunk_rows=1, dtype=np.float16)   # training's head input from a float16 cache
+    assert half.dtype == np.float16
+    np.testing.assert_array_equal(half, expected.astype(np.float16))
 
 
 def test_metrics_match_sklearn():

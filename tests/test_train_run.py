@@ -107,3 +107,28 @@ def test_fold_ensemble_head_with_layer_scale_is_what_the_guard_serves(tiny_llama
         pred = np.array([r.is_harmful for r in guard.score_batch([r["text"] for r in lines])], dtype=np.int64)
         y = np.array([int(r["label"]) for r in lines])
         assert macro_f1(y, pred) == pytest.approx(res["test_f1"][name], abs=1e-9)
+
+
+def test_cold_run_extracts_in_a_child_process(tiny_llama_dir, rows, tmp_path, monkeypatch):
+    """The backbone is loaded only in the extraction child: the training process itself would
+    fail if it loaded it. With the caches finished, no child is started (nothing is missing)."""
+    import siren.backbones
+    import siren.pipeline.extract as extract_mod
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the training process loaded the backbone")
+
+    monkeypatch.setattr(siren.backbones, "load_backbone", refuse)
+    out, cache = tmp_path / "guard", tmp_path / "cache"
+    assert siren_main(_args(tiny_llama_dir, rows, out, cache)) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["timings_s"]["extract"] > 0 and results["test_f1"]
+    kw = dict(pooling_types=["mlp_mean"], cache_dir=cache, data_dir=rows, seed=3, max_length=32, cached_only=True)
+    entries = extract_mod.ensure_features(str(tiny_llama_dir), ["aegis", "beavertails"], **kw)
+    assert len(entries) == 6 and {e.status for e in entries.values()} == {"cached"}
+    assert {e.status for e in extract_mod.ensure_features(str(tiny_llama_dir), ["aegis", "beavertails"],
+                                                          **{**kw, "cache_dir": tmp_path / "empty"}).values()} == {"missing"}
+    import concurrent.futures
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", refuse)    # a warm run starts no child
+    assert siren_main(_args(tiny_llama_dir, rows, tmp_path / "again", cache)) == 0

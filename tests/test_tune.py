@@ -7,6 +7,7 @@ import textwrap
 import numpy as np
 import optuna
 import pytest
+import torch
 
 from siren.pipeline.tune import cv_folds, make_storage, tune_head, width_bounds
 
@@ -124,3 +125,25 @@ def test_width_cap_bounds_the_first_layer():
     r = tune_head(X, y, g, n_trials=3, n_folds=2, seed=0, max_epochs=2, patience=2,
                   width_cap=320, progress=False)
     assert all(256 <= t["params"]["width_0"] <= 320 for t in r.trials)
+
+
+def test_fold_heads_spilled_to_disk_come_back_identical(tmp_path, monkeypatch):
+    """With spill_dir, fold heads wait on disk during the search: the same search returns
+    the same heads (bit for bit) as in memory, and leaves no file behind."""
+    import siren.pipeline.tune as tune_mod
+
+    X, y, g = toy(120, noise=True)
+    kw = dict(n_trials=6, n_folds=2, seed=0, max_epochs=6, patience=6, batch_size=32, pruner="halving",
+              pruner_warmup_epochs=1, progress=False)
+    in_memory = tune_head(X, y, g, **kw)
+    written, real_put = [], tune_mod._HeadFiles.put
+    monkeypatch.setattr(tune_mod._HeadFiles, "put",
+                        lambda self, model, name: written.append(real_put(self, model, name)) or written[-1])
+    spilled = tune_head(X, y, g, spill_dir=tmp_path / "spill", **kw)
+    assert written and all(str(t[0]).endswith(".safetensors") for t in written)   # heads went to disk
+    assert spilled.best_value == in_memory.best_value and len(spilled.fold_heads) == len(in_memory.fold_heads) == 2
+    for a, b in zip(in_memory.fold_heads, spilled.fold_heads):
+        assert a.layer_dims == b.layer_dims and not b.training
+        for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert ka == kb and torch.equal(va, vb)
+    assert list((tmp_path / "spill").iterdir()) == []       # the search's own folder is removed

@@ -4,8 +4,8 @@ Reads: texts (through `siren.data.load_splits`, or given directly to `extract_te
 backbone (`siren.backbones.load_backbone`, loaded at most once and only if some cache is
 missing, stale or damaged). Writes: one cache folder per (backbone, dataset, split, pooling type).
 
-Extraction is length-bucketed (`siren.features.length_batches`: sort by token length, fill a
-token budget, optionally cap the texts per batch) and streams each batch's rows straight to a
+Extraction is length-bucketed (`siren.features.length_batches`: sort by token length, pad to a
+fixed ladder of widths, fill a token budget, optionally cap the texts per batch) and streams each batch's rows straight to a
 preallocated `features.npy.partial` (positional writes, no mapping kept open), so memory holds
 the model and a few batches whatever n is. Done batch indices go to `progress*.json`, written
 atomically after the data is fsynced: a run killed at any point (SIGKILL included) resumes
@@ -193,6 +193,8 @@ def _compute(features, plan: _Plan, files: dict[str, _RowFile], done: set[int], 
     """Run every batch of this rank not in `done`, writing rows and checkpointing progress."""
     from tqdm.auto import tqdm
 
+    from siren.features import batch_width
+
     todo = [b for b in plan.mine if b not in done]
     if done:
         log(f"resuming {', '.join(map(str, folders.values()))}: {len(done)} of {len(plan.mine)} batches "
@@ -213,7 +215,7 @@ def _compute(features, plan: _Plan, files: dict[str, _RowFile], done: set[int], 
     try:
         for b in todo:
             idx = plan.batches[b]
-            out = features([plan.token_ids[i] for i in idx])
+            out = features([plan.token_ids[i] for i in idx], width=batch_width(plan.lengths[idx]))
             for rep, f in files.items():
                 f.write_rows(plan.targets[b], out[rep].numpy())
             computed += 1
@@ -328,22 +330,23 @@ class CacheEntry:
     pooling_type: str
     folder: Path
     n: int
-    status: str  # "cached" | "extracted"
+    status: str  # "cached" | "extracted" | "missing" (only from cached_only)
     seconds: float
 
     def __fspath__(self) -> str:
         return str(self.folder)
 
 
-def _stale_folders(cache_dir, model: str, wanted: dict[str, dict], world: int) -> dict[str, Path]:
+def _stale_folders(cache_dir, model: str, wanted: dict[str, dict], world: int, quiet: bool = False) -> dict[str, Path]:
     """{pooling type: folder} of the caches that must be (re)extracted, each with its reason
-    logged; rank 0 decides for every rank."""
+    logged (unless quiet); rank 0 decides for every rank."""
     todo = {}
     for rep, manifest in wanted.items():
         folder = cache_path(cache_dir, model, manifest["dataset"], manifest["split"], rep)
         reason = distributed.from_rank0(stale_reason(folder, manifest), world)
         if reason is not None:
-            log(f"extracting {manifest['dataset']}/{manifest['split']}/{rep}: {reason}")
+            if not quiet:
+                log(f"extracting {manifest['dataset']}/{manifest['split']}/{rep}: {reason}")
             todo[rep] = folder
     return todo
 
@@ -352,13 +355,15 @@ def ensure_features(model: str, datasets: list[str], *, splits=("train", "valida
                     pooling_types=("residual_mean",), data_dir=None, seed=42, val_ratio=0.2, max_per_split=None,
                     cache_dir=None, batch_tokens=None, batch_size=None, dtype=None, device=None,
                     cache_dtype="float16", max_length=512, backbone=None,
-                    trust_remote_code: bool = False) -> dict[tuple[str, str, str], CacheEntry]:
+                    trust_remote_code: bool = False, cached_only: bool = False) -> dict[tuple[str, str, str], CacheEntry]:
     """(dataset, split, pooling type) -> finished cache folder, extracting what is missing, stale
     or damaged.
 
     The backbone is loaded at most once, and only if some cache must be (re)extracted (or the
     given `backbone` is used). Splits a dataset does not have (eval-only sets have only
     "test") are skipped. Under torchrun every rank calls this; ranks share the work.
+    cached_only: extract nothing (a cheap check: no backbone is loaded); what would be extracted
+    comes back with status "missing".
     """
     from siren.backbones import resolve, resolve_dtype
     from siren.data import load_splits
@@ -393,12 +398,15 @@ def ensure_features(model: str, datasets: list[str], *, splits=("train", "valida
             wanted = {rep: key_manifest(base, pooling_type=rep, texts=texts, labels=labels, ids=ids,
                                         max_length=max_length, dtype=forward_dtype, cache_dtype=cache_dtype)
                       for rep in pooling_types}
-            todo = _stale_folders(cache_dir, model, wanted, world)
+            todo = _stale_folders(cache_dir, model, wanted, world, quiet=cached_only)
             for rep in pooling_types:
                 if rep not in todo:
                     folder = cache_path(cache_dir, model, dataset, split, rep)
                     entries[(dataset, split, rep)] = CacheEntry(dataset, split, rep, folder, len(ids), "cached", 0.0)
-            if not todo:
+            if cached_only:
+                for rep, folder in todo.items():
+                    entries[(dataset, split, rep)] = CacheEntry(dataset, split, rep, folder, len(ids), "missing", 0.0)
+            if not todo or cached_only:
                 continue
             from siren.features import LayerFeatures
 

@@ -61,17 +61,18 @@ def layer_weights(val_f1: np.ndarray, floor: float = 0.1) -> np.ndarray:
 
 
 def aggregate(X, selection: dict[int, np.ndarray], weights: np.ndarray,
-              chunk_rows: int = 4096) -> np.ndarray:
+              chunk_rows: int = 4096, dtype=np.float32) -> np.ndarray:
     """The head's input: selected neurons of each selected layer, times the layer's weight.
 
     X (n, L, d) array or memmap (any float dtype); selection {layer: indices}; weights (L,)
-    -> (n, k) float32 with k = total selected, layers ascending, neurons in listed order.
-    Reads X in row chunks so that a memmap is never loaded whole.
+    -> (n, k) `dtype` with k = total selected, layers ascending, neurons in listed order.
+    Reads X in row chunks so that a memmap is never loaded whole. The product is taken in
+    float32 (as the runtime does) and then stored as `dtype`.
     """
     layers = sorted(int(l) for l in selection)
     widths = [len(selection[l]) for l in layers]
     n = X.shape[0]
-    out = np.empty((n, sum(widths)), dtype=np.float32)
+    out = np.empty((n, sum(widths)), dtype=dtype)
     w = np.asarray(weights, dtype=np.float64)
     for start in range(0, n, chunk_rows):
         stop = min(start + chunk_rows, n)

@@ -124,7 +124,8 @@ def resolve_config(args) -> dict:
 # --------------------------------------------------------------------------- stage helpers
 
 def _peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """The largest peak of this process and its finished children (the extraction child)."""
+    return max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 2**20
 
 
 class _Stages:
@@ -214,14 +215,29 @@ def write_splits(path: Path, datasets: list[str], split_kw: dict, n_folds: int) 
 
 
 def extract_features(cfg: dict, split_kw: dict) -> dict:
-    """Stage `extract`: {(dataset, split, pooling type): cache entry}."""
+    """Stage `extract`: {(dataset, split, pooling type): cache entry}.
+
+    In one process, caches that must be extracted are extracted in a spawned child process:
+    the backbone, its activations and the allocator's leftovers leave with it, so the stages
+    that follow start from a small heap and the run's peak memory is the larger of the two
+    phases, not their sum (on the offline-six rows the head search used to start 1 GiB up).
+    Under torchrun every rank extracts in its own process, as the ranks share the work."""
+    import concurrent.futures
+    import multiprocessing
+
+    from siren.pipeline import distributed
     from siren.pipeline.extract import ensure_features
 
-    return ensure_features(cfg["model"], cfg["datasets"], pooling_types=cfg["pooling_types"],
-                           cache_dir=cfg["cache_dir"], batch_tokens=cfg["batch_tokens"], batch_size=cfg["batch_size"],
-                           dtype=cfg["dtype"], device=cfg["device"], cache_dtype=cfg["cache_dtype"],
-                           max_length=cfg["max_length"], trust_remote_code=bool(cfg["trust_remote_code"]),
-                           **split_kw)
+    kw = dict(pooling_types=cfg["pooling_types"], cache_dir=cfg["cache_dir"], batch_tokens=cfg["batch_tokens"],
+              batch_size=cfg["batch_size"], dtype=cfg["dtype"], device=cfg["device"], cache_dtype=cfg["cache_dtype"],
+              max_length=cfg["max_length"], trust_remote_code=bool(cfg["trust_remote_code"]), **split_kw)
+    if distributed.rank_world()[1] > 1:
+        return ensure_features(cfg["model"], cfg["datasets"], **kw)
+    cached = ensure_features(cfg["model"], cfg["datasets"], cached_only=True, **kw)
+    if all(e.status == "cached" for e in cached.values()):
+        return cached           # nothing to extract: no child, no backbone
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(ensure_features, cfg["model"], cfg["datasets"], **kw).result()
 
 
 def fit_probes(cfg: dict, train_split, val_split):
@@ -236,7 +252,8 @@ def fit_probes(cfg: dict, train_split, val_split):
 class Candidate:
     """One (pooling type, selection threshold) and its tuned head.
 
-    Z (n, k) float32: the selected neurons of train+validation rows, the head's input."""
+    Z (n, k) float16 or float32 (the cache's dtype): the selected neurons of train+validation
+    rows, the head's input."""
 
     pooling_type: str
     selection_threshold: float
@@ -256,10 +273,11 @@ class Candidate:
         self.tuned.oof_proba = None
 
 
-def tune_candidates(cfg: dict, pooling: str, grid, train_split, val_split, seed: int) -> list[Candidate]:
+def tune_candidates(cfg: dict, pooling: str, grid, train_split, val_split, seed: int,
+                    spill_dir=None) -> list[Candidate]:
     """Stage `optuna`: per selection threshold, select neurons and tune the head by CV on
     train+validation. Only the selected neurons are gathered (row chunks of the memmaps), so
-    memory is bounded by n x k, not n x L x d."""
+    memory is bounded by n x k, not n x L x d; fold heads wait in `spill_dir` (see tune_head)."""
     from siren.pipeline.select import aggregate, layer_weights, select_neurons
 
     weights = layer_weights(np.asarray(grid.val_f1), floor=cfg["layer_weight_floor"])
@@ -271,9 +289,14 @@ def tune_candidates(cfg: dict, pooling: str, grid, train_split, val_split, seed:
         if not selection:
             raise SirenError(f"{pooling}: no probe kept a non-zero weight at C in {list(cfg['c_values'])}, so no "
                              "neuron is selected; use larger C_VALUES (a weaker L1 penalty)")
-        Z = np.concatenate([aggregate(train_split.X, selection, weights), aggregate(val_split.X, selection, weights)])
+        # Stored in the cache's dtype (float16 by default): a float16 cache's values times a layer
+        # weight <= 1 fit float16, and the head trains on bf16 inputs anyway; half the memory.
+        dtype = np.result_type(train_split.X.dtype, np.float16)
+        Z = np.concatenate([aggregate(train_split.X, selection, weights, dtype=dtype),
+                            aggregate(val_split.X, selection, weights, dtype=dtype)])
         study = f"{cfg['study_name']}-{pooling}-t{thr}" if cfg.get("study_name") else None
-        tuned = search_head(cfg, Z, y, groups, seed, scale=column_scale(cfg, selection, weights), study_name=study)
+        tuned = search_head(cfg, Z, y, groups, seed, scale=column_scale(cfg, selection, weights), study_name=study,
+                            spill_dir=spill_dir)
         log(f"{pooling} selection threshold {thr}: {Z.shape[1]} neurons, CV F1 {tuned.best_value:.4f}")
         out.append(Candidate(pooling, float(thr), selection, weights, tuned, Z, y, groups, n_neurons=int(Z.shape[1])))
     return out
@@ -299,17 +322,18 @@ def column_scale(cfg: dict, selection: dict, weights: np.ndarray) -> np.ndarray 
 
 
 def search_head(cfg: dict, Z: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, *,
-                scale: np.ndarray | None = None, study_name: str | None = None):
+                scale: np.ndarray | None = None, study_name: str | None = None, spill_dir=None):
     """The head search of a run's config on inputs Z (n, k), labels y (n,), dataset index
-    groups (n,); scale (k,) or None: see ``column_scale``. Returns tune.TuneResult. The
-    report's MLP baselines call this too, so they get the same search and budget."""
+    groups (n,); scale (k,) or None: see ``column_scale``; spill_dir: where fold heads wait
+    on disk during the search (None: in memory). Returns tune.TuneResult. The report's MLP
+    baselines call this too, so they get the same search and budget."""
     from siren.pipeline.tune import tune_head
 
     return tune_head(Z, y, groups, n_trials=cfg["n_trials"], n_folds=cfg["n_folds"], seed=seed,
                      storage=cfg.get("storage"), study_name=study_name, n_jobs=cfg.get("n_jobs") or 1,
                      max_epochs=cfg["max_epochs"], patience=cfg["patience"], batch_size=cfg["head_batch_size"],
                      pruner=cfg["pruner"], width_cap=cfg["head_width_cap"], bf16=head_bf16(cfg),
-                     column_scale=scale)
+                     column_scale=scale, spill_dir=spill_dir)
 
 
 def final_head(cfg: dict, tuned, Z: np.ndarray, y: np.ndarray, seed: int, *, scale: np.ndarray | None = None):
@@ -446,7 +470,7 @@ def train(cfg: dict) -> dict:
                 grids[pooling] = grid = fit_probes(cfg, train_split, val_split)
             np.savez(work / f"probes_{pooling}.npz", **{k: np.asarray(v) for k, v in grid.to_dict().items()})
             with stage("optuna"):
-                for c in tune_candidates(cfg, pooling, grid, train_split, val_split, seed):
+                for c in tune_candidates(cfg, pooling, grid, train_split, val_split, seed, spill_dir=work):
                     candidates.append(c)
                     if best is None or c.tuned.best_value > best.tuned.best_value:   # ties: the first
                         if best is not None:

@@ -25,8 +25,12 @@ across trials) and the same epoch. ``"median"``: ``MedianPruner`` on every fold'
 rung), so a weak configuration stops after a few epochs of one fold, and a trial that
 survives fold 0 runs the other folds out. ``"none"``.
 
-The best trial's fold heads are kept in memory (``TuneResult.fold_heads``) when this
-process ran that trial: ``head.ensemble_heads`` turns them into one head without a refit.
+The best trial's fold heads are returned (``TuneResult.fold_heads``) when this process ran
+that trial: ``head.ensemble_heads`` turns them into one head without a refit. With
+``spill_dir``, every fold head goes to a safetensors file there as soon as it is trained
+(and is deleted unless its trial is the best so far), so that neither the best trial's
+heads nor the current trial's earlier folds sit in memory while later trials train;
+they are read back once, at the end.
 
 Sharing a study: with ``storage``, the study is loaded if it exists, and the number of
 trials is capped at ``n_trials`` across all workers: a worker does not ask for a trial once
@@ -43,6 +47,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 from typing import Any
@@ -85,6 +91,52 @@ class TuneResult:
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.name not in ("fold_heads", "oof_proba")}
+
+
+class _HeadFiles:
+    """Fold heads on disk: `put` writes one (safetensors) and returns its ticket, `get` reads it
+    back, `drop` deletes it. Without a folder, heads stay in memory (the ticket is the head)."""
+
+    def __init__(self, folder):
+        self.folder = None
+        if folder is not None:       # a folder of its own: several searches may share `folder`
+            os.makedirs(folder, exist_ok=True)
+            self.folder = tempfile.mkdtemp(prefix="fold-heads-", dir=folder)
+
+    def close(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def put(self, model, name: str):
+        if self.folder is None:
+            return model
+        from safetensors.torch import save_file
+
+        path = os.path.join(self.folder, f"{name}.safetensors")
+        save_file(model.state_dict(), path)
+        return path, model.input_dim, model.layer_dims, model.dropout_rates
+
+    def get(self, ticket):
+        if self.folder is None:
+            return ticket
+        from safetensors.torch import load_file
+
+        from siren.mlp import MLPHead
+
+        path, input_dim, layer_dims, dropout_rates = ticket
+        model = MLPHead(input_dim, layer_dims, dropout_rates)
+        model.load_state_dict(load_file(path), strict=True)
+        model.requires_grad_(False)
+        return model.eval()
+
+    def drop(self, tickets) -> None:
+        if self.folder is None:
+            return
+        for path, *_ in tickets:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
 
 class _SurplusTrial(Exception):
@@ -194,14 +246,17 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
               pruner_startup_trials: int = 4, pruner_warmup_epochs: int = 5,
               width_cap: int = 2048, fused: bool = True, bf16: bool = False,
               column_scale: np.ndarray | None = None, balance: str = "label",
-              progress: bool = True) -> TuneResult:
-    """Search the head's hyper-parameters. X (n, k) float32, y (n,), groups (n,).
+              progress: bool = True, spill_dir=None) -> TuneResult:
+    """Search the head's hyper-parameters. X (n, k) float16 or float32, y (n,), groups (n,).
+    spill_dir: a folder for fold heads on disk while the search runs (see the module docstring).
 
     ``n_trials`` is the study-wide total (shared with other workers when ``storage`` is
     set); this call runs trials until the study holds that many. Returns the study's
     summary (also when this worker ran none because the study was already full).
     """
-    X = np.asarray(X, dtype=np.float32)
+    X = np.asarray(X)
+    if X.dtype not in (np.float16, np.float32):
+        X = X.astype(np.float32)
     y = np.asarray(y).reshape(-1)
     groups = np.asarray(groups).reshape(-1)
     folds = cv_folds(y, groups, n_folds, seed)
@@ -217,6 +272,7 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
                                     warmup_epochs=pruner_warmup_epochs))
     halving = pruner == "halving"
     kept: dict[str, Any] = {"value": -np.inf, "number": -1, "heads": None, "oof": None}
+    files = _HeadFiles(spill_dir)
     kept_lock = threading.Lock()                      # n_jobs > 1 runs trials in threads
 
     def objective(trial: optuna.Trial) -> float:
@@ -225,8 +281,26 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
             study.stop()
             raise _SurplusTrial(f"trial {trial.number} is past the cap of {n_trials}")
         params = suggest_head_params(trial, input_dim, width_cap)
-        scores, epochs, heads = [], [], []
+        scores, epochs, heads = [], [], []      # heads: tickets of `files`
         oof = np.full(len(y), np.nan, dtype=np.float32)
+        try:
+            run_folds(trial, params, scores, epochs, heads, oof)
+        except BaseException:
+            files.drop(heads)       # a pruned (or failed) trial's fold heads are never used
+            raise
+        trial.set_user_attr("fold_scores", [float(s) for s in scores])
+        trial.set_user_attr("best_epochs", [int(e) for e in epochs])
+        value = float(np.mean(scores))
+        with kept_lock:     # same order as the final pick below: higher value, then lower number
+            if (value, -trial.number) > (kept["value"], -kept["number"]):
+                if kept["heads"] is not None:
+                    files.drop(kept["heads"])
+                kept.update(value=value, number=trial.number, heads=heads, oof=oof)
+            else:
+                files.drop(heads)
+        return value
+
+    def run_folds(trial, params, scores, epochs, heads, oof) -> None:
         for f, (tr, va) in enumerate(folds):
             # Before each fit, the previous fit's optimizer state and copies go back to the OS,
             # also those of a pruned trial, which its exception's traceback may still hold.
@@ -251,48 +325,48 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
             pred = (oof[va] >= 0.5).astype(np.int64)
             scores.append(mean_group_macro_f1(y[va], pred, groups[va]))
             epochs.append(hist["best_epoch"])
-            heads.append(model)
-        trial.set_user_attr("fold_scores", [float(s) for s in scores])
-        trial.set_user_attr("best_epochs", [int(e) for e in epochs])
-        value = float(np.mean(scores))
-        with kept_lock:     # same order as the final pick below: higher value, then lower number
-            if (value, -trial.number) > (kept["value"], -kept["number"]):
-                kept.update(value=value, number=trial.number, heads=heads, oof=oof)
-        return value
+            heads.append(files.put(model, f"trial{trial.number}-fold{f}"))
+            del model
 
     def n_existing() -> int:
         return len(study.get_trials(deepcopy=False))
 
-    to_run = max(0, n_trials - n_existing())
-    if to_run > 0:
-        bar = tqdm(total=n_trials, initial=n_trials - to_run, desc="optuna", unit="trial",
-                   disable=not progress, leave=False)
+    try:
+        to_run = max(0, n_trials - n_existing())
+        if to_run > 0:
+            bar = tqdm(total=n_trials, initial=n_trials - to_run, desc="optuna", unit="trial",
+                       disable=not progress, leave=False)
 
-        def on_done(st: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-            if t.user_attrs.get("surplus"):
-                return
-            bar.update(1)
-            done = st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            best = max((x.value for x in done), default=float("nan"))
-            last = f"{t.value:.4f}" if t.state == TrialState.COMPLETE else t.state.name.lower()
-            bar.set_postfix(trial=t.number, last=last, best=f"{best:.4f}")
+            def on_done(st: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+                if t.user_attrs.get("surplus"):
+                    return
+                bar.update(1)
+                done = st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                best = max((x.value for x in done), default=float("nan"))
+                last = f"{t.value:.4f}" if t.state == TrialState.COMPLETE else t.state.name.lower()
+                bar.set_postfix(trial=t.number, last=last, best=f"{best:.4f}")
 
-        study.optimize(objective, n_trials=to_run, n_jobs=n_jobs, catch=(_SurplusTrial,),
-                       callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=None),
-                                  on_done])
-        bar.close()
+            study.optimize(objective, n_trials=to_run, n_jobs=n_jobs, catch=(_SurplusTrial,),
+                           callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=None),
+                                      on_done])
+            bar.close()
 
-    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    pruned = [t for t in trials if t.state == TrialState.PRUNED]
-    if not complete:
-        raise RuntimeError(f"no trial completed ({len(pruned)} pruned, "
-                           f"{len(trials) - len(pruned)} other)")
-    best = max(complete, key=lambda t: (t.value, -t.number))
-    be = best.user_attrs.get("best_epochs")
-    return TuneResult(best_params=params_from_trial(best.params), best_value=float(best.value),
-                      n_trials_complete=len(complete), n_pruned=len(pruned),
-                      trials=[_trial_dict(t) for t in trials],
-                      best_epochs=float(np.mean(be)) if be else None,
-                      fold_heads=kept["heads"] if kept["number"] == best.number else None,
-                      oof_proba=kept["oof"] if kept["number"] == best.number else None)
+        trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        pruned = [t for t in trials if t.state == TrialState.PRUNED]
+        if not complete:
+            raise RuntimeError(f"no trial completed ({len(pruned)} pruned, "
+                               f"{len(trials) - len(pruned)} other)")
+        best = max(complete, key=lambda t: (t.value, -t.number))
+        be = best.user_attrs.get("best_epochs")
+        mine = kept["number"] == best.number
+        fold_heads = [files.get(t) for t in kept["heads"]] if mine else None
+        if kept["heads"] is not None:
+            files.drop(kept["heads"])
+        return TuneResult(best_params=params_from_trial(best.params), best_value=float(best.value),
+                          n_trials_complete=len(complete), n_pruned=len(pruned),
+                          trials=[_trial_dict(t) for t in trials],
+                          best_epochs=float(np.mean(be)) if be else None,
+                          fold_heads=fold_heads, oof_proba=kept["oof"] if mine else None)
+    finally:
+        files.close()
