@@ -37,7 +37,7 @@ import torch
 
 from siren.errors import SirenError
 from siren.features import POOLING_TYPES
-from siren.fileio import atomic_write, fsync_dir, jsonable
+from siren.fileio import atomic_write, atomic_write_with, fsync_dir, jsonable
 
 CONFIG_NAME = "siren_config.json"
 WEIGHTS_NAME = "siren.safetensors"
@@ -134,29 +134,31 @@ def save_guard(folder, *, base_model_id: str, revision: str | None, pooling_type
     A new folder appears whole (written under a temp name, then renamed); in an existing
     folder each file is replaced atomically (weights first, then the config), other files kept.
     """
-    from safetensors.torch import save as safetensors_save
+    from safetensors.torch import save_file as safetensors_save_file
 
     config = build_config(base_model_id=base_model_id, revision=revision, pooling_type=pooling_type,
                           selection=selection, layer_weights=layer_weights, layer_dims=layer_dims,
                           dropout_rates=dropout_rates, max_length=max_length, threshold=threshold, extra=extra)
     mlp = config["mlp"]
     expected = head_layout(mlp["input_dim"], mlp["layer_dims"], mlp["dropout_rates"], mlp["num_classes"])
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in head_state.items()}
+    # No copies of a float32 CPU head (an ensemble head can be hundreds of MB): the file is
+    # streamed from the tensors themselves.
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in head_state.items()}
     _check_head_state(tensors, expected, "the head state being saved")
-    weights_bytes = safetensors_save(tensors, metadata={"format": "pt"})
+    write_weights = lambda tmp: safetensors_save_file(tensors, tmp, metadata={"format": "pt"})  # noqa: E731
     config_bytes = _json_bytes(config)
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise SirenError(f"guard folder {folder} exists and is not a folder")
     if folder.is_dir():
-        atomic_write(folder / WEIGHTS_NAME, weights_bytes)
+        atomic_write_with(folder / WEIGHTS_NAME, write_weights)
         atomic_write(folder / CONFIG_NAME, config_bytes)
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
-        atomic_write(tmp / WEIGHTS_NAME, weights_bytes)  # fsynced, so the renamed folder is whole
+        atomic_write_with(tmp / WEIGHTS_NAME, write_weights)  # fsynced, so the renamed folder is whole
         atomic_write(tmp / CONFIG_NAME, config_bytes)
         os.chmod(tmp, 0o755)
         os.replace(tmp, folder)
@@ -508,7 +510,13 @@ def save_best_model_pkl(path, payload: dict) -> None:
     _check_data(payload, "best_model.pkl payload")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, pickle.dumps(payload, protocol=4))
+    # Protocol 5 streams each array's buffer into the file (protocol 4 copies it to bytes first).
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            pickle.dump(payload, f, protocol=5)
+
+    atomic_write_with(path, write)
 
 
 def load_best_model_pkl(path) -> dict:

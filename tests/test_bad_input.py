@@ -6,6 +6,8 @@ and runs the CLI in-process (`siren.cli.main`)."""
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import hashlib
 import io
 import json
@@ -373,6 +375,27 @@ def test_guard_names_a_text_with_a_lone_surrogate(env):
     assert guard.score_batch(["caf\u00e9 \U0001f600"])[0].score == pytest.approx(guard.score("caf\u00e9 \U0001f600").score)
 
 
+class _InProcessExecutor:
+    """A one-worker executor that runs each call in this process (so monkeypatches apply)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, *args, **kwargs):
+        future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as err:     # noqa: BLE001  (handed to the caller, as a pool does)
+            future.set_exception(err)
+        return future
+
+
 @pytest.mark.parametrize("command", ["train", "extract"])
 def test_trust_remote_code_reaches_the_backbone_loader(env, monkeypatch, command):
     """The error for a custom-code backbone says to pass --trust_remote_code: every command that
@@ -386,6 +409,8 @@ def test_trust_remote_code_reaches_the_backbone_loader(env, monkeypatch, command
         raise SirenError("stop here")
 
     monkeypatch.setattr(backbones, "load_backbone", fake_load)
+    # Training extracts in a spawned child, which would not see the fake loader: run it here.
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", _InProcessExecutor)
     argv = env.train() if command == "train" else [
         "extract", "--model", str(env.tiny), "--datasets", "aegis", "--data_dir", str(env.data),
         "--cache_dir", str(env.cache), "--max_length", "32"]
