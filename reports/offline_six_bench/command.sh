@@ -1,6 +1,7 @@
-# Machine: 2 CPU cores (Intel Xeon with AMX-BF16: `dtype auto` -> bf16), 24 GiB, no GPU; nothing else ran during the benchmark.
-# Code: commit e839214 (default pooling mlp_mean, oneDNN primitive cache 128, head inputs in bf16, fold rows read in chunks, trim between fits).
+# Machine: 2 CPU cores (Intel Xeon with AMX-BF16: `dtype auto` -> bf16), 24 GiB, no GPU; nothing else ran during the benchmark
+# (the host's speed drifted within the run: the same head search took 117.6 s in run5_5cfebfd/ and 159.9 s here).
+# Code: commit 1110403 (as 5cfebfd, plus streamed guard saving). The bench script timed the floor once, before the pipeline
+# (it now times it before and after).
 # Data: the offline-six protocol rows (../shared/protocols/offline_six/build.py), the rows the authors' code was measured on.
-WORK=/work/o6run4 bash scripts/bench_offline_six.sh        # cold cache; the table is bench_offline_six.log; guard files: results.json, eval_results.json
-python scripts/bench_latency.py --guard /work/o6run4/guard --n 32 --data_dir ../shared/data/siren --out latency.json   # SirenGuard vs llm-siren's, same guard
-# The earlier run (both pooling types searched, code ce499ed/bca7295) is in run2_bca7295/.
+WORK=/work/o8run2 bash scripts/bench_offline_six.sh        # cold cache; table: bench_offline_six.log; train_stages.log: the stage lines of train.log
+# Earlier runs: run5_5cfebfd/ (same guard), run4_e839214/ (2.06 GiB), run3_feca4a1/, run2_bca7295/ (both pooling types searched).

@@ -43,8 +43,11 @@ from siren.metrics import mean_group_macro_f1_columns
 
 __all__ = ["ProbeGrid", "fit_probe_grid"]
 
-# Keep one (L_chunk, n, d) float32 block under this many bytes (plus a few (L, d) vectors).
-_CHUNK_BYTES = 512 << 20   # compaction can briefly hold two blocks
+# Keep one (L_chunk, n, d) float32 block under this many bytes (plus a few (L, d) vectors);
+# compaction can briefly hold two blocks. 256 MiB holds all 30 layers of smollm2-135m for the
+# offline-six protocol's 3,600 training rows; with more rows the layers are split into chunks
+# (at 512 MiB the probes stage peaked at 1.65 GiB on 1.71x those rows).
+_CHUNK_BYTES = 256 << 20
 
 
 def _layer_chunks(n: int, L: int, d: int, max_bytes: int = _CHUNK_BYTES) -> list[tuple[int, int]]:
