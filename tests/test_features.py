@@ -133,6 +133,14 @@ def test_length_batches_use_few_fixed_shapes():
     assert padded / lengths.sum() < 1.25
     capped = length_batches(lengths, batch_tokens=2048, max_batch_size=8)
     assert max(len(b) for b in capped) == 8
+    # fill=False (scoring a few mixed texts): one rung per batch, so padding stays within a rung step
+    few = np.array([300, 12, 150, 40, 290, 9, 33, 151])
+    batches = length_batches(few, batch_tokens=16384, max_batch_size=32, fill=False)
+    assert (np.sort(np.concatenate(batches)) == np.arange(len(few))).all()
+    for b in batches:
+        assert len({padded_width(int(x)) for x in few[b]}) == 1
+    assert sum(len(b) * batch_width(few[b]) for b in batches) / few.sum() < 1.2
+    assert len(length_batches(few, batch_tokens=16384, max_batch_size=32)) == 1     # fill=True: one batch
 
 
 def test_padded_width_ladder():

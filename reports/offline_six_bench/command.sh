@@ -5,3 +5,4 @@
 # Data: the offline-six protocol rows (../shared/protocols/offline_six/build.py), the rows the authors' code was measured on.
 WORK=/work/o8run2 bash scripts/bench_offline_six.sh        # cold cache; table: bench_offline_six.log; train_stages.log: the stage lines of train.log
 # Earlier runs: run5_5cfebfd/ (same guard), run4_e839214/ (2.06 GiB), run3_feca4a1/, run2_bca7295/ (both pooling types searched).
+python scripts/bench_latency.py --guard /work/o8run2/guard --n 32 --data_dir ../shared/data/siren --out reports/offline_six_bench/latency.json   # at the final commit (score_batch: one rung per batch)

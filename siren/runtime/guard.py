@@ -160,7 +160,7 @@ class SirenGuard:
             return np.zeros((0, self.input_dim), dtype=np.float32)
         ids = self._features.tokenize(texts)
         out = np.zeros((len(texts), self.input_dim), dtype=np.float32)
-        for idx in length_batches([len(x) for x in ids], batch_tokens, max_batch_size=max(1, int(batch_size))):
+        for idx in length_batches([len(x) for x in ids], batch_tokens, max_batch_size=max(1, int(batch_size)), fill=False):
             out[idx] = self._features_of_ids([ids[i] for i in idx]).numpy()
         return out
 
