@@ -21,25 +21,13 @@ import numpy as np
 
 from siren.errors import SirenError
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_save_npy",
+__all__ = ["atomic_write", "atomic_write_with", "atomic_write_text", "atomic_write_json", "atomic_save_npy",
            "fsync_dir", "file_lock", "save_figure", "jsonable"]
 
 
 def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
     """Write `data` to `path` all-or-nothing (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_with(path, lambda tmp: Path(tmp).write_bytes(data), mode)
 
 
 def atomic_write_with(path: str | os.PathLike, write: Callable[[str], None], mode: int = 0o644) -> None:
