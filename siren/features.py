@@ -207,11 +207,14 @@ class LayerFeatures:
     def _modules(self) -> list[tuple[str, int, torch.nn.Module]]:
         return feature_modules(self.decoder_layers, self.final_norm, self.pooling_types, self.layers)
 
-    @torch.no_grad()
+    # inference_mode rather than no_grad: no version counters or view tracking on the
+    # activations; the same numbers, and one text's forward about 6% faster (smollm2-135m, bf16).
+    @torch.inference_mode()
     def __call__(self, batch: Sequence[Sequence[int]], padding_side: str = "right",
                  width: int | None = None) -> dict[str, torch.Tensor]:
         """batch: token id lists; width: pad to at least this many positions (default: the longest).
-        Returns {pooling type: (b, len(layers), d) float32 tensor on CPU}."""
+        Returns {pooling type: (b, len(layers), d) float32 tensor on CPU} (inference tensors:
+        read them, or clone them before an in-place change outside inference mode)."""
         b = len(batch)
         width = max([len(ids) for ids in batch] + [width or 0])
         input_ids = torch.full((b, width), self.pad_id, dtype=torch.long)

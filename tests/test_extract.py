@@ -332,6 +332,44 @@ def test_row_stack_equals_concatenation(tmp_path):
         np.asarray(X)
 
 
+def _mapped_rss_kib(path) -> int:
+    """This process's resident KiB of mappings of the file `path` (from /proc/self/smaps)."""
+    total, current = 0, None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5:          # a mapping's first line
+                current = head[5] if len(head) > 5 else None
+            elif head and head[0] == "Rss:" and current == str(path):
+                total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc/self/smaps")
+def test_row_stack_reads_leave_no_cache_pages_resident(tmp_path):
+    """A cache read chunk by chunk must not stay resident as a whole: RowStack (and aggregate on a
+    bare memmap) release the pages they read; a plain memmap read keeps them (the control)."""
+    from siren.pipeline.select import aggregate
+
+    path = tmp_path / "f.npy"
+    X = np.random.default_rng(0).standard_normal((2048, 8, 1024)).astype(np.float16)     # 32 MiB
+    np.save(path, X)
+    control = np.load(path, mmap_mode="r")
+    assert float(np.asarray(control[:], dtype=np.float32).sum()) == pytest.approx(float(X.astype(np.float32).sum()))
+    assert _mapped_rss_kib(path) > 30 * 1024          # the control: every page read stays mapped in
+    del control
+    stack = RowStack([np.load(path, mmap_mode="r")])
+    for s in range(0, 2048, 256):
+        np.testing.assert_array_equal(stack[s:s + 256], X[s:s + 256])
+    np.testing.assert_array_equal(stack[:, 2:5], X[:, 2:5])
+    assert _mapped_rss_kib(path) < 1024
+    bare = np.load(path, mmap_mode="r")
+    sel = {1: np.array([3, 7]), 6: np.array([0])}
+    Z = aggregate(bare, sel, np.ones(8), chunk_rows=300)
+    np.testing.assert_array_equal(Z, np.concatenate([X[:, 1][:, [3, 7]], X[:, 6][:, [0]]], axis=1).astype(np.float32))
+    assert _mapped_rss_kib(path) < 1024
+
+
 def test_load_split_stacks_datasets_in_order(tiny_llama_dir, tmp_path):
     data = _write_data(tmp_path / "data")
     folders = ensure_features(str(tiny_llama_dir), ["toxic_chat", "advbench"], splits=("test",), data_dir=data,

@@ -176,17 +176,23 @@ def test_bf16_autocast_is_deterministic_and_learns():
 
 
 def test_bf16_inputs_are_the_autocast_cast_of_the_float32_standardisation():
-    """fit_head stores standardised rows in bf16 under bf16: the same numbers autocast's first
-    Linear would have made from float32 rows, computed chunk by chunk."""
-    from siren.pipeline.head import _standard_stats, _standardise
+    """fit_head reads a batch's rows standardised in float32 and, under bf16, cast to bf16: the
+    same numbers autocast's first Linear would have made from float32 rows, also when the
+    rows are a fold's (`rows`) and the float32 work goes in pieces."""
+    from siren.pipeline.head import _Standardised, _standard_stats
 
     X, _, _ = toy(300, k=7)
-    mean, std = _standard_stats(X)
-    f32 = _standardise(X, mean, std, chunk_rows=64)
-    b16 = _standardise(X, mean, std, torch.bfloat16, chunk_rows=64)
-    assert f32.dtype == torch.float32 and b16.dtype == torch.bfloat16
-    assert torch.equal(b16, f32.to(torch.bfloat16))
-    np.testing.assert_allclose(f32.numpy(), (X - mean) / std, rtol=1e-5, atol=1e-5)
+    rows = np.random.default_rng(0).permutation(300)[:200]
+    mean, std = _standard_stats(X, rows=rows)
+    f32 = _Standardised(X, rows, mean, std, torch.float32)
+    b16 = _Standardised(X, rows, mean, std, torch.bfloat16)
+    idx = np.array([5, 0, 199, 17, 17])
+    assert f32.take(idx).dtype == torch.float32 and b16.take(idx).dtype == torch.bfloat16
+    whole32 = f32.take(slice(0, 200), piece_rows=64)
+    np.testing.assert_allclose(whole32.numpy(), (X[rows] - mean) / std, rtol=1e-5, atol=1e-5)
+    assert torch.equal(b16.take(slice(0, 200), piece_rows=64), whole32.to(torch.bfloat16))
+    assert torch.equal(f32.take(idx, piece_rows=2), whole32[idx])
+    assert len(f32) == 200 and len(_Standardised(X, None, mean, std, torch.float32)) == 300
 
 
 @pytest.mark.parametrize("bf16", [False, True])

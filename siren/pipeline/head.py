@@ -35,7 +35,7 @@ from torch import nn
 
 from siren.metrics import mean_group_macro_f1
 
-from siren.mlp import MLPHead, logits_of
+from siren.mlp import MLPHead
 
 __all__ = ["fit_head", "fold_standardisation", "ensemble_heads"]
 
@@ -139,18 +139,50 @@ def _standard_stats(X: np.ndarray, chunk_rows: int = 1024, rows: np.ndarray | No
     return mean, std
 
 
-def _standardise(X: np.ndarray, mean: np.ndarray, std: np.ndarray, dtype: torch.dtype = torch.float32,
-                 chunk_rows: int = 1024, rows: np.ndarray | None = None) -> torch.Tensor:
-    """(X[rows] - mean) / std as a tensor (n, k) of ``dtype``, computed in float32 row chunk by
-    row chunk (no float64 copy, and for bfloat16 no float32 copy of the whole of X[rows])."""
-    mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
-    n = X.shape[0] if rows is None else len(rows)
-    out = torch.empty((n, X.shape[1]), dtype=dtype)
-    for s, part in _row_chunks(X, rows, chunk_rows):
-        part = np.subtract(part, mean32, dtype=np.float32)
-        part /= std32
-        out[s:s + len(part)] = torch.from_numpy(part)
-    return out
+class _Standardised:
+    """Rows of X standardised when read: ``take(i)`` = (X[rows[i]] - mean) / std, computed in
+    float32 and returned as ``dtype`` (b, k).
+
+    Why not a standardised copy of the fold: that copy is (n, k), as large as the head's
+    input itself, and it grew with the rows (the head search's peak memory did). Reading a
+    batch's rows costs a gather and two float32 operations on (b, k), a few percent of the
+    batch's forward and backward; the numbers are the ones the copy held (same float32 ops).
+    X (N, k) float16/float32; rows (n,) int or None (all N rows); mean, std (k,)."""
+
+    def __init__(self, X: np.ndarray, rows: np.ndarray | None, mean: np.ndarray, std: np.ndarray,
+                 dtype: torch.dtype):
+        self.X, self.rows, self.dtype = X, rows, dtype
+        self.mean32 = torch.from_numpy(mean.astype(np.float32))
+        self.std32 = torch.from_numpy(std.astype(np.float32))
+        self.n = X.shape[0] if rows is None else len(rows)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def take(self, idx: np.ndarray | slice, piece_rows: int = 512) -> torch.Tensor:
+        """idx: positions in 0..n-1 (an int array or a slice) -> (b, k) tensor of ``dtype``,
+        its float32 temporaries at most ``piece_rows`` rows."""
+        pick = np.arange(self.n)[idx] if isinstance(idx, slice) else np.asarray(idx)
+        if self.rows is not None:
+            pick = self.rows[pick]
+        out = torch.empty((len(pick), self.X.shape[1]), dtype=self.dtype)
+        for s in range(0, len(pick), piece_rows):
+            # torch rather than numpy for the float16 -> float32 cast (numpy's is several times
+            # slower); the same float32 subtraction and division either way
+            part = torch.from_numpy(np.asarray(self.X[pick[s:s + piece_rows]])).to(torch.float32)
+            part.sub_(self.mean32).div_(self.std32)
+            out[s:s + len(part)] = part
+        return out
+
+    def logits(self, model: nn.Module, chunk_rows: int = 4096) -> torch.Tensor:
+        """model's logits (n, classes) on all rows, in eval mode, ``chunk_rows`` rows per forward
+        (as `siren.mlp.logits_of`, so the same batches give the same numbers)."""
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            out = torch.cat([model(self.take(slice(s, s + chunk_rows))) for s in range(0, self.n, chunk_rows)])
+        model.train(was_training)
+        return out
 
 
 def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rates: list[float],
@@ -171,7 +203,8 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
 
     ``rows`` / ``val_rows`` (int arrays): train on X[rows], y[rows] and validate on
     X_val[val_rows], y_val[val_rows], groups_val[val_rows] (a CV fold of one array, as the head
-    search does), read chunk by chunk instead of the caller copying X[rows] whole.
+    search does), standardised batch by batch as they are read: neither the caller nor fit_head
+    copies X[rows] whole.
 
     With X_val/y_val (groups_val (m,) dataset index; one group if omitted): early stopping
     on validation mean_group_macro_f1, best state restored, and ``on_epoch(epoch, score)``
@@ -203,15 +236,16 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
         if scale.shape != (k,) or not np.all(np.isfinite(scale)) or np.any(scale <= 0):
             raise ValueError(f"column_scale must be {k} finite values > 0")
         std = std / scale              # (x - mean) / (std / s) == s * standardised x
-    # Under bf16 autocast the first Linear casts its input to bf16 anyway, so storing the
-    # standardised rows in bf16 gives the same numbers at half the memory and no cast per step.
+    # Under bf16 autocast the first Linear casts its input to bf16 anyway, so handing it the
+    # standardised rows in bf16 gives the same numbers.
     in_dtype = torch.bfloat16 if bf16 else torch.float32
-    Xt = _standardise(X, mean, std, in_dtype, rows=rows)
+    Xt = _Standardised(X, rows, mean, std, in_dtype)
     yt = torch.from_numpy(y)
     has_val = X_val is not None and y_val is not None
     if has_val:
         X_val = X_val if isinstance(X_val, np.ndarray) else np.asarray(X_val, dtype=np.float32)
-        Xv = _standardise(X_val, mean, std, in_dtype, rows=val_rows)
+        Xv = _Standardised(X_val, None if val_rows is None else np.asarray(val_rows, dtype=np.int64),
+                           mean, std, in_dtype)
         yv = np.asarray(y_val).reshape(-1)
         gv = np.zeros(len(yv), np.int64) if groups_val is None else np.asarray(groups_val).reshape(-1)
         if val_rows is not None:
@@ -257,7 +291,7 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr,
                             fused=bool(fused))
     best_state, best_score, best_epoch, stale = None, -np.inf, 0, 0
-    device_type = Xt.device.type
+    device_type = "cpu"
     autocast = lambda: torch.autocast(device_type, dtype=torch.bfloat16, enabled=bool(bf16))  # noqa: E731
     for epoch in range(1, max_epochs + 1):
         model.train()
@@ -267,7 +301,7 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
             idx = perm[s:s + batch_size]
             opt.zero_grad(set_to_none=True)
             with autocast():
-                loss = loss_fn(model(Xt[idx]).float(), yt[idx], idx)
+                loss = loss_fn(model(Xt.take(idx.numpy())).float(), yt[idx], idx)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
@@ -275,7 +309,7 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
         if not has_val:
             continue
         with autocast():
-            pred = logits_of(model, Xv).argmax(dim=1).numpy()
+            pred = Xv.logits(model).argmax(dim=1).numpy()
         score = mean_group_macro_f1(yv, pred, gv)
         history["val_f1"].append(score)
         if score > best_score:

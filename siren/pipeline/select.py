@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from siren.pipeline.cache import release_pages
+
 __all__ = ["select_neurons", "layer_weights", "aggregate", "n_selected"]
 
 
@@ -61,13 +63,14 @@ def layer_weights(val_f1: np.ndarray, floor: float = 0.1) -> np.ndarray:
 
 
 def aggregate(X, selection: dict[int, np.ndarray], weights: np.ndarray,
-              chunk_rows: int = 4096, dtype=np.float32) -> np.ndarray:
+              chunk_rows: int = 512, dtype=np.float32) -> np.ndarray:
     """The head's input: selected neurons of each selected layer, times the layer's weight.
 
     X (n, L, d) array or memmap (any float dtype); selection {layer: indices}; weights (L,)
     -> (n, k) `dtype` with k = total selected, layers ascending, neurons in listed order.
-    Reads X in row chunks so that a memmap is never loaded whole. The product is taken in
-    float32 (as the runtime does) and then stored as `dtype`.
+    Reads X in row chunks (each read once, all layers together: a (chunk_rows, L, d) block,
+    18 MiB for smollm2-135m in float16) so that a memmap is never loaded whole. The product
+    is taken in float32 (as the runtime does) and then stored as `dtype`.
     """
     layers = sorted(int(l) for l in selection)
     widths = [len(selection[l]) for l in layers]
@@ -76,10 +79,12 @@ def aggregate(X, selection: dict[int, np.ndarray], weights: np.ndarray,
     w = np.asarray(weights, dtype=np.float64)
     for start in range(0, n, chunk_rows):
         stop = min(start + chunk_rows, n)
+        rows = np.array(X[start:stop])       # (c, L, d): one read of these rows (a copy)
+        release_pages(X)                     # a memmap's pages leave RSS (RowStack does it itself)
         col = 0
         for l, k in zip(layers, widths):
             idx = np.asarray(selection[l], dtype=np.int64)
-            block = np.asarray(X[start:stop, l], dtype=np.float32)[:, idx]
+            block = rows[:, l, idx].astype(np.float32)
             # fp32 product, as the runtime does (features cast to fp32, then times weight)
             out[start:stop, col:col + k] = block * np.float32(w[l])
             col += k

@@ -316,7 +316,7 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"fold {f} epoch {epoch}: {best[0]:.4f}")
 
-            model, hist = fit_head(     # X's fold rows are read in chunks, not copied whole
+            model, hist = fit_head(     # X's fold rows are read batch by batch, never copied whole
                 X, y, rows=tr, **params, seed=seed + trial.number * 1000 + f,
                 max_epochs=max_epochs, batch_size=batch_size, patience=patience,
                 X_val=X, y_val=y, groups_val=groups, val_rows=va, on_epoch=on_epoch, fused=fused,

@@ -146,13 +146,13 @@ class SirenGuard:
 
     # ------------------------------------------------------------ features and scores
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _features_of_ids(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
         pooled = self._features(batch, width=batch_width([len(x) for x in batch]))[self.pooling_type]  # (b, len(layers), d) fp32 on CPU
         parts = [pooled[:, i].index_select(1, idx) * w for i, (idx, w) in enumerate(zip(self._index, self._weight))]
         return torch.cat(parts, dim=1)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def features(self, texts: Sequence[str], *, batch_size: int = 32, batch_tokens: int = 16384) -> np.ndarray:
         """(n, input_dim) float32: the weighted selected-neuron features the head reads."""
         texts = list(texts)
@@ -164,7 +164,7 @@ class SirenGuard:
             out[idx] = self._features_of_ids([ids[i] for i in idx]).numpy()
         return out
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def proba_from_features(self, z: np.ndarray | torch.Tensor) -> np.ndarray:
         """Head probabilities of the harmful class for precomputed features (n, input_dim)."""
         z = torch.as_tensor(np.asarray(z, dtype=np.float32))
