@@ -212,11 +212,12 @@ class LayerFeatures:
     @torch.inference_mode()
     def __call__(self, batch: Sequence[Sequence[int]], padding_side: str = "right",
                  width: int | None = None) -> dict[str, torch.Tensor]:
-        """batch: token id lists; width: pad to at least this many positions (default: the longest).
-        Returns {pooling type: (b, len(layers), d) float32 tensor on CPU} (inference tensors:
-        read them, or clone them before an in-place change outside inference mode)."""
+        """batch: token id lists, padded to `batch_width` of their lengths (the ladder rung; a
+        single text is not padded), or to `width` if that is wider. Returns {pooling type:
+        (b, len(layers), d) float32 tensor on CPU} (inference tensors: read them, or clone them
+        before an in-place change outside inference mode)."""
         b = len(batch)
-        width = max([len(ids) for ids in batch] + [width or 0])
+        width = max(batch_width([len(ids) for ids in batch]), width or 0)
         input_ids = torch.full((b, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((b, width), dtype=torch.long)
         for i, ids in enumerate(batch):
@@ -276,8 +277,7 @@ class LayerFeatures:
         d = int(self.model.config.hidden_size)
         result = {rep: np.zeros((len(ids), len(self.layers), d), dtype=np.float32) for rep in self.pooling_types}
         for idx in length_batches([len(x) for x in ids], batch_tokens):
-            batch = [ids[i] for i in idx]
-            feats = self(batch, width=batch_width([len(x) for x in batch]))
+            feats = self([ids[i] for i in idx])
             for rep, v in feats.items():
                 result[rep][idx] = v.numpy()
         return result

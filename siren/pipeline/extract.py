@@ -193,8 +193,6 @@ def _compute(features, plan: _Plan, files: dict[str, _RowFile], done: set[int], 
     """Run every batch of this rank not in `done`, writing rows and checkpointing progress."""
     from tqdm.auto import tqdm
 
-    from siren.features import batch_width
-
     todo = [b for b in plan.mine if b not in done]
     if done:
         log(f"resuming {', '.join(map(str, folders.values()))}: {len(done)} of {len(plan.mine)} batches "
@@ -215,7 +213,7 @@ def _compute(features, plan: _Plan, files: dict[str, _RowFile], done: set[int], 
     try:
         for b in todo:
             idx = plan.batches[b]
-            out = features([plan.token_ids[i] for i in idx], width=batch_width(plan.lengths[idx]))
+            out = features([plan.token_ids[i] for i in idx])
             for rep, f in files.items():
                 f.write_rows(plan.targets[b], out[rep].numpy())
             computed += 1

@@ -35,7 +35,7 @@ from torch import nn
 
 from siren.metrics import mean_group_macro_f1
 
-from siren.mlp import MLPHead
+from siren.mlp import MLPHead, logits_of
 
 __all__ = ["fit_head", "fold_standardisation", "ensemble_heads"]
 
@@ -174,15 +174,11 @@ class _Standardised:
             out[s:s + len(part)] = part
         return out
 
-    def logits(self, model: nn.Module, chunk_rows: int = 4096) -> torch.Tensor:
-        """model's logits (n, classes) on all rows, in eval mode, ``chunk_rows`` rows per forward
-        (as `siren.mlp.logits_of`, so the same batches give the same numbers)."""
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            out = torch.cat([model(self.take(slice(s, s + chunk_rows))) for s in range(0, self.n, chunk_rows)])
-        model.train(was_training)
-        return out
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n, self.X.shape[1]
+
+    __getitem__ = take      # so `siren.mlp.logits_of` reads it as it reads a tensor
 
 
 def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rates: list[float],
@@ -300,7 +296,7 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
             idx = perm[s:s + batch_size]
             opt.zero_grad(set_to_none=True)
             with autocast():
-                loss = loss_fn(model(Xt.take(idx.numpy())).float(), yt[idx], idx)
+                loss = loss_fn(model(Xt[idx.numpy()]).float(), yt[idx], idx)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
@@ -308,7 +304,7 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
         if not has_val:
             continue
         with autocast():
-            pred = Xv.logits(model).argmax(dim=1).numpy()
+            pred = logits_of(model, Xv).argmax(dim=1).numpy()
         score = mean_group_macro_f1(yv, pred, gv)
         history["val_f1"].append(score)
         if score > best_score:

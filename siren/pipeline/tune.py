@@ -360,9 +360,7 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
         best = max(complete, key=lambda t: (t.value, -t.number))
         be = best.user_attrs.get("best_epochs")
         mine = kept["number"] == best.number
-        fold_heads = [files.get(t) for t in kept["heads"]] if mine else None
-        if kept["heads"] is not None:
-            files.drop(kept["heads"])
+        fold_heads = [files.get(t) for t in kept["heads"]] if mine else None    # close() deletes the files
         return TuneResult(best_params=params_from_trial(best.params), best_value=float(best.value),
                           n_trials_complete=len(complete), n_pruned=len(pruned),
                           trials=[_trial_dict(t) for t in trials],

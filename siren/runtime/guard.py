@@ -33,7 +33,7 @@ from siren.artifact import (CONFIG_NAME, WEIGHTS_NAME, build_head, check_fits, l
 from siren.checks import check_decision_threshold
 from siren.backbones import Backbone, load_backbone, registry
 from siren.errors import SirenError
-from siren.features import LayerFeatures, batch_width, join_prompt_response, length_batches
+from siren.features import LayerFeatures, join_prompt_response, length_batches
 
 
 @dataclass
@@ -148,7 +148,7 @@ class SirenGuard:
 
     @torch.inference_mode()
     def _features_of_ids(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
-        pooled = self._features(batch, width=batch_width([len(x) for x in batch]))[self.pooling_type]  # (b, len(layers), d) fp32 on CPU
+        pooled = self._features(batch)[self.pooling_type]  # (b, len(layers), d) fp32 on CPU
         parts = [pooled[:, i].index_select(1, idx) * w for i, (idx, w) in enumerate(zip(self._index, self._weight))]
         return torch.cat(parts, dim=1)
 
