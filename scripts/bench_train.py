@@ -352,7 +352,10 @@ def main(argv=None) -> int:
                     help=f"with --head_compare: {', '.join(HEAD_VARIANTS)}")
     ap.add_argument("--holdout", type=float, default=0.0,
                     help="with --head_compare: share of rows kept out of the search (refit vs fold heads)")
-    ap.add_argument("--save_aggregated", help="write the head's input (Z, y, g) to this .npz and stop")
+    ap.add_argument("--save_aggregated", help="write the head's input (Z, y, g, colw, layer) to this .npz and stop")
+    ap.add_argument("--max_layer", type=int,
+                    help="keep only the head's input columns of layers <= this (what stopping the "
+                         "backbone after that layer would leave)")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads")
     a = ap.parse_args(argv)
     if a.threads:
@@ -367,6 +370,7 @@ def main(argv=None) -> int:
             d = np.load(a.aggregated)
             Z, y, g = d["Z"].astype(np.float32), d["y"], d["g"]
             colw = d["colw"] if "colw" in d.files else None
+            layer = d["layer"] if "layer" in d.files else None
         else:
             tr, va = (cached_run(a.run, a.pooling_type) if a.run else None), None
             if tr is None:
@@ -381,13 +385,21 @@ def main(argv=None) -> int:
             Z = np.concatenate([aggregate(tr[0], sel, w), aggregate(va[0], sel, w)])
             y, g = np.concatenate([tr[1], va[1]]), np.concatenate([tr[2], va[2]])
             colw = np.concatenate([np.full(len(sel[l]), w[l]) for l in sorted(sel)])
+            layer = np.concatenate([np.full(len(sel[l]), l) for l in sorted(sel)])   # (k,) each column's layer
+        if a.max_layer is not None:
+            if layer is None:
+                ap.error(f"{a.aggregated} has no 'layer' array: write it again with --save_aggregated")
+            keep = layer <= a.max_layer
+            Z, layer = Z[:, keep], layer[keep]
+            colw = None if colw is None else colw[keep]
         if a.save_aggregated:
-            np.savez(a.save_aggregated, Z=Z.astype(np.float16), y=y, g=g, colw=colw)
+            np.savez(a.save_aggregated, Z=Z.astype(np.float16), y=y, g=g, colw=colw, layer=layer)
             print(f"wrote {a.save_aggregated}: Z {Z.shape}")
             return 0
         rows = head_compare(Z, y, g, a.variants, n_trials=a.trials, n_folds=a.folds,
                             max_epochs=a.head_epochs, seed=a.seed, holdout=a.holdout, colw=colw)
-        r = {"head_compare": rows, "shape": list(Z.shape), "threads": torch.get_num_threads(),
+        r = {"head_compare": rows, "shape": list(Z.shape), "max_layer": a.max_layer,
+             "threads": torch.get_num_threads(),
              "trials": a.trials, "folds": a.folds, "max_epochs": a.head_epochs,
              "holdout": a.holdout, "seed": a.seed}
         text = json.dumps(r, indent=2)
