@@ -393,7 +393,8 @@ def main(argv=None) -> int:
             Z, layer = Z[:, keep], layer[keep]
             colw = None if colw is None else colw[keep]
         if a.save_aggregated:
-            np.savez(a.save_aggregated, Z=Z.astype(np.float16), y=y, g=g, colw=colw, layer=layer)
+            extra = {k: v for k, v in (("colw", colw), ("layer", layer)) if v is not None}   # None would pickle
+            np.savez(a.save_aggregated, Z=Z.astype(np.float16), y=y, g=g, **extra)
             print(f"wrote {a.save_aggregated}: Z {Z.shape}")
             return 0
         rows = head_compare(Z, y, g, a.variants, n_trials=a.trials, n_folds=a.folds,
