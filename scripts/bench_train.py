@@ -195,6 +195,7 @@ def _new_variant() -> dict:
 
 HEAD_VARIANTS["new"] = _new_variant()
 HEAD_VARIANTS["new_dataset_balanced"] = {**HEAD_VARIANTS["new"], "balance": "dataset_label"}
+HEAD_VARIANTS["new_stop_loss"] = {**HEAD_VARIANTS["new"], "stop_on": "loss"}
 
 
 def holdout_split(y, g, share: float, seed: int):

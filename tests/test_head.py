@@ -239,3 +239,33 @@ def test_dataset_label_balance_needs_groups_and_a_known_name():
         fit_head(X, y, balance="dataset_label", **kw)
     with pytest.raises(ValueError, match="balance"):
         fit_head(X, y, groups=g, balance="datasets", **kw)
+
+
+def test_stop_on_loss_keeps_the_epoch_of_lowest_validation_loss():
+    """stop_on="loss": the kept state is the epoch with the lowest label-balanced validation
+    cross-entropy; the history's best_val_f1 is that epoch's F1, not the best F1."""
+    X, y, g = toy(400)
+    kw = dict(layer_dims=[32, 16], dropout_rates=[0.2, 0.2], lr=3e-3, seed=0, max_epochs=25,
+              patience=100, batch_size=32, X_val=X[300:], y_val=y[300:], groups_val=g[300:])
+    losses = []
+
+    def record(model):
+        counts = np.bincount(y[:300], minlength=2)
+        w = torch.tensor(300 / (2.0 * counts), dtype=torch.float32)
+        logits = torch.as_tensor(np.log(np.clip(np.stack([1 - predict_proba_head(model, X[300:]),
+                                                          predict_proba_head(model, X[300:])], 1), 1e-12, 1)))
+        return float(nn.functional.cross_entropy(logits, torch.from_numpy(y[300:]), weight=w))
+
+    model, h = fit_head(X[:300], y[:300], stop_on="loss", **kw)
+    best = h["best_epoch"]
+    assert 1 <= best <= 25 and len(h["val_f1"]) == 25
+    assert h["best_val_f1"] == h["val_f1"][best - 1]
+    assert best != fit_head(X[:300], y[:300], **kw)[1]["best_epoch"]   # here F1 keeps another epoch
+    for e in (best - 1, best + 1):           # the kept epoch has a lower loss than its neighbours
+        if 1 <= e <= 25:
+            other, _ = fit_head(X[:300], y[:300], **{**kw, "max_epochs": e, "X_val": None, "y_val": None})
+            losses.append((e, record(other)))
+    kept = record(model)
+    assert all(kept <= loss + 1e-6 for _, loss in losses), (kept, losses)
+    with pytest.raises(ValueError, match="stop_on"):
+        fit_head(X[:300], y[:300], stop_on="auc", **kw)

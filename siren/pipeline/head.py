@@ -189,7 +189,7 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
              weight_decay: float = 1e-4, fused: bool = True, bf16: bool = False,
              column_scale: np.ndarray | None = None, rows: np.ndarray | None = None,
              val_rows: np.ndarray | None = None, groups: np.ndarray | None = None,
-             balance: str = "label") -> tuple[MLPHead, dict]:
+             balance: str = "label", stop_on: str = "f1") -> tuple[MLPHead, dict]:
     """Train the head. X (n, k) raw aggregated features, y (n,) {0,1}.
 
     ``balance``: "label": each class weighs the same in the loss (class weights n / (2 n_c));
@@ -203,8 +203,10 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
     copies X[rows] whole.
 
     With X_val/y_val (groups_val (m,) dataset index; one group if omitted): early stopping
-    on validation mean_group_macro_f1, best state restored, and ``on_epoch(epoch, score)``
-    called after every epoch (it may raise, e.g. ``optuna.TrialPruned``; that propagates).
+    on validation mean_group_macro_f1 (``stop_on="f1"``) or on the validation cross-entropy,
+    label-balanced with the training rows' class weights (``stop_on="loss"``: smoother than F1
+    on small validation sets), best state restored, and ``on_epoch(epoch, f1)`` called after
+    every epoch (it may raise, e.g. ``optuna.TrialPruned``; that propagates).
     Without validation: trains exactly ``max_epochs`` epochs. ``fused``: the single-kernel
     AdamW step (same update rule; on CPU it takes about a third of the time of the
     per-tensor loop, which was half of an epoch for a wide first layer). ``bf16``: forward
@@ -226,6 +228,8 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
     n, k = (X.shape[0] if rows is None else len(rows)), X.shape[1]
     if n == 0:
         raise ValueError("no training rows")
+    if stop_on not in ("f1", "loss"):
+        raise ValueError(f"stop_on {stop_on!r}: use 'f1' or 'loss'")
     mean, std = _standard_stats(X, rows=rows)
     if column_scale is not None:
         scale = np.asarray(column_scale, dtype=np.float64).reshape(-1)
@@ -246,6 +250,10 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
         gv = np.zeros(len(yv), np.int64) if groups_val is None else np.asarray(groups_val).reshape(-1)
         if val_rows is not None:
             yv, gv = yv[val_rows], gv[val_rows]
+        yv_t = torch.from_numpy(np.asarray(yv, dtype=np.int64))
+        counts = np.bincount(y, minlength=2).astype(np.float64)
+        val_class_w = torch.tensor(np.where(counts > 0, n / (2.0 * np.maximum(counts, 1)), 0.0),
+                                   dtype=torch.float32)
 
     # loss_fn(logits (b, 2), target (b,), idx (b,) the batch's row numbers) -> weighted mean CE
     if balance == "label":
@@ -286,7 +294,7 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr,
                             fused=bool(fused))
-    best_state, best_score, best_epoch, stale = None, -np.inf, 0, 0
+    best_state, best_score, best_f1, best_epoch, stale = None, -np.inf, None, 0, 0
     autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(bf16))  # noqa: E731
     for epoch in range(1, max_epochs + 1):
         model.train()
@@ -304,16 +312,18 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
         if not has_val:
             continue
         with autocast():
-            pred = logits_of(model, Xv).argmax(dim=1).numpy()
-        score = mean_group_macro_f1(yv, pred, gv)
-        history["val_f1"].append(score)
+            logits = logits_of(model, Xv)
+        f1 = mean_group_macro_f1(yv, logits.argmax(dim=1).numpy(), gv)
+        history["val_f1"].append(f1)
+        score = f1 if stop_on == "f1" else -float(
+            nn.functional.cross_entropy(logits.float(), yv_t, weight=val_class_w))
         if score > best_score:
-            best_score, best_epoch, stale = score, epoch, 0
+            best_score, best_f1, best_epoch, stale = score, f1, epoch, 0
             best_state = copy.deepcopy(model.state_dict())     # tensors copied
         else:
             stale += 1
         if on_epoch is not None:
-            on_epoch(epoch, score)
+            on_epoch(epoch, f1)
         if stale >= patience:
             break
     for i, m in enumerate(net):
@@ -323,7 +333,7 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
     del opt
     if has_val and best_state is not None:
         model.load_state_dict(best_state)
-        history["best_epoch"], history["best_val_f1"] = best_epoch, float(best_score)
+        history["best_epoch"], history["best_val_f1"] = best_epoch, float(best_f1)
     else:
         history["best_epoch"] = max_epochs
     fold_standardisation(model, mean, std)
