@@ -251,15 +251,13 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
         if val_rows is not None:
             yv, gv = yv[val_rows], gv[val_rows]
         yv_t = torch.from_numpy(np.asarray(yv, dtype=np.int64))
-        counts = np.bincount(y, minlength=2).astype(np.float64)
-        val_class_w = torch.tensor(np.where(counts > 0, n / (2.0 * np.maximum(counts, 1)), 0.0),
-                                   dtype=torch.float32)
 
+    # each class weighs the same: n / (2 n_c) (the "label" loss, and stop_on="loss")
+    counts = np.bincount(y, minlength=2).astype(np.float64)
+    class_w = torch.tensor(np.where(counts > 0, n / (2.0 * np.maximum(counts, 1)), 0.0), dtype=torch.float32)
     # loss_fn(logits (b, 2), target (b,), idx (b,) the batch's row numbers) -> weighted mean CE
     if balance == "label":
-        counts = np.bincount(y, minlength=2).astype(np.float64)
-        cw = np.where(counts > 0, n / (2.0 * np.maximum(counts, 1)), 0.0)
-        class_ce = nn.CrossEntropyLoss(weight=torch.tensor(cw, dtype=torch.float32))
+        class_ce = nn.CrossEntropyLoss(weight=class_w)
 
         def loss_fn(logits: torch.Tensor, target: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
             return class_ce(logits, target)
@@ -316,7 +314,7 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
         f1 = mean_group_macro_f1(yv, logits.argmax(dim=1).numpy(), gv)
         history["val_f1"].append(f1)
         score = f1 if stop_on == "f1" else -float(
-            nn.functional.cross_entropy(logits.float(), yv_t, weight=val_class_w))
+            nn.functional.cross_entropy(logits.float(), yv_t, weight=class_w))
         if score > best_score:
             best_score, best_f1, best_epoch, stale = score, f1, epoch, 0
             best_state = copy.deepcopy(model.state_dict())     # tensors copied
