@@ -8,6 +8,10 @@ machine load hit both alike; the figure is the sum over texts. Batch 32: ``score
 consecutive chunks of 32, alternating likewise. The two runtimes' scores are compared too.
 Prints one table (seconds, texts/s, ratio theirs/ours: > 1 means ours is faster).
 
+Ours loads as users get it: on a CPU with native bf16 its backbone's Linear weights are
+prepacked (``siren.runtime.prepack``; the JSON says ``prepacked``). ``--plain_too`` also times
+ours with ``prepack=False`` in the same rotation: the gain of prepacking alone, measured in one run.
+
     .venv/bin/python scripts/bench_latency.py --guard /path/to/guard --n 64 --data_dir ../shared/data/siren
 """
 
@@ -33,31 +37,36 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - t, out
 
 
-def bench(ours, theirs, texts: list[str], batch: int) -> dict:
-    """Alternating timings of both runtimes. -> {"ours_s", "theirs_s", "max_abs_diff"}."""
+def bench(runtimes: dict, texts: list[str], batch: int) -> dict:
+    """Timings of every runtime on the same chunks, the order rotating from chunk to chunk so that
+    drifts in machine load hit all alike. runtimes: {"ours": ..., "theirs": ..., optionally
+    "plain": ours without prepacking}. -> {"<name>_s", "max_abs_diff" (ours against theirs),
+    and with "plain": "max_abs_diff_plain" (ours against plain)}."""
     chunks = [texts[i:i + batch] for i in range(0, len(texts), batch)]
-    t_ours = t_theirs = 0.0
-    diffs = []
+    total = dict.fromkeys(runtimes, 0.0)
+    diffs, diffs_plain = [], []
+    names = list(runtimes)
     for k, chunk in enumerate(chunks):
-        if batch == 1:
-            run_ours = lambda c=chunk: [ours.score(c[0])]               # noqa: E731
-            run_theirs = lambda c=chunk: [theirs.score(c[0])]           # noqa: E731
-        else:
-            run_ours = lambda c=chunk: ours.score_batch(c, batch_size=batch)  # noqa: E731
-            run_theirs = lambda c=chunk: theirs.score_batch(c)                # noqa: E731
-        order = [("ours", run_ours), ("theirs", run_theirs)]
-        if k % 2:
-            order.reverse()
         got = {}
-        for name, fn in order:
-            s, res = timed(fn)
-            got[name] = [r.score for r in res]
-            if name == "ours":
-                t_ours += s
+        for name in names[k % len(names):] + names[:k % len(names)]:
+            guard = runtimes[name]
+            if batch == 1:
+                fn = lambda g=guard, c=chunk: [g.score(c[0])]  # noqa: E731
+            elif name == "theirs":
+                fn = lambda g=guard, c=chunk: g.score_batch(c)  # noqa: E731
             else:
-                t_theirs += s
-        diffs.append(float(np.max(np.abs(np.asarray(got["ours"]) - np.asarray(got["theirs"])))))
-    return {"ours_s": t_ours, "theirs_s": t_theirs, "max_abs_diff": max(diffs)}
+                fn = lambda g=guard, c=chunk: g.score_batch(c, batch_size=batch)  # noqa: E731
+            s, res = timed(fn)
+            got[name] = np.asarray([r.score for r in res])
+            total[name] += s
+        diffs.append(float(np.max(np.abs(got["ours"] - got["theirs"]))))
+        if "plain" in got:
+            diffs_plain.append(float(np.max(np.abs(got["ours"] - got["plain"]))))
+    out = {f"{name}_s": t for name, t in total.items()}
+    out["max_abs_diff"] = max(diffs)
+    if diffs_plain:
+        out["max_abs_diff_plain"] = max(diffs_plain)
+    return out
 
 
 def main(argv=None) -> int:
@@ -69,6 +78,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", help="backbone dtype for both (default: the one the guard records, else float32)")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--plain_too", action="store_true",
+                    help="also time ours without prepacked weights (prepack=False), in the same rotation")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
     if a.threads:
@@ -76,6 +87,7 @@ def main(argv=None) -> int:
     import siren_guard
 
     from siren.runtime.guard import SirenGuard
+    from siren.runtime.prepack import PackedLinear
 
     cfg = json.loads((Path(a.guard) / "siren_config.json").read_text())
     dtype = a.dtype or (cfg.get("siren") or {}).get("dtype") or "float32"
@@ -83,28 +95,36 @@ def main(argv=None) -> int:
     ours = SirenGuard.from_pretrained(a.guard, device="cpu", dtype=dtype)
     theirs = siren_guard.SirenGuard.from_pretrained(a.guard, device="cpu", dtype=torch_dtype,
                                                     trust_remote_code=False)
+    runtimes = {"ours": ours, "theirs": theirs}
+    if a.plain_too:
+        runtimes["plain"] = SirenGuard.from_pretrained(a.guard, device="cpu", dtype=dtype, prepack=False)
     texts = sample_texts(a.n, a.seed, a.data_dir)
     warm = texts[: min(4, len(texts))]
-    for t in warm:                       # first-call costs (allocator, kernels) out of the figures
-        ours.score(t)
-        theirs.score(t)
-    ours.score_batch(warm)
-    theirs.score_batch(warm)
+    for guard in runtimes.values():      # first-call costs (allocator, kernels) out of the figures
+        for t in warm:
+            guard.score(t)
+        guard.score_batch(warm)
     tok = ours.backbone.tokenizer
     n_tokens = int(sum(len(x) for x in tok(texts, truncation=True, max_length=ours.max_length)["input_ids"]))
     rows = {}
     for b in (1, a.batch):
-        r = bench(ours, theirs, texts, b)
+        r = bench(runtimes, texts, b)
         r["ratio_theirs_over_ours"] = r["theirs_s"] / r["ours_s"]
+        if a.plain_too:
+            r["ratio_theirs_over_plain"] = r["theirs_s"] / r["plain_s"]
+            r["ratio_plain_over_ours"] = r["plain_s"] / r["ours_s"]
         rows[f"batch {b}"] = r
     result = {"guard": a.guard, "n_texts": len(texts), "n_tokens": n_tokens, "dtype": dtype,
-              "threads": torch.get_num_threads(), "selected_layers": len(ours.layers),
+              "threads": torch.get_num_threads(),
+              "prepacked": any(isinstance(m, PackedLinear) for m in ours.backbone.model.modules()),
+              "selected_layers": len(ours.layers),
               "deepest_layer": max(ours.layers), "num_layers": ours.backbone.num_layers, "rows": rows}
     text = json.dumps(result, indent=2)
     print(text)
     if a.out:
         Path(a.out).write_text(text + "\n")
-    print(f"\n{len(texts)} texts ({n_tokens} tokens), {dtype}, {torch.get_num_threads()} threads, "
+    print(f"\n{len(texts)} texts ({n_tokens} tokens), {dtype}{' (ours prepacked)' if result['prepacked'] else ''}, "
+          f"{torch.get_num_threads()} threads, "
           f"layers read {len(ours.layers)} (deepest {max(ours.layers)} of {ours.backbone.num_layers})")
     print(f"{'':10s} {'ours_s':>8s} {'theirs_s':>9s} {'ours text/s':>11s} {'theirs text/s':>13s} "
           f"{'theirs/ours':>11s} {'max|diff|':>9s}")
@@ -112,6 +132,11 @@ def main(argv=None) -> int:
         print(f"{name:10s} {r['ours_s']:8.2f} {r['theirs_s']:9.2f} {len(texts) / r['ours_s']:11.2f} "
               f"{len(texts) / r['theirs_s']:13.2f} {r['ratio_theirs_over_ours']:10.2f}x "
               f"{r['max_abs_diff']:9.1e}")
+    if a.plain_too:
+        print("ours without prepacking (plain), in the same rotation:")
+        for name, r in rows.items():
+            print(f"{name:10s} plain_s {r['plain_s']:.2f}  theirs/plain {r['ratio_theirs_over_plain']:.2f}x  "
+                  f"plain/ours {r['ratio_plain_over_ours']:.2f}x  max|ours-plain| {r['max_abs_diff_plain']:.1e}")
     return 0
 
 

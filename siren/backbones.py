@@ -221,6 +221,11 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX-BF16 or AVX512-BF16)."""
+    return bool(_CPU_BF16_FLAGS & _cpu_flags())
+
+
 def auto_dtype(device: str) -> tuple[str, str]:
     """The dtype ``auto`` picks for ``device``, and why: (name, reason).
 

@@ -233,6 +233,10 @@ class LayerFeatures:
         keep = mask.unsqueeze(-1).bool() if left else mask.unsqueeze(-1).to(torch.float32)
         counts = mask.sum(dim=1, keepdim=True).to(torch.float32)  # (b, 1)
 
+        # No padding (one text, or texts of one length): no mask and default positions give the
+        # same vectors, and let attention take its plain causal path instead of building a 4D
+        # mask every call (most of the per-call overhead when scoring one short text).
+        unpadded = all(len(ids) == width for ids in batch)
         wanted = self._modules()
         out = {rep: [None] * len(self.layers) for rep in self.pooling_types}
         slot = {l: i for i, l in enumerate(self.layers)}
@@ -241,7 +245,9 @@ class LayerFeatures:
         def make_hook(rep: str, layer: int):
             def hook(_module, _inputs, output):
                 h = output[0] if isinstance(output, tuple) else output  # (b, T, d)
-                if left:    # where() rather than multiply: left-padded positions may hold inf/nan
+                if unpadded:  # every position counts: the same float32 sums, without the mask's copy
+                    summed = h.sum(dim=1, dtype=torch.float32)
+                elif left:    # where() rather than multiply: left-padded positions may hold inf/nan
                     summed = torch.where(keep, h, torch.zeros((), dtype=h.dtype, device=h.device)).sum(dim=1, dtype=torch.float32)
                 else:       # right padding: every position is finite; the same sum, about 2x faster
                     summed = (h.float() * keep).sum(dim=1)
@@ -253,10 +259,6 @@ class LayerFeatures:
             return hook
 
         handles = [module.register_forward_hook(make_hook(rep, l)) for rep, l, module in wanted]
-        # No padding (one text, or texts of one length): no mask and default positions give the
-        # same vectors, and let attention take its plain causal path instead of building a 4D
-        # mask every call (most of the per-call overhead when scoring one short text).
-        unpadded = all(len(ids) == width for ids in batch)
         kw = dict(input_ids=input_ids, use_cache=False) if unpadded else dict(
             input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
         try:

@@ -8,3 +8,6 @@ WORK=/work/o10bench bash scripts/bench_offline_six.sh        # cold cache; table
 # Earlier runs: run7_13b26e2/ (469.1 s, 1.55x the floor's mean), run6_1110403/ (1.49 GiB), run5_5cfebfd/, run4_e839214/ (2.06 GiB),
 # run3_feca4a1/, run2_bca7295/ (both pooling types searched).
 python scripts/bench_latency.py --guard /work/o10bench/guard --n 32 --data_dir ../shared/data/siren --out reports/offline_six_bench/latency.json
+# Serving with the backbone's Linear weights prepacked (siren.runtime.prepack; ours is also timed without, in the same rotation;
+# 64 texts, so the lengths reach further than the 32 above). Code: the commit that added siren/runtime/prepack.py.
+python scripts/bench_latency.py --guard /work/o10bench/guard --n 64 --plain_too --data_dir ../shared/data/siren --out reports/offline_six_bench/latency_prepack.json

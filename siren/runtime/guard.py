@@ -12,7 +12,9 @@ Features are exactly `llm-siren`'s: for each selected layer (ascending) the pool
 (`siren.features.LayerFeatures`, the same function training used) in fp32, indexed by that
 layer's neurons in the order listed in `selected_neurons_dict`, times `layer_weights[str(l)]`
 (1.0 when absent), concatenated; score = softmax(head(z))[1]; harmful iff score >= threshold.
-The backbone runs only up to the deepest selected layer.
+The backbone runs only up to the deepest selected layer. A bf16 backbone that the guard loads on a
+CPU with native bf16 keeps its Linear weights prepacked for oneDNN (`siren.runtime.prepack`):
+the same features to bf16 rounding, faster on short inputs; `prepack=False` gives the plain forward.
 
 Text: chat-template tokens removed, whitespace collapsed, empty -> " " (so an empty input has a
 defined score); inputs longer than `inference.max_length` tokens are truncated on the right
@@ -31,9 +33,10 @@ import torch
 from siren.artifact import (CONFIG_NAME, WEIGHTS_NAME, build_head, check_fits, load_config_file, load_head_state,
                             selection_from_config)
 from siren.checks import check_decision_threshold
-from siren.backbones import Backbone, load_backbone, registry
+from siren.backbones import Backbone, load_backbone, native_bf16_cpu, registry
 from siren.errors import SirenError
 from siren.features import LayerFeatures, join_prompt_response, length_batches
+from siren.runtime.prepack import prepack_linears, prepack_support
 
 
 @dataclass
@@ -125,11 +128,15 @@ class SirenGuard:
 
     @classmethod
     def from_pretrained(cls, folder_or_hub_id: str, *, device=None, dtype=None, trust_remote_code: bool = False,
-                        backbone: Backbone | None = None) -> "SirenGuard":
+                        backbone: Backbone | None = None, prepack: bool | None = None) -> "SirenGuard":
         """Load a guard folder (ours or `llm-siren`'s format) or a Hub repo holding one.
 
         device: "cpu", "cuda", ... (default: cuda if available). dtype: backbone dtype (default:
-        the dtype recorded at training, else auto: bfloat16 where the device runs it natively, else float32). backbone: an already loaded Backbone to reuse.
+        the dtype recorded at training, else auto: bfloat16 where the device runs it natively, else
+        float32). backbone: an already loaded Backbone to reuse. prepack: keep the backbone's
+        Linear weights in oneDNN's blocked layout (`siren.runtime.prepack`: faster short inputs,
+        scores equal to bfloat16 rounding); default: on for a backbone this call loads in bfloat16
+        on a CPU with native bfloat16, off for a backbone passed in (True packs that one in place).
         """
         config_path, weights_path = _artifact_files(folder_or_hub_id)
         config = load_config_file(config_path)
@@ -142,6 +149,10 @@ class SirenGuard:
             kwargs = dict(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
             kwargs["revision"] = config["base_model"].get("revision")
             backbone = load_backbone(_backbone_model_id(config), **kwargs)
+            if prepack is None:
+                prepack = prepack_support(backbone.model) is None and native_bf16_cpu()
+        if prepack:
+            prepack_linears(backbone.model)
         return cls(config, head, backbone, source=str(config_path))
 
     # ------------------------------------------------------------ features and scores
