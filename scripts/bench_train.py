@@ -196,6 +196,9 @@ def _new_variant() -> dict:
 HEAD_VARIANTS["new"] = _new_variant()
 HEAD_VARIANTS["new_dataset_balanced"] = {**HEAD_VARIANTS["new"], "balance": "dataset_label"}
 HEAD_VARIANTS["new_stop_loss"] = {**HEAD_VARIANTS["new"], "stop_on": "loss"}
+HEAD_VARIANTS["new_p5"] = {**HEAD_VARIANTS["new"], "patience": 5}
+HEAD_VARIANTS["new_ema90"] = {**HEAD_VARIANTS["new"], "ema": 0.9}
+HEAD_VARIANTS["new_ema97"] = {**HEAD_VARIANTS["new"], "ema": 0.97}
 
 
 def holdout_split(y, g, share: float, seed: int):
@@ -232,6 +235,8 @@ def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, m
             raise SystemExit(f"variant {name} scales by layer weight: the data has no column weights")
         tkw = {k: v for k, v in kw.items() if k != "scale"}
         fkw = {"groups": gs, "balance": kw["balance"]} if "balance" in kw else {}
+        if "ema" in kw:
+            fkw["ema"] = kw["ema"]
         scale = colw if kw["scale"] else None
         t = time.perf_counter()
         res = tune_head(Zs, ys, gs, n_trials=n_trials, n_folds=n_folds, seed=seed,

@@ -269,3 +269,35 @@ def test_stop_on_loss_keeps_the_epoch_of_lowest_validation_loss():
     assert all(kept <= loss + 1e-6 for _, loss in losses), (kept, losses)
     with pytest.raises(ValueError, match="stop_on"):
         fit_head(X[:300], y[:300], stop_on="auc", **kw)
+
+
+def test_ema_returns_the_moving_average_of_the_weights():
+    """ema=d: after step t the kept weights are avg_t = d_t avg_(t-1) + (1 - d_t) raw_t with
+    d_t = min(d, (1 + t) / (10 + t)), avg_0 = the initial weights. One step per epoch here
+    (batch >= rows), so raw_t is what a plain fit of t epochs returns (the same seeded run)."""
+    from siren.mlp import logits_of
+    from siren.metrics import mean_group_macro_f1
+
+    X, y, g = toy(300)
+    kw = dict(layer_dims=[16, 8], dropout_rates=[0.1, 0.0], lr=1e-2, seed=3, batch_size=512)
+    E, d = 6, 0.7
+    raws = [fit_head(X, y, max_epochs=t, **kw)[0].state_dict() for t in range(E + 1)]  # t = 0: the initial head
+    avg = {k: v.double() for k, v in raws[0].items()}
+    for t in range(1, E + 1):
+        dt = min(d, (1 + t) / (10 + t))
+        avg = {k: dt * avg[k] + (1 - dt) * raws[t][k].double() for k in avg}
+    got = fit_head(X, y, max_epochs=E, ema=d, **kw)[0].state_dict()
+    for k in avg:       # the folded first layer is affine in (W, b): it commutes with the average
+        torch.testing.assert_close(got[k].double(), avg[k], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got["network.0.weight"], raws[E]["network.0.weight"], atol=1e-3)
+
+    # With validation, the averaged weights are what is scored and kept: the returned head's
+    # F1 on the validation rows is the recorded best.
+    Xv, yv, gv = toy(200, seed=1)
+    model, h = fit_head(X, y, max_epochs=30, patience=30, ema=0.9, X_val=Xv, y_val=yv, groups_val=gv,
+                        **{**kw, "batch_size": 32})
+    pred = logits_of(model, torch.from_numpy(Xv)).argmax(1).numpy()
+    assert mean_group_macro_f1(yv, pred, gv) == pytest.approx(h["best_val_f1"], abs=1e-9)
+    assert h["best_val_f1"] == max(h["val_f1"])
+    with pytest.raises(ValueError, match="ema"):
+        fit_head(X, y, max_epochs=1, ema=1.0, **kw)

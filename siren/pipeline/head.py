@@ -189,7 +189,7 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
              weight_decay: float = 1e-4, fused: bool = True, bf16: bool = False,
              column_scale: np.ndarray | None = None, rows: np.ndarray | None = None,
              val_rows: np.ndarray | None = None, groups: np.ndarray | None = None,
-             balance: str = "label", stop_on: str = "f1") -> tuple[MLPHead, dict]:
+             balance: str = "label", stop_on: str = "f1", ema: float | None = None) -> tuple[MLPHead, dict]:
     """Train the head. X (n, k) raw aggregated features, y (n,) {0,1}.
 
     ``balance``: "label": each class weighs the same in the loss (class weights n / (2 n_c));
@@ -215,6 +215,9 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
     AMX cores, several times slower on AVX2-only ones). ``column_scale`` (k,): multiply
     each standardised column by this (e.g. its layer's weight), so that standardising does
     not cancel a per-column scale of the raw features; folded into the first Linear too.
+    ``ema`` (a decay in (0, 1), or None): validate, keep and return an exponential moving
+    average of the weights over the steps instead of the last step's weights (measured on
+    the offline-six rows: higher CV F1, lower held-out F1, so not a default).
 
     Returns (model in eval mode, taking raw features; history dict with ``val_f1`` list,
     ``train_loss`` list, ``best_epoch`` (1-based, number of epochs of the kept state),
@@ -281,6 +284,19 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
     with torch.random.fork_rng(devices=[]):    # nn.Linear's own init would advance the global RNG
         model = MLPHead(k, layer_dims, dropout_rates)
     _seeded_init(model, torch.Generator().manual_seed(seed))
+    # ema: an exponential moving average of the weights over the steps; it is what is
+    # validated, kept and returned (the raw weights only train). Warm-up: the decay at step t
+    # is min(ema, (1 + t) / (10 + t)), so the initial weights fade quickly.
+    avg = None
+    if ema is not None:
+        if not 0.0 < float(ema) < 1.0:
+            raise ValueError(f"ema {ema!r}: a decay in (0, 1), or None")
+        with torch.random.fork_rng(devices=[]):
+            avg = MLPHead(k, layer_dims, dropout_rates)
+        avg.load_state_dict(model.state_dict())
+        avg.eval().requires_grad_(False)
+        avg_params, raw_params = list(avg.parameters()), list(model.parameters())
+    steps = 0
     shuffle_gen = torch.Generator().manual_seed(seed + 1)
     drop_gen = torch.Generator().manual_seed(seed + 2)
     net = model.network
@@ -305,19 +321,23 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
                 loss = loss_fn(model(Xt[idx.numpy()]).float(), yt[idx], idx)
             loss.backward()
             opt.step()
+            if avg is not None:
+                steps += 1
+                with torch.no_grad():
+                    torch._foreach_lerp_(avg_params, raw_params, 1.0 - min(float(ema), (1 + steps) / (10 + steps)))
             total += float(loss.detach()) * len(idx)
         history["train_loss"].append(total / n)
         if not has_val:
             continue
         with autocast():
-            logits = logits_of(model, Xv)
+            logits = logits_of(model if avg is None else avg, Xv)
         f1 = mean_group_macro_f1(yv, logits.argmax(dim=1).numpy(), gv)
         history["val_f1"].append(f1)
         score = f1 if stop_on == "f1" else -float(
             nn.functional.cross_entropy(logits.float(), yv_t, weight=class_w))
         if score > best_score:
             best_score, best_f1, best_epoch, stale = score, f1, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())     # tensors copied
+            best_state = copy.deepcopy((model if avg is None else avg).state_dict())     # tensors copied
         else:
             stale += 1
         if on_epoch is not None:
@@ -333,7 +353,10 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
         model.load_state_dict(best_state)
         history["best_epoch"], history["best_val_f1"] = best_epoch, float(best_f1)
     else:
+        if avg is not None:
+            model.load_state_dict(avg.state_dict())
         history["best_epoch"] = max_epochs
+    del avg
     fold_standardisation(model, mean, std)
     history["mean"], history["std"] = mean.astype(np.float32), std.astype(np.float32)
     model.eval()
