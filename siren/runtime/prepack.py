@@ -5,11 +5,12 @@ call. For the short inputs of serving (one text: tens of tokens; a stream step: 
 reorder is a large share of the product: smollm2-135m's (59 x 576) @ (576 x 1536) took 214 us
 plain and 131 us prepacked in a micro-benchmark. ``PackedLinear`` reorders once, at load.
 Whole guards gain less, since the rest of the forward is unchanged: on the offline-six guard,
-1.02x one text at a time and 1.08x in batches of 32 (``scripts/bench_latency.py --plain_too``,
-``reports/offline_six_bench/latency_prepack.json``).
+1.02-1.05x one text at a time and 1.02-1.08x in batches of 32 in two runs
+(``scripts/bench_latency.py --plain_too``; ``reports/offline_six_bench/latency.json`` and
+``run8_c1eee8e/latency_prepack.json`` there).
 
 Numbers: the blocked kernel sums in another order than the plain one, so outputs agree to
-bfloat16 rounding, not bit for bit (in that run, guard scores moved by at most 1.5e-3).
+bfloat16 rounding, not bit for bit (in those runs, guard scores moved by at most 1.5e-3).
 Training never packs: the features a guard is trained on come from the plain forward; only
 the runtime guard (``SirenGuard``, when it loads its own backbone) packs, and
 ``prepack=False`` turns it off.
