@@ -228,15 +228,14 @@ class LayerFeatures:
         position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
         input_ids, mask, position_ids = (t.to(self.device) for t in (input_ids, mask, position_ids))
         left = padding_side != "right"
-        # (b, T, 1): which positions are real tokens, as a bool for where() (left padding) or as
-        # 0/1 float32 to multiply by (right padding)
-        keep = mask.unsqueeze(-1).bool() if left else mask.unsqueeze(-1).to(torch.float32)
-        counts = mask.sum(dim=1, keepdim=True).to(torch.float32)  # (b, 1)
-
         # No padding (one text, or texts of one length): no mask and default positions give the
         # same vectors, and let attention take its plain causal path instead of building a 4D
         # mask every call (most of the per-call overhead when scoring one short text).
         unpadded = all(len(ids) == width for ids in batch)
+        # (b, T, 1): which positions are real tokens, as a bool for where() (left padding) or as
+        # 0/1 float32 to multiply by (right padding); not needed when every position is real
+        keep = None if unpadded else mask.unsqueeze(-1).bool() if left else mask.unsqueeze(-1).to(torch.float32)
+        counts = mask.sum(dim=1, keepdim=True).to(torch.float32)  # (b, 1)
         wanted = self._modules()
         out = {rep: [None] * len(self.layers) for rep in self.pooling_types}
         slot = {l: i for i, l in enumerate(self.layers)}

@@ -291,11 +291,9 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
     if ema is not None:
         if not 0.0 < float(ema) < 1.0:
             raise ValueError(f"ema {ema!r}: a decay in (0, 1), or None")
-        with torch.random.fork_rng(devices=[]):
-            avg = MLPHead(k, layer_dims, dropout_rates)
-        avg.load_state_dict(model.state_dict())
-        avg.eval().requires_grad_(False)
+        avg = copy.deepcopy(model).eval().requires_grad_(False)   # before the dropouts are swapped
         avg_params, raw_params = list(avg.parameters()), list(model.parameters())
+    kept = model if avg is None else avg      # the weights that are validated and kept
     steps = 0
     shuffle_gen = torch.Generator().manual_seed(seed + 1)
     drop_gen = torch.Generator().manual_seed(seed + 2)
@@ -330,14 +328,14 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
         if not has_val:
             continue
         with autocast():
-            logits = logits_of(model if avg is None else avg, Xv)
+            logits = logits_of(kept, Xv)
         f1 = mean_group_macro_f1(yv, logits.argmax(dim=1).numpy(), gv)
         history["val_f1"].append(f1)
         score = f1 if stop_on == "f1" else -float(
             nn.functional.cross_entropy(logits.float(), yv_t, weight=class_w))
         if score > best_score:
             best_score, best_f1, best_epoch, stale = score, f1, epoch, 0
-            best_state = copy.deepcopy((model if avg is None else avg).state_dict())     # tensors copied
+            best_state = copy.deepcopy(kept.state_dict())     # tensors copied
         else:
             stale += 1
         if on_epoch is not None:
@@ -356,7 +354,6 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
         if avg is not None:
             model.load_state_dict(avg.state_dict())
         history["best_epoch"] = max_epochs
-    del avg
     fold_standardisation(model, mean, std)
     history["mean"], history["std"] = mean.astype(np.float32), std.astype(np.float32)
     model.eval()
