@@ -11,6 +11,8 @@ Prints one table (seconds, texts/s, ratio theirs/ours: > 1 means ours is faster)
 Ours loads as users get it: on a CPU with native bf16 its backbone's Linear weights are
 prepacked (``siren.runtime.prepack``; the JSON says ``prepacked``). ``--plain_too`` also times
 ours with ``prepack=False`` in the same rotation: the gain of prepacking alone, measured in one run.
+``--compiled_too`` likewise times ours with ``compile=True`` (``SirenGuard.from_pretrained``: single
+texts through a ``torch.compile``d forward; the JSON says how long the compile took).
 
     .venv/bin/python scripts/bench_latency.py --guard /path/to/guard --n 64 --data_dir ../shared/data/siren
 """
@@ -39,13 +41,13 @@ def timed(fn) -> tuple[float, object]:
 
 def bench(runtimes: dict, texts: list[str], batch: int) -> dict:
     """Timings of every runtime on the same chunks, the order rotating from chunk to chunk so that
-    drifts in machine load hit all alike. runtimes: {"ours": ..., "theirs": ..., optionally
-    "plain": ours without prepacking}. -> {"<name>_s", "max_abs_diff" (ours against theirs),
-    and with "plain": "max_abs_diff_plain" (ours against plain)}."""
+    drifts in machine load hit all alike. runtimes: {"ours": ..., "theirs": ..., optionally "plain"
+    (ours without prepacking) and "compiled" (ours with compile=True)}. -> {"<name>_s",
+    "max_abs_diff" (ours against theirs), and per optional runtime X "max_abs_diff_X" (X against ours)}."""
     chunks = [texts[i:i + batch] for i in range(0, len(texts), batch)]
     total = dict.fromkeys(runtimes, 0.0)
-    diffs, diffs_plain = [], []
     names = list(runtimes)
+    diffs = {name: [] for name in names if name != "ours"}
     for k, chunk in enumerate(chunks):
         got = {}
         for name in names[k % len(names):] + names[:k % len(names)]:
@@ -59,13 +61,11 @@ def bench(runtimes: dict, texts: list[str], batch: int) -> dict:
             s, res = timed(fn)
             got[name] = np.asarray([r.score for r in res])
             total[name] += s
-        diffs.append(float(np.max(np.abs(got["ours"] - got["theirs"]))))
-        if "plain" in got:
-            diffs_plain.append(float(np.max(np.abs(got["ours"] - got["plain"]))))
+        for name in diffs:
+            diffs[name].append(float(np.max(np.abs(got[name] - got["ours"]))))
     out = {f"{name}_s": t for name, t in total.items()}
-    out["max_abs_diff"] = max(diffs)
-    if diffs_plain:
-        out["max_abs_diff_plain"] = max(diffs_plain)
+    for name, values in diffs.items():
+        out["max_abs_diff" if name == "theirs" else f"max_abs_diff_{name}"] = max(values)
     return out
 
 
@@ -80,6 +80,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--plain_too", action="store_true",
                     help="also time ours without prepacked weights (prepack=False), in the same rotation")
+    ap.add_argument("--compiled_too", action="store_true",
+                    help="also time ours with compile=True (a torch.compile'd single-text forward), in the same rotation")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
     if a.threads:
@@ -98,6 +100,11 @@ def main(argv=None) -> int:
     runtimes = {"ours": ours, "theirs": theirs}
     if a.plain_too:
         runtimes["plain"] = SirenGuard.from_pretrained(a.guard, device="cpu", dtype=dtype, prepack=False)
+    compile_s = None
+    if a.compiled_too:
+        compile_s, runtimes["compiled"] = timed(lambda: SirenGuard.from_pretrained(a.guard, device="cpu", dtype=dtype,
+                                                                                   compile=True))
+    extras = [name for name in ("plain", "compiled") if name in runtimes]
     texts = sample_texts(a.n, a.seed, a.data_dir)
     warm = texts[: min(4, len(texts))]
     for guard in runtimes.values():      # first-call costs (allocator, kernels) out of the figures
@@ -110,13 +117,14 @@ def main(argv=None) -> int:
     for b in (1, a.batch):
         r = bench(runtimes, texts, b)
         r["ratio_theirs_over_ours"] = r["theirs_s"] / r["ours_s"]
-        if a.plain_too:
-            r["ratio_theirs_over_plain"] = r["theirs_s"] / r["plain_s"]
-            r["ratio_plain_over_ours"] = r["plain_s"] / r["ours_s"]
+        for name in extras:
+            r[f"ratio_theirs_over_{name}"] = r["theirs_s"] / r[f"{name}_s"]
+            r[f"ratio_{name}_over_ours"] = r[f"{name}_s"] / r["ours_s"]
         rows[f"batch {b}"] = r
     result = {"guard": a.guard, "n_texts": len(texts), "n_tokens": n_tokens, "dtype": dtype,
               "threads": torch.get_num_threads(),
               "prepacked": any(isinstance(m, PackedLinear) for m in ours.backbone.model.modules()),
+              "compile_s": compile_s,
               "selected_layers": len(ours.layers),
               "deepest_layer": max(ours.layers), "num_layers": ours.backbone.num_layers, "rows": rows}
     text = json.dumps(result, indent=2)
@@ -132,11 +140,13 @@ def main(argv=None) -> int:
         print(f"{name:10s} {r['ours_s']:8.2f} {r['theirs_s']:9.2f} {len(texts) / r['ours_s']:11.2f} "
               f"{len(texts) / r['theirs_s']:13.2f} {r['ratio_theirs_over_ours']:10.2f}x "
               f"{r['max_abs_diff']:9.1e}")
-    if a.plain_too:
-        print("ours without prepacking (plain), in the same rotation:")
+    titles = {"plain": "ours without prepacking (plain)",
+              "compiled": f"ours with compile=True (compiled; the compile took {compile_s or 0:.0f} s)"}
+    for extra in extras:
+        print(f"{titles[extra]}, in the same rotation:")
         for name, r in rows.items():
-            print(f"{name:10s} plain_s {r['plain_s']:.2f}  theirs/plain {r['ratio_theirs_over_plain']:.2f}x  "
-                  f"plain/ours {r['ratio_plain_over_ours']:.2f}x  max|ours-plain| {r['max_abs_diff_plain']:.1e}")
+            print(f"{name:10s} {extra}_s {r[f'{extra}_s']:.2f}  theirs/{extra} {r[f'ratio_theirs_over_{extra}']:.2f}x  "
+                  f"{extra}/ours {r[f'ratio_{extra}_over_ours']:.2f}x  max|ours-{extra}| {r[f'max_abs_diff_{extra}']:.1e}")
     return 0
 
 

@@ -15,6 +15,8 @@ layer's neurons in the order listed in `selected_neurons_dict`, times `layer_wei
 The backbone runs only up to the deepest selected layer. A bf16 backbone that the guard loads on a
 CPU with native bf16 keeps its Linear weights prepacked for oneDNN (`siren.runtime.prepack`):
 the same features to bf16 rounding, faster on short inputs; `prepack=False` gives the plain forward.
+`compile=True` instead runs single texts through a `torch.compile`d forward (faster still, equal to
+float rounding; it compiles while loading, so it suits servers: `siren serve --compile`).
 
 Text: chat-template tokens removed, whitespace collapsed, empty -> " " (so an empty input has a
 defined score); inputs longer than `inference.max_length` tokens are truncated on the right
@@ -23,6 +25,8 @@ defined score); inputs longer than `inference.max_length` tokens are truncated o
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -36,7 +40,9 @@ from siren.checks import check_decision_threshold
 from siren.backbones import Backbone, load_backbone, native_bf16_cpu, registry
 from siren.errors import SirenError
 from siren.features import LayerFeatures, join_prompt_response, length_batches
-from siren.runtime.prepack import prepack_linears, prepack_support
+from siren.runtime.prepack import PackedLinear, prepack_linears, prepack_support
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -128,7 +134,8 @@ class SirenGuard:
 
     @classmethod
     def from_pretrained(cls, folder_or_hub_id: str, *, device=None, dtype=None, trust_remote_code: bool = False,
-                        backbone: Backbone | None = None, prepack: bool | None = None) -> "SirenGuard":
+                        backbone: Backbone | None = None, prepack: bool | None = None,
+                        compile: bool = False) -> "SirenGuard":
         """Load a guard folder (ours or `llm-siren`'s format) or a Hub repo holding one.
 
         device: "cpu", "cuda", ... (default: cuda if available). dtype: backbone dtype (default:
@@ -137,7 +144,14 @@ class SirenGuard:
         Linear weights in oneDNN's blocked layout (`siren.runtime.prepack`: faster short inputs,
         scores equal to bfloat16 rounding); default: on for a backbone this call loads in bfloat16
         on a CPU with native bfloat16, off for a backbone passed in (True packs that one in place).
+        compile: score single texts through a `torch.compile`d forward (`LayerFeatures.compile`):
+        faster one text at a time, scores equal to float rounding; it compiles here, before
+        returning (one to two minutes on a 2-core CPU), so it suits a long-running process (`siren
+        serve --compile`). It replaces prepacking (the two cannot be combined).
         """
+        if compile and prepack:
+            raise SirenError("compile=True and prepack=True cannot be combined: the compiler packs the "
+                             "weights its own way; drop prepack (or compile)")
         config_path, weights_path = _artifact_files(folder_or_hub_id)
         config = load_config_file(config_path)
         state = load_head_state(weights_path, config)
@@ -150,10 +164,31 @@ class SirenGuard:
             kwargs["revision"] = config["base_model"].get("revision")
             backbone = load_backbone(_backbone_model_id(config), **kwargs)
             if prepack is None:
-                prepack = prepack_support(backbone.model) is None and native_bf16_cpu()
+                prepack = not compile and prepack_support(backbone.model) is None and native_bf16_cpu()
+        if compile and any(isinstance(m, PackedLinear) for m in backbone.model.modules()):
+            raise SirenError("compile=True needs a backbone with plain Linear weights, but this one was "
+                             "prepacked (siren.runtime.prepack): pass a backbone loaded without prepack=True")
         if prepack:
             prepack_linears(backbone.model)
-        return cls(config, head, backbone, source=str(config_path))
+        guard = cls(config, head, backbone, source=str(config_path))
+        if compile:
+            guard.compile()
+        return guard
+
+    def compile(self) -> None:
+        """Compile the single-text forward now (see `from_pretrained(compile=True)`), so that the
+        first request does not pay for it. Raises SirenError when torch.compile fails here."""
+        started = time.perf_counter()
+        self._features.compile()
+        try:
+            for text in ("warm up", "warm up the compiled forward"):  # two lengths: the dynamic graph
+                self.score(text)
+        except Exception as err:  # inductor's failures have many types: say what to do about any of them
+            self._features.compile(False)
+            raise SirenError(f"torch.compile of the backbone failed ({type(err).__name__}: {err}); on a CPU it "
+                             "needs a C++ compiler (e.g. apt-get install g++): install one, or load "
+                             "the guard without compile") from err
+        log.info("compiled the single-text forward in %.0f s", time.perf_counter() - started)
 
     # ------------------------------------------------------------ features and scores
 
