@@ -211,12 +211,35 @@ def holdout_split(y, g, share: float, seed: int):
     return np.sort(a), np.sort(b)
 
 
-def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, max_epochs: int,
-                 seed: int, holdout: float = 0.0, colw: np.ndarray | None = None) -> list[dict]:
-    """Run tune_head once per variant on Z (n, k); colw (k,) each column's layer weight (for
-    the "scale" variants); -> one dict per variant (JSON-ready)."""
+def trial_fold_heads(Zs, ys, gs, trial: dict, tkw: dict, fkw: dict, *, n_folds: int, seed: int, max_epochs: int,
+                     scale) -> tuple[list, list[float]]:
+    """Refit one completed trial's fold heads exactly as tune_head's search fitted them (same folds,
+    seeds, early stopping) -> (heads, their fold scores), to ensemble more trials than the best."""
     from siren.metrics import mean_group_macro_f1
     from siren.mlp import predict_proba_head
+    from siren.pipeline.head import fit_head
+    from siren.pipeline.tune import cv_folds, params_from_trial
+
+    params = params_from_trial(trial["params"])
+    heads, scores = [], []
+    for f, (tr, va) in enumerate(cv_folds(ys, gs, n_folds, seed)):
+        model, _ = fit_head(Zs, ys, rows=tr, **params, seed=seed + trial["number"] * 1000 + f,
+                            max_epochs=max_epochs, patience=tkw["patience"], X_val=Zs, y_val=ys,
+                            groups_val=gs, val_rows=va, fused=tkw["fused"], bf16=tkw["bf16"],
+                            column_scale=scale, groups=gs, **{k: v for k, v in fkw.items() if k != "groups"})
+        pred = (predict_proba_head(model, Zs[va]) >= 0.5).astype(np.int64)
+        scores.append(float(mean_group_macro_f1(ys[va], pred, gs[va])))
+        heads.append(model)
+    return heads, scores
+
+
+def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, max_epochs: int,
+                 seed: int, holdout: float = 0.0, colw: np.ndarray | None = None, top_trials: int = 1) -> list[dict]:
+    """Run tune_head once per variant on Z (n, k); colw (k,) each column's layer weight (for
+    the "scale" variants); -> one dict per variant (JSON-ready). top_trials > 1 (with a holdout):
+    also the holdout F1 of the fold heads of the best 2, 3, ... completed trials, averaged."""
+    from siren.metrics import mean_group_macro_f1
+    from siren.mlp import logits_of, predict_proba_head
     from siren.pipeline.head import ensemble_heads, fit_head
     from siren.pipeline.tune import tune_head
 
@@ -267,6 +290,26 @@ def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, m
                 thr, oof_f1 = best_threshold(ys, res.oof_proba, gs)
                 row["cv_threshold"], row["oof_f1_at_cv_threshold"] = thr, oof_f1
                 row["holdout_f1_fold_ensemble_cv_threshold"] = f1(ensemble_heads(res.fold_heads), thr)
+            if res.fold_heads and top_trials > 1:
+                ranked = sorted((t for t in res.trials if t["state"] == "COMPLETE"),
+                                key=lambda t: (-t["value"], t["number"]))
+                heads, row["holdout_f1_top_trials"], row["top_trials_refit_fold_scores"] = list(res.fold_heads), [], []
+                for t in ranked[1:top_trials]:
+                    more, scores = trial_fold_heads(Zs, ys, gs, t, tkw, fkw, n_folds=n_folds, seed=seed,
+                                                    max_epochs=max_epochs, scale=scale)
+                    # the refit must be the search's own fit: its fold scores are the recorded ones
+                    row["top_trials_refit_fold_scores"].append(
+                        {"number": t["number"], "search": t["user_attrs"]["fold_scores"], "refit": scores})
+                    heads += more
+                    # trials differ in depth and dropout, so average their logits here rather than
+                    # build one MLPHead (ensemble_heads) from them
+                    Xh = torch.as_tensor(np.asarray(Z[held], dtype=np.float32))
+                    logits = torch.stack([logits_of(h, Xh).float() for h in heads]).mean(dim=0)
+                    proba = torch.softmax(logits, dim=1)[:, 1].numpy()
+                    row["holdout_f1_top_trials"].append(
+                        {"trials": 1 + len(row["holdout_f1_top_trials"]) + 1, "value_cv": t["value"],
+                         "width": sum(h.layer_dims[0] for h in heads),
+                         "holdout_f1": float(mean_group_macro_f1(y[held], (proba >= 0.5).astype(np.int64), g[held]))})
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("variant", "search_s", "cv_f1", "n_pruned")}),
               file=sys.stderr, flush=True)
@@ -356,6 +399,8 @@ def main(argv=None) -> int:
     ap.add_argument("--head_compare", action="store_true", help="time and CV F1 of head-search variants")
     ap.add_argument("--variants", nargs="+", default=["old", "new"],
                     help=f"with --head_compare: {', '.join(HEAD_VARIANTS)}")
+    ap.add_argument("--top_trials", type=int, default=1,
+                    help="with --head_compare and --holdout: also the holdout F1 of the best 2..N trials' fold heads averaged")
     ap.add_argument("--holdout", type=float, default=0.0,
                     help="with --head_compare: share of rows kept out of the search (refit vs fold heads)")
     ap.add_argument("--save_aggregated", help="write the head's input (Z, y, g, colw, layer) to this .npz and stop")
@@ -404,7 +449,8 @@ def main(argv=None) -> int:
             print(f"wrote {a.save_aggregated}: Z {Z.shape}")
             return 0
         rows = head_compare(Z, y, g, a.variants, n_trials=a.trials, n_folds=a.folds,
-                            max_epochs=a.head_epochs, seed=a.seed, holdout=a.holdout, colw=colw)
+                            max_epochs=a.head_epochs, seed=a.seed, holdout=a.holdout, colw=colw,
+                            top_trials=a.top_trials)
         r = {"head_compare": rows, "shape": list(Z.shape), "max_layer": a.max_layer,
              "threads": torch.get_num_threads(),
              "trials": a.trials, "folds": a.folds, "max_epochs": a.head_epochs,
