@@ -185,7 +185,10 @@ class SirenGuard:
                 self.score(text)
         except Exception as err:  # inductor's failures have many types: say what to do about any of them
             self._features.compile(False)
-            raise SirenError(f"torch.compile of the backbone failed ({type(err).__name__}: {err}); on a CPU it "
+            # inductor's messages span lines and end in debugging advice: keep what says what failed
+            detail = " ".join(line.strip() for line in str(err).splitlines()
+                              if line.strip() and not line.startswith(("Set TORCHDYNAMO", ")")))
+            raise SirenError(f"torch.compile of the backbone failed ({type(err).__name__}: {detail}); on a CPU it "
                              "needs a C++ compiler (e.g. apt-get install g++): install one, or load "
                              "the guard without compile") from err
         log.info("compiled the single-text forward in %.0f s", time.perf_counter() - started)
