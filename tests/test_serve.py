@@ -485,6 +485,27 @@ def test_cli_serve_errors(guard_dir, capsys):
     assert "--threshold must be between 0 and 1" in capsys.readouterr().err
 
 
+def test_cli_serve_compile_flag_reaches_the_guard(guard_dir, monkeypatch, capsys):
+    import uvicorn
+
+    from siren.runtime.guard import SirenGuard
+
+    loads, served = [], []
+    original = SirenGuard.from_pretrained.__func__
+
+    def recording_load(cls, folder, **kwargs):
+        loads.append(kwargs)
+        return original(cls, folder, **{**kwargs, "compile": False})  # the compile itself: tests/test_compile.py
+
+    monkeypatch.setattr(SirenGuard, "from_pretrained", classmethod(recording_load))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(kw))
+    assert main(["serve", "--model", str(guard_dir), "--compile", "--port", "8123"]) == 0
+    assert main(["serve", "--model", str(guard_dir), "--port", "8124"]) == 0
+    assert [kw["compile"] for kw in loads] == [True, False]
+    assert [kw["port"] for kw in served] == [8123, 8124]
+    assert capsys.readouterr().out.count("compiling the single-text forward") == 1
+
+
 def test_one_megabyte_text_with_default_limits(guard):
     with TestClient(create_app(guard, model_name="g", limits=ServeLimits())) as c:
         r = c.post("/v1/moderations", json={"input": BIG})  # under the 1 MiB body limit, over max_chars
