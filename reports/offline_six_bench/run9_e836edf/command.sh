@@ -10,3 +10,5 @@ WORK=/work/o11bench bash scripts/bench_offline_six.sh        # cold cache; table
 # run5_5cfebfd/, run4_e839214/ (2.06 GiB), run3_feca4a1/, run2_bca7295/ (both pooling types searched).
 # Serving, this run's guard: ours (prepacked, as users get it), the authors' runtime, and ours with prepack=False, rotating.
 python scripts/bench_latency.py --guard /work/o11bench/guard --n 64 --plain_too --data_dir ../shared/data/siren --out reports/offline_six_bench/latency.json
+# Added later, code 7cea05e (SirenGuard.from_pretrained(compile=True)), the same guard: ours, theirs, plain and compiled, rotating.
+python scripts/bench_latency.py --guard /work/o11bench/guard --n 64 --plain_too --compiled_too --data_dir ../shared/data/siren --out reports/offline_six_bench/latency_compiled.json
