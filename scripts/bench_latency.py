@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     import siren_guard
 
     from siren.runtime.guard import SirenGuard
-    from siren.runtime.prepack import PackedLinear
+    from siren.runtime.prepack import packed_count
 
     cfg = json.loads((Path(a.guard) / "siren_config.json").read_text())
     dtype = a.dtype or (cfg.get("siren") or {}).get("dtype") or "float32"
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
         rows[f"batch {b}"] = r
     result = {"guard": a.guard, "n_texts": len(texts), "n_tokens": n_tokens, "dtype": dtype,
               "threads": torch.get_num_threads(),
-              "prepacked": any(isinstance(m, PackedLinear) for m in ours.backbone.model.modules()),
+              "prepacked": packed_count(ours.backbone.model) > 0,
               "compile_s": compile_s,
               "selected_layers": len(ours.layers),
               "deepest_layer": max(ours.layers), "num_layers": ours.backbone.num_layers, "rows": rows}

@@ -294,7 +294,8 @@ def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, m
                 ranked = sorted((t for t in res.trials if t["state"] == "COMPLETE"),
                                 key=lambda t: (-t["value"], t["number"]))
                 heads, row["holdout_f1_top_trials"], row["top_trials_refit_fold_scores"] = list(res.fold_heads), [], []
-                for t in ranked[1:top_trials]:
+                Xh = torch.as_tensor(np.asarray(Z[held], dtype=np.float32))
+                for n_trials_averaged, t in enumerate(ranked[1:top_trials], start=2):
                     more, scores = trial_fold_heads(Zs, ys, gs, t, tkw, fkw, n_folds=n_folds, seed=seed,
                                                     max_epochs=max_epochs, scale=scale)
                     # the refit must be the search's own fit: its fold scores are the recorded ones
@@ -303,11 +304,10 @@ def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, m
                     heads += more
                     # trials differ in depth and dropout, so average their logits here rather than
                     # build one MLPHead (ensemble_heads) from them
-                    Xh = torch.as_tensor(np.asarray(Z[held], dtype=np.float32))
                     logits = torch.stack([logits_of(h, Xh).float() for h in heads]).mean(dim=0)
                     proba = torch.softmax(logits, dim=1)[:, 1].numpy()
                     row["holdout_f1_top_trials"].append(
-                        {"trials": 1 + len(row["holdout_f1_top_trials"]) + 1, "value_cv": t["value"],
+                        {"trials": n_trials_averaged, "value_cv": t["value"],
                          "width": sum(h.layer_dims[0] for h in heads),
                          "holdout_f1": float(mean_group_macro_f1(y[held], (proba >= 0.5).astype(np.int64), g[held]))})
         rows.append(row)

@@ -293,11 +293,10 @@ class LayerFeatures:
         keep = None if unpadded else mask.unsqueeze(-1).bool() if left else mask.unsqueeze(-1).to(torch.float32)
         counts = mask.sum(dim=1, keepdim=True).to(torch.float32)  # (b, 1)
         wanted = self._modules()
-        out = {rep: [None] * len(self.layers) for rep in self.pooling_types}
-        slot = {l: i for i, l in enumerate(self.layers)}
+        pooled: list[torch.Tensor | None] = [None] * len(wanted)   # (b, d) per module, in `wanted` order
         remaining = [len(wanted)]
 
-        def make_hook(rep: str, layer: int):
+        def make_hook(i: int):
             def hook(_module, _inputs, output):
                 h = output[0] if isinstance(output, tuple) else output  # (b, T, d)
                 if unpadded:  # every position counts: the same float32 sums, without the mask's copy
@@ -306,14 +305,14 @@ class LayerFeatures:
                     summed = torch.where(keep, h, torch.zeros((), dtype=h.dtype, device=h.device)).sum(dim=1, dtype=torch.float32)
                 else:       # right padding: every position is finite; the same sum, about 2x faster
                     summed = (h.float() * keep).sum(dim=1)
-                out[rep][slot[layer]] = summed / counts
+                pooled[i] = summed / counts
                 remaining[0] -= 1
                 if remaining[0] == 0:
                     raise _Stop
 
             return hook
 
-        handles = [module.register_forward_hook(make_hook(rep, l)) for rep, l, module in wanted]
+        handles = [module.register_forward_hook(make_hook(i)) for i, (_rep, _l, module) in enumerate(wanted)]
         kw = dict(input_ids=input_ids, use_cache=False) if unpadded else dict(
             input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
         try:
@@ -323,20 +322,24 @@ class LayerFeatures:
         finally:
             for h in handles:
                 h.remove()
-        missing = [(rep, self.layers[i]) for rep, vs in out.items() for i, v in enumerate(vs) if v is None]
+        missing = [(rep, l) for (rep, l, _module), v in zip(wanted, pooled) if v is None]
         if missing:
             raise SirenError(f"hooks did not fire for {missing[:3]}...: unsupported backbone layout")
+        return self._by_pooling(pooled)
+
+    def _by_pooling(self, pooled: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """(b, d) vectors in `_modules()` order -> {pooling type: (b, len(layers), d) on CPU}."""
+        out = {rep: [None] * len(self.layers) for rep in self.pooling_types}
+        slot = {l: i for i, l in enumerate(self.layers)}
+        for (rep, layer, _module), v in zip(self._modules(), pooled):
+            out[rep][slot[layer]] = v
         return {rep: torch.stack(vs, dim=1).cpu() for rep, vs in out.items()}
 
     def _compiled_call(self, ids: Sequence[int]) -> dict[str, torch.Tensor]:
         """One unpadded text through the compiled forward; the same return as `__call__`."""
         sums = self._compiled(torch.as_tensor([list(ids)], dtype=torch.long, device=self.device))
-        means = (sums / float(len(ids))).cpu()  # (1, len(wanted), d)
-        out = {rep: [None] * len(self.layers) for rep in self.pooling_types}
-        slot = {l: i for i, l in enumerate(self.layers)}
-        for i, (rep, layer, _module) in enumerate(self._modules()):
-            out[rep][slot[layer]] = means[:, i]
-        return {rep: torch.stack(vs, dim=1) for rep, vs in out.items()}
+        means = sums / float(len(ids))  # (1, len(self._modules()), d)
+        return self._by_pooling(means.unbind(dim=1))
 
     def encode(self, texts: Sequence[str], batch_tokens: int = 16384) -> dict[str, np.ndarray]:
         """Texts -> {pooling type: (n, len(layers), d) float32}, length-bucketed, in input order."""

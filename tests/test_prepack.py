@@ -8,7 +8,7 @@ from torch import nn
 from siren.errors import SirenError
 from siren.runtime.generation import shares_backbone
 from siren.runtime.guard import SirenGuard
-from siren.runtime.prepack import PackedLinear, prepack_linears, prepack_support
+from siren.runtime.prepack import PackedLinear, packed_count, prepack_linears, prepack_support
 from test_guard import TEXTS, make_guard
 from test_stream import PROMPT, RESPONSE, chunkings, stream_and_reference
 from tiny_models import load_base
@@ -59,7 +59,7 @@ def test_prepack_linears_swaps_every_linear_and_keeps_the_state_dict(tiny_llama_
     assert linears == 7 * model.config.num_hidden_layers   # q k v o gate up down
     assert prepack_linears(model) == linears
     assert not any(type(m) is nn.Linear for m in model.modules())
-    assert sum(isinstance(m, PackedLinear) for m in model.modules()) == linears
+    assert packed_count(model) == linears
     after = model.state_dict()
     assert list(after) == list(before)
     assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
@@ -74,15 +74,15 @@ def test_prepack_refuses_what_it_cannot_pack(tiny_llama_dir):
     assert prepack_support(fp32.to(torch.bfloat16)) is None
 
 
-def packed_count(guard) -> int:
-    return sum(isinstance(m, PackedLinear) for m in guard.backbone.model.modules())
+def guard_packed_count(guard) -> int:
+    return packed_count(guard.backbone.model)
 
 
 def test_guard_prepack_default_and_scores(tmp_path, tiny_dir, monkeypatch):
     folder, *_ = make_guard(tmp_path / "g", tiny_dir, pooling="mlp_mean")
     plain = SirenGuard.from_pretrained(str(folder), device="cpu", dtype="bfloat16", prepack=False)
     packed = SirenGuard.from_pretrained(str(folder), device="cpu", dtype="bfloat16", prepack=True)
-    assert packed_count(plain) == 0 and packed_count(packed) == 28
+    assert guard_packed_count(plain) == 0 and guard_packed_count(packed) == 28
     want = np.array([r.score for r in plain.score_batch(TEXTS)])
     assert np.ptp(want) > 0.02  # a meaningful comparison
     got_batch = np.array([r.score for r in packed.score_batch(TEXTS)])
@@ -92,17 +92,17 @@ def test_guard_prepack_default_and_scores(tmp_path, tiny_dir, monkeypatch):
     # A packed guard still finds its backbone in a user's model with the same weights.
     assert shares_backbone(packed, load_base(tiny_dir).to(torch.bfloat16))
     # Default: packed only in bf16 on a CPU with native bf16 (the tests report none).
-    assert packed_count(SirenGuard.from_pretrained(str(folder), device="cpu", dtype="bfloat16")) == 0
-    assert packed_count(SirenGuard.from_pretrained(str(folder), device="cpu", dtype="float32")) == 0
+    assert guard_packed_count(SirenGuard.from_pretrained(str(folder), device="cpu", dtype="bfloat16")) == 0
+    assert guard_packed_count(SirenGuard.from_pretrained(str(folder), device="cpu", dtype="float32")) == 0
     monkeypatch.setenv("SIREN_CPU_FLAGS", "amx_bf16")
-    assert packed_count(SirenGuard.from_pretrained(str(folder), device="cpu", dtype="bfloat16")) == 28
-    assert packed_count(SirenGuard.from_pretrained(str(folder), device="cpu", dtype="float32")) == 0
+    assert guard_packed_count(SirenGuard.from_pretrained(str(folder), device="cpu", dtype="bfloat16")) == 28
+    assert guard_packed_count(SirenGuard.from_pretrained(str(folder), device="cpu", dtype="float32")) == 0
     with pytest.raises(SirenError, match="cannot prepack.*float32"):
         SirenGuard.from_pretrained(str(folder), device="cpu", dtype="float32", prepack=True)
     # A backbone passed in is packed only when asked.
     reused = SirenGuard.from_pretrained(str(folder), backbone=plain.backbone)
-    assert packed_count(reused) == 0
-    assert packed_count(SirenGuard.from_pretrained(str(folder), backbone=plain.backbone, prepack=True)) == 28
+    assert guard_packed_count(reused) == 0
+    assert guard_packed_count(SirenGuard.from_pretrained(str(folder), backbone=plain.backbone, prepack=True)) == 28
 
 
 def test_packed_stream_equals_packed_score(tmp_path, tiny_llama_dir):

@@ -40,7 +40,7 @@ from siren.checks import check_decision_threshold
 from siren.backbones import Backbone, load_backbone, native_bf16_cpu, registry
 from siren.errors import SirenError
 from siren.features import LayerFeatures, join_prompt_response, length_batches
-from siren.runtime.prepack import PackedLinear, prepack_linears, prepack_support
+from siren.runtime.prepack import packed_count, prepack_linears, prepack_support
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class SirenGuard:
             backbone = load_backbone(_backbone_model_id(config), **kwargs)
             if prepack is None:
                 prepack = not compile and prepack_support(backbone.model) is None and native_bf16_cpu()
-        if compile and any(isinstance(m, PackedLinear) for m in backbone.model.modules()):
+        if compile and packed_count(backbone.model):
             raise SirenError("compile=True needs a backbone with plain Linear weights, but this one was "
                              "prepacked (siren.runtime.prepack): pass a backbone loaded without prepack=True")
         if prepack:

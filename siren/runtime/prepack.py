@@ -23,7 +23,7 @@ from torch import nn
 
 from siren.errors import SirenError
 
-__all__ = ["PackedLinear", "prepack_linears", "prepack_support"]
+__all__ = ["PackedLinear", "packed_count", "prepack_linears", "prepack_support"]
 
 # The row count oneDNN is told to expect when it picks the blocked layout. Any count works for
 # any input; this one was among the fastest for 1..500 rows in a sweep of 1/16/32/64/128/512.
@@ -73,6 +73,11 @@ def prepack_support(model: nn.Module) -> str | None:
             and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         return "this torch build or CPU has no oneDNN bfloat16 matmul"
     return None
+
+
+def packed_count(model: nn.Module) -> int:
+    """How many of ``model``'s Linear layers are PackedLinear (0: a plain model)."""
+    return sum(isinstance(m, PackedLinear) for m in model.modules())
 
 
 @torch.no_grad()
