@@ -199,6 +199,8 @@ HEAD_VARIANTS["new_stop_loss"] = {**HEAD_VARIANTS["new"], "stop_on": "loss"}
 HEAD_VARIANTS["new_p5"] = {**HEAD_VARIANTS["new"], "patience": 5}
 HEAD_VARIANTS["new_ema90"] = {**HEAD_VARIANTS["new"], "ema": 0.9}
 HEAD_VARIANTS["new_ema97"] = {**HEAD_VARIANTS["new"], "ema": 0.97}
+HEAD_VARIANTS["new_indrop20"] = {**HEAD_VARIANTS["new"], "input_dropout": 0.2}
+HEAD_VARIANTS["new_indrop50"] = {**HEAD_VARIANTS["new"], "input_dropout": 0.5}
 
 
 def holdout_split(y, g, share: float, seed: int):
@@ -258,8 +260,9 @@ def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, m
             raise SystemExit(f"variant {name} scales by layer weight: the data has no column weights")
         tkw = {k: v for k, v in kw.items() if k != "scale"}
         fkw = {"groups": gs, "balance": kw["balance"]} if "balance" in kw else {}
-        if "ema" in kw:
-            fkw["ema"] = kw["ema"]
+        for key in ("ema", "input_dropout"):
+            if key in kw:
+                fkw[key] = kw[key]
         scale = colw if kw["scale"] else None
         t = time.perf_counter()
         res = tune_head(Zs, ys, gs, n_trials=n_trials, n_folds=n_folds, seed=seed,

@@ -301,3 +301,50 @@ def test_ema_returns_the_moving_average_of_the_weights():
     assert h["best_val_f1"] == max(h["val_f1"])
     with pytest.raises(ValueError, match="ema"):
         fit_head(X, y, max_epochs=1, ema=1.0, **kw)
+
+
+def test_input_dropout_zeroes_a_share_of_the_training_inputs_only(monkeypatch):
+    """input_dropout=p: each training batch's standardised inputs reach the first Linear with
+    about a share p zeroed and the rest scaled by 1 / (1 - p); validation reads them whole;
+    p = 0 draws nothing, so the head is the one trained without the option."""
+    import siren.pipeline.head as head_mod
+
+    seen = []       # (training?, the first Linear's input)
+
+    class Recording(MLPHead):
+        def forward(self, x):
+            seen.append((self.training, x.detach().clone()))
+            return super().forward(x)
+
+    monkeypatch.setattr(head_mod, "MLPHead", Recording)
+    X, y, g = toy(300, k=40)
+    kw = dict(layer_dims=[16], dropout_rates=[0.0], lr=1e-2, seed=5, batch_size=512, max_epochs=2,
+              X_val=X[:100], y_val=y[:100], groups_val=g[:100])
+    plain, _ = fit_head(X, y, **kw)
+    inputs_plain = [x for _, x in seen]
+    seen.clear()
+    zero, _ = fit_head(X, y, input_dropout=0.0, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(inputs_plain, [x for _, x in seen]))
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, zero.state_dict()[k])
+
+    seen.clear()
+    p = 0.5
+    dropped, _ = fit_head(X, y, input_dropout=p, **kw)
+    train_in = [x for t, x in seen if t]
+    val_in = [x for t, x in seen if not t]
+    clean_train = [x for t, x in zip([t for t, _ in seen], inputs_plain) if t]
+    assert len(train_in) == 2 and len(val_in) == 2                     # one batch per epoch here
+    for got, clean in zip(train_in, clean_train):
+        zeroed = got == 0
+        assert 0.45 < zeroed.float().mean().item() < 0.55
+        torch.testing.assert_close(got[~zeroed], clean[~zeroed] / (1 - p))
+    assert not torch.equal(train_in[0], train_in[1])                    # a fresh mask each step
+    torch.testing.assert_close(val_in[0], inputs_plain[1])            # validation: not dropped
+    # the same seed gives the same head; the option changes it
+    again, _ = fit_head(X, y, input_dropout=p, **kw)
+    for k, v in dropped.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k])
+    assert not torch.equal(dropped.state_dict()["network.0.weight"], plain.state_dict()["network.0.weight"])
+    with pytest.raises(ValueError, match="input_dropout"):
+        fit_head(X, y, input_dropout=1.0, **kw)

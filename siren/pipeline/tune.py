@@ -246,7 +246,8 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
               pruner_startup_trials: int = 4, pruner_warmup_epochs: int = 5,
               width_cap: int = 2048, fused: bool = True, bf16: bool = False,
               column_scale: np.ndarray | None = None, balance: str = "label",
-              stop_on: str = "f1", ema: float | None = None, progress: bool = True,
+              stop_on: str = "f1", ema: float | None = None, input_dropout: float = 0.0,
+              progress: bool = True,
               spill_dir=None) -> TuneResult:
     """Search the head's hyper-parameters. X (n, k) float16 or float32, y (n,), groups (n,).
     spill_dir: a folder for fold heads on disk while the search runs (see the module docstring).
@@ -322,7 +323,7 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
                 max_epochs=max_epochs, batch_size=batch_size, patience=patience,
                 X_val=X, y_val=y, groups_val=groups, val_rows=va, on_epoch=on_epoch, fused=fused,
                 bf16=bf16, column_scale=column_scale, groups=groups, balance=balance, stop_on=stop_on,
-                ema=ema)
+                ema=ema, input_dropout=input_dropout)
             oof[va] = predict_proba_head(model, X[va])
             pred = (oof[va] >= 0.5).astype(np.int64)
             scores.append(mean_group_macro_f1(y[va], pred, groups[va]))
