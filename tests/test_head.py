@@ -348,3 +348,34 @@ def test_input_dropout_zeroes_a_share_of_the_training_inputs_only(monkeypatch):
     assert not torch.equal(dropped.state_dict()["network.0.weight"], plain.state_dict()["network.0.weight"])
     with pytest.raises(ValueError, match="input_dropout"):
         fit_head(X, y, input_dropout=1.0, **kw)
+
+
+def test_bf16_fit_casts_into_kept_buffers_with_autocasts_numbers(monkeypatch):
+    """A bf16 fit writes the first Linear's weight casts into tensors kept for the whole fit
+    (siren.pipeline.head._CastOnceLinear); the head, its history and the restored best state
+    are bit for bit those of plain autocast, and the returned head is a plain Linear stack."""
+    import siren.pipeline.head as head_mod
+
+    X, y, g = toy(400, k=48)
+    kw = dict(layer_dims=[64, 32], dropout_rates=[0.3, 0.2], lr=5e-3, seed=11, batch_size=64, max_epochs=6,
+              patience=3, bf16=True, X_val=X[300:], y_val=y[300:], groups_val=g[300:], rows=np.arange(300))
+    steps = []
+    real_to_master = head_mod._CastOnceLinear.to_master
+
+    def counting(self):
+        steps.append(self.w16.grad is not None)
+        real_to_master(self)
+
+    monkeypatch.setattr(head_mod._CastOnceLinear, "to_master", counting)
+    kept, h_kept = fit_head(X, y, **kw)
+    assert len(steps) == 5 * len(h_kept["val_f1"]) and all(steps)       # 300 rows / 64: 5 steps an epoch
+    monkeypatch.setattr(head_mod, "_CAST_INTO_KEPT_BUFFERS", False)
+    steps.clear()
+    plain, h_plain = fit_head(X, y, **kw)
+    assert steps == []                                                  # the plain autocast path
+    assert h_kept["val_f1"] == h_plain["val_f1"] and h_kept["train_loss"] == h_plain["train_loss"]
+    assert h_kept["best_epoch"] == h_plain["best_epoch"]
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, kept.state_dict()[k]), k
+    assert [type(m) for m in kept.network] == [type(m) for m in plain.network]
+    assert type(kept.network[0]) is nn.Linear
