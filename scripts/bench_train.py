@@ -30,6 +30,7 @@ Usage: python scripts/bench_train.py --run train/probes/optuna/smollm2-135m_gene
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -201,6 +202,9 @@ HEAD_VARIANTS["new_ema90"] = {**HEAD_VARIANTS["new"], "ema": 0.9}
 HEAD_VARIANTS["new_ema97"] = {**HEAD_VARIANTS["new"], "ema": 0.97}
 HEAD_VARIANTS["new_indrop20"] = {**HEAD_VARIANTS["new"], "input_dropout": 0.2}
 HEAD_VARIANTS["new_indrop50"] = {**HEAD_VARIANTS["new"], "input_dropout": 0.5}
+# the same search with bf16 autocast's own weight casts (new tensors every step), as before
+# siren.pipeline.head._CastOnceLinear: the same heads, for timing side by side
+HEAD_VARIANTS["new_plain_casts"] = {**HEAD_VARIANTS["new"], "cast_buffers": False}
 
 
 def holdout_split(y, g, share: float, seed: int):
@@ -258,20 +262,32 @@ def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, m
         kw = HEAD_VARIANTS[name]
         if kw["scale"] and colw is None:
             raise SystemExit(f"variant {name} scales by layer weight: the data has no column weights")
-        tkw = {k: v for k, v in kw.items() if k != "scale"}
+        tkw = {k: v for k, v in kw.items() if k not in ("scale", "cast_buffers")}
         fkw = {"groups": gs, "balance": kw["balance"]} if "balance" in kw else {}
         for key in ("ema", "input_dropout"):
             if key in kw:
                 fkw[key] = kw[key]
         scale = colw if kw["scale"] else None
+        import siren.pipeline.head as head_mod
+
+        head_mod._CAST_INTO_KEPT_BUFFERS = kw.get("cast_buffers", True)
         t = time.perf_counter()
-        res = tune_head(Zs, ys, gs, n_trials=n_trials, n_folds=n_folds, seed=seed,
-                        max_epochs=max_epochs, progress=False, column_scale=scale, **tkw)
+        try:
+            res = tune_head(Zs, ys, gs, n_trials=n_trials, n_folds=n_folds, seed=seed,
+                            max_epochs=max_epochs, progress=False, column_scale=scale, **tkw)
+        finally:
+            head_mod._CAST_INTO_KEPT_BUFFERS = True
         row = {"variant": name, **kw, "search_s": time.perf_counter() - t,
                "cv_f1": res.best_value, "n_pruned": res.n_pruned,
                "n_complete": res.n_trials_complete, "best_params": res.best_params,
                "best_epochs": res.best_epochs,
                "trial_values": [tr["value"] for tr in res.trials]}
+        if res.fold_heads:      # the best trial's fold heads, bytes: equal digests = the same heads
+            digest = hashlib.sha256()
+            for h in res.fold_heads:
+                for key, v in h.state_dict().items():
+                    digest.update(key.encode() + v.detach().contiguous().numpy().tobytes())
+            row["fold_heads_sha256"] = digest.hexdigest()
         if len(held):
             p = res.best_params
             epochs = max(1, int(round(res.best_epochs or max_epochs)))

@@ -41,3 +41,34 @@ def test_an_input_saved_without_layers_refuses_max_layer_and_saves_no_pickles(tm
     d = np.load(again)                                # allow_pickle=False: every array is plain
     assert sorted(d.files) == ["Z", "g", "y"]
     np.testing.assert_array_equal(d["Z"], np.load(old)["Z"])
+
+
+def test_head_compare_times_both_cast_paths_and_they_fit_the_same_heads(monkeypatch):
+    """--variants new_plain_casts new: the same search with autocast's own casts and with the
+    kept buffers; both find the same trials and the same fold heads (equal digests), and the
+    module's switch is back on afterwards."""
+    import siren.pipeline.head as head_mod
+
+    rng = np.random.default_rng(0)
+    Z = rng.standard_normal((240, 24)).astype(np.float32)
+    y = (Z[:, 0] + 0.5 * Z[:, 1] > 0).astype(np.int64)
+    g = np.arange(240) % 2
+    base = {**bench_train.HEAD_VARIANTS["new"], "bf16": True, "scale": False, "width_cap": 128}
+    monkeypatch.setitem(bench_train.HEAD_VARIANTS, "t_plain", {**base, "cast_buffers": False})
+    monkeypatch.setitem(bench_train.HEAD_VARIANTS, "t_kept", dict(base))
+    seen = []
+    real = head_mod.fit_head
+
+    def spy(*a, **kw):
+        seen.append(head_mod._CAST_INTO_KEPT_BUFFERS)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(head_mod, "fit_head", spy)
+    import siren.pipeline.tune as tune_mod
+    monkeypatch.setattr(tune_mod, "fit_head", spy)
+    rows = bench_train.head_compare(Z, y, g, ["t_plain", "t_kept"], n_trials=2, n_folds=2, max_epochs=4, seed=3)
+    plain, kept = rows
+    assert plain["fold_heads_sha256"] == kept["fold_heads_sha256"]
+    assert plain["trial_values"] == kept["trial_values"] and plain["cv_f1"] == kept["cv_f1"]
+    assert False in seen and True in seen                   # each search ran with its own switch
+    assert head_mod._CAST_INTO_KEPT_BUFFERS is True

@@ -5,9 +5,10 @@ call. For the short inputs of serving (one text: tens of tokens; a stream step: 
 reorder is a large share of the product: smollm2-135m's (59 x 576) @ (576 x 1536) took 214 us
 plain and 131 us prepacked in a micro-benchmark. ``PackedLinear`` reorders once, at load.
 Whole guards gain less, since the rest of the forward is unchanged: on the offline-six guard,
-1.02-1.05x one text at a time and 1.02-1.08x in batches of 32 in two runs
-(``scripts/bench_latency.py --plain_too``; ``reports/offline_six_bench/latency.json`` and
-``run8_c1eee8e/latency_prepack.json`` there).
+1.02-1.05x one text at a time in four runs, and 0.86-1.19x in batches of 32, where this
+host's noise is as large as the gain (``scripts/bench_latency.py --plain_too``;
+``reports/offline_six_bench/latency.json`` and the ``latency*.json`` files of its
+``run10_fb4a0ff/``, ``run9_e836edf/`` and ``run8_c1eee8e/``).
 
 Numbers: the blocked kernel sums in another order than the plain one, so outputs agree to
 bfloat16 rounding, not bit for bit (in those runs, guard scores moved by at most 1.5e-3).
