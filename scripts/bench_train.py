@@ -246,6 +246,7 @@ def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, m
     also the holdout F1 of the fold heads of the best 2, 3, ... completed trials, averaged."""
     from siren.metrics import mean_group_macro_f1
     from siren.mlp import logits_of, predict_proba_head
+    import siren.pipeline.head as head_mod
     from siren.pipeline.head import ensemble_heads, fit_head
     from siren.pipeline.tune import tune_head
 
@@ -268,8 +269,6 @@ def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, m
             if key in kw:
                 fkw[key] = kw[key]
         scale = colw if kw["scale"] else None
-        import siren.pipeline.head as head_mod
-
         head_mod._CAST_INTO_KEPT_BUFFERS = kw.get("cast_buffers", True)
         t = time.perf_counter()
         try:
