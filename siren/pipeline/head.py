@@ -115,9 +115,10 @@ class _Bf16Linear(torch.autograd.Function):
     """``F.linear(x, w16, bias)`` in bf16 (x (b, k) bf16, w16 (w, k) bf16, bias (w,) fp32 ->
     (b, w) bf16) with autocast's numbers, and a faster weight gradient: autograd's own linear
     backward multiplies a transposed view of the output gradient, ``grad.t() @ x``, which
-    oneDNN ran about 1.7x slower than the same product of a contiguous copy (19 vs 11 ms at
-    (1600 x 256) @ (256 x 7220)); the sums are the same (bit for bit over 140 shapes of
-    batch, width and inputs checked, and tests/test_head.py compares whole fits)."""
+    oneDNN ran 2.4-2.5x slower than the same product of a contiguous copy at (1600 x 256) @
+    (256 x 7220) (reports/head_search_offline6/casts_microbench.log); the sums are the same (bit
+    for bit over the 140 shapes of batch, width and inputs checked there, and tests/test_head.py
+    compares whole fits)."""
 
     @staticmethod
     def forward(ctx, x, w16, bias):
