@@ -13,8 +13,10 @@ Features are exactly `llm-siren`'s: for each selected layer (ascending) the pool
 layer's neurons in the order listed in `selected_neurons_dict`, times `layer_weights[str(l)]`
 (1.0 when absent), concatenated; score = softmax(head(z))[1]; harmful iff score >= threshold.
 The backbone runs only up to the deepest selected layer. A bf16 backbone that the guard loads on a
-CPU with native bf16 keeps its Linear weights prepacked for oneDNN (`siren.runtime.prepack`):
-the same features to bf16 rounding, faster on short inputs; `prepack=False` gives the plain forward.
+CPU with native bf16 keeps its Linear weights prepacked for oneDNN (`siren.runtime.prepack`, those
+reading one input as one product), and runs the head's input layer as a packed bf16 product:
+the same scores to bf16 rounding, faster; `prepack=False` gives the plain forward. A fold
+ensemble's block-diagonal hidden layers are always computed block by block (the same sums).
 `compile=True` instead runs single texts through a `torch.compile`d forward (faster still, equal to
 float rounding; it compiles while loading, so it suits servers: `siren serve --compile`).
 
@@ -40,7 +42,7 @@ from siren.checks import check_decision_threshold
 from siren.backbones import Backbone, load_backbone, native_bf16_cpu, registry
 from siren.errors import SirenError
 from siren.features import LayerFeatures, join_prompt_response, length_batches
-from siren.runtime.prepack import packed_count, prepack_linears, prepack_support
+from siren.runtime.prepack import packed_count, prepack_head, prepack_linears, prepack_support, split_block_diagonal
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,7 @@ class SirenGuard:
         self._weight = [weights[l] for l in self.layers]
         self.head = head.to("cpu", torch.float32).eval()
         self.head.requires_grad_(False)
+        split_block_diagonal(self.head)   # a fold ensemble's hidden layers: K - 1 of K weights are zeros
 
     # ------------------------------------------------------------ loading
 
@@ -141,8 +144,9 @@ class SirenGuard:
         device: "cpu", "cuda", ... (default: cuda if available). dtype: backbone dtype (default:
         the dtype recorded at training, else auto: bfloat16 where the device runs it natively, else
         float32). backbone: an already loaded Backbone to reuse. prepack: keep the backbone's
-        Linear weights in oneDNN's blocked layout (`siren.runtime.prepack`: faster short inputs,
-        scores equal to bfloat16 rounding); default: on for a backbone this call loads in bfloat16
+        Linear weights in oneDNN's blocked layout, those reading one input side by side, and run
+        the head's input layer as a packed bfloat16 product (`siren.runtime.prepack`: faster, scores
+        equal to bfloat16 rounding); default: on for a backbone this call loads in bfloat16
         on a CPU with native bfloat16, off for a backbone passed in (True packs that one in place).
         compile: score single texts through a `torch.compile`d forward (`LayerFeatures.compile`):
         faster one text at a time, scores equal to float rounding; it compiles here, before
@@ -171,6 +175,8 @@ class SirenGuard:
         if prepack:
             prepack_linears(backbone.model)
         guard = cls(config, head, backbone, source=str(config_path))
+        if prepack:
+            prepack_head(guard.head)
         if compile:
             guard.compile()
         return guard

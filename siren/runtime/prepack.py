@@ -15,20 +15,37 @@ bfloat16 rounding, not bit for bit (in those runs, guard scores moved by at most
 Training never packs: the features a guard is trained on come from the plain forward; only
 the runtime guard (``SirenGuard``, when it loads its own backbone) packs, and
 ``prepack=False`` turns it off.
+
+Linears that read the same input tensor (a Llama/Qwen-style layer's q/k/v projections, and its
+MLP's gate/up projections) are packed side by side as one weight (``SharedPackedLinear``): one
+product per group instead of three or two, so a layer makes four weight products instead of
+seven. Each output is still a sum over the same inputs, rounded to bfloat16 once.
 """
 
 from __future__ import annotations
+
+import threading
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from siren.errors import SirenError
 
-__all__ = ["PackedLinear", "packed_count", "prepack_linears", "prepack_support"]
+__all__ = ["PackedLinear", "SharedPackedLinear", "packed_count", "prepack_linears", "prepack_support"]
 
 # The row count oneDNN is told to expect when it picks the blocked layout. Any count works for
 # any input; this one was among the fastest for 1..500 rows in a sweep of 1/16/32/64/128/512.
 _PACK_ROWS = 64
+
+# Children of one module that read the same input tensor, by their attribute names in
+# transformers' Llama/Qwen-style attention and MLP blocks (q, k, v; then gate, up).
+_SHARED_INPUT_NAMES = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def _packed_product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (..., in) bfloat16 times a packed (out, in) weight, plus bias -> (..., out) bfloat16."""
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
 
 
 class PackedLinear(nn.Module):
@@ -50,7 +67,7 @@ class PackedLinear(nn.Module):
         return self._packed.to_dense()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self._packed, self.bias, "none", [], "")
+        return _packed_product(x, self._packed, self.bias)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         destination[prefix + "weight"] = self.weight
@@ -59,6 +76,62 @@ class PackedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class _SharedInputProduct:
+    """One packed product for Linears that read the same input (a group of ``SharedPackedLinear``).
+
+    The first member called with an input x computes every member's output for x at once; the
+    others then take theirs. A member called with another tensor than the pending one, or twice
+    for one x, starts a new product, so any call order gives each member its own product of its
+    input; the saving needs the members called on one tensor with no in-place change between the
+    calls, as transformers' attention and MLP blocks do (``prepack_linears`` groups only those).
+    Pending outputs are per thread, so threads sharing a model never take each other's.
+    """
+
+    def __init__(self, linears: Sequence[nn.Linear]):
+        self.sizes = [lin.out_features for lin in linears]
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(
+            torch.cat([lin.weight.detach() for lin in linears]), _PACK_ROWS)
+        self.bias = None if linears[0].bias is None else torch.cat([lin.bias.detach() for lin in linears])
+        self._pending = threading.local()   # .input: the tensor x; .outputs: {member: (..., out_i) view}
+
+    def output(self, member: int, x: torch.Tensor) -> torch.Tensor:
+        state = self._pending
+        outputs = getattr(state, "outputs", None)
+        if outputs is None or state.input is not x or member not in outputs:
+            outputs = dict(enumerate(_packed_product(x, self.packed, self.bias).split(self.sizes, dim=-1)))
+            state.input, state.outputs = x, outputs
+        out = outputs.pop(member)
+        if not outputs:          # every member served: drop the reference to x
+            state.input = state.outputs = None
+        return out
+
+    def weight(self, member: int) -> torch.Tensor:
+        start = sum(self.sizes[:member])
+        return self.packed.to_dense()[start:start + self.sizes[member]].clone()
+
+
+class SharedPackedLinear(nn.Module):
+    """One of the Linears of a ``_SharedInputProduct``: the same forward, state_dict and
+    ``weight`` as the ``nn.Linear`` it replaces (outputs to bfloat16 rounding; a last-dim view
+    of the group's output, not a contiguous tensor)."""
+
+    def __init__(self, linear: nn.Linear, product: _SharedInputProduct, member: int):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self._product, self._member = product, member
+        self.bias = linear.bias
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._product.weight(self._member)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._product.output(self._member, x)
+
+    _save_to_state_dict = PackedLinear._save_to_state_dict
+    extra_repr = PackedLinear.extra_repr
 
 
 def prepack_support(model: nn.Module) -> str | None:
@@ -77,19 +150,152 @@ def prepack_support(model: nn.Module) -> str | None:
 
 
 def packed_count(model: nn.Module) -> int:
-    """How many of ``model``'s Linear layers are PackedLinear (0: a plain model)."""
-    return sum(isinstance(m, PackedLinear) for m in model.modules())
+    """How many of ``model``'s Linear layers are packed, alone or sharing a product (0: a plain model)."""
+    return sum(isinstance(m, (PackedLinear, SharedPackedLinear)) for m in model.modules())
+
+
+def _is_bf16_linear(module) -> bool:
+    return type(module) is nn.Linear and module.weight.dtype == torch.bfloat16
+
+
+def _shared_input_groups(parent: nn.Module) -> list[list[str]]:
+    """Names of ``parent``'s bfloat16 Linears that read one input: a transformers block's q/k/v or
+    gate/up (same input width, all with a bias or none). Other classes (remote code) get none:
+    their forward may call them differently."""
+    if not type(parent).__module__.startswith("transformers.models."):
+        return []
+    groups = []
+    for names in _SHARED_INPUT_NAMES:
+        members = [getattr(parent, name, None) for name in names]
+        if (all(_is_bf16_linear(m) for m in members) and len({m.in_features for m in members}) == 1
+                and len({m.bias is None for m in members}) == 1):
+            groups.append(list(names))
+    return groups
 
 
 @torch.no_grad()
-def prepack_linears(model: nn.Module) -> int:
-    """Replace every bfloat16 ``nn.Linear`` inside ``model`` by a ``PackedLinear``, in place;
-    returns how many. A model that cannot be packed is a SirenError saying why."""
+def prepack_linears(model: nn.Module, share_inputs: bool = True) -> int:
+    """Replace every bfloat16 ``nn.Linear`` inside ``model`` by a ``PackedLinear``, or, with
+    ``share_inputs``, those of a group reading one input by ``SharedPackedLinear``s of one product;
+    in place; returns how many Linears were replaced. A model that cannot be packed is a
+    SirenError saying why."""
     why = prepack_support(model)
     if why is not None:
         raise SirenError(f"cannot prepack the backbone's weights: {why} (load it with prepack=False)")
+    count = 0
+    for parent in list(model.modules()):
+        for names in _shared_input_groups(parent) if share_inputs else []:
+            linears = [getattr(parent, name) for name in names]
+            product = _SharedInputProduct(linears)
+            for member, (name, lin) in enumerate(zip(names, linears)):
+                setattr(parent, name, SharedPackedLinear(lin, product, member))
+            count += len(names)
     swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-             if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16]
+             if _is_bf16_linear(child)]
     for parent, name, child in swaps:
         setattr(parent, name, PackedLinear(child))
+    return count + len(swaps)
+
+
+# ----------------------------------------------------------------- the head's block-diagonal layers
+
+def diagonal_blocks(weight: torch.Tensor, most: int = 16) -> int:
+    """The largest K in 2..most such that weight (out, in) is block-diagonal in K equal blocks
+    (every entry outside the K diagonal (out/K, in/K) blocks is zero), else 1."""
+    out_f, in_f = weight.shape
+    for k in range(most, 1, -1):
+        if out_f % k or in_f % k:
+            continue
+        r, c = out_f // k, in_f // k
+        if not any(bool(weight[i * r:(i + 1) * r, j * c:(j + 1) * c].any())
+                   for i in range(k) for j in range(k) if i != j):
+            return k
+    return 1
+
+
+class BlockDiagonalLinear(nn.Module):
+    """An ``nn.Linear`` whose weight is block-diagonal in K equal blocks, computed block by block.
+
+    A fold ensemble's head (``siren.pipeline.head.ensemble_heads``) keeps the runtime's one-MLP
+    layout, so its hidden Linears after the first are block-diagonal: K - 1 of every K weights
+    are zeros that a dense product reads and multiplies. forward: (n, in) -> (n, out), the same
+    sums without the zero terms (equal up to float summation order). ``weight`` and
+    ``state_dict()`` give the dense weight back.
+    """
+
+    def __init__(self, linear: nn.Linear, k: int):
+        super().__init__()
+        self.in_features, self.out_features, self.k = linear.in_features, linear.out_features, int(k)
+        r, c = self.out_features // k, self.in_features // k
+        w = linear.weight.detach()
+        # (K, in/K, out/K): block i transposed, so that a batched product maps (K, n, in/K) to (K, n, out/K)
+        self._blocks = torch.stack([w[i * r:(i + 1) * r, i * c:(i + 1) * c].t() for i in range(k)]).contiguous()
+        self.bias = linear.bias
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return torch.block_diag(*self._blocks.transpose(1, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        parts = torch.bmm(x.reshape(n, self.k, -1).transpose(0, 1), self._blocks)   # (K, n, out/K)
+        y = parts.transpose(0, 1).reshape(n, self.out_features)
+        return y if self.bias is None else y + self.bias
+
+    _save_to_state_dict = PackedLinear._save_to_state_dict
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, blocks={self.k}"
+
+
+@torch.no_grad()
+def split_block_diagonal(model: nn.Module) -> int:
+    """Replace every block-diagonal ``nn.Linear`` inside ``model`` (a head) by a
+    ``BlockDiagonalLinear``, in place; returns how many."""
+    swaps = [(parent, name, child, diagonal_blocks(child.weight)) for parent in model.modules()
+             for name, child in parent.named_children() if type(child) is nn.Linear]
+    swaps = [s for s in swaps if s[3] > 1]
+    for parent, name, child, k in swaps:
+        setattr(parent, name, BlockDiagonalLinear(child, k))
     return len(swaps)
+
+
+class PackedFloatLinear(nn.Module):
+    """A float32 ``nn.Linear`` run as a packed bfloat16 product: the head's input layer.
+
+    Its weight (35 of the 48 M weights of the offline-six guard's head) is read whole for every
+    text; in bfloat16 that is half the bytes, which is what a one-row product costs. forward:
+    (n, in) float32 -> (n, out) float32: the input and weight rounded to bfloat16 (as the head's
+    training under bf16 autocast does), the product summed in float32 and rounded to bfloat16,
+    the float32 bias added. ``weight`` and ``state_dict()`` give the bfloat16-rounded weight as
+    float32; the float32 original is not kept (that would double the layer's memory).
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self._packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().to(torch.bfloat16), _PACK_ROWS)
+        self.bias = linear.bias
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._packed.to_dense().float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _packed_product(x.to(torch.bfloat16), self._packed, None).float()
+        return y if self.bias is None else y + self.bias
+
+    _save_to_state_dict = PackedLinear._save_to_state_dict
+    extra_repr = PackedLinear.extra_repr
+
+
+@torch.no_grad()
+def prepack_head(head: nn.Module) -> bool:
+    """Pack the head's input layer (the first plain float32 ``nn.Linear`` inside ``head``) as a
+    ``PackedFloatLinear``, in place; False when there is none. Needs ``prepack_support``."""
+    for parent in head.modules():
+        for name, child in parent.named_children():
+            if type(child) is nn.Linear and child.weight.dtype == torch.float32:
+                setattr(parent, name, PackedFloatLinear(child))
+                return True
+    return False
