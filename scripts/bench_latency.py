@@ -5,12 +5,16 @@ same device, same backbone dtype, in one process.
 Texts: ``--n`` rows drawn (seeded) from every dataset in the data dir. Batch 1: each text is
 scored by ``score(text)`` in both runtimes, alternating which goes first, so that drifts in
 machine load hit both alike; the figure is the sum over texts. Batch 32: ``score_batch`` on
-consecutive chunks of 32, alternating likewise. The two runtimes' scores are compared too.
+consecutive chunks of 32, alternating likewise (passing over the chunks again, and reporting the
+time per pass, until every runtime has gone first once). The runtimes' scores are compared too.
 Prints one table (seconds, texts/s, ratio theirs/ours: > 1 means ours is faster).
 
 Ours loads as users get it: on a CPU with native bf16 its backbone's Linear weights are
-prepacked (``siren.runtime.prepack``; the JSON says ``prepacked``). ``--plain_too`` also times
+prepacked and its head's input layer runs in packed bf16 (``siren.runtime.prepack``; the JSON
+says ``prepacked``). ``--plain_too`` also times
 ours with ``prepack=False`` in the same rotation: the gain of prepacking alone, measured in one run.
+``--unshared_too`` times ours prepacked but with every Linear its own product (no product shared by the
+Linears that read one input, ``prepack_linears(share_inputs=False)``): the gain of sharing alone.
 ``--compiled_too`` likewise times ours with ``compile=True`` (``SirenGuard.from_pretrained``: single
 texts through a ``torch.compile``d forward; the JSON says how long the compile took).
 
@@ -41,14 +45,18 @@ def timed(fn) -> tuple[float, object]:
 
 def bench(runtimes: dict, texts: list[str], batch: int) -> dict:
     """Timings of every runtime on the same chunks, the order rotating from chunk to chunk so that
-    drifts in machine load hit all alike. runtimes: {"ours": ..., "theirs": ..., optionally "plain"
+    drifts in machine load hit all alike (the chunks are passed over again while there are fewer
+    of them than runtimes; the times are per pass). runtimes: {"ours": ..., "theirs": ..., optionally "plain"
     (ours without prepacking) and "compiled" (ours with compile=True)}. -> {"<name>_s",
     "max_abs_diff" (ours against theirs), and per optional runtime X "max_abs_diff_X" (X against ours)}."""
     chunks = [texts[i:i + batch] for i in range(0, len(texts), batch)]
     total = dict.fromkeys(runtimes, 0.0)
     names = list(runtimes)
     diffs = {name: [] for name in names if name != "ours"}
-    for k, chunk in enumerate(chunks):
+    # Fewer chunks than runtimes (64 texts in 32s: 2 chunks): pass over them again until every
+    # runtime has gone first once, so that none is always first (cold caches) or last.
+    passes = -(-len(names) // len(chunks))
+    for k, chunk in enumerate(chunks * passes):
         got = {}
         for name in names[k % len(names):] + names[:k % len(names)]:
             guard = runtimes[name]
@@ -63,7 +71,7 @@ def bench(runtimes: dict, texts: list[str], batch: int) -> dict:
             total[name] += s
         for name in diffs:
             diffs[name].append(float(np.max(np.abs(got[name] - got["ours"]))))
-    out = {f"{name}_s": t for name, t in total.items()}
+    out = {f"{name}_s": t / passes for name, t in total.items()}   # seconds for the texts once
     for name, values in diffs.items():
         out["max_abs_diff" if name == "theirs" else f"max_abs_diff_{name}"] = max(values)
     return out
@@ -80,6 +88,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--plain_too", action="store_true",
                     help="also time ours without prepacked weights (prepack=False), in the same rotation")
+    ap.add_argument("--unshared_too", action="store_true",
+                    help="also time ours prepacked without shared products (every Linear its own), in the same rotation")
     ap.add_argument("--compiled_too", action="store_true",
                     help="also time ours with compile=True (a torch.compile'd single-text forward), in the same rotation")
     ap.add_argument("--out")
@@ -89,7 +99,7 @@ def main(argv=None) -> int:
     import siren_guard
 
     from siren.runtime.guard import SirenGuard
-    from siren.runtime.prepack import packed_count
+    from siren.runtime.prepack import packed_count, prepack_head, prepack_linears
 
     cfg = json.loads((Path(a.guard) / "siren_config.json").read_text())
     dtype = a.dtype or (cfg.get("siren") or {}).get("dtype") or "float32"
@@ -100,11 +110,16 @@ def main(argv=None) -> int:
     runtimes = {"ours": ours, "theirs": theirs}
     if a.plain_too:
         runtimes["plain"] = SirenGuard.from_pretrained(a.guard, device="cpu", dtype=dtype, prepack=False)
+    if a.unshared_too:
+        unshared = SirenGuard.from_pretrained(a.guard, device="cpu", dtype=dtype, prepack=False)
+        prepack_linears(unshared.backbone.model, share_inputs=False)
+        prepack_head(unshared.head)       # as the default load does: only the sharing differs
+        runtimes["unshared"] = unshared
     compile_s = None
     if a.compiled_too:
         compile_s, runtimes["compiled"] = timed(lambda: SirenGuard.from_pretrained(a.guard, device="cpu", dtype=dtype,
                                                                                    compile=True))
-    extras = [name for name in ("plain", "compiled") if name in runtimes]
+    extras = [name for name in ("plain", "unshared", "compiled") if name in runtimes]
     texts = sample_texts(a.n, a.seed, a.data_dir)
     warm = texts[: min(4, len(texts))]
     for guard in runtimes.values():      # first-call costs (allocator, kernels) out of the figures
@@ -141,6 +156,7 @@ def main(argv=None) -> int:
               f"{len(texts) / r['theirs_s']:13.2f} {r['ratio_theirs_over_ours']:10.2f}x "
               f"{r['max_abs_diff']:9.1e}")
     titles = {"plain": "ours without prepacking (plain)",
+              "unshared": "ours prepacked, every Linear its own product (unshared)",
               "compiled": f"ours with compile=True (compiled; the compile took {compile_s or 0:.0f} s)"}
     for extra in extras:
         print(f"{titles[extra]}, in the same rotation:")
