@@ -1,25 +1,32 @@
-"""Serving-time weight prepacking: the backbone's Linear weights in oneDNN's blocked layout.
+"""Serving-time weight layouts: the backbone's Linear weights in oneDNN's blocked layout, and the head's.
 
 On a CPU, a bfloat16 ``F.linear`` reorders its weight into oneDNN's blocked layout on every
 call. For the short inputs of serving (one text: tens of tokens; a stream step: a few) that
 reorder is a large share of the product: smollm2-135m's (59 x 576) @ (576 x 1536) took 214 us
 plain and 131 us prepacked in a micro-benchmark. ``PackedLinear`` reorders once, at load.
-Whole guards gain less, since the rest of the forward is unchanged: on the offline-six guard,
-1.02-1.05x one text at a time in four runs, and 0.86-1.19x in batches of 32, where this
-host's noise is as large as the gain (``scripts/bench_latency.py --plain_too``;
-``reports/offline_six_bench/latency.json`` and the ``latency*.json`` files of its
-``run10_fb4a0ff/``, ``run9_e836edf/`` and ``run8_c1eee8e/``).
-
-Numbers: the blocked kernel sums in another order than the plain one, so outputs agree to
-bfloat16 rounding, not bit for bit (in those runs, guard scores moved by at most 1.5e-3).
-Training never packs: the features a guard is trained on come from the plain forward; only
-the runtime guard (``SirenGuard``, when it loads its own backbone) packs, and
-``prepack=False`` turns it off.
 
 Linears that read the same input tensor (a Llama/Qwen-style layer's q/k/v projections, and its
 MLP's gate/up projections) are packed side by side as one weight (``SharedPackedLinear``): one
 product per group instead of three or two, so a layer makes four weight products instead of
 seven. Each output is still a sum over the same inputs, rounded to bfloat16 once.
+
+The head: its input layer runs as a packed bfloat16 product (``PackedFloatLinear``: half the
+bytes of a weight read whole for every text), and a fold ensemble's block-diagonal hidden layers
+are computed block by block (``BlockDiagonalLinear``: the same sums without the zeros; the runtime
+guard does this whatever the CPU).
+
+Whole guards gain less than the products, since the rest of the forward is unchanged: on the
+offline-six guard, all of it together 1.06-1.08x one text at a time against the plain forward in
+three runs, of which sharing products 1.02-1.05x (``scripts/bench_latency.py --plain_too
+--unshared_too``; ``reports/offline_six_bench/latency.json`` and ``latency_cc7431b_*.json``;
+prepacking alone was 1.02-1.05x in four earlier runs). In batches of 32 this host's noise is as
+large as the gains.
+
+Numbers: the blocked kernel sums in another order than the plain one, so outputs agree to
+bfloat16 rounding, not bit for bit (in those runs, guard scores moved by at most 6.7e-3 on single
+texts and 9.5e-3 in batches). Training and evaluation never pack: the features a guard is trained
+on come from the plain forward; only the runtime guard (``SirenGuard``, when it loads its own
+backbone) packs, and ``prepack=False`` turns it off.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ from torch import nn
 
 from siren.errors import SirenError
 
-__all__ = ["PackedLinear", "SharedPackedLinear", "packed_count", "prepack_linears", "prepack_support"]
+__all__ = ["PackedLinear", "SharedPackedLinear", "PackedFloatLinear", "BlockDiagonalLinear", "packed_count",
+           "prepack_linears", "prepack_head", "prepack_support", "diagonal_blocks", "split_block_diagonal"]
 
 # The row count oneDNN is told to expect when it picks the blocked layout. Any count works for
 # any input; this one was among the fastest for 1..500 rows in a sweep of 1/16/32/64/128/512.
