@@ -202,6 +202,7 @@ HEAD_VARIANTS["new_ema90"] = {**HEAD_VARIANTS["new"], "ema": 0.9}
 HEAD_VARIANTS["new_ema97"] = {**HEAD_VARIANTS["new"], "ema": 0.97}
 HEAD_VARIANTS["new_indrop20"] = {**HEAD_VARIANTS["new"], "input_dropout": 0.2}
 HEAD_VARIANTS["new_indrop50"] = {**HEAD_VARIANTS["new"], "input_dropout": 0.5}
+HEAD_VARIANTS["new_b128"] = {**HEAD_VARIANTS["new"], "batch_size": 128}
 # the same search with bf16 autocast's own weight casts (new tensors every step), as before
 # siren.pipeline.head._CastOnceLinear: the same heads, for timing side by side
 HEAD_VARIANTS["new_plain_casts"] = {**HEAD_VARIANTS["new"], "cast_buffers": False}
@@ -265,7 +266,7 @@ def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, m
             raise SystemExit(f"variant {name} scales by layer weight: the data has no column weights")
         tkw = {k: v for k, v in kw.items() if k not in ("scale", "cast_buffers")}
         fkw = {"groups": gs, "balance": kw["balance"]} if "balance" in kw else {}
-        for key in ("ema", "input_dropout"):
+        for key in ("ema", "input_dropout", "batch_size"):
             if key in kw:
                 fkw[key] = kw[key]
         scale = colw if kw["scale"] else None
