@@ -203,6 +203,7 @@ HEAD_VARIANTS["new_ema97"] = {**HEAD_VARIANTS["new"], "ema": 0.97}
 HEAD_VARIANTS["new_indrop20"] = {**HEAD_VARIANTS["new"], "input_dropout": 0.2}
 HEAD_VARIANTS["new_indrop50"] = {**HEAD_VARIANTS["new"], "input_dropout": 0.5}
 HEAD_VARIANTS["new_b128"] = {**HEAD_VARIANTS["new"], "batch_size": 128}
+HEAD_VARIANTS["new_tpe3"] = {**HEAD_VARIANTS["new"], "sampler_startup_trials": 3}
 # the same search with bf16 autocast's own weight casts (new tensors every step), as before
 # siren.pipeline.head._CastOnceLinear: the same heads, for timing side by side
 HEAD_VARIANTS["new_plain_casts"] = {**HEAD_VARIANTS["new"], "cast_buffers": False}

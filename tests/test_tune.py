@@ -147,3 +147,14 @@ def test_fold_heads_spilled_to_disk_come_back_identical(tmp_path, monkeypatch):
         for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
             assert ka == kb and torch.equal(va, vb)
     assert list((tmp_path / "spill").iterdir()) == []       # the search's own folder is removed
+
+
+def test_sampler_startup_trials_lets_tpe_guide_the_later_trials():
+    X, y, g = toy(80)
+    kw = dict(n_trials=4, n_folds=2, seed=0, max_epochs=2, patience=2, pruner="none", progress=False)
+    random_search = tune_head(X, y, g, **kw)                       # Optuna's 10 startup trials: all random
+    guided = tune_head(X, y, g, sampler_startup_trials=1, **kw)
+    params = lambda r: [t["params"] for t in sorted(r.trials, key=lambda t: t["number"])]  # noqa: E731
+    a, b = params(random_search), params(guided)
+    assert a[0] == b[0]                     # the same seeded random first trial
+    assert all(x["lr"] != z["lr"] for x, z in zip(a[1:], b[1:]))   # then TPE's picks, not the random ones

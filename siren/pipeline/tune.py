@@ -247,10 +247,12 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
               width_cap: int = 2048, fused: bool = True, bf16: bool = False,
               column_scale: np.ndarray | None = None, balance: str = "label",
               stop_on: str = "f1", ema: float | None = None, input_dropout: float = 0.0,
-              progress: bool = True,
+              sampler_startup_trials: int | None = None, progress: bool = True,
               spill_dir=None) -> TuneResult:
     """Search the head's hyper-parameters. X (n, k) float16 or float32, y (n,), groups (n,).
     spill_dir: a folder for fold heads on disk while the search runs (see the module docstring).
+    sampler_startup_trials: random trials before TPE models the results (None: Optuna's 10, so a
+    search of 10 trials or fewer is a random search).
 
     ``n_trials`` is the study-wide total (shared with other workers when ``storage`` is
     set); this call runs trials until the study holds that many. Returns the study's
@@ -268,7 +270,8 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
     # A shared study's trial order depends on timing, so it cannot be reproducible anyway;
     # what matters is that workers do not all draw the same startup configurations.
     sampler_seed = seed if storage is None else (seed * 1_000_003 + os.getpid()) % (2**31)
-    sampler = optuna.samplers.TPESampler(seed=sampler_seed)
+    sampler = optuna.samplers.TPESampler(seed=sampler_seed, **(
+        {} if sampler_startup_trials is None else {"n_startup_trials": int(sampler_startup_trials)}))
     study = _open_study(storage, study_name or "siren_head", sampler,
                         make_pruner(pruner, startup_trials=pruner_startup_trials,
                                     warmup_epochs=pruner_warmup_epochs))
