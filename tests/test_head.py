@@ -379,3 +379,42 @@ def test_bf16_fit_casts_into_kept_buffers_with_autocasts_numbers(monkeypatch):
         assert torch.equal(v, kept.state_dict()[k]), k
     assert [type(m) for m in kept.network] == [type(m) for m in plain.network]
     assert type(kept.network[0]) is nn.Linear
+
+
+def test_validation_in_row_pieces_gives_the_logits_of_one_product():
+    """fit_head validates _VAL_ROWS rows per product (a bounded buffer whatever the rows): under
+    bf16 autocast (oneDNN) the same logits bit for bit as one product of all rows; in float32
+    the same to the last bits, and the same predicted classes."""
+    from siren.mlp import logits_of
+    from siren.pipeline.head import _VAL_ROWS, _Standardised
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((2 * _VAL_ROWS + 300, 96)).astype(np.float16)
+    rows = np.sort(rng.choice(len(X), size=2 * _VAL_ROWS + 100, replace=False))
+    torch.manual_seed(0)
+    net = MLPHead(96, [128, 64], [0.1, 0.1]).eval()
+    mean, std = X.astype(np.float64).mean(0), X.astype(np.float64).std(0)
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        Xv = _Standardised(X, rows, mean, std, torch.bfloat16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(logits_of(net, Xv, batch_size=_VAL_ROWS), logits_of(net, Xv, batch_size=4096))
+    Xv = _Standardised(X, rows, mean, std, torch.float32)
+    whole, pieces = logits_of(net, Xv, batch_size=4096), logits_of(net, Xv, batch_size=_VAL_ROWS)
+    torch.testing.assert_close(pieces, whole, rtol=1e-6, atol=1e-6)
+    assert torch.equal(pieces.argmax(1), whole.argmax(1))
+
+
+def test_fit_head_returns_the_best_epochs_weights_not_the_last():
+    """The best epoch's state is kept in one copy that later improvements overwrite in place."""
+    X, y, g = toy(400, k=24)
+    kw = dict(layer_dims=[32, 16], dropout_rates=[0.2, 0.2], lr=1e-2, seed=5, batch_size=64,
+              X_val=X[300:], y_val=y[300:], groups_val=g[300:], rows=np.arange(300), patience=50)
+    model, hist = fit_head(X, y, max_epochs=30, **kw)
+    best = hist["best_epoch"]
+    # improved several times (the kept copy was overwritten), then got worse: the last epoch is not the best
+    assert best == 8 and len(hist["val_f1"]) == 30 and hist["val_f1"][-1] < hist["best_val_f1"]
+    # the same training without validation, stopped at the best epoch: its last weights
+    no_val = {k: v for k, v in kw.items() if k not in ("X_val", "y_val", "groups_val")}
+    again, _ = fit_head(X, y, max_epochs=best, **no_val)
+    for k, v in again.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k

@@ -158,3 +158,13 @@ def test_sampler_startup_trials_lets_tpe_guide_the_later_trials():
     a, b = params(random_search), params(guided)
     assert a[0] == b[0]                     # the same seeded random first trial
     assert all(x["lr"] != z["lr"] for x, z in zip(a[1:], b[1:]))   # then TPE's picks, not the random ones
+
+
+def test_float32_rows_equals_one_gather():
+    from siren.pipeline.tune import _float32_rows
+
+    X = np.random.default_rng(0).standard_normal((50, 7)).astype(np.float16)
+    rows = np.array([49, 3, 3, 17, 0, 25, 8])
+    got = _float32_rows(X, rows, piece_rows=3)                 # pieces of 3, 3 and 1 rows
+    assert got.dtype == np.float32 and np.array_equal(got, np.asarray(X[rows], dtype=np.float32))
+    assert _float32_rows(X, rows[:0]).shape == (0, 7)

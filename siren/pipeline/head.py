@@ -206,6 +206,14 @@ def _standard_stats(X: np.ndarray, chunk_rows: int = 1024, rows: np.ndarray | No
     return mean, std
 
 
+# Validation rows per product: the standardised rows of one product are (rows, inputs) bf16, so
+# reading a fold's validation rows 1,024 at a time instead of all at once bounds that buffer
+# (45 MB for 3,150 rows of 7,223 inputs) whatever the number of rows. Under bf16 autocast
+# (oneDNN) row products of these sizes give the same logits bit for bit; in float32 (MKL picks
+# its kernel by shape) they may differ in the last bit (tests/test_head.py).
+_VAL_ROWS = 1024
+
+
 class _Standardised:
     """Rows of X standardised when read: ``take(i)`` = (X[rows[i]] - mean) / std, computed in
     float32 and returned as ``dtype`` (b, k).
@@ -409,14 +417,20 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
         if not has_val:
             continue
         with autocast():
-            logits = logits_of(kept, Xv)
+            logits = logits_of(kept, Xv, batch_size=_VAL_ROWS)
         f1 = mean_group_macro_f1(yv, logits.argmax(dim=1).numpy(), gv)
         history["val_f1"].append(f1)
         score = f1 if stop_on == "f1" else -float(
             nn.functional.cross_entropy(logits.float(), yv_t, weight=class_w))
         if score > best_score:
             best_score, best_f1, best_epoch, stale = score, f1, epoch, 0
-            best_state = copy.deepcopy(kept.state_dict())     # tensors copied
+            # into one kept copy: a new copy each time held two while the old one was dropped
+            # (the widest heads' state is 80 MB at 7,220 inputs)
+            if best_state is None:
+                best_state = copy.deepcopy(kept.state_dict())
+            else:
+                for key, value in kept.state_dict().items():
+                    best_state[key].copy_(value)
         else:
             stale += 1
         if on_epoch is not None:

@@ -139,6 +139,15 @@ class _HeadFiles:
                 pass
 
 
+def _float32_rows(X: np.ndarray, rows: np.ndarray, piece_rows: int = 1024) -> np.ndarray:
+    """X[rows] as float32 (len(rows), k), gathered piece by piece: the same values as
+    ``np.asarray(X[rows], np.float32)`` without a whole float16 copy beside it."""
+    out = np.empty((len(rows), X.shape[1]), np.float32)
+    for s in range(0, len(rows), piece_rows):
+        out[s:s + piece_rows] = X[rows[s:s + piece_rows]]
+    return out
+
+
 class _SurplusTrial(Exception):
     """This trial's number is past the cap (another worker asked at the same time)."""
 
@@ -327,7 +336,7 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
                 X_val=X, y_val=y, groups_val=groups, val_rows=va, on_epoch=on_epoch, fused=fused,
                 bf16=bf16, column_scale=column_scale, groups=groups, balance=balance, stop_on=stop_on,
                 ema=ema, input_dropout=input_dropout)
-            oof[va] = predict_proba_head(model, X[va])
+            oof[va] = predict_proba_head(model, _float32_rows(X, va))
             pred = (oof[va] >= 0.5).astype(np.int64)
             scores.append(mean_group_macro_f1(y[va], pred, groups[va]))
             epochs.append(hist["best_epoch"])
@@ -366,6 +375,9 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
         best = max(complete, key=lambda t: (t.value, -t.number))
         be = best.user_attrs.get("best_epochs")
         mine = kept["number"] == best.number
+        # The last trial's fit (a pruned one's lives on in its exception's frames until collected)
+        # goes back to the OS before the best trial's fold heads are read back beside it.
+        trim()
         fold_heads = [files.get(t) for t in kept["heads"]] if mine else None    # close() deletes the files
         return TuneResult(best_params=params_from_trial(best.params), best_value=float(best.value),
                           n_trials_complete=len(complete), n_pruned=len(pruned),
