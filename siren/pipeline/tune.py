@@ -60,7 +60,7 @@ from sklearn.model_selection import StratifiedKFold
 from tqdm.auto import tqdm
 
 from siren.mlp import predict_proba_head
-from siren.pipeline.head import fit_head
+from siren.pipeline.head import _row_chunks, fit_head
 from siren.memory import trim
 from siren.metrics import mean_group_macro_f1
 
@@ -143,8 +143,8 @@ def _float32_rows(X: np.ndarray, rows: np.ndarray, piece_rows: int = 1024) -> np
     """X[rows] as float32 (len(rows), k), gathered piece by piece: the same values as
     ``np.asarray(X[rows], np.float32)`` without a whole float16 copy beside it."""
     out = np.empty((len(rows), X.shape[1]), np.float32)
-    for s in range(0, len(rows), piece_rows):
-        out[s:s + piece_rows] = X[rows[s:s + piece_rows]]
+    for s, part in _row_chunks(X, rows, piece_rows):
+        out[s:s + len(part)] = part
     return out
 
 

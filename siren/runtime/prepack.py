@@ -51,6 +51,11 @@ _PACK_ROWS = 64
 _SHARED_INPUT_NAMES = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
+def _pack(weight: torch.Tensor) -> torch.Tensor:
+    """A bfloat16 (out, in) weight in oneDNN's blocked layout (read by ``_packed_product``)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _PACK_ROWS)
+
+
 def _packed_product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x (..., in) bfloat16 times a packed (out, in) weight, plus bias -> (..., out) bfloat16."""
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
@@ -67,7 +72,7 @@ class PackedLinear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self._packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), _PACK_ROWS)
+        self._packed = _pack(linear.weight)
         self.bias = linear.bias
 
     @property
@@ -99,8 +104,7 @@ class _SharedInputProduct:
 
     def __init__(self, linears: Sequence[nn.Linear]):
         self.sizes = [lin.out_features for lin in linears]
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(
-            torch.cat([lin.weight.detach() for lin in linears]), _PACK_ROWS)
+        self.packed = _pack(torch.cat([lin.weight.detach() for lin in linears]))
         self.bias = None if linears[0].bias is None else torch.cat([lin.bias.detach() for lin in linears])
         self._pending = threading.local()   # .input: the tensor x; .outputs: {member: (..., out_i) view}
 
@@ -282,7 +286,7 @@ class PackedFloatLinear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self._packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().to(torch.bfloat16), _PACK_ROWS)
+        self._packed = _pack(linear.weight.to(torch.bfloat16))
         self.bias = linear.bias
 
     @property
