@@ -38,6 +38,17 @@ class MLPHead(nn.Module):
         self.dropout_rates = [float(p) for p in dropout_rates]
         self.num_classes = num_classes
 
+    @classmethod
+    def from_state(cls, input_dim: int, layer_dims: list[int], dropout_rates: list[float],
+                   state: dict[str, torch.Tensor], num_classes: int = 2) -> "MLPHead":
+        """An eval-mode head whose parameters are `state`'s tensors themselves (keys and shapes
+        checked strictly). Built on the meta device, so no random initialisation is computed and
+        no weight is held twice (a fold-ensemble head can be hundreds of MB)."""
+        with torch.device("meta"):
+            head = cls(input_dim, layer_dims, dropout_rates, num_classes)
+        head.load_state_dict(state, strict=True, assign=True)
+        return head.eval()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)
 

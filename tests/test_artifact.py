@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from siren.artifact import (CONFIG_NAME, WEIGHTS_NAME, head_layout, load_best_model_pkl, load_guard_config,
-                            load_head_state, save_best_model_pkl, save_guard, selection_from_config,
-                            set_default_threshold)
+from siren.artifact import (CONFIG_NAME, WEIGHTS_NAME, best_model_payload, build_head, head_layout,
+                            load_best_model_pkl, load_guard_config, load_head_state, read_safetensors,
+                            save_best_model_pkl, save_guard, selection_from_config, set_default_threshold)
 from siren.errors import SirenError
 
 
@@ -138,6 +138,97 @@ def test_missing_and_corrupt_files(tmp_path):
     (folder / CONFIG_NAME).unlink()
     with pytest.raises(SirenError, match=CONFIG_NAME + ".*missing"):
         load_guard_config(folder)
+
+
+def test_read_safetensors_equals_the_library_reader(tmp_path):
+    """Every dtype a tensor file of ours may hold, empty and 0-d tensors included, in several
+    tensors whose file order differs from their name order."""
+    from safetensors.torch import load_file, save_file
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"z_f32": torch.randn(3, 4, generator=g), "a_bf16": torch.randn(5, generator=g).bfloat16(),
+               "f16": torch.randn(2, 2, generator=g).half(), "f64": torch.randn(3, generator=g).double(),
+               "i64": torch.arange(6).reshape(2, 3), "i8": torch.tensor([-3, 4], dtype=torch.int8),
+               "u8": torch.tensor([250], dtype=torch.uint8), "b": torch.tensor([True, False, True]),
+               "empty": torch.zeros(0, 5), "scalar": torch.tensor(2.5)}
+    path = tmp_path / "x.safetensors"
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    got, ref = read_safetensors(path), load_file(str(path))
+    assert sorted(got) == sorted(tensors)
+    for k, v in tensors.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape, k
+        assert torch.equal(got[k], ref[k]) and torch.equal(got[k], v), k
+    got["z_f32"] += 1                         # tensors of their own: writable, not a view of the file
+    assert torch.equal(read_safetensors(path)["z_f32"], tensors["z_f32"])
+
+
+def _header_file(path, header: dict, data: bytes):
+    raw = json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+
+
+@pytest.mark.parametrize("header, data, pattern", [
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 4, "cover 8 of the 4 data bytes"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 12, "cover 8 of the 12 data bytes"),
+    ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, "needs 12 bytes, its offsets span 8"),
+    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8, "starts at byte 4 of the data, expected 0"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+      "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, "starts at byte 4 of the data, expected 8"),
+    ({"a": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, "no valid dtype"),
+    ({"a": {"dtype": "F32", "shape": [2]}}, b"\0" * 8, "no valid dtype"),
+    ([1, 2], b"", "not a JSON object"),
+])
+def test_read_safetensors_names_what_is_wrong(tmp_path, header, data, pattern):
+    path = tmp_path / "bad.safetensors"
+    _header_file(path, header, data)
+    with pytest.raises(ValueError, match=pattern):
+        read_safetensors(path)
+
+
+def test_read_safetensors_bad_header_size(tmp_path):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes((10**6).to_bytes(8, "little") + b"{}")
+    with pytest.raises(ValueError, match="header size 1000000 does not fit in the file's 10 bytes"):
+        read_safetensors(path)
+    path.write_bytes(b"\x02\0\0")
+    with pytest.raises(ValueError, match="shorter than the 8-byte header size"):
+        read_safetensors(path)
+    path.write_bytes((2).to_bytes(8, "little") + b"\xff{")
+    with pytest.raises(ValueError, match="not JSON"):
+        read_safetensors(path)
+
+
+def test_build_head_holds_the_state_tensors_themselves(tmp_path):
+    """build_head makes no second copy of the weights (nor a random initialisation)."""
+    folder = _save(tmp_path / "g")
+    config = load_guard_config(folder)
+    state = load_head_state(folder, config)
+    head = build_head(config, state)
+    params = dict(head.named_parameters())
+    assert sorted(params) == sorted(state)
+    for k, v in state.items():
+        assert params[k].data_ptr() == v.data_ptr(), k
+    assert not head.training and not any(p.requires_grad for p in params.values())
+    bad = dict(state)
+    bad["network.0.weight"] = torch.zeros(8, 4)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        build_head(config, bad)
+
+
+def test_best_model_payload_from_the_saved_tensors(tmp_path):
+    """Given the tensors just saved, the payload equals the one read back from the folder."""
+    state = _state(seed=3)
+    folder = _save(tmp_path / "g", head_state=state)
+    kw = dict(model="tiny", base_model={"model_id": "/models/tiny"}, metrics={"cv_f1": 0.5})
+    read_back = best_model_payload(folder, **kw)
+    given = best_model_payload(folder, **kw, head_state=state)
+    assert list(given["state_dict"]) == list(read_back["state_dict"])
+    for k, v in read_back["state_dict"].items():
+        np.testing.assert_array_equal(given["state_dict"][k], v)
+    np.testing.assert_equal({k: v for k, v in given.items() if k != "state_dict"},
+                            {k: v for k, v in read_back.items() if k != "state_dict"})
+    with pytest.raises(SirenError, match="head state given for best_model.pkl.*network.0.weight has shape"):
+        best_model_payload(folder, **kw, head_state=_state(input_dim=4))
 
 
 def test_weights_not_matching_config(tmp_path):

@@ -70,22 +70,23 @@ def ensemble_heads(heads: list[MLPHead]) -> MLPHead:
             raise ValueError("heads differ in input_dim, depth, dropout or classes: cannot combine")
     K = len(heads)
     dims = [sum(h.layer_dims[i] for h in heads) for i in range(len(first.layer_dims))]
-    out = MLPHead(first.input_dim, dims, first.dropout_rates, first.num_classes)
-    linears = [[m for m in h.network if isinstance(m, nn.Linear)] for h in heads]
-    target = [m for m in out.network if isinstance(m, nn.Linear)]
+    # The combined tensors become the new head's parameters as they are (MLPHead.from_state):
+    # each is made once, never beside a randomly initialised copy.
+    keys = [k for k, m in first.network.named_children() if isinstance(m, nn.Linear)]
+    n = len(keys)
+    state: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        for j, lin in enumerate(target):
-            parts = [ls[j] for ls in linears]
+        for j, key in enumerate(keys):
+            parts = [h.network.get_submodule(key) for h in heads]
             if j == 0:
-                lin.weight.copy_(torch.cat([p.weight for p in parts], dim=0))
-                lin.bias.copy_(torch.cat([p.bias for p in parts]))
-            elif j < len(target) - 1:
-                lin.weight.copy_(torch.block_diag(*[p.weight for p in parts]))
-                lin.bias.copy_(torch.cat([p.bias for p in parts]))
+                weight, bias = torch.cat([p.weight for p in parts], dim=0), torch.cat([p.bias for p in parts])
+            elif j < n - 1:
+                weight, bias = torch.block_diag(*[p.weight for p in parts]), torch.cat([p.bias for p in parts])
             else:
-                lin.weight.copy_(torch.cat([p.weight for p in parts], dim=1) / K)
-                lin.bias.copy_(torch.stack([p.bias for p in parts]).mean(dim=0))
-    return out.eval()
+                weight = torch.cat([p.weight for p in parts], dim=1) / K
+                bias = torch.stack([p.bias for p in parts]).mean(dim=0)
+            state[f"network.{key}.weight"], state[f"network.{key}.bias"] = weight.float(), bias.float()
+    return MLPHead.from_state(first.input_dim, dims, first.dropout_rates, state, first.num_classes)
 
 
 class _SeededDropout(nn.Module):

@@ -398,9 +398,10 @@ def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate]
     layer_weight_map = {int(l): float(best.weights[l]) for l in selected_layers}
     forward_dtype = str(resolve_dtype(cfg["dtype"], resolve_device(cfg["device"]))).removeprefix("torch.")
     coef = np.asarray(grid.coef)
+    head_state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     save_guard(work, base_model_id=source.model_id, revision=source.revision if source.kind == "hub" else None,
                pooling_type=pooling, selection=selection, layer_weights=layer_weight_map,
-               head_state={k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
+               head_state=head_state,
                layer_dims=list(head.layer_dims), dropout_rates=list(head.dropout_rates),
                max_length=cfg["max_length"], threshold=threshold,
                extra={"backbone": cfg["model"], "dtype": forward_dtype, "num_layers": int(coef.shape[0]),
@@ -411,7 +412,8 @@ def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate]
     base_model = {"model_id": source.model_id, "revision": source.revision, "kind": source.kind}
     save_best_model_pkl(work / "best_model.pkl", best_model_payload(
         work, model=cfg["model"], base_model=base_model,
-        metrics={"cv_f1": float(best.tuned.best_value), "test_f1": test, "test_f1_average": test_avg}))
+        metrics={"cv_f1": float(best.tuned.best_value), "test_f1": test, "test_f1_average": test_avg},
+        head_state=head_state))
     n_per_layer = {int(l): int(len(idx)) for l, idx in sorted(selection.items())}
     results = {
         "model": cfg["model"],
