@@ -196,6 +196,7 @@ def _new_variant() -> dict:
 
 HEAD_VARIANTS["new"] = _new_variant()
 HEAD_VARIANTS["new_dataset_balanced"] = {**HEAD_VARIANTS["new"], "balance": "dataset_label"}
+HEAD_VARIANTS["new_unbalanced"] = {**HEAD_VARIANTS["new"], "balance": "none"}
 HEAD_VARIANTS["new_stop_loss"] = {**HEAD_VARIANTS["new"], "stop_on": "loss"}
 HEAD_VARIANTS["new_p5"] = {**HEAD_VARIANTS["new"], "patience": 5}
 HEAD_VARIANTS["new_ema90"] = {**HEAD_VARIANTS["new"], "ema": 0.9}

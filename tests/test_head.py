@@ -232,6 +232,34 @@ def test_dataset_label_balance_equals_label_balance_when_cells_are_equal():
         torch.testing.assert_close(va, vb, rtol=1e-4, atol=1e-5)
 
 
+def test_unbalanced_loss_weighs_every_row_alike():
+    """balance="none": with equal classes it is the label-balanced loss (class weights all 1);
+    with 1 harmful row in 4 the first epoch's loss is the plain mean cross-entropy, which
+    differs from the balanced one."""
+    X, _, _ = toy(240)
+    kw = dict(layer_dims=[16], dropout_rates=[0.1], lr=3e-3, seed=2, max_epochs=3, batch_size=40)
+    y_even = np.tile([0, 1], 120).astype(np.int64)
+    a, ha = fit_head(X, y_even, **kw)
+    b, hb = fit_head(X, y_even, balance="none", **kw)
+    np.testing.assert_allclose(ha["train_loss"], hb["train_loss"], rtol=1e-5)
+    for va, vb in zip(a.state_dict().values(), b.state_dict().values()):
+        torch.testing.assert_close(va, vb, rtol=1e-4, atol=1e-5)
+    y_skew = (np.arange(240) % 4 == 0).astype(np.int64)
+    _, h_label = fit_head(X, y_skew, **kw)
+    _, h_none = fit_head(X, y_skew, balance="none", **kw)
+    assert abs(h_label["train_loss"][0] - h_none["train_loss"][0]) > 1e-3
+    # With lr 0 the weights never move (AdamW's decay is lr * wd), so the first epoch's loss is
+    # the loss of the initial head on every row: for "none", the plain mean cross-entropy.
+    kw0 = {**kw, "dropout_rates": [0.0], "max_epochs": 1, "lr": 0.0}
+    m, h0 = fit_head(X, y_skew, balance="none", **kw0)
+    _, h0_label = fit_head(X, y_skew, **kw0)
+    with torch.no_grad():
+        plain = torch.nn.functional.cross_entropy(m(torch.from_numpy(X.astype(np.float32))),
+                                                  torch.from_numpy(y_skew)).item()
+    assert h0["train_loss"][0] == pytest.approx(plain, rel=1e-5)
+    assert abs(h0_label["train_loss"][0] - plain) > 1e-3
+
+
 def test_dataset_label_balance_needs_groups_and_a_known_name():
     X, y, g = toy(60)
     kw = dict(layer_dims=[8], dropout_rates=[0.1], lr=1e-3, seed=0, max_epochs=1)

@@ -272,7 +272,8 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
     ``balance``: "label": each class weighs the same in the loss (class weights n / (2 n_c));
     "dataset_label": each (dataset, label) cell of ``groups`` (n,) weighs the same (per-row
     weights n / (cells x n_cell)), so a small or skewed dataset counts as much as a large one,
-    as in the score (the mean over datasets of macro-F1).
+    as in the score (the mean over datasets of macro-F1); "none": plain cross-entropy, every
+    row weighs the same (the head learns the training mix's class priors).
 
     ``rows`` / ``val_rows`` (int arrays): train on X[rows], y[rows] and validate on
     X_val[val_rows], y_val[val_rows], groups_val[val_rows] (a CV fold of one array, as the head
@@ -344,6 +345,11 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
 
         def loss_fn(logits: torch.Tensor, target: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
             return class_ce(logits, target)
+    elif balance == "none":
+        plain_ce = nn.CrossEntropyLoss()
+
+        def loss_fn(logits: torch.Tensor, target: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            return plain_ce(logits, target)
     elif balance == "dataset_label":
         if groups is None:
             raise ValueError("balance='dataset_label' needs the training rows' groups")
@@ -357,7 +363,7 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
             w = row_w[idx]
             return (ce(logits, target) * w).sum() / w.sum()   # CrossEntropyLoss(weight)'s mean, per row
     else:
-        raise ValueError(f"balance {balance!r}: use 'label' or 'dataset_label'")
+        raise ValueError(f"balance {balance!r}: use 'label', 'dataset_label' or 'none'")
 
     history: dict = {"val_f1": [], "train_loss": [], "best_epoch": 0, "best_val_f1": None}
     seed = int(seed)
