@@ -18,9 +18,10 @@ guard does this whatever the CPU).
 Whole guards gain less than the products, since the rest of the forward is unchanged: on the
 offline-six guard, all of it together 1.06-1.08x one text at a time against the plain forward in
 three runs, of which sharing products 1.02-1.05x (``scripts/bench_latency.py --plain_too
---unshared_too``; ``reports/offline_six_bench/latency.json`` and ``latency_cc7431b_*.json``;
-prepacking alone was 1.02-1.05x in four earlier runs). In batches of 32 this host's noise is as
-large as the gains.
+--unshared_too``; ``reports/offline_six_bench/run12_589892c/latency.json`` and ``latency_cc7431b_*.json``,
+an Intel Xeon with AMX; prepacking alone was 1.02-1.05x in four earlier runs; 1.15-1.20x all
+together on an AMD EPYC with AVX512-BF16, ``reports/offline_six_bench/latency*.json``). In
+batches of 32 the hosts' noise is as large as the gains.
 
 Numbers: the blocked kernel sums in another order than the plain one, so outputs agree to
 bfloat16 rounding, not bit for bit (in those runs, guard scores moved by at most 6.7e-3 on single

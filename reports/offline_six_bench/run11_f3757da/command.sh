@@ -6,4 +6,4 @@
 # with the range against either.
 # Data: the offline-six protocol rows (../shared/protocols/offline_six/build.py), the rows the authors' code was measured on.
 WORK=/work/o13bench bash scripts/bench_offline_six.sh        # cold cache; table: bench_offline_six.log; train_stages.log: the stage lines of train.log
-# Its serving figures: ../latency_f3757da.json (the latency command in ../command.sh, on this run's guard).
+# Its serving figures: ../run12_589892c/latency_f3757da.json (the latency command in ../run12_589892c/command.sh, on this run's guard).
