@@ -361,7 +361,7 @@ def read_safetensors(path) -> dict[str, torch.Tensor]:
 
     Why not `safetensors.torch.load(path.read_bytes())`: that holds the whole file as bytes
     beside the tensors made from it (twice the file in RAM: +0.76 GB for a 379 MB fold-ensemble
-    head, the training run's peak); `load_file` maps the file instead, so the tensors would
+    head, the training run's peak); `load_file` maps the file instead, so the tensors could
     change if the file were rewritten in place. Here RAM holds the tensors once, owned by us.
     Checks the layout as the format defines it (header size, dtypes, shapes, and data offsets that
     tile the data region exactly); raises ValueError saying what is wrong (callers name the file).
@@ -553,14 +553,13 @@ def best_model_payload(folder, *, model: str, base_model: dict, metrics: dict,
     training run's peak memory would hold it twice."""
     config = load_guard_config(folder)
     layers, neurons, weights = selection_from_config(config)
+    mlp = config["mlp"]
     if head_state is None:
         state = load_head_state(folder, config)
     else:
-        mlp = config["mlp"]
         state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in head_state.items()}
         _check_head_state(state, head_layout(mlp["input_dim"], mlp["layer_dims"], mlp["dropout_rates"],
                                              mlp.get("num_classes", 2)), "the head state given for best_model.pkl")
-    mlp = config["mlp"]
     return {
         "format": "siren-best-model/1",
         "model": model,
