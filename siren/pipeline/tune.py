@@ -119,13 +119,12 @@ class _HeadFiles:
     def get(self, ticket):
         if self.folder is None:
             return ticket
-        from safetensors.torch import load_file
-
+        from siren.artifact import read_safetensors
         from siren.mlp import MLPHead
 
         path, input_dim, layer_dims, dropout_rates = ticket
-        model = MLPHead(input_dim, layer_dims, dropout_rates)
-        model.load_state_dict(load_file(path), strict=True)
+        # the file's tensors become the head's parameters: no random init, no mapped copy beside them
+        model = MLPHead.from_state(input_dim, layer_dims, dropout_rates, read_safetensors(path))
         model.requires_grad_(False)
         return model.eval()
 
