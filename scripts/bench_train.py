@@ -242,11 +242,34 @@ def trial_fold_heads(Zs, ys, gs, trial: dict, tkw: dict, fkw: dict, *, n_folds: 
     return heads, scores
 
 
+def logreg_oof_c(Zs, ys, gs, colw, folds, c_grid) -> tuple[dict, float]:
+    """L2 logistic regression (label-balanced) on standardised columns times colw: each C's
+    mean-over-datasets macro-F1 on the search's own folds -> ({C: cv F1}, best C)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from siren.metrics import mean_group_macro_f1
+
+    cv = {}
+    for c in c_grid:
+        oof = np.zeros(len(ys))
+        for tr, va in folds:
+            mu, sd = Zs[tr].mean(0), Zs[tr].std(0) + 1e-6
+            m = LogisticRegression(C=c, class_weight="balanced", max_iter=300).fit((Zs[tr] - mu) / sd * colw, ys[tr])
+            oof[va] = m.predict_proba((Zs[va] - mu) / sd * colw)[:, 1]
+        cv[float(c)] = float(mean_group_macro_f1(ys, (oof >= 0.5).astype(np.int64), gs))
+    return cv, max(cv, key=lambda c: (cv[c], -c))
+
+
 def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, max_epochs: int,
-                 seed: int, holdout: float = 0.0, colw: np.ndarray | None = None, top_trials: int = 1) -> list[dict]:
+                 seed: int, holdout: float = 0.0, colw: np.ndarray | None = None, top_trials: int = 1,
+                 extra_fold_sets: int = 0, logreg: bool = False) -> list[dict]:
     """Run tune_head once per variant on Z (n, k); colw (k,) each column's layer weight (for
-    the "scale" variants); -> one dict per variant (JSON-ready). top_trials > 1 (with a holdout):
-    also the holdout F1 of the fold heads of the best 2, 3, ... completed trials, averaged."""
+    the "scale" variants); -> one dict per variant (JSON-ready). With a holdout, also:
+    top_trials > 1: the holdout F1 of the fold heads of the best 2, 3, ... completed trials,
+    averaged; extra_fold_sets > 0: that of the best trial's configuration fitted again on new
+    CV splits (seeds seed + 7919 j), its fold heads added to the ensemble one set at a time;
+    logreg: that of an L2 logistic regression on the same inputs (C from the search's folds)
+    alone and averaged (probabilities) with the fold ensemble."""
     from siren.metrics import mean_group_macro_f1
     from siren.mlp import logits_of, predict_proba_head
     import siren.pipeline.head as head_mod
@@ -303,6 +326,10 @@ def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, m
             row["holdout_f1_refit"] = f1(refit)
             if res.fold_heads:
                 row["holdout_f1_fold_ensemble"] = f1(ensemble_heads(res.fold_heads))
+                pred = (predict_proba_head(ensemble_heads(res.fold_heads), Z[held]) >= 0.5).astype(np.int64)
+                row["holdout_f1_fold_ensemble_by_dataset"] = {
+                    int(d): float(mean_group_macro_f1(y[held][g[held] == d], pred[g[held] == d],
+                                                      g[held][g[held] == d])) for d in np.unique(g[held])}
             if res.fold_heads and res.oof_proba is not None:
                 # the decision threshold chosen on the search's out-of-fold scores, then applied
                 # to the rows the search never saw
@@ -331,6 +358,33 @@ def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, m
                         {"trials": n_trials_averaged, "value_cv": t["value"],
                          "width": sum(h.layer_dims[0] for h in heads),
                          "holdout_f1": float(mean_group_macro_f1(y[held], (proba >= 0.5).astype(np.int64), g[held]))})
+            if res.fold_heads and extra_fold_sets > 0:
+                best = min((t for t in res.trials if t["state"] == "COMPLETE" and t["value"] == res.best_value),
+                           key=lambda t: t["number"])       # tune_head's pick: higher value, then lower number
+                heads, row["holdout_f1_extra_fold_sets"] = list(res.fold_heads), []
+                for j in range(1, extra_fold_sets + 1):
+                    more, scores = trial_fold_heads(Zs, ys, gs, best, tkw, fkw, n_folds=n_folds, seed=seed + 7919 * j,
+                                                    max_epochs=max_epochs, scale=scale)
+                    heads += more
+                    row["holdout_f1_extra_fold_sets"].append(
+                        {"sets": j + 1, "heads": len(heads), "fold_scores": scores,
+                         "holdout_f1_this_set": f1(ensemble_heads(more)),
+                         "holdout_f1": f1(ensemble_heads(heads))})
+            if res.fold_heads and logreg:
+                from siren.pipeline.tune import cv_folds
+                from sklearn.linear_model import LogisticRegression
+
+                w = colw if scale is not None else np.ones(Z.shape[1])
+                t = time.perf_counter()
+                row["logreg_cv"], c = logreg_oof_c(Zs, ys, gs, w, cv_folds(ys, gs, n_folds, seed),
+                                                   (1e-3, 3e-3, 1e-2, 3e-2))
+                mu, sd = Zs.mean(0), Zs.std(0) + 1e-6
+                lr = LogisticRegression(C=c, class_weight="balanced", max_iter=300).fit((Zs - mu) / sd * w, ys)
+                p_lr = lr.predict_proba((Z[held] - mu) / sd * w)[:, 1]
+                p_mlp = predict_proba_head(ensemble_heads(res.fold_heads), Z[held])
+                score = lambda p: float(mean_group_macro_f1(y[held], (p >= 0.5).astype(np.int64), g[held]))  # noqa: E731
+                row.update(logreg_c=c, logreg_s=time.perf_counter() - t, holdout_f1_logreg=score(p_lr),
+                           holdout_f1_fold_ensemble_logreg_mean=score((p_lr + p_mlp) / 2))
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("variant", "search_s", "cv_f1", "n_pruned")}),
               file=sys.stderr, flush=True)
@@ -422,6 +476,11 @@ def main(argv=None) -> int:
                     help=f"with --head_compare: {', '.join(HEAD_VARIANTS)}")
     ap.add_argument("--top_trials", type=int, default=1,
                     help="with --head_compare and --holdout: also the holdout F1 of the best 2..N trials' fold heads averaged")
+    ap.add_argument("--extra_fold_sets", type=int, default=0,
+                    help="with --head_compare and --holdout: also fit the best configuration on this many new CV "
+                         "splits and report the holdout F1 of the growing fold-head ensemble")
+    ap.add_argument("--logreg", action="store_true",
+                    help="with --head_compare and --holdout: also an L2 logistic regression alone and averaged with the fold heads")
     ap.add_argument("--holdout", type=float, default=0.0,
                     help="with --head_compare: share of rows kept out of the search (refit vs fold heads)")
     ap.add_argument("--save_aggregated", help="write the head's input (Z, y, g, colw, layer) to this .npz and stop")
@@ -471,7 +530,7 @@ def main(argv=None) -> int:
             return 0
         rows = head_compare(Z, y, g, a.variants, n_trials=a.trials, n_folds=a.folds,
                             max_epochs=a.head_epochs, seed=a.seed, holdout=a.holdout, colw=colw,
-                            top_trials=a.top_trials)
+                            top_trials=a.top_trials, extra_fold_sets=a.extra_fold_sets, logreg=a.logreg)
         r = {"head_compare": rows, "shape": list(Z.shape), "max_layer": a.max_layer,
              "threads": torch.get_num_threads(),
              "trials": a.trials, "folds": a.folds, "max_epochs": a.head_epochs,

@@ -72,3 +72,33 @@ def test_head_compare_times_both_cast_paths_and_they_fit_the_same_heads(monkeypa
     assert plain["trial_values"] == kept["trial_values"] and plain["cv_f1"] == kept["cv_f1"]
     assert False in seen and True in seen                   # each search ran with its own switch
     assert head_mod._CAST_INTO_KEPT_BUFFERS is True
+
+
+def test_head_compare_extra_fold_sets_and_logreg_report_consistent_holdout_scores():
+    """--extra_fold_sets 1 --logreg on a planted linear signal: the per-dataset holdout F1
+    averages to the ensemble's, the extra set is the best configuration's on a new split (2K
+    heads, reproducible fold scores), and the logistic regression finds the signal with the C
+    that its own CV scores pick."""
+    rng = np.random.default_rng(1)
+    Z = rng.standard_normal((300, 12)).astype(np.float32)
+    y = (Z[:, 0] - Z[:, 1] > 0).astype(np.int64)
+    g = np.arange(300) % 3
+    colw = np.ones(12)
+    base = {**bench_train.HEAD_VARIANTS["new"], "bf16": False, "width_cap": 256}
+    bench_train.HEAD_VARIANTS["t_small"] = base
+    try:
+        row, again = (bench_train.head_compare(Z, y, g, ["t_small"], n_trials=2, n_folds=2, max_epochs=6, seed=5,
+                                               holdout=0.25, colw=colw, extra_fold_sets=1, logreg=True)[0]
+                      for _ in range(2))
+    finally:
+        del bench_train.HEAD_VARIANTS["t_small"]
+    by_ds = row["holdout_f1_fold_ensemble_by_dataset"]
+    assert sorted(by_ds) == [0, 1, 2]
+    assert np.mean(list(by_ds.values())) == pytest.approx(row["holdout_f1_fold_ensemble"])
+    extra, = row["holdout_f1_extra_fold_sets"]
+    assert extra["sets"] == 2 and extra["heads"] == 4 and len(extra["fold_scores"]) == 2
+    assert extra == again["holdout_f1_extra_fold_sets"][0]          # seeded: the same heads twice
+    assert row["logreg_c"] == max(row["logreg_cv"], key=lambda c: (row["logreg_cv"][c], -c))
+    assert row["holdout_f1_logreg"] > 0.85
+    assert row["holdout_f1_logreg"] == again["holdout_f1_logreg"]
+    assert 0.0 <= row["holdout_f1_fold_ensemble_logreg_mean"] <= 1.0
