@@ -1,17 +1,18 @@
 # Machine: 2 CPU cores of an AMD EPYC with AVX512-BF16 and no AMX (`dtype auto` -> bf16; the kind of CPU the protocol's
 # reference run of the authors' code names: "AMD EPYC", 2 threads), 24 GiB, no GPU; nothing else ran during the benchmark.
 # On this host bf16 is also the faster dtype for a bare forward (1.6-1.7x fp32 on 10% of the rows: dtype_check.log).
-# Code: commit 86be5d1 (the run saves and loads a wide head without holding it twice); every head and F1 figure is the
-# one of epyc_215c3ac/ (the same guard bytes, sha256 449a6e0f...), run before that change on this host: its training
-# peaked at 1.79 GiB, in the save after the test stage, when the search had picked the widest head ([2048, 1600, 1536]
-# per fold, a 379 MB ensemble).
-# The bare forward took 647.0 s before the pipeline and 659.4 s after it (531.6 s mean in epyc_215c3ac/, an hour earlier:
-# this host's speed drifts); the table gives the time ratios against their mean with the range against either.
+# Code: commit a63bcc3 (training and evaluation code as at 84cb4bd). The guard is byte for byte the one of
+# epyc_86be5d1/ and epyc_215c3ac/ (sha256 449a6e0f...): the head search picked the widest head the paper's range allows
+# ([2048, 1600, 1536] per fold, a 379 MB fold ensemble). Peak RSS 1.38 GiB training (/usr/bin/time: 1,448,876 kB),
+# 1.00 GiB evaluation (1,047,084 kB).
+# The bare forward took 554.7 s before the pipeline and 490.8 s after it (653.2 s mean in epyc_86be5d1/, 531.6 s in
+# epyc_215c3ac/: this host's speed drifts); the table gives the time ratios against their mean with the range against either.
 # Data: the offline-six protocol rows (../shared/protocols/offline_six/build.py), the rows the authors' code was measured on.
-WORK=/work/b2 bash scripts/bench_offline_six.sh        # cold cache; table: bench_offline_six.log; train_stages.log: the stage lines of train.log
-# The run before the memory change, same host (epyc_215c3ac/): WORK=/work/b1 bash scripts/bench_offline_six.sh on 215c3ac.
-# Serving, on this run's guard: ours (prepacked, as users get it), the authors' runtime and ours with prepack=False, rotating
-# (code 7d432ec):
+WORK=/work/b3 bash scripts/bench_offline_six.sh        # cold cache; table: bench_offline_six.log; train_stages.log: the stage lines of train.log
+# Earlier on this host: epyc_86be5d1/ (910.4 s, 1.39x the floor, peak 1.35 GiB) and epyc_215c3ac/ (756.7 s, 1.42x, peak
+# 1.79 GiB, before the memory fix of 86be5d1).
+# Serving, on this guard (made with epyc_86be5d1's copy of it, /work/b2/guard, the same bytes): ours (prepacked, as users
+# get it), the authors' runtime and ours with prepack=False, rotating (code 7d432ec):
 python scripts/bench_latency.py --guard /work/b2/guard --n 64 --plain_too --data_dir ../shared/data/siren --out reports/offline_six_bench/latency_2.json
 python scripts/bench_latency.py --guard /work/r2 --n 64 --plain_too --data_dir ../shared/data/siren --out reports/offline_six_bench/latency.json   # /work/r2: a warm retrain of epyc_215c3ac's rows on 86be5d1, the same guard bytes
 # The guard's head is the widest the search allows, and the authors' runtime computes a fold ensemble's block-diagonal
