@@ -17,3 +17,7 @@ N_TRIALS=8 N_FOLDS=3 SEED=42 C_VALUES="200 500 1000" SELECTION_THRESHOLDS=0.9 MA
 # (run_2x_final/train_stages_1x.log; guard sha256 fd53e815..., as every offline-six run):
 /usr/bin/time -v env MODEL=smollm2-135m DATA_DIR=/work/o9bench/data DATASETS="toxic_chat openai_moderation aegis wildguard safe_rlhf beavertails" \
 N_TRIALS=8 N_FOLDS=3 SEED=42 C_VALUES="200 500 1000" SELECTION_THRESHOLDS=0.9 bash train/run_general_siren.sh --out_dir /work/o15/warm1x --cache_dir /work/o9bench/features
+# AMD EPYC host (AVX512-BF16, no AMX), code a63bcc3, cold, nothing else running (epyc_2x_a63bcc3/):
+MODEL=smollm2-135m DATA_DIR=../shared/data/siren DATASETS="toxic_chat openai_moderation aegis wildguard safe_rlhf beavertails" \
+N_TRIALS=8 N_FOLDS=3 SEED=42 C_VALUES="200 500 1000" SELECTION_THRESHOLDS=0.9 MAX_PER_SPLIT="2000 600 1000" \
+/usr/bin/time -v bash train/run_general_siren.sh --out_dir /work/x2/guard --cache_dir /work/x2/features
