@@ -242,20 +242,26 @@ def trial_fold_heads(Zs, ys, gs, trial: dict, tkw: dict, fkw: dict, *, n_folds: 
     return heads, scores
 
 
-def logreg_oof_c(Zs, ys, gs, colw, folds, c_grid) -> tuple[dict, float]:
-    """L2 logistic regression (label-balanced) on standardised columns times colw: each C's
-    mean-over-datasets macro-F1 on the search's own folds -> ({C: cv F1}, best C)."""
+def logreg_proba(Ztr, ytr, colw, c):
+    """An L2 logistic regression (label-balanced, C = c) fitted on Ztr's columns standardised
+    with Ztr's own statistics, times colw -> a function: rows (m, k) -> harmful probability (m,)."""
     from sklearn.linear_model import LogisticRegression
 
+    mu, sd = Ztr.mean(0), Ztr.std(0) + 1e-6
+    m = LogisticRegression(C=c, class_weight="balanced", max_iter=300).fit((Ztr - mu) / sd * colw, ytr)
+    return lambda rows: m.predict_proba((rows - mu) / sd * colw)[:, 1]
+
+
+def logreg_oof_c(Zs, ys, gs, colw, folds, c_grid) -> tuple[dict, float]:
+    """logreg_proba's mean-over-datasets macro-F1 for each C on the search's own folds ->
+    ({C: cv F1}, best C; ties: the smaller C)."""
     from siren.metrics import mean_group_macro_f1
 
     cv = {}
     for c in c_grid:
         oof = np.zeros(len(ys))
         for tr, va in folds:
-            mu, sd = Zs[tr].mean(0), Zs[tr].std(0) + 1e-6
-            m = LogisticRegression(C=c, class_weight="balanced", max_iter=300).fit((Zs[tr] - mu) / sd * colw, ys[tr])
-            oof[va] = m.predict_proba((Zs[va] - mu) / sd * colw)[:, 1]
+            oof[va] = logreg_proba(Zs[tr], ys[tr], colw, c)(Zs[va])
         cv[float(c)] = float(mean_group_macro_f1(ys, (oof >= 0.5).astype(np.int64), gs))
     return cv, max(cv, key=lambda c: (cv[c], -c))
 
@@ -270,7 +276,7 @@ def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, m
     CV splits (seeds seed + 7919 j), its fold heads added to the ensemble one set at a time;
     logreg: that of an L2 logistic regression on the same inputs (C from the search's folds)
     alone and averaged (probabilities) with the fold ensemble."""
-    from siren.metrics import mean_group_macro_f1
+    from siren.metrics import macro_f1, mean_group_macro_f1
     from siren.mlp import logits_of, predict_proba_head
     import siren.pipeline.head as head_mod
     from siren.pipeline.head import ensemble_heads, fit_head
@@ -321,15 +327,16 @@ def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, m
                                 lr=p["lr"], seed=seed, max_epochs=epochs, fused=kw["fused"],
                                 bf16=kw["bf16"], column_scale=scale, **fkw)
             row["refit_s"] = time.perf_counter() - t
-            f1 = lambda m, t=0.5: float(mean_group_macro_f1(    # noqa: E731
-                y[held], (predict_proba_head(m, Z[held]) >= t).astype(np.int64), g[held]))
+            f1_of = lambda p, t=0.5: float(mean_group_macro_f1(    # noqa: E731
+                y[held], (p >= t).astype(np.int64), g[held]))         # holdout probabilities (m,) -> F1
+            f1 = lambda m, t=0.5: f1_of(predict_proba_head(m, Z[held]), t)   # noqa: E731
             row["holdout_f1_refit"] = f1(refit)
             if res.fold_heads:
-                row["holdout_f1_fold_ensemble"] = f1(ensemble_heads(res.fold_heads))
-                pred = (predict_proba_head(ensemble_heads(res.fold_heads), Z[held]) >= 0.5).astype(np.int64)
+                p_ens = predict_proba_head(ensemble_heads(res.fold_heads), Z[held])
+                row["holdout_f1_fold_ensemble"] = f1_of(p_ens)
                 row["holdout_f1_fold_ensemble_by_dataset"] = {
-                    int(d): float(mean_group_macro_f1(y[held][g[held] == d], pred[g[held] == d],
-                                                      g[held][g[held] == d])) for d in np.unique(g[held])}
+                    int(d): macro_f1(y[held][g[held] == d], (p_ens[g[held] == d] >= 0.5).astype(np.int64))
+                    for d in np.unique(g[held])}
             if res.fold_heads and res.oof_proba is not None:
                 # the decision threshold chosen on the search's out-of-fold scores, then applied
                 # to the rows the search never saw
@@ -337,7 +344,7 @@ def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, m
 
                 thr, oof_f1 = best_threshold(ys, res.oof_proba, gs)
                 row["cv_threshold"], row["oof_f1_at_cv_threshold"] = thr, oof_f1
-                row["holdout_f1_fold_ensemble_cv_threshold"] = f1(ensemble_heads(res.fold_heads), thr)
+                row["holdout_f1_fold_ensemble_cv_threshold"] = f1_of(p_ens, thr)
             if res.fold_heads and top_trials > 1:
                 ranked = sorted((t for t in res.trials if t["state"] == "COMPLETE"),
                                 key=lambda t: (-t["value"], t["number"]))
@@ -357,7 +364,7 @@ def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, m
                     row["holdout_f1_top_trials"].append(
                         {"trials": n_trials_averaged, "value_cv": t["value"],
                          "width": sum(h.layer_dims[0] for h in heads),
-                         "holdout_f1": float(mean_group_macro_f1(y[held], (proba >= 0.5).astype(np.int64), g[held]))})
+                         "holdout_f1": f1_of(proba)})
             if res.fold_heads and extra_fold_sets > 0:
                 best = min((t for t in res.trials if t["state"] == "COMPLETE" and t["value"] == res.best_value),
                            key=lambda t: t["number"])       # tune_head's pick: higher value, then lower number
@@ -372,19 +379,14 @@ def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, m
                          "holdout_f1": f1(ensemble_heads(heads))})
             if res.fold_heads and logreg:
                 from siren.pipeline.tune import cv_folds
-                from sklearn.linear_model import LogisticRegression
 
                 w = colw if scale is not None else np.ones(Z.shape[1])
                 t = time.perf_counter()
                 row["logreg_cv"], c = logreg_oof_c(Zs, ys, gs, w, cv_folds(ys, gs, n_folds, seed),
                                                    (1e-3, 3e-3, 1e-2, 3e-2))
-                mu, sd = Zs.mean(0), Zs.std(0) + 1e-6
-                lr = LogisticRegression(C=c, class_weight="balanced", max_iter=300).fit((Zs - mu) / sd * w, ys)
-                p_lr = lr.predict_proba((Z[held] - mu) / sd * w)[:, 1]
-                p_mlp = predict_proba_head(ensemble_heads(res.fold_heads), Z[held])
-                score = lambda p: float(mean_group_macro_f1(y[held], (p >= 0.5).astype(np.int64), g[held]))  # noqa: E731
-                row.update(logreg_c=c, logreg_s=time.perf_counter() - t, holdout_f1_logreg=score(p_lr),
-                           holdout_f1_fold_ensemble_logreg_mean=score((p_lr + p_mlp) / 2))
+                p_lr = logreg_proba(Zs, ys, w, c)(Z[held])
+                row.update(logreg_c=c, logreg_s=time.perf_counter() - t, holdout_f1_logreg=f1_of(p_lr),
+                           holdout_f1_fold_ensemble_logreg_mean=f1_of((p_lr + p_ens) / 2))
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("variant", "search_s", "cv_f1", "n_pruned")}),
               file=sys.stderr, flush=True)
