@@ -122,12 +122,13 @@ print(f"end to end / floor: {total_ours / floor_mean:.2f}x ({total_ours / max(fl
 rss = max(runs["train"]["peak_rss_gib"], runs["eval"]["peak_rss_gib"])
 print(f"{'peak RSS (GiB)':22s} {rss:9.2f} {ref['peak_rss_mib']['overall_mib'] / 1024:9.2f}"
       f"   (train {runs['train']['peak_rss_gib']:.2f}, eval {runs['eval']['peak_rss_gib']:.2f})")
-print(f"\n{'dataset':20s} {'ours F1':>8s} {'theirs F1':>9s} {'diff':>7s}")
+print(f"\n{'dataset':20s} {'ours F1':>8s} {'theirs F1':>9s} {'diff':>7s}   ours: 95% bootstrap interval")
 theirs = {k: v["f1_macro"] for k, v in ref["test_per_dataset"].items()}
+ci = lambda e: (f"   {e['f1_ci95'][0]:.4f}-{e['f1_ci95'][1]:.4f}" if e.get("f1_ci95") else "")  # noqa: E731
 for name, f1 in ev["f1"].items():
     t = theirs.get(name, float("nan"))
-    print(f"{name:20s} {f1:8.4f} {t:9.4f} {f1 - t:+7.4f}")
+    print(f"{name:20s} {f1:8.4f} {t:9.4f} {f1 - t:+7.4f}{ci(ev['datasets'][name])}")
 avg_t = ref["test_average"]["f1_macro"]
-print(f"{'average':20s} {ev['average_f1']:8.4f} {avg_t:9.4f} {ev['average_f1'] - avg_t:+7.4f}")
+print(f"{'average':20s} {ev['average_f1']:8.4f} {avg_t:9.4f} {ev['average_f1'] - avg_t:+7.4f}{ci(ev['average'])}")
 PY
 echo "outputs: $WORK"

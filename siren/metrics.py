@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["macro_f1", "macro_f1_columns", "mean_group_macro_f1", "mean_group_macro_f1_columns"]
+__all__ = ["macro_f1", "macro_f1_columns", "mean_group_macro_f1", "mean_group_macro_f1_columns",
+           "bootstrap_macro_f1", "percentile_interval"]
 
 
 def _as_pred_matrix(y_pred: np.ndarray) -> np.ndarray:
@@ -101,3 +102,43 @@ def score_thresholds(proba: np.ndarray, max_candidates: int = 513) -> np.ndarray
     if len(candidates) > max_candidates:
         candidates = np.quantile(p, np.linspace(0.0, 1.0, max_candidates))
     return candidates
+
+
+def bootstrap_macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_boot: int = 1000,
+                       seed: int = 0) -> np.ndarray:
+    """Macro-F1 of ``n_boot`` bootstrap resamples of the rows. (n,), (n,) -> (n_boot,) float64.
+
+    Replicate b scores the rows ``rng.integers(0, n, size=(n_boot, n))[b]`` with
+    ``rng = np.random.default_rng(seed)`` (rows drawn with replacement, n of them), so a seed
+    gives the same replicates. Why: a test set of a few hundred rows (toxic_chat's 300 hold
+    about 21 harmful ones) moves macro-F1 by several points when a few rows change, and a
+    difference between two guards is only worth reporting beside that spread.
+    """
+    t = np.asarray(y_true).reshape(-1) != 0
+    p = np.asarray(y_pred).reshape(-1) != 0
+    if t.shape != p.shape:
+        raise ValueError(f"y_true has {t.shape[0]} rows, y_pred has {p.shape[0]}")
+    n = t.shape[0]
+    if n == 0:
+        raise ValueError("no rows to score")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    tb, pb = t[idx], p[idx]                                 # (n_boot, n) each
+    tp = (tb & pb).sum(axis=1).astype(np.float64)
+    fp = (~tb & pb).sum(axis=1).astype(np.float64)
+    fn = (tb & ~pb).sum(axis=1).astype(np.float64)
+    tn = n - tp - fp - fn
+    den1, den0 = 2 * tp + fp + fn, 2 * tn + fp + fn
+    f1_1 = np.divide(2 * tp, den1, out=np.zeros_like(tp), where=den1 > 0)
+    f1_0 = np.divide(2 * tn, den0, out=np.zeros_like(tn), where=den0 > 0)
+    return (f1_0 + f1_1) / 2
+
+
+def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap replicates (m,) -> (low, high)."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    r = np.asarray(replicates, dtype=np.float64).reshape(-1)
+    lo, hi = np.quantile(r, [(1.0 - level) / 2, (1.0 + level) / 2])
+    return float(lo), float(hi)

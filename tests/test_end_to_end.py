@@ -106,6 +106,21 @@ def test_train_eval_score_end_to_end(tiny_llama_dir, tiny_data, tmp_path, capsys
             f1_score(fs.y, score >= 0.5, average="macro"), abs=1e-12)
     assert report["average"]["f1"] == pytest.approx(np.mean([report["datasets"][d]["f1"] for d in
                                                              ("aegis", "beavertails", "toxic_chat")]), abs=1e-12)
+    # 95% bootstrap intervals: each dataset's from its own resamples (seed + its index), the average's
+    # from the mean of those replicates; the table prints them.
+    from siren.metrics import bootstrap_macro_f1, percentile_interval
+    seed, reps = report["bootstrap"]["seed"], []
+    for k, ds in enumerate(report["config"]["datasets"] + report["config"]["extra_datasets"]):
+        if ds not in report["averaged_over"]:
+            assert "f1_ci95" not in report["datasets"][ds]
+            continue
+        fs = load_features(_cache_folder(cache, ds, "test", config["siren_module"]["pooling_type"]))
+        reps.append(bootstrap_macro_f1(fs.y, predict_proba_head(head, guard_features_from_cache(config, fs.X))
+                                       >= calibrated, n_boot=report["bootstrap"]["resamples"], seed=seed + k))
+        assert report["datasets"][ds]["f1_ci95"] == pytest.approx(list(percentile_interval(reps[-1])), abs=1e-12)
+    assert report["average"]["f1_ci95"] == pytest.approx(list(percentile_interval(np.mean(reps, axis=0))), abs=1e-12)
+    assert report["average"]["f1_ci95"][0] <= report["average"]["f1"] <= report["average"]["f1_ci95"][1]
+    assert "95% intervals" in printed
     # Training's test F1 and evaluation's macro-F1 at threshold 0.5 come from the same rows and head.
     for ds, f1 in results["test_f1"].items():
         assert report["datasets"][ds]["at_previous_threshold"]["f1"] == pytest.approx(f1, abs=1e-9)

@@ -86,3 +86,26 @@ def test_best_threshold_maximises_mean_group_macro_f1():
     assert best_threshold(np.array([0, 1]), np.array([0.0, 1.0]), np.array([0, 0]))[0] == 0.5
     t2, _ = best_threshold(y, p, g, grid=score_thresholds(p))
     assert t2 in np.unique(np.round(p, 4))
+
+
+def test_bootstrap_macro_f1_matches_resampled_sklearn():
+    from siren.metrics import bootstrap_macro_f1, percentile_interval
+
+    rng = np.random.default_rng(1)
+    y = (rng.random(120) < 0.15).astype(int)                 # skewed, like toxic_chat
+    p = np.where(rng.random(120) < 0.8, y, 1 - y)            # 80% right
+    reps = bootstrap_macro_f1(y, p, n_boot=200, seed=7)
+    idx = np.random.default_rng(7).integers(0, 120, size=(200, 120))   # the documented draws
+    sk = [f1_score(y[i], p[i], average="macro", labels=[0, 1], zero_division=0) for i in idx]
+    np.testing.assert_allclose(reps, sk, atol=1e-12)
+    np.testing.assert_array_equal(reps, bootstrap_macro_f1(y, p, n_boot=200, seed=7))   # seeded
+    assert not np.array_equal(reps, bootstrap_macro_f1(y, p, n_boot=200, seed=8))
+    lo, hi = percentile_interval(reps)
+    assert (lo, hi) == tuple(np.quantile(reps, [0.025, 0.975]))
+    assert lo < macro_f1(y, p) < hi and hi - lo > 0.05        # 120 rows: a wide interval
+    # all right: every replicate is 1 (both classes drawn) or 0.5 (one class only)
+    assert set(np.unique(bootstrap_macro_f1(y, y, n_boot=50))) <= {0.5, 1.0}
+    with pytest.raises(ValueError, match="rows"):
+        bootstrap_macro_f1(y, p[:-1])
+    with pytest.raises(ValueError, match="level"):
+        percentile_interval(reps, level=95)

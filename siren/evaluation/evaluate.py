@@ -7,7 +7,8 @@ extracted with the backbone loaded once for all datasets).
 
 Writes, next to the guard: `eval_results.json` (per dataset n, harmful, safe, macro-F1
 (the paper's `f1`), harmful-class F1, accuracy, precision, recall, ROC-AUC, PR-AUC; averages
-over datasets), `roc.png` and `f1.png`. Harmful-only sets (advbench, harmbench,
+over datasets; `f1_ci95`, the 95% bootstrap interval of each macro-F1 and of their mean, from
+1,000 resamples of each test set's rows), `roc.png` and `f1.png` (macro-F1 with those intervals). Harmful-only sets (advbench, harmbench,
 simple_safety_tests) report their detection rate (recall) and stay out of the averages.
 With `--calibrate`, the threshold that maximises validation macro-F1 (mean over the training
 datasets) becomes the guard's decision threshold, in `siren_config.json` and `best_model.pkl`
@@ -31,6 +32,7 @@ from siren.errors import SirenError
 from siren.fileio import atomic_write_json, save_figure
 
 AVERAGED = ("f1", "harmful_f1", "accuracy", "precision", "recall", "roc_auc", "pr_auc")
+BOOTSTRAP_RESAMPLES = 1000   # per dataset, for the 95% intervals of macro-F1 (f1_ci95)
 
 
 def add_arguments(p) -> None:
@@ -142,6 +144,7 @@ def evaluate(args) -> dict:
     from siren.pipeline.cache import load_features
     from siren.pipeline.extract import ensure_features
     from siren.mlp import predict_proba_head
+    from siren.metrics import bootstrap_macro_f1, percentile_interval
     from siren import checks
     from siren.pipeline.select import aggregate
     from siren.runtime.guard import check_backbone
@@ -219,18 +222,24 @@ def evaluate(args) -> dict:
         set_default_threshold(folder, calibrated)  # siren_config.json and best_model.pkl
         threshold, source = calibrated, "calibrated by this evaluation (now the guard's default_threshold)"
 
-    per_dataset, curves = {}, {}
-    for name in everything:
+    per_dataset, curves, replicates = {}, {}, {}
+    for k, name in enumerate(everything):
         y, s = scores_of((name, "test", rep))
         entry = classification_metrics(y, s, threshold)
         if calibration:
             entry["at_previous_threshold"] = classification_metrics(y, s, calibration["previous_threshold"])
         entry["harmful_only"] = bool(y.min() == 1)
+        if "f1" in entry:   # both classes present: how far resampling the test rows moves macro-F1
+            replicates[name] = bootstrap_macro_f1(y, s >= threshold, n_boot=BOOTSTRAP_RESAMPLES,
+                                                  seed=split_kw["seed"] + k)
+            entry["f1_ci95"] = list(percentile_interval(replicates[name]))
         per_dataset[name] = entry
         if y.min() != y.max():
             curves[name] = (y, s)
     averaged = [n for n, e in per_dataset.items() if "f1" in e]
     average = {k: float(np.mean([per_dataset[n][k] for n in averaged])) for k in AVERAGED} if averaged else {}
+    if averaged:   # each dataset resampled on its own; replicate b of the average = the mean of their b-th
+        average["f1_ci95"] = list(percentile_interval(np.mean([replicates[n] for n in averaged], axis=0)))
     report = {
         "model": model,
         "guard": str(folder),
@@ -243,6 +252,10 @@ def evaluate(args) -> dict:
         # the paper's keys: per-dataset macro-F1 and their mean
         "f1": {n: per_dataset[n]["f1"] for n in averaged},
         "average_f1": average.get("f1"),
+        "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "level": 0.95, "seed": split_kw["seed"],
+                      "method": "percentile interval of macro-F1 over resamples (with replacement) of each "
+                                "dataset's test rows, dataset k drawn with seed + k; the average's interval from "
+                                "the mean of the datasets' replicates"},
         "config": {"datasets": datasets, "extra_datasets": extras, **split_kw},
         "seconds": round(time.perf_counter() - start, 2),
         "note": "offline copies are not the paper's splits: numbers are not comparable with the paper's table"
@@ -282,13 +295,21 @@ def plot_results(folder: Path, report: dict, curves: dict) -> None:
     x = np.arange(len(names) + 1)
     macro = [report["datasets"][n]["f1"] for n in names] + [report["average"].get("f1", 0)]
     harm = [report["datasets"][n]["harmful_f1"] for n in names] + [report["average"].get("harmful_f1", 0)]
-    ax.bar(x - 0.2, macro, 0.4, label="macro-F1")
+    # 95% bootstrap interval of each macro-F1 bar (absent in reports written before it existed)
+    ci = [report["datasets"][n].get("f1_ci95") for n in names] + [report["average"].get("f1_ci95")]
+    err = None
+    if all(c is not None for c in ci):
+        err = np.array([[max(0.0, v - c[0]) for v, c in zip(macro, ci)], [max(0.0, c[1] - v) for v, c in zip(macro, ci)]])
+    ax.bar(x - 0.2, macro, 0.4, label="macro-F1", yerr=err, capsize=3 if err is not None else 0,
+           error_kw={"lw": 1})
     ax.bar(x + 0.2, harm, 0.4, label="harmful-F1")
-    for xi, v in zip(x, macro):
-        ax.text(xi - 0.2, v + 0.01, f"{v:.2f}", ha="center", fontsize=7)
+    for i, (xi, v) in enumerate(zip(x, macro)):   # the value above its interval's whisker
+        ax.text(xi - 0.2, (v if err is None else v + err[1, i]) + 0.01, f"{v:.2f}", ha="center", fontsize=7)
     ax.set_xticks(x, names + ["average"], rotation=30, ha="right")
-    ax.set_ylim(0, 1.05)
-    ax.set_title(f"SIREN · {report['model']} · decision threshold {report['decision_threshold']:.3g}")
+    ax.set_ylim(0, 1.08)
+    ax.set_title(f"SIREN · {report['model']} · decision threshold {report['decision_threshold']:.3g}"
+                 + ("\n(whiskers: 95% bootstrap interval of macro-F1 over the test rows)" if err is not None else ""),
+                 fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, folder / "f1.png")
@@ -305,6 +326,13 @@ def print_table(report: dict) -> None:
     if report["average"]:
         cells = [f"{'':>10s}"] * 3 + [f"{report['average'][c]:10.4f}" for c in cols[3:]]
         print(f"{'average':20s} " + " ".join(cells))
+    intervals = [(n, e["f1_ci95"]) for n, e in report["datasets"].items() if "f1_ci95" in e]
+    if report["average"].get("f1_ci95"):
+        intervals.append(("average", report["average"]["f1_ci95"]))
+    if intervals:
+        boot = report.get("bootstrap") or {}
+        print(f"macro-F1 95% intervals ({boot.get('resamples', '?')} bootstrap resamples of each test set): "
+              + ", ".join(f"{n} {lo:.3f}-{hi:.3f}" for n, (lo, hi) in intervals))
     if report.get("calibration"):
         c = report["calibration"]
         print(f"decision threshold calibrated to {c['calibrated_threshold']:.4f} (metrics above; stored in the guard); "
