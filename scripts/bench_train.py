@@ -205,6 +205,8 @@ HEAD_VARIANTS["new_indrop20"] = {**HEAD_VARIANTS["new"], "input_dropout": 0.2}
 HEAD_VARIANTS["new_indrop50"] = {**HEAD_VARIANTS["new"], "input_dropout": 0.5}
 HEAD_VARIANTS["new_b128"] = {**HEAD_VARIANTS["new"], "batch_size": 128}
 HEAD_VARIANTS["new_tpe3"] = {**HEAD_VARIANTS["new"], "sampler_startup_trials": 3}
+HEAD_VARIANTS["new_wd01"] = {**HEAD_VARIANTS["new"], "weight_decay": 0.1}
+HEAD_VARIANTS["new_wd1"] = {**HEAD_VARIANTS["new"], "weight_decay": 1.0}
 # the same search with bf16 autocast's own weight casts (new tensors every step), as before
 # siren.pipeline.head._CastOnceLinear: the same heads, for timing side by side
 HEAD_VARIANTS["new_plain_casts"] = {**HEAD_VARIANTS["new"], "cast_buffers": False}
@@ -297,7 +299,7 @@ def head_compare(Z, y, g, variants: list[str], *, n_trials: int, n_folds: int, m
             raise SystemExit(f"variant {name} scales by layer weight: the data has no column weights")
         tkw = {k: v for k, v in kw.items() if k not in ("scale", "cast_buffers")}
         fkw = {"groups": gs, "balance": kw["balance"]} if "balance" in kw else {}
-        for key in ("ema", "input_dropout", "batch_size"):
+        for key in ("ema", "input_dropout", "batch_size", "weight_decay"):
             if key in kw:
                 fkw[key] = kw[key]
         scale = colw if kw["scale"] else None

@@ -168,3 +168,25 @@ def test_float32_rows_equals_one_gather():
     got = _float32_rows(X, rows, piece_rows=3)                 # pieces of 3, 3 and 1 rows
     assert got.dtype == np.float32 and np.array_equal(got, np.asarray(X[rows], dtype=np.float32))
     assert _float32_rows(X, rows[:0]).shape == (0, 7)
+
+
+def test_weight_decay_reaches_every_fold_fit(monkeypatch):
+    import siren.pipeline.tune as tune_mod
+
+    seen, real = [], tune_mod.fit_head
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["weight_decay"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tune_mod, "fit_head", spy)
+    X, y, g = toy(80)
+    kw = dict(n_trials=2, n_folds=2, seed=0, max_epochs=3, patience=3, pruner="none", progress=False)
+    default = tune_head(X, y, g, **kw)
+    assert seen == [1e-4] * 4                        # fit_head's own default, unchanged
+    seen.clear()
+    strong = tune_head(X, y, g, weight_decay=0.5, **kw)
+    assert seen == [0.5] * 4
+    # the same draws otherwise (sampler, folds, seeds), so a different decay gives other heads
+    assert [t["params"] for t in strong.trials] == [t["params"] for t in default.trials]
+    assert not torch.equal(strong.fold_heads[0].network[0].weight, default.fold_heads[0].network[0].weight)

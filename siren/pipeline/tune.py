@@ -256,11 +256,12 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
               column_scale: np.ndarray | None = None, balance: str = "label",
               stop_on: str = "f1", ema: float | None = None, input_dropout: float = 0.0,
               sampler_startup_trials: int | None = None, progress: bool = True,
-              spill_dir=None) -> TuneResult:
+              spill_dir=None, weight_decay: float = 1e-4) -> TuneResult:
     """Search the head's hyper-parameters. X (n, k) float16 or float32, y (n,), groups (n,).
     spill_dir: a folder for fold heads on disk while the search runs (see the module docstring).
     sampler_startup_trials: random trials before TPE models the results (None: Optuna's 10, so a
     search of 10 trials or fewer is a random search).
+    weight_decay: AdamW's decoupled weight decay of every fold head (fit_head's).
 
     ``n_trials`` is the study-wide total (shared with other workers when ``storage`` is
     set); this call runs trials until the study holds that many. Returns the study's
@@ -334,7 +335,7 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
                 max_epochs=max_epochs, batch_size=batch_size, patience=patience,
                 X_val=X, y_val=y, groups_val=groups, val_rows=va, on_epoch=on_epoch, fused=fused,
                 bf16=bf16, column_scale=column_scale, groups=groups, balance=balance, stop_on=stop_on,
-                ema=ema, input_dropout=input_dropout)
+                ema=ema, input_dropout=input_dropout, weight_decay=weight_decay)
             oof[va] = predict_proba_head(model, _float32_rows(X, va))
             pred = (oof[va] >= 0.5).astype(np.int64)
             scores.append(mean_group_macro_f1(y[va], pred, groups[va]))
