@@ -40,6 +40,11 @@ def macro_f1_columns(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     fp = n_pos_pred - tp
     fn = n_pos_true - tp
     tn = (n - n_pos_true) - fp                        # predicted 0, true 0
+    return _macro_f1_of_counts(tp, fp, fn, tn)
+
+
+def _macro_f1_of_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray) -> np.ndarray:
+    """Macro-F1 over labels [0, 1] from confusion counts (m,) float64 each -> (m,); zero_division=0."""
     # class 1: 2tp / (2tp + fp + fn); class 0 swaps roles (its tp is tn, fp <-> fn)
     den1 = 2 * tp + fp + fn
     den0 = 2 * tn + fn + fp
@@ -128,11 +133,7 @@ def bootstrap_macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_boot: int = 100
     tp = (tb & pb).sum(axis=1).astype(np.float64)
     fp = (~tb & pb).sum(axis=1).astype(np.float64)
     fn = (tb & ~pb).sum(axis=1).astype(np.float64)
-    tn = n - tp - fp - fn
-    den1, den0 = 2 * tp + fp + fn, 2 * tn + fp + fn
-    f1_1 = np.divide(2 * tp, den1, out=np.zeros_like(tp), where=den1 > 0)
-    f1_0 = np.divide(2 * tn, den0, out=np.zeros_like(tn), where=den0 > 0)
-    return (f1_0 + f1_1) / 2
+    return _macro_f1_of_counts(tp, fp, fn, n - tp - fp - fn)
 
 
 def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:

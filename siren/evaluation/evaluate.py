@@ -8,8 +8,8 @@ extracted with the backbone loaded once for all datasets).
 Writes, next to the guard: `eval_results.json` (per dataset n, harmful, safe, macro-F1
 (the paper's `f1`), harmful-class F1, accuracy, precision, recall, ROC-AUC, PR-AUC; averages
 over datasets; `f1_ci95`, the 95% bootstrap interval of each macro-F1 and of their mean, from
-1,000 resamples of each test set's rows), `roc.png` and `f1.png` (macro-F1 with those intervals). Harmful-only sets (advbench, harmbench,
-simple_safety_tests) report their detection rate (recall) and stay out of the averages.
+1,000 resamples of each test set's rows), `roc.png` and `f1.png` (macro-F1 with those intervals).
+Harmful-only sets (advbench, harmbench, simple_safety_tests) report their detection rate (recall) and stay out of the averages.
 With `--calibrate`, the threshold that maximises validation macro-F1 (mean over the training
 datasets) becomes the guard's decision threshold, in `siren_config.json` and `best_model.pkl`
 alike; the metrics are then reported at it, and at the previous one under `at_previous_threshold`.
