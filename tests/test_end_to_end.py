@@ -93,9 +93,13 @@ def test_train_eval_score_end_to_end(tiny_llama_dir, tiny_data, tmp_path, capsys
     from siren.mlp import predict_proba_head
     from siren.pipeline.cache import load_features
     head = load_head(out)
+    scored = [json.loads(x) for x in (out / "test_scores.jsonl").read_text().splitlines()]
     for ds in ["aegis", "beavertails", "toxic_chat", "advbench"]:
         fs = load_features(_cache_folder(cache, ds, "test", config["siren_module"]["pooling_type"]))
         score = predict_proba_head(head, guard_features_from_cache(config, fs.X))
+        mine = [r for r in scored if r["dataset"] == ds]     # every test row once, with its id, label and score
+        assert [r["id"] for r in mine] == [str(i) for i in fs.ids] and [r["label"] for r in mine] == fs.y.tolist()
+        np.testing.assert_allclose([r["score"] for r in mine], score, rtol=0, atol=1e-7)
         got = report["datasets"][ds]
         if ds == "advbench":
             assert got["recall"] == pytest.approx(float(np.mean(score >= calibrated)), abs=1e-12)

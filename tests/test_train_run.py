@@ -34,6 +34,7 @@ def test_failed_run_leaves_the_earlier_run_as_it_was(tiny_llama_dir, rows, tmp_p
     out, cache = tmp_path / "guard", tmp_path / "cache"
     assert siren_main(_args(tiny_llama_dir, rows, out, cache)) == 0
     (out / "eval_results.json").write_text("{}\n")  # as if evaluated
+    (out / "test_scores.jsonl").write_text("{}\n")
     before = _snapshot(out)
     assert {"siren_config.json", "best_model.pkl", "results.json", "probes_mlp_mean.npz"} <= set(before)
 
@@ -51,7 +52,7 @@ def test_failed_run_leaves_the_earlier_run_as_it_was(tiny_llama_dir, rows, tmp_p
     # A run that succeeds replaces the folder's run files, and drops the earlier eval_results.json.
     monkeypatch.undo()
     assert siren_main(_args(tiny_llama_dir, rows, out, cache, "--seed", "4")) == 0
-    assert not (out / "eval_results.json").exists()
+    assert not (out / "eval_results.json").exists() and not (out / "test_scores.jsonl").exists()
     assert json.loads((out / "results.json").read_text())["config"]["seed"] == 4
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".guard.lock") == ["cache", "guard"]
 

@@ -8,7 +8,9 @@ extracted with the backbone loaded once for all datasets).
 Writes, next to the guard: `eval_results.json` (per dataset n, harmful, safe, macro-F1
 (the paper's `f1`), harmful-class F1, accuracy, precision, recall, ROC-AUC, PR-AUC; averages
 over datasets; `f1_ci95`, the 95% bootstrap interval of each macro-F1 and of their mean, from
-1,000 resamples of each test set's rows), `roc.png` and `f1.png` (macro-F1 with those intervals).
+1,000 resamples of each test set's rows), `test_scores.jsonl` (one line per test row: dataset, id,
+label, score; `scripts/compare_guards.py` compares two guards on them), `roc.png` and `f1.png`
+(macro-F1 with those intervals).
 Harmful-only sets (advbench, harmbench, simple_safety_tests) report their detection rate (recall) and stay out of the averages.
 With `--calibrate`, the threshold that maximises validation macro-F1 (mean over the training
 datasets) becomes the guard's decision threshold, in `siren_config.json` and `best_model.pkl`
@@ -29,7 +31,7 @@ import numpy as np
 
 from siren import config as cfgmod
 from siren.errors import SirenError
-from siren.fileio import atomic_write_json, save_figure
+from siren.fileio import atomic_write_json, atomic_write_text, save_figure
 
 AVERAGED = ("f1", "harmful_f1", "accuracy", "precision", "recall", "roc_auc", "pr_auc")
 BOOTSTRAP_RESAMPLES = 1000   # per dataset, for the 95% intervals of macro-F1 (f1_ci95)
@@ -206,11 +208,12 @@ def evaluate(args) -> dict:
         fs = load_features(paths[key])
         if dims is None:  # (n, L, d): the backbone's sizes, as the cache holds them
             check_backbone(config, SimpleNamespace(num_layers=fs.X.shape[1], hidden_size=fs.X.shape[2]), str(folder))
-        return np.asarray(fs.y).astype(np.int64), predict_proba_head(head, aggregate(fs.X, selection, weights))
+        return (np.asarray(fs.y).astype(np.int64), predict_proba_head(head, aggregate(fs.X, selection, weights)),
+                np.asarray(fs.ids))
 
     calibration, source = None, "the guard's inference.default_threshold"
     if args.calibrate:
-        pairs = [scores_of((d, "validation", rep)) for d in train_datasets]
+        pairs = [scores_of((d, "validation", rep))[:2] for d in train_datasets]
         from siren.metrics import best_threshold, score_thresholds
 
         ys = np.concatenate([y for y, _ in pairs])
@@ -222,9 +225,10 @@ def evaluate(args) -> dict:
         set_default_threshold(folder, calibrated)  # siren_config.json and best_model.pkl
         threshold, source = calibrated, "calibrated by this evaluation (now the guard's default_threshold)"
 
-    per_dataset, curves, replicates = {}, {}, {}
+    per_dataset, curves, replicates, score_rows = {}, {}, {}, []
     for k, name in enumerate(everything):
-        y, s = scores_of((name, "test", rep))
+        y, s, ids = scores_of((name, "test", rep))
+        score_rows += [{"dataset": name, "id": str(i), "label": int(t), "score": float(v)} for i, t, v in zip(ids, y, s)]
         entry = classification_metrics(y, s, threshold)
         if calibration:
             entry["at_previous_threshold"] = classification_metrics(y, s, calibration["previous_threshold"])
@@ -264,6 +268,9 @@ def evaluate(args) -> dict:
     if calibration:
         prev = [per_dataset[n]["at_previous_threshold"] for n in averaged]
         report["average_at_previous_threshold"] = {k: float(np.mean([c[k] for c in prev])) for k in AVERAGED}
+    # every test row's score, for error analysis and paired comparisons of two guards
+    # (scripts/compare_guards.py); written first, so eval_results.json never names rows not on disk
+    atomic_write_text(folder / "test_scores.jsonl", "".join(json.dumps(r) + "\n" for r in score_rows))
     atomic_write_json(folder / "eval_results.json", report)
     plot_results(folder, report, curves)
     return report

@@ -50,7 +50,7 @@ TRAIN_KEYS = ["model", "datasets", "data_dir", "max_per_split", "seed", "val_rat
 # Files a run writes whose names do not depend on its settings, plus those an evaluation adds:
 # when a new run lands in a folder, the ones it did not write are removed (they describe another guard).
 RUN_FILES = ("splits.json", "siren_config.json", "siren.safetensors", "best_model.pkl", "results.json", "layers.png",
-             "eval_results.json", "roc.png", "f1.png")
+             "eval_results.json", "test_scores.jsonl", "roc.png", "f1.png")
 
 
 def add_arguments(p) -> None:
