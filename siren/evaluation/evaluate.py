@@ -10,8 +10,8 @@ Writes, next to the guard: `eval_results.json` (per dataset n, harmful, safe, ma
 over datasets; `f1_ci95`, the 95% bootstrap interval of each macro-F1 and of their mean, from
 1,000 resamples of each test set's rows), `test_scores.jsonl` (one line per test row: dataset, id,
 label, score; `scripts/compare_guards.py` compares two guards on them), `roc.png` and `f1.png`
-(macro-F1 with those intervals).
-Harmful-only sets (advbench, harmbench, simple_safety_tests) report their detection rate (recall) and stay out of the averages.
+(macro-F1 with those intervals). Harmful-only sets (advbench, harmbench, simple_safety_tests)
+report their detection rate (recall) and stay out of the averages.
 With `--calibrate`, the threshold that maximises validation macro-F1 (mean over the training
 datasets) becomes the guard's decision threshold, in `siren_config.json` and `best_model.pkl`
 alike; the metrics are then reported at it, and at the previous one under `at_previous_threshold`.
@@ -228,7 +228,8 @@ def evaluate(args) -> dict:
     per_dataset, curves, replicates, score_rows = {}, {}, {}, []
     for k, name in enumerate(everything):
         y, s, ids = scores_of((name, "test", rep))
-        score_rows += [{"dataset": name, "id": str(i), "label": int(t), "score": float(v)} for i, t, v in zip(ids, y, s)]
+        score_rows += [{"dataset": name, "id": str(i), "label": int(t), "score": float(v)}
+                       for i, t, v in zip(ids, y, s)]
         entry = classification_metrics(y, s, threshold)
         if calibration:
             entry["at_previous_threshold"] = classification_metrics(y, s, calibration["previous_threshold"])
@@ -269,7 +270,7 @@ def evaluate(args) -> dict:
         prev = [per_dataset[n]["at_previous_threshold"] for n in averaged]
         report["average_at_previous_threshold"] = {k: float(np.mean([c[k] for c in prev])) for k in AVERAGED}
     # every test row's score, for error analysis and paired comparisons of two guards
-    # (scripts/compare_guards.py); written first, so eval_results.json never names rows not on disk
+    # (scripts/compare_guards.py); written before eval_results.json, so a finished report has its rows beside it
     atomic_write_text(folder / "test_scores.jsonl", "".join(json.dumps(r) + "\n" for r in score_rows))
     atomic_write_json(folder / "eval_results.json", report)
     plot_results(folder, report, curves)
