@@ -205,6 +205,7 @@ HEAD_VARIANTS["new_indrop20"] = {**HEAD_VARIANTS["new"], "input_dropout": 0.2}
 HEAD_VARIANTS["new_indrop50"] = {**HEAD_VARIANTS["new"], "input_dropout": 0.5}
 HEAD_VARIANTS["new_b128"] = {**HEAD_VARIANTS["new"], "batch_size": 128}
 HEAD_VARIANTS["new_tpe3"] = {**HEAD_VARIANTS["new"], "sampler_startup_trials": 3}
+HEAD_VARIANTS["new_no_pruner"] = {**HEAD_VARIANTS["new"], "pruner": "none"}
 HEAD_VARIANTS["new_wd01"] = {**HEAD_VARIANTS["new"], "weight_decay": 0.1}
 HEAD_VARIANTS["new_wd1"] = {**HEAD_VARIANTS["new"], "weight_decay": 1.0}
 # the same search with bf16 autocast's own weight casts (new tensors every step), as before
