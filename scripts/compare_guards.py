@@ -73,8 +73,8 @@ def compare(a: Path, b: Path, *, resamples: int = 1000, seed: int = 0) -> dict:
         d = (bootstrap_macro_f1(y, pb, n_boot=resamples, seed=seed + k)
              - bootstrap_macro_f1(y, pa, n_boot=resamples, seed=seed + k))
         diffs.append(d)
-        out["datasets"][name] = {"n": len(ids), "f1_a": macro_f1(y, pa), "f1_b": macro_f1(y, pb),
-                                 "diff": macro_f1(y, pb) - macro_f1(y, pa),
+        f1_a, f1_b = macro_f1(y, pa), macro_f1(y, pb)
+        out["datasets"][name] = {"n": len(ids), "f1_a": f1_a, "f1_b": f1_b, "diff": f1_b - f1_a,
                                  "diff_ci95": list(percentile_interval(d)),
                                  "share_b_better": float(np.mean(d > 0))}
     if not diffs:
