@@ -208,6 +208,11 @@ HEAD_VARIANTS["new_tpe3"] = {**HEAD_VARIANTS["new"], "sampler_startup_trials": 3
 HEAD_VARIANTS["new_no_pruner"] = {**HEAD_VARIANTS["new"], "pruner": "none"}
 HEAD_VARIANTS["new_wd01"] = {**HEAD_VARIANTS["new"], "weight_decay": 0.1}
 HEAD_VARIANTS["new_wd1"] = {**HEAD_VARIANTS["new"], "weight_decay": 1.0}
+# AdamW's decoupled decay holds |w| near 1 / weight_decay at equilibrium (each step moves a weight by
+# about lr, the decay pulls lr * weight_decay * w): with first-layer weights of about 0.01-0.05, a decay
+# only binds from about 30 up.
+HEAD_VARIANTS["new_wd30"] = {**HEAD_VARIANTS["new"], "weight_decay": 30.0}
+HEAD_VARIANTS["new_wd100"] = {**HEAD_VARIANTS["new"], "weight_decay": 100.0}
 # the same search with bf16 autocast's own weight casts (new tensors every step), as before
 # siren.pipeline.head._CastOnceLinear: the same heads, for timing side by side
 HEAD_VARIANTS["new_plain_casts"] = {**HEAD_VARIANTS["new"], "cast_buffers": False}
