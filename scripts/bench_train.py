@@ -498,6 +498,8 @@ def main(argv=None) -> int:
                     help="keep only the head's input columns of layers <= this (what stopping the "
                          "backbone after that layer would leave)")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads")
+    ap.add_argument("--probe_tol", type=float, default=1e-4,
+                    help="with --run and --save_aggregated/--head_compare: the probes' stopping tolerance (training's probe_tol)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -521,7 +523,7 @@ def main(argv=None) -> int:
             else:
                 tr, va = tr
             grid = fit_probe_grid(tr[0], tr[1], va[0], va[1], va[2], a.c_values, groups_train=tr[2],
-                                  progress=False)
+                                  tol=a.probe_tol, progress=False)
             sel, w = select_neurons(grid.coef, a.selection_threshold), layer_weights(grid.val_f1)
             Z = np.concatenate([aggregate(tr[0], sel, w), aggregate(va[0], sel, w)])
             y, g = np.concatenate([tr[1], va[1]]), np.concatenate([tr[2], va[2]])

@@ -71,6 +71,16 @@ def check_c_values(values, name: str = "C_VALUES (--c_values)") -> list[float]:
     return out
 
 
+def check_probe_tol(value, name: str = "PROBE_TOL (--probe_tol)") -> float:
+    """The probes' stopping tolerance: finite, in (0, 1) (a step no larger than this share of the
+    weights ends a layer's solve; 1 or more would stop every layer after its first step)."""
+    t = _number(value, name)
+    if not (math.isfinite(t) and 0 < t < 1):
+        raise SirenError(f"{name}: {value!r} must be a number in (0, 1), e.g. 1e-4 (the default) or 1e-6 "
+                         "(the probes then reach their optimum)")
+    return t
+
+
 def check_selection_thresholds(values, name: str = "SELECTION_THRESHOLDS (--selection_thresholds)") -> list[float]:
     """Neuron selection shares: each in (0, 1] (the share of a layer's total |w| to keep)."""
     out = []
@@ -242,10 +252,13 @@ def _check_storage_file(path: Path, name: str, given: str) -> None:
 # ------------------------------------------------------------------ one call per entry point
 
 def check_training_values(*, c_values, selection_thresholds, n_trials, n_folds, max_length, device, dtype,
-                          storage, out_dir, cache_dir, positive: Mapping[str, object] | None = None) -> None:
+                          storage, out_dir, cache_dir, probe_tol=None,
+                          positive: Mapping[str, object] | None = None) -> None:
     """All of `siren train`'s start-up checks. positive: {flag name: value} of further integers
     that must be >= 1 (None values are skipped)."""
     check_c_values(c_values)
+    if probe_tol is not None:
+        check_probe_tol(probe_tol)
     check_selection_thresholds(selection_thresholds)
     check_n_trials(n_trials)
     check_n_folds(n_folds)

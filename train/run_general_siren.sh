@@ -22,6 +22,7 @@ DTYPE="${DTYPE:-}"                    # backbone dtype: float32 | bfloat16 | flo
 BATCH_SIZE="${BATCH_SIZE:-}"          # extraction: texts per forward at most (the authors' BATCH_SIZE)
 BATCH_TOKENS="${BATCH_TOKENS:-}"      # extraction: padded tokens per length-bucketed batch
 C_VALUES="${C_VALUES:-}"              # probe penalty ||w||_1 / C, e.g. "200 500 1000"
+PROBE_TOL="${PROBE_TOL:-}"            # probe stopping tolerance; 1e-6 reaches the optimum (about 5x the probe time)
 SELECTION_THRESHOLDS="${SELECTION_THRESHOLDS:-}"  # neuron selection: share of a layer's total |w|, e.g. "0.9"
 N_TRIALS="${N_TRIALS:-}"              # Optuna trials
 N_FOLDS="${N_FOLDS:-}"                # k-fold CV on train+validation
@@ -60,6 +61,7 @@ flag --dtype "$DTYPE"
 flag --batch_size "$BATCH_SIZE"
 flag --batch_tokens "$BATCH_TOKENS"
 flags --c_values "$C_VALUES"
+flag --probe_tol "$PROBE_TOL"
 flags --selection_thresholds "$SELECTION_THRESHOLDS"
 flag --n_trials "$N_TRIALS"
 flag --n_folds "$N_FOLDS"
