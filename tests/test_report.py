@@ -43,7 +43,9 @@ def trained(tmp_path_factory, tiny_llama_dir):
     assert siren_main(["train", "--model", str(tiny_llama_dir), "--datasets", "aegis", "toxic_chat",
                        "--data_dir", str(data), "--out_dir", str(run), "--cache_dir", str(cache), "--n_trials", "2",
                        "--n_folds", "2", "--max_epochs", "10", "--patience", "4", "--c_values", "1", "10",
-                       "--selection_thresholds", "0.9", "--max_length", "32", "--seed", "5"]) == 0
+                       "--selection_thresholds", "0.9", "--max_length", "32", "--seed", "5",
+                       # not the default tolerance: the report's refitted probes must use the run's own
+                       "--probe_tol", "1e-7"]) == 0
     return root, data, run, cache
 
 
@@ -122,7 +124,8 @@ def test_siren_row_reproduces_the_run(report, trained):
     for d, f1 in run_results["test_f1"].items():
         assert res["systems"]["siren"]["datasets"][d]["f1"] == pytest.approx(f1, abs=1e-9)
     assert res["systems"]["siren"]["n_features"] == run_results["n_selected_neurons"]
-    # uniform weights: the same neurons (the probes are refitted on the same rows)
+    # uniform weights: the same neurons (the probes are refitted on the same rows, at the run's probe_tol)
+    assert res["run_config"]["probe_tol"] == 1e-7
     assert res["systems"]["uniform_weights"]["info"]["same_selection_as_run"] is True
     assert res["systems"]["uniform_weights"]["n_features"] == run_results["n_selected_neurons"]
     w = res["uniform_weights_vs_siren"]
@@ -249,3 +252,18 @@ def test_metrics_on_a_one_class_set_is_the_share_flagged():
     assert metrics(np.ones(4), np.array([1, 0, 1, 1]), np.zeros(4)) == {"n": 4, "harmful": 4, "detection_rate": 0.75}
     assert metrics(np.zeros(5), np.array([0, 1, 0, 0, 0]), np.zeros(5)) == {"n": 5, "harmful": 0,
                                                                               "false_positive_rate": 0.2}
+
+
+def test_refitted_probes_are_the_runs(trained):
+    """The report refits the run's probe grid on the run's rows with the run's C values and
+    tolerance (the trained fixture sets --probe_tol 1e-7), so every layer's probe is the run's."""
+    from siren.evaluation.baselines import RunData, fit_probes
+
+    _, _, run, cache = trained
+    pooling = json.loads((run / "results.json").read_text())["chosen"]["pooling_type"]
+    saved = np.load(run / f"probes_{pooling}.npz")
+    data = RunData(str(run), cache_dir=str(cache), device="cpu")
+    data.ensure_features()                       # the cache is warm: nothing is extracted
+    grid = fit_probes(data).grid
+    np.testing.assert_array_equal(grid.n_iter_by_C, saved["n_iter_by_C"])
+    np.testing.assert_array_equal(grid.coef, saved["coef"])

@@ -306,7 +306,9 @@ def fit_probes(run: RunData) -> Probes:
     start = time.perf_counter()
     X_tr, y_tr, g_tr = run.stack("train")
     X_va, y_va, g_va = run.stack("validation")
-    grid = fit_probe_grid(X_tr, y_tr, X_va, y_va, g_va, [float(c) for c in run.cfg["c_values"]], groups_train=g_tr)
+    # the run's own tolerance (runs from before the setting existed used 1e-4, its default)
+    grid = fit_probe_grid(X_tr, y_tr, X_va, y_va, g_va, [float(c) for c in run.cfg["c_values"]], groups_train=g_tr,
+                          tol=float(run.cfg.get("probe_tol") or 1e-4))
     return Probes(grid, time.perf_counter() - start)
 
 

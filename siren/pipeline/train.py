@@ -105,8 +105,7 @@ def run(args) -> int:
     # Every value checked before data or the backbone loads (N_FOLDS again once the classes are known).
     checks.check_training_values(
         c_values=cfg["c_values"], probe_tol=cfg["probe_tol"], selection_thresholds=cfg["selection_thresholds"],
-        n_trials=cfg["n_trials"],
-        n_folds=cfg["n_folds"], max_length=cfg["max_length"], device=cfg["device"], dtype=cfg["dtype"],
+        n_trials=cfg["n_trials"], n_folds=cfg["n_folds"], max_length=cfg["max_length"], device=cfg["device"], dtype=cfg["dtype"],
         storage=cfg["storage"], out_dir=cfg["out_dir"], cache_dir=cfg["cache_dir"] or default_cache_dir(),
         positive={k: cfg[k] for k in ("max_epochs", "patience", "head_batch_size", "batch_size", "n_jobs",
                                       "batch_tokens", "head_width_cap")})
