@@ -498,8 +498,9 @@ def main(argv=None) -> int:
                     help="keep only the head's input columns of layers <= this (what stopping the "
                          "backbone after that layer would leave)")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads")
-    ap.add_argument("--probe_tol", type=float, default=1e-4,
-                    help="with --run and --save_aggregated/--head_compare: the probes' stopping tolerance (training's probe_tol)")
+    ap.add_argument("--probe_tol", type=float,
+                    help="with --run and --save_aggregated/--head_compare: the probes' stopping tolerance "
+                         "(default: training's, configs/defaults.yaml's probe_tol)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -522,6 +523,10 @@ def main(argv=None) -> int:
                 tr, va = (X[:n], yy[:n], gg[:n]), (X[n:], yy[n:], gg[n:])
             else:
                 tr, va = tr
+            if a.probe_tol is None:
+                from siren.config import defaults
+
+                a.probe_tol = float(defaults()["probe_tol"])
             grid = fit_probe_grid(tr[0], tr[1], va[0], va[1], va[2], a.c_values, groups_train=tr[2],
                                   tol=a.probe_tol, progress=False)
             sel, w = select_neurons(grid.coef, a.selection_threshold), layer_weights(grid.val_f1)

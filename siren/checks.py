@@ -252,13 +252,12 @@ def _check_storage_file(path: Path, name: str, given: str) -> None:
 # ------------------------------------------------------------------ one call per entry point
 
 def check_training_values(*, c_values, selection_thresholds, n_trials, n_folds, max_length, device, dtype,
-                          storage, out_dir, cache_dir, probe_tol=None,
+                          storage, out_dir, cache_dir, probe_tol,
                           positive: Mapping[str, object] | None = None) -> None:
     """All of `siren train`'s start-up checks. positive: {flag name: value} of further integers
     that must be >= 1 (None values are skipped)."""
     check_c_values(c_values)
-    if probe_tol is not None:
-        check_probe_tol(probe_tol)
+    check_probe_tol(probe_tol)
     check_selection_thresholds(selection_thresholds)
     check_n_trials(n_trials)
     check_n_folds(n_folds)

@@ -301,14 +301,14 @@ class Probes:
 
 
 def fit_probes(run: RunData) -> Probes:
-    from siren.pipeline.probes import fit_probe_grid
+    from siren.pipeline.probes import DEFAULT_TOL, fit_probe_grid
 
     start = time.perf_counter()
     X_tr, y_tr, g_tr = run.stack("train")
     X_va, y_va, g_va = run.stack("validation")
-    # the run's own tolerance (runs from before the setting existed used 1e-4, its default)
+    # the run's own tolerance (runs from before the setting existed used DEFAULT_TOL)
     grid = fit_probe_grid(X_tr, y_tr, X_va, y_va, g_va, [float(c) for c in run.cfg["c_values"]], groups_train=g_tr,
-                          tol=float(run.cfg.get("probe_tol") or 1e-4))
+                          tol=float(run.cfg.get("probe_tol") or DEFAULT_TOL))
     return Probes(grid, time.perf_counter() - start)
 
 

@@ -51,7 +51,11 @@ from tqdm.auto import tqdm
 
 from siren.metrics import mean_group_macro_f1_columns
 
-__all__ = ["ProbeGrid", "fit_probe_grid"]
+__all__ = ["ProbeGrid", "fit_probe_grid", "DEFAULT_TOL"]
+
+# fit_probe_grid's stopping tolerance unless told otherwise: the one every run used before
+# training's `probe_tol` setting existed (configs/defaults.yaml keeps it as the default)
+DEFAULT_TOL = 1e-4
 
 # Keep one (L_chunk, n, d) float32 block under this many bytes (plus a few (L, d) vectors);
 # compaction can briefly hold two blocks. 256 MiB holds all 30 layers of smollm2-135m for the
@@ -230,7 +234,7 @@ class ProbeGrid:
 
 
 def fit_probe_grid(X_train, y_train, X_val, y_val, groups_val, c_values,
-                   *, groups_train=None, tol: float = 1e-4, max_iter: int = 20000,
+                   *, groups_train=None, tol: float = DEFAULT_TOL, max_iter: int = 20000,
                    device: str | torch.device = "cpu", progress: bool = True) -> ProbeGrid:
     """Fit the probes for every C and keep, per layer, the best one on validation.
 
