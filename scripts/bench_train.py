@@ -255,7 +255,8 @@ def logreg_proba(Ztr, ytr, colw, c):
     with Ztr's own statistics, times colw -> a function: rows (m, k) -> harmful probability (m,)."""
     from sklearn.linear_model import LogisticRegression
 
-    mu, sd = Ztr.mean(0), Ztr.std(0) + 1e-6
+    # statistics in float64: Z is float16 on disk, and numpy's float16 sums overflow (inf std)
+    mu, sd = Ztr.mean(0, dtype=np.float64), Ztr.std(0, dtype=np.float64) + 1e-6
     m = LogisticRegression(C=c, class_weight="balanced", max_iter=300).fit((Ztr - mu) / sd * colw, ytr)
     return lambda rows: m.predict_proba((rows - mu) / sd * colw)[:, 1]
 

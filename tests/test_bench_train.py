@@ -102,3 +102,22 @@ def test_head_compare_extra_fold_sets_and_logreg_report_consistent_holdout_score
     assert row["holdout_f1_logreg"] > 0.85
     assert row["holdout_f1_logreg"] == again["holdout_f1_logreg"]
     assert 0.0 <= row["holdout_f1_fold_ensemble_logreg_mean"] <= 1.0
+
+
+def test_logreg_reads_float16_columns_whose_float16_sums_overflow():
+    """The saved head input is float16; a column near 300 over 1,000 rows sums past float16's
+    65,504, so statistics taken in float16 are inf and would zero that column. The logistic
+    regression must see it: the same probabilities as from the float32 copy."""
+    rng = np.random.default_rng(0)
+    n = 1000
+    y = rng.integers(0, 2, n)
+    big = 300.0 + 4.0 * y + rng.normal(0.0, 1.0, n)     # the only column that carries the label
+    Z32 = np.stack([big, rng.normal(0.0, 1.0, n)], axis=1).astype(np.float32)
+    Z16 = Z32.astype(np.float16)
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(Z16.std(0)[0])           # the trap: float16's own std overflows
+    colw = np.ones(2)
+    p16 = bench_train.logreg_proba(Z16, y, colw, 1.0)(Z16)
+    p32 = bench_train.logreg_proba(Z16.astype(np.float32), y, colw, 1.0)(Z16.astype(np.float32))
+    np.testing.assert_allclose(p16, p32, atol=1e-9)
+    assert np.mean((p16 >= 0.5) == y) > 0.95             # the signal column was used
