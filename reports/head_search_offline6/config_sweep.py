@@ -1,0 +1,158 @@
+"""Which part of the head's search space does well on rows the search never sees?
+
+A search of 8 trials draws 8 configurations at random from the paper's space (depth 2-3, first
+width 256-2,048, later widths 64 up to the previous one, dropout 0.2-0.5 per layer, learning rate
+1e-4 to 5e-3 log-uniform; ``siren.pipeline.tune.suggest_head_params``) and keeps the best on
+3-fold CV. Held-out F1 then swings by about 0.03 with the draw. This script fits many such
+configurations to the end (no pruning), each exactly as the search would (its 3 folds, seeds,
+early stopping, layer-weight scaling, bf16 where the CPU has it), and records per configuration
+its CV F1 and the held-out F1 of its fold ensemble, so the space can be judged by region.
+
+    python config_sweep.py Z.npz --n 40 --seed 42 --out sweep_s42.json
+    python config_sweep.py --summarize sweep_s42.json sweep_s0.json
+
+``--summarize`` prints, per file, the spread of held-out F1 over the configurations, the rank
+correlation of CV F1 with held-out F1, held-out F1 by region of the space, and what an 8-trial
+search's pick is worth: over 10,000 seeded draws of 8 of the configurations, the held-out F1 of
+the one with the best CV F1 against that of one drawn at random.
+
+Z.npz: the head's input as written by ``scripts/bench_train.py --save_aggregated`` (Z (n, k),
+y (n,), g (n,) dataset index, colw (k,) layer weight per column). The held-out 20% is the same
+stratified split as ``bench_train.py --holdout 0.2 --seed S``; configurations are drawn with
+``numpy.random.default_rng(seed + 1)``, independently of the split. Train + validation rows only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
+
+
+def draw_config(rng: np.random.Generator, low: int = 256, high: int = 2048) -> dict:
+    """One configuration from the paper's space, as suggest_head_params samples it."""
+    n_layers = int(rng.integers(2, 4))
+    lr = float(np.exp(rng.uniform(np.log(1e-4), np.log(5e-3))))
+    dims = [int(rng.integers(low // 64, high // 64 + 1)) * 64]
+    for _ in range(1, n_layers):
+        dims.append(int(rng.integers(1, dims[-1] // 64 + 1)) * 64)
+    drops = [float(rng.uniform(0.2, 0.5)) for _ in range(n_layers)]
+    return {"layer_dims": dims, "dropout_rates": drops, "lr": lr}
+
+
+def ranks(v: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1 of v (n,), ties averaged (for a Spearman correlation)."""
+    order = np.argsort(v, kind="stable")
+    r = np.empty(len(v))
+    r[order] = np.arange(len(v))
+    for x in np.unique(v):
+        r[v == x] = r[v == x].mean()
+    return r
+
+
+def summarize(path: str, draws: int = 10_000, trials: int = 8) -> str:
+    """The lines --summarize prints for one sweep file."""
+    rows = json.load(open(path))["configs"]
+    cv = np.array([r["cv_f1"] for r in rows])
+    ho = np.array([r["holdout_f1"] for r in rows])
+    lr = np.array([r["params"]["lr"] for r in rows])
+    w0 = np.array([r["params"]["layer_dims"][0] for r in rows])
+    depth = np.array([len(r["params"]["layer_dims"]) for r in rows])
+    rho = float(np.corrcoef(ranks(cv), ranks(ho))[0, 1])
+    rng = np.random.default_rng(0)
+    picked, drawn = [], []
+    for _ in range(draws):
+        idx = rng.choice(len(rows), size=trials, replace=False)
+        picked.append(ho[idx[np.argmax(cv[idx])]])
+        drawn.append(ho[idx[0]])
+    out = [f"{os.path.basename(path)}: {len(rows)} configurations",
+           f"  held-out F1: mean {ho.mean():.4f}, sd {ho.std():.4f}, range {ho.min():.4f}-{ho.max():.4f}; "
+           f"CV F1: mean {cv.mean():.4f}, sd {cv.std():.4f}",
+           f"  Spearman(CV F1, held-out F1) = {rho:+.3f}",
+           f"  held-out F1 by depth 2 / 3: {ho[depth == 2].mean():.4f} / {ho[depth == 3].mean():.4f}; "
+           f"lr < / >= 5e-4: {ho[lr < 5e-4].mean():.4f} / {ho[lr >= 5e-4].mean():.4f}; "
+           f"first width < / >= 1024: {ho[w0 < 1024].mean():.4f} / {ho[w0 >= 1024].mean():.4f}",
+           f"  best CV of {trials}: held-out mean {np.mean(picked):.4f} (sd {np.std(picked):.4f}); "
+           f"one at random: {np.mean(drawn):.4f} (sd {np.std(drawn):.4f})"]
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--summarize":
+        for path in argv[1:]:
+            print(summarize(path))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("aggregated")
+    ap.add_argument("--n", type=int, default=40, help="configurations to fit")
+    ap.add_argument("--seed", type=int, default=42, help="the held-out split's seed (and the draw's, + 1)")
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--max_epochs", type=int, default=200)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+
+    import torch
+    from bench_train import holdout_split
+    from siren.config import defaults
+    from siren.metrics import mean_group_macro_f1
+    from siren.mlp import predict_proba_head
+    from siren.pipeline.head import ensemble_heads, fit_head
+    from siren.pipeline.train import head_bf16
+    from siren.pipeline.tune import cv_folds
+
+    torch.manual_seed(a.seed)
+    d = defaults()
+    bf16 = head_bf16(d)
+    data = np.load(a.aggregated)
+    Z, y, g, colw = data["Z"], data["y"], data["g"], data["colw"]
+    search, held = holdout_split(y, g, 0.2, a.seed)
+    Zs, ys, gs = Z[search], y[search], g[search]
+    folds = cv_folds(ys, gs, a.folds, a.seed)
+    rng = np.random.default_rng(a.seed + 1)
+    rows = []
+    if os.path.exists(a.out):   # resumable: configurations already fitted are kept, the draw replayed
+        rows = json.load(open(a.out))["configs"]
+    for i in range(a.n):
+        params = draw_config(rng)
+        if i < len(rows):
+            assert rows[i]["params"] == params, f"{a.out} was written by another draw"
+            continue
+        t = time.perf_counter()
+        heads, scores, epochs = [], [], []
+        for f, (tr, va) in enumerate(folds):
+            model, hist = fit_head(Zs, ys, rows=tr, **params, seed=a.seed + i * 1000 + f,
+                                   max_epochs=a.max_epochs, patience=d["patience"],
+                                   batch_size=d["head_batch_size"], X_val=Zs, y_val=ys, groups_val=gs,
+                                   val_rows=va, fused=True, bf16=bf16,
+                                   column_scale=colw if d["scale_by_layer_weight"] else None, groups=gs)
+            pred = (predict_proba_head(model, Zs[va]) >= 0.5).astype(np.int64)
+            scores.append(float(mean_group_macro_f1(ys[va], pred, gs[va])))
+            epochs.append(int(hist["best_epoch"]))
+            heads.append(model)
+        p = predict_proba_head(ensemble_heads(heads), Z[held])
+        row = {"i": i, "params": params, "fold_scores": scores, "cv_f1": float(np.mean(scores)),
+               "best_epochs": epochs,
+               "holdout_f1": float(mean_group_macro_f1(y[held], (p >= 0.5).astype(np.int64), g[held])),
+               "seconds": time.perf_counter() - t}
+        rows.append(row)
+        tmp = a.out + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump({"aggregated": os.path.basename(a.aggregated), "shape": list(Z.shape), "seed": a.seed,
+                       "folds": a.folds, "max_epochs": a.max_epochs, "bf16": bf16, "configs": rows}, fh, indent=1)
+        os.replace(tmp, a.out)
+        print(f"{i:3d} dims {params['layer_dims']} lr {params['lr']:.2e} drop "
+              f"{[round(x, 2) for x in params['dropout_rates']]}  cv {row['cv_f1']:.4f}  "
+              f"holdout {row['holdout_f1']:.4f}  {row['seconds']:.0f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
