@@ -119,11 +119,17 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(a.seed + 1)
     rows = []
     if os.path.exists(a.out):   # resumable: configurations already fitted are kept, the draw replayed
-        rows = json.load(open(a.out))["configs"]
+        done = json.load(open(a.out))
+        setting = {"shape": list(Z.shape), "seed": a.seed, "folds": a.folds, "max_epochs": a.max_epochs, "bf16": bf16}
+        if any(done.get(k) != v for k, v in setting.items()):
+            raise SystemExit(f"{a.out} holds a sweep of other settings ({ {k: done.get(k) for k in setting} }, "
+                             f"now {setting}): give another --out")
+        rows = done["configs"]
     for i in range(a.n):
         params = draw_config(rng)
         if i < len(rows):
-            assert rows[i]["params"] == params, f"{a.out} was written by another draw"
+            if rows[i]["params"] != params:
+                raise SystemExit(f"{a.out} was written by another draw (configuration {i} differs): give another --out")
             continue
         t = time.perf_counter()
         heads, scores, epochs = [], [], []
