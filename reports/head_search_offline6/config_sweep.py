@@ -11,6 +11,15 @@ its CV F1 and the held-out F1 of its fold ensemble, so the space can be judged b
     python config_sweep.py Z.npz --n 40 --seed 42 --out sweep_s42.json
     python config_sweep.py --summarize sweep_s42.json sweep_s0.json
 
+    python config_sweep.py Z_other.npz --n 10 --seed 42 --out other_s42.json
+    python config_sweep.py --paired sweep_s42.json other_s42.json [sweep_s0.json other_s0.json ...]
+
+``--paired`` compares two head inputs on the same configurations (the draw depends on the seed
+only, not on the input): per pair of files, the configurations both hold, and over all pairs
+the mean held-out and CV F1 difference (other - base) with its standard error and the number
+of configurations where the other input won. Fitting the same configurations with the same
+seeds on both inputs takes out most of the draw's noise, which one search per input cannot.
+
 ``--summarize`` prints, per file, the spread of held-out F1 over the configurations, the rank
 correlation of CV F1 with held-out F1, held-out F1 by region of the space, and what an 8-trial
 search's pick is worth: over 10,000 seeded draws of 8 of the configurations, the held-out F1 of
@@ -83,12 +92,40 @@ def summarize(path: str, draws: int = 10_000, trials: int = 8) -> str:
     return "\n".join(out)
 
 
+def paired(paths: list[str]) -> str:
+    """--paired's lines for [base, other, base, other, ...] sweep files."""
+    if len(paths) < 2 or len(paths) % 2:
+        raise SystemExit("--paired takes pairs of files: BASE OTHER [BASE OTHER ...]")
+    d_ho, d_cv, out = [], [], []
+    for base_path, other_path in zip(paths[::2], paths[1::2]):
+        base, other = (json.load(open(p)) for p in (base_path, other_path))
+        if base["seed"] != other["seed"]:
+            raise SystemExit(f"{base_path} and {other_path} hold different held-out splits (seeds "
+                             f"{base['seed']} and {other['seed']}): pair files of one seed")
+        n = min(len(base["configs"]), len(other["configs"]))
+        for b, o in zip(base["configs"][:n], other["configs"][:n]):
+            if b["params"] != o["params"]:
+                raise SystemExit(f"configuration {b['i']} differs between {base_path} and {other_path}")
+            d_ho.append(o["holdout_f1"] - b["holdout_f1"])
+            d_cv.append(o["cv_f1"] - b["cv_f1"])
+        out.append(f"{os.path.basename(other_path)} - {os.path.basename(base_path)}: {n} configurations, "
+                   f"held-out {np.mean(d_ho[-n:]):+.4f}, CV {np.mean(d_cv[-n:]):+.4f}")
+    d_ho, d_cv = np.array(d_ho), np.array(d_cv)
+    se = lambda v: v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")   # noqa: E731
+    out.append(f"all {len(d_ho)}: held-out {d_ho.mean():+.4f} (se {se(d_ho):.4f}, other better in "
+               f"{int((d_ho > 0).sum())}), CV {d_cv.mean():+.4f} (se {se(d_cv):.4f}, other better in {int((d_cv > 0).sum())})")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     if argv and argv[0] == "--summarize":
         for path in argv[1:]:
             print(summarize(path))
+        return 0
+    if argv and argv[0] == "--paired":
+        print(paired(argv[1:]))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("aggregated")
