@@ -81,6 +81,16 @@ def check_probe_tol(value, name: str = "PROBE_TOL (--probe_tol)") -> float:
     return t
 
 
+def check_probe_c_rule(value, name: str = "PROBE_C_RULE (--probe_c_rule)") -> str:
+    """How each layer's probe C is picked: one of siren.pipeline.probes.C_RULES."""
+    from siren.pipeline.probes import C_RULES
+
+    if value not in C_RULES:
+        raise SirenError(f"{name}: {value!r} is not a rule: use one of {', '.join(C_RULES)} (one_se, the default: "
+                         "the sparsest C within one standard error of the best validation F1; best: the best one)")
+    return value
+
+
 def check_selection_thresholds(values, name: str = "SELECTION_THRESHOLDS (--selection_thresholds)") -> list[float]:
     """Neuron selection shares: each in (0, 1] (the share of a layer's total |w| to keep)."""
     out = []
@@ -252,12 +262,13 @@ def _check_storage_file(path: Path, name: str, given: str) -> None:
 # ------------------------------------------------------------------ one call per entry point
 
 def check_training_values(*, c_values, selection_thresholds, n_trials, n_folds, max_length, device, dtype,
-                          storage, out_dir, cache_dir, probe_tol,
+                          storage, out_dir, cache_dir, probe_tol, probe_c_rule,
                           positive: Mapping[str, object] | None = None) -> None:
     """All of `siren train`'s start-up checks. positive: {flag name: value} of further integers
     that must be >= 1 (None values are skipped)."""
     check_c_values(c_values)
     check_probe_tol(probe_tol)
+    check_probe_c_rule(probe_c_rule)
     check_selection_thresholds(selection_thresholds)
     check_n_trials(n_trials)
     check_n_folds(n_folds)

@@ -162,6 +162,8 @@ CASES: list[tuple[str, Callable[[Env], list[str] | Callable], str, bool]] = [
     ("probe tol 0", lambda e: e.train("--probe_tol", "0"), r"PROBE_TOL \(--probe_tol\): 0(\.0)? must be a number in \(0, 1\)", False),
     ("probe tol 1", lambda e: e.train("--probe_tol", "1"), r"PROBE_TOL \(--probe_tol\): 1(\.0)? must be a number in \(0, 1\), e\.g\. 1e-4", False),
     ("probe tol nan", lambda e: e.train("--probe_tol", "nan"), r"PROBE_TOL \(--probe_tol\): nan must be a number in \(0, 1\)", False),
+    ("probe C rule", lambda e: e.train("--probe_c_rule", "sparsest"),
+     r"PROBE_C_RULE \(--probe_c_rule\): 'sparsest' is not a rule: use one of best, one_se", False),
     ("selection threshold 0", lambda e: e.train("--selection_thresholds", "0"), r"selection threshold 0(\.0)? must be in \(0, 1\]", False),
     ("selection threshold 1.5", lambda e: e.train("--selection_thresholds", "1.5"), r"selection threshold 1\.5 must be in \(0, 1\]", False),
     ("n_trials 0", lambda e: e.train("--n_trials", "0"), r"N_TRIALS \(--n_trials\) is 0: it must be an integer >= 1", False),

@@ -13,7 +13,7 @@ from siren.cli import build_parser
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_VARS = ["MODEL", "DATASETS", "DATA_DIR", "MAX_PER_SPLIT", "SEED", "VAL_RATIO", "POOLING_TYPES", "DEVICE", "DTYPE",
-              "BATCH_SIZE", "BATCH_TOKENS", "C_VALUES", "PROBE_TOL", "SELECTION_THRESHOLDS", "N_TRIALS", "N_FOLDS", "N_JOBS",
+              "BATCH_SIZE", "BATCH_TOKENS", "C_VALUES", "PROBE_TOL", "PROBE_C_RULE", "SELECTION_THRESHOLDS", "N_TRIALS", "N_FOLDS", "N_JOBS",
               "HEAD_BATCH_SIZE", "DECISION_THRESHOLD", "STORAGE", "STUDY_NAME"]
 EVAL_VARS = ["MODEL", "DATASETS", "EXTRA_DATASETS", "DATA_DIR", "MAX_PER_SPLIT", "DEVICE", "DTYPE", "BATCH_SIZE",
              "BATCH_TOKENS", "CALIBRATE"]
@@ -44,6 +44,7 @@ def test_train_driver_forwards_each_set_variable(tmp_path):
         "MODEL": "tiny", "DATASETS": "aegis beavertails", "DATA_DIR": "rows", "MAX_PER_SPLIT": "600 200 300",
         "SEED": "7", "VAL_RATIO": "0.25", "POOLING_TYPES": "residual_mean mlp_mean", "DEVICE": "cpu",
         "DTYPE": "float32", "BATCH_SIZE": "8", "BATCH_TOKENS": "4096", "C_VALUES": "1 10", "PROBE_TOL": "1e-6",
+        "PROBE_C_RULE": "one_se",
         "SELECTION_THRESHOLDS": "0.8 0.9", "N_TRIALS": "3", "N_FOLDS": "2", "N_JOBS": "2", "HEAD_BATCH_SIZE": "64",
         "DECISION_THRESHOLD": "0.4", "STORAGE": "runs/x.journal", "STUDY_NAME": "s", "C_UNUSED": "ignored",
     }, "--out_dir", "o")
@@ -52,12 +53,12 @@ def test_train_driver_forwards_each_set_variable(tmp_path):
                     "--data_dir", str(tmp_path / "rows"), "--max_per_split", "600", "200", "300", "--seed", "7",
                     "--val_ratio", "0.25", "--pooling_types", "residual_mean", "mlp_mean", "--device", "cpu",
                     "--dtype", "float32", "--batch_size", "8", "--batch_tokens", "4096", "--c_values", "1", "10",
-                    "--probe_tol", "1e-6", "--selection_thresholds", "0.8", "0.9", "--n_trials", "3", "--n_folds", "2", "--n_jobs", "2",
+                    "--probe_tol", "1e-6", "--probe_c_rule", "one_se", "--selection_thresholds", "0.8", "0.9", "--n_trials", "3", "--n_folds", "2", "--n_jobs", "2",
                     "--head_batch_size", "64", "--decision_threshold", "0.4", "--storage", "runs/x.journal",
                     "--study_name", "s", "--out_dir", "o"]
     args = build_parser(only="train").parse_args(argv[2:])
     assert args.selection_thresholds == [0.8, 0.9] and args.head_batch_size == 64 and args.batch_size == 8
-    assert args.probe_tol == 1e-6
+    assert args.probe_tol == 1e-6 and args.probe_c_rule == "one_se"
 
 
 def test_eval_driver_forwards_each_set_variable(tmp_path):

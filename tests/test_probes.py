@@ -127,3 +127,59 @@ def test_grid_over_stacked_memmaps_equals_concatenated(tmp_path):
     b = fit_probe_grid(X, y, X, y, g, [5.0, 50.0], groups_train=g, progress=False)
     for field in ("coef", "intercept", "mean", "scale", "val_f1", "train_f1", "chosen_C"):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+
+
+def _mean_group_f1_sklearn(y, p, g):
+    from sklearn.metrics import f1_score
+
+    return np.mean([f1_score(y[g == k], p[g == k], average="macro", labels=[0, 1], zero_division=0)
+                    for k in np.unique(g)])
+
+
+def test_one_se_rule_takes_the_smallest_C_within_one_bootstrap_se_of_the_best():
+    """Hand-made validation predictions of three C values (smallest first) on two layers: in
+    layer 0 the smallest C errs on 2 more rows than the best (inside one standard error), in
+    layer 1 on 40 more (outside it), so the rule picks C 0 and the best (C 1, tied with C 2)."""
+    from siren.pipeline.probes import ONE_SE_RESAMPLES, ONE_SE_SEED, one_se_choice
+
+    rng = np.random.default_rng(1)
+    n = 400
+    y = rng.integers(0, 2, n)
+    g = np.arange(n) % 2
+    good = np.where(rng.random(n) < 0.85, y, 1 - y)            # about 85% right
+
+    def flip(p, k):                                              # k more errors, on rows p gets right
+        q = p.copy()
+        q[np.flatnonzero(q == y)[:k]] ^= 1
+        return q
+
+    pred = np.zeros((3, n, 2), bool)
+    pred[:, :, 0] = [flip(good, 2), good, good]
+    pred[:, :, 1] = [flip(good, 40), good, good]
+    f1 = np.array([[_mean_group_f1_sklearn(y, pred[i, :, l].astype(int), g) for l in range(2)] for i in range(3)])
+    # the standard error as the docstring defines it: the best C's F1 over seeded resamples
+    draw = np.random.default_rng(ONE_SE_SEED)
+    boot = []
+    for _ in range(ONE_SE_RESAMPLES):
+        idx = draw.integers(0, n, n)
+        boot.append([_mean_group_f1_sklearn(y[idx], pred[1, idx, l].astype(int), g[idx]) for l in range(2)])
+    se = np.std(boot, axis=0)
+    assert f1[1, 0] - se[0] <= f1[0, 0] < f1[1, 0]                # layer 0: C 0 within one se
+    assert f1[0, 1] < f1[1, 1] - se[1]                           # layer 1: C 0 outside it
+    np.testing.assert_array_equal(one_se_choice(y, pred, g), [0, 1])
+
+
+def test_fit_probe_grid_one_se_rule_picks_sparser_probes_than_best():
+    X, y = planted_data(600, seed=3)
+    groups = np.arange(600) % 2
+    tr, va = slice(0, 400), slice(400, 600)
+    cs = [2.0, 30.0, 1000.0]
+    best = fit_probe_grid(X[tr], y[tr], X[va], y[va], groups[va], cs, progress=False)
+    one_se = fit_probe_grid(X[tr], y[tr], X[va], y[va], groups[va], cs, c_rule="one_se", progress=False)
+    np.testing.assert_array_equal(one_se.val_f1_by_C, best.val_f1_by_C)      # the same probes
+    assert np.all(one_se.chosen_C <= best.chosen_C) and np.any(one_se.chosen_C < best.chosen_C)
+    i = np.searchsorted(one_se.c_values, one_se.chosen_C)
+    np.testing.assert_array_equal(one_se.val_f1, one_se.val_f1_by_C[i, np.arange(4)])
+    assert (np.count_nonzero(one_se.coef) < np.count_nonzero(best.coef))
+    with pytest.raises(ValueError, match="c_rule must be one of"):
+        fit_probe_grid(X[tr], y[tr], X[va], y[va], groups[va], cs, c_rule="1se", progress=False)

@@ -23,6 +23,7 @@ BATCH_SIZE="${BATCH_SIZE:-}"          # extraction: texts per forward at most (t
 BATCH_TOKENS="${BATCH_TOKENS:-}"      # extraction: padded tokens per length-bucketed batch
 C_VALUES="${C_VALUES:-}"              # probe penalty ||w||_1 / C, e.g. "200 500 1000"
 PROBE_TOL="${PROBE_TOL:-}"            # probe stopping tolerance; 1e-6 reaches the optimum (about 5x the probe time)
+PROBE_C_RULE="${PROBE_C_RULE:-}"      # each layer's C: best (best validation F1) | one_se (sparsest C within one standard error)
 SELECTION_THRESHOLDS="${SELECTION_THRESHOLDS:-}"  # neuron selection: share of a layer's total |w|, e.g. "0.9"
 N_TRIALS="${N_TRIALS:-}"              # Optuna trials
 N_FOLDS="${N_FOLDS:-}"                # k-fold CV on train+validation
@@ -62,6 +63,7 @@ flag --batch_size "$BATCH_SIZE"
 flag --batch_tokens "$BATCH_TOKENS"
 flags --c_values "$C_VALUES"
 flag --probe_tol "$PROBE_TOL"
+flag --probe_c_rule "$PROBE_C_RULE"
 flags --selection_thresholds "$SELECTION_THRESHOLDS"
 flag --n_trials "$N_TRIALS"
 flag --n_folds "$N_FOLDS"

@@ -306,9 +306,9 @@ def fit_probes(run: RunData) -> Probes:
     start = time.perf_counter()
     X_tr, y_tr, g_tr = run.stack("train")
     X_va, y_va, g_va = run.stack("validation")
-    # the run's own tolerance (runs from before the setting existed used DEFAULT_TOL)
+    # the run's own tolerance and C rule (runs from before the settings existed used DEFAULT_TOL and "best")
     grid = fit_probe_grid(X_tr, y_tr, X_va, y_va, g_va, [float(c) for c in run.cfg["c_values"]], groups_train=g_tr,
-                          tol=float(run.cfg.get("probe_tol") or DEFAULT_TOL))
+                          tol=float(run.cfg.get("probe_tol") or DEFAULT_TOL), c_rule=run.cfg.get("probe_c_rule") or "best")
     return Probes(grid, time.perf_counter() - start)
 
 

@@ -51,11 +51,21 @@ from tqdm.auto import tqdm
 
 from siren.metrics import mean_group_macro_f1_columns
 
-__all__ = ["ProbeGrid", "fit_probe_grid", "DEFAULT_TOL"]
+__all__ = ["ProbeGrid", "fit_probe_grid", "DEFAULT_TOL", "C_RULES"]
 
 # fit_probe_grid's stopping tolerance unless told otherwise: the one every run used before
 # training's `probe_tol` setting existed (configs/defaults.yaml keeps it as the default)
 DEFAULT_TOL = 1e-4
+
+# How fit_probe_grid picks each layer's C (training's `probe_c_rule`): "best": the best validation
+# F1 (the paper's); "one_se": the smallest C whose validation F1 is at least the best's minus one
+# bootstrap standard error of it (glmnet's "1se" rule: the sparsest probe that validation cannot
+# tell from the best). The head reads the selected neurons, and sparser probes made it better on
+# the offline-six rows (reports/head_search_offline6/README.md), so the rule leans sparse.
+C_RULES = ("best", "one_se")
+# bootstrap resamples of the validation rows behind "one_se"'s standard error, and their seed
+ONE_SE_RESAMPLES = 200
+ONE_SE_SEED = 0
 
 # Keep one (L_chunk, n, d) float32 block under this many bytes (plus a few (L, d) vectors);
 # compaction can briefly hold two blocks. 256 MiB holds all 30 layers of smollm2-135m for the
@@ -233,18 +243,41 @@ class ProbeGrid:
         return _decision(X, self.coef, self.intercept, self.mean, self.scale)
 
 
+def one_se_choice(y_val: np.ndarray, pred: np.ndarray, groups_val: np.ndarray, *,
+                  resamples: int = ONE_SE_RESAMPLES, seed: int = ONE_SE_SEED) -> np.ndarray:
+    """The "one_se" rule. pred (m, n_val, L) bool: each C's (smallest first) validation
+    predictions -> (L,) index of the chosen C per layer: the smallest C whose validation F1 is
+    at least the best C's minus the standard deviation of the best C's F1 over ``resamples``
+    seeded bootstrap resamples of the validation rows."""
+    m, nv, L = pred.shape
+    f1 = np.stack([mean_group_macro_f1_columns(y_val, pred[i], groups_val) for i in range(m)])   # (m, L)
+    best = np.argmax(f1, axis=0)
+    cols = np.arange(L)
+    best_pred = pred[best, :, cols].T      # (n_val, L): each layer's best C's predictions
+    rng = np.random.default_rng(seed)
+    boot = np.zeros((resamples, L))
+    for r in range(resamples):             # only the best C's F1 needs a standard error
+        idx = rng.integers(0, nv, nv)
+        boot[r] = mean_group_macro_f1_columns(y_val[idx], best_pred[idx], groups_val[idx])
+    floor = f1[best, cols] - boot.std(axis=0)
+    return np.argmax(f1 >= floor, axis=0)      # first True = smallest C within one se of the best
+
+
 def fit_probe_grid(X_train, y_train, X_val, y_val, groups_val, c_values,
                    *, groups_train=None, tol: float = DEFAULT_TOL, max_iter: int = 20000,
-                   device: str | torch.device = "cpu", progress: bool = True) -> ProbeGrid:
-    """Fit the probes for every C and keep, per layer, the best one on validation.
+                   c_rule: str = "best", device: str | torch.device = "cpu",
+                   progress: bool = True) -> ProbeGrid:
+    """Fit the probes for every C and keep, per layer, one by ``c_rule`` (see C_RULES).
 
     X_train (n, L, d), y_train (n,); X_val (m, L, d), y_val (m,), groups_val (m,) dataset
     index; c_values: iterable of C. C values are solved from the strongest penalty
     (smallest C) up, each warm-started from the previous solution, with the standardised
-    training block built once per layer chunk. Ties in validation F1 go to the smaller C
-    (sparser probe). ``groups_train`` (n,) lets train_f1 use the paper's metric too (one
-    group if omitted).
+    training block built once per layer chunk. "best": the best validation F1, ties to the
+    smaller C (sparser probe); "one_se": ``one_se_choice``. ``groups_train`` (n,) lets
+    train_f1 use the paper's metric too (one group if omitted).
     """
+    if c_rule not in C_RULES:
+        raise ValueError(f"c_rule must be one of {C_RULES}, got {c_rule!r}")
     cs = np.array(sorted(float(c) for c in c_values), dtype=np.float64)
     if cs.size == 0:
         raise ValueError("c_values is empty")
@@ -284,12 +317,18 @@ def fit_probe_grid(X_train, y_train, X_val, y_val, groups_val, c_values,
 
     val_f1_by_C = np.zeros((m, L))
     train_f1_by_C = np.zeros((m, L))
+    val_pred = np.zeros((m, len(y_va), L), bool) if c_rule == "one_se" else None
     for i in range(m):
-        val_f1_by_C[i] = mean_group_macro_f1_columns(
-            y_va, _decision(X_val, coefs[i], inters[i], mean, scale) > 0, g_va)
+        pred = _decision(X_val, coefs[i], inters[i], mean, scale) > 0
+        val_f1_by_C[i] = mean_group_macro_f1_columns(y_va, pred, g_va)
+        if val_pred is not None:
+            val_pred[i] = pred
         train_f1_by_C[i] = mean_group_macro_f1_columns(
             y_tr, _decision(X_train, coefs[i], inters[i], mean, scale) > 0, g_tr)
-    best = np.argmax(val_f1_by_C, axis=0)            # first max = smallest C on ties
+    if c_rule == "one_se":
+        best = one_se_choice(y_va, val_pred, g_va)
+    else:
+        best = np.argmax(val_f1_by_C, axis=0)        # first max = smallest C on ties
     rows = np.arange(L)
     return ProbeGrid(
         c_values=cs, chosen_C=cs[best], coef=coefs[best, rows], intercept=inters[best, rows],

@@ -43,7 +43,7 @@ from siren.log import log
 from siren.memory import trim
 
 TRAIN_KEYS = ["model", "datasets", "data_dir", "max_per_split", "seed", "val_ratio", "pooling_types", "c_values", "probe_tol",
-              "selection_thresholds", "n_trials", "n_folds", "n_jobs", "storage", "study_name", "batch_size",
+              "probe_c_rule", "selection_thresholds", "n_trials", "n_folds", "n_jobs", "storage", "study_name", "batch_size",
               "batch_tokens", "dtype", "device", "cache_dtype", "cache_dir", "max_length", "max_epochs", "patience",
               "head_batch_size", "decision_threshold", "out_dir", "layer_weight_floor", "trust_remote_code", "pruner",
               "head_width_cap", "head_dtype", "final_head", "scale_by_layer_weight", "threshold_from_cv"]
@@ -64,6 +64,8 @@ def add_arguments(p) -> None:
     p.add_argument("--c_values", nargs="+", type=float, help="probe C grid (penalty ||w||_1 / C)")
     p.add_argument("--probe_tol", type=float,
                    help="probe stopping tolerance (step size relative to the weights); 1e-6 reaches the optimum")
+    p.add_argument("--probe_c_rule",
+                   help="each layer's probe C: best (best validation F1) | one_se (the sparsest C within one standard error of the best)")
     p.add_argument("--selection_thresholds", nargs="+", type=float,
                    help="neuron selection: share of a layer's total |w| its kept neurons reach")
     p.add_argument("--n_trials", type=int)
@@ -104,7 +106,7 @@ def run(args) -> int:
     cfg = resolve_config(args)
     # Every value checked before data or the backbone loads (N_FOLDS again once the classes are known).
     checks.check_training_values(
-        c_values=cfg["c_values"], probe_tol=cfg["probe_tol"], selection_thresholds=cfg["selection_thresholds"],
+        c_values=cfg["c_values"], probe_tol=cfg["probe_tol"], probe_c_rule=cfg["probe_c_rule"], selection_thresholds=cfg["selection_thresholds"],
         n_trials=cfg["n_trials"], n_folds=cfg["n_folds"], max_length=cfg["max_length"], device=cfg["device"], dtype=cfg["dtype"],
         storage=cfg["storage"], out_dir=cfg["out_dir"], cache_dir=cfg["cache_dir"] or default_cache_dir(),
         positive={k: cfg[k] for k in ("max_epochs", "patience", "head_batch_size", "batch_size", "n_jobs",
@@ -248,7 +250,7 @@ def fit_probes(cfg: dict, train_split, val_split):
 
     return fit_probe_grid(train_split.X, train_split.y, val_split.X, val_split.y, val_split.groups,
                           [float(c) for c in cfg["c_values"]], groups_train=train_split.groups,
-                          tol=float(cfg["probe_tol"]))
+                          tol=float(cfg["probe_tol"]), c_rule=cfg["probe_c_rule"])
 
 
 @dataclass
