@@ -502,6 +502,9 @@ def main(argv=None) -> int:
     ap.add_argument("--probe_tol", type=float,
                     help="with --run and --save_aggregated/--head_compare: the probes' stopping tolerance "
                          "(default: training's, configs/defaults.yaml's probe_tol)")
+    ap.add_argument("--probe_c_rule", choices=("best", "one_se"),
+                    help="with --run and --save_aggregated/--head_compare: how each layer's C is picked "
+                         "(default: training's, configs/defaults.yaml's probe_c_rule)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -524,12 +527,13 @@ def main(argv=None) -> int:
                 tr, va = (X[:n], yy[:n], gg[:n]), (X[n:], yy[n:], gg[n:])
             else:
                 tr, va = tr
-            if a.probe_tol is None:
-                from siren.config import defaults
+            from siren.config import defaults
 
+            if a.probe_tol is None:
                 a.probe_tol = float(defaults()["probe_tol"])
+            a.probe_c_rule = a.probe_c_rule or defaults()["probe_c_rule"]
             grid = fit_probe_grid(tr[0], tr[1], va[0], va[1], va[2], a.c_values, groups_train=tr[2],
-                                  tol=a.probe_tol, progress=False)
+                                  tol=a.probe_tol, c_rule=a.probe_c_rule, progress=False)
             sel, w = select_neurons(grid.coef, a.selection_threshold), layer_weights(grid.val_f1)
             Z = np.concatenate([aggregate(tr[0], sel, w), aggregate(va[0], sel, w)])
             y, g = np.concatenate([tr[1], va[1]]), np.concatenate([tr[2], va[2]])
