@@ -214,7 +214,7 @@ def _decision(X, coef, intercept, mean, scale, chunk_rows: int = 2048) -> np.nda
 # ---------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class ProbeGrid:
-    """Probes fitted for every C, and per layer the C with the best validation F1.
+    """Probes fitted for every C, and per layer the C that fit_probe_grid's ``c_rule`` picked.
 
     c_values (m,); chosen_C (L,); coef (L, d) float32 standardised space; intercept (L,);
     mean, scale (L, d); train_f1, val_f1 (L,) at the chosen C (mean over datasets of
