@@ -24,3 +24,6 @@ python scripts/bench_latency.py --guard /work/r2 --n 64 --plain_too --data_dir .
 python scripts/bench_latency.py --guard /work/r3 --n 64 --plain_too --data_dir ../shared/data/siren --out reports/offline_six_bench/latency_seed0_guard.json
 # Earlier runs on an Intel Xeon host with AMX: run12_589892c/ (366.0 s, 1.19x the floor; serving 1.24-1.30x on single
 # texts) and the run*/ folders it lists.
+# Serving on this run's guard (the one_se rule's, [1600, 960] per fold; commit c1c107b, serving code as above): single texts
+# 1.41x the authors' runtime, batches of 32 9.40x:
+python scripts/bench_latency.py --guard /work/b6/guard --n 64 --plain_too --data_dir ../shared/data/siren --out reports/offline_six_bench/latency_one_se_guard.json
