@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from siren.metrics import mean_group_macro_f1_columns
-from siren.pipeline.probes import fit_probe_grid
+from siren.pipeline.probes import C_RULES, fit_probe_grid
 from siren.pipeline.select import aggregate, layer_weights, n_selected, select_neurons
 
 
@@ -502,7 +502,7 @@ def main(argv=None) -> int:
     ap.add_argument("--probe_tol", type=float,
                     help="with --run and --save_aggregated/--head_compare: the probes' stopping tolerance "
                          "(default: training's, configs/defaults.yaml's probe_tol)")
-    ap.add_argument("--probe_c_rule", choices=("best", "one_se"),
+    ap.add_argument("--probe_c_rule", choices=C_RULES,
                     help="with --run and --save_aggregated/--head_compare: how each layer's C is picked "
                          "(default: training's, configs/defaults.yaml's probe_c_rule)")
     a = ap.parse_args(argv)

@@ -89,12 +89,17 @@ def test_memmap_float16_input_and_warm_start(tmp_path):
     np.testing.assert_array_equal(X1, X1c)
 
 
-def test_fit_probe_grid_picks_best_C_per_layer():
+def planted_grid(cs, **kw):
+    """(X, y, grid): the probe grid over C values cs on 400 planted training rows, validated on 200."""
     X, y = planted_data(600, seed=3)
     groups = np.arange(600) % 2
     tr, va = slice(0, 400), slice(400, 600)
-    cs = [1000.0, 2.0, 30.0]
-    grid = fit_probe_grid(X[tr], y[tr], X[va], y[va], groups[va], cs, progress=False)
+    return X, y, fit_probe_grid(X[tr], y[tr], X[va], y[va], groups[va], cs, progress=False, **kw)
+
+
+def test_fit_probe_grid_picks_best_C_per_layer():
+    X, y, grid = planted_grid([1000.0, 2.0, 30.0])
+    tr = slice(0, 400)
     L, d = 4, 30
     np.testing.assert_array_equal(grid.c_values, [2.0, 30.0, 1000.0])
     assert grid.val_f1_by_C.shape == (3, L)
@@ -170,16 +175,13 @@ def test_one_se_rule_takes_the_smallest_C_within_one_bootstrap_se_of_the_best():
 
 
 def test_fit_probe_grid_one_se_rule_picks_sparser_probes_than_best():
-    X, y = planted_data(600, seed=3)
-    groups = np.arange(600) % 2
-    tr, va = slice(0, 400), slice(400, 600)
     cs = [2.0, 30.0, 1000.0]
-    best = fit_probe_grid(X[tr], y[tr], X[va], y[va], groups[va], cs, progress=False)
-    one_se = fit_probe_grid(X[tr], y[tr], X[va], y[va], groups[va], cs, c_rule="one_se", progress=False)
+    _, _, best = planted_grid(cs)
+    _, _, one_se = planted_grid(cs, c_rule="one_se")
     np.testing.assert_array_equal(one_se.val_f1_by_C, best.val_f1_by_C)      # the same probes
     assert np.all(one_se.chosen_C <= best.chosen_C) and np.any(one_se.chosen_C < best.chosen_C)
     i = np.searchsorted(one_se.c_values, one_se.chosen_C)
     np.testing.assert_array_equal(one_se.val_f1, one_se.val_f1_by_C[i, np.arange(4)])
     assert (np.count_nonzero(one_se.coef) < np.count_nonzero(best.coef))
     with pytest.raises(ValueError, match="c_rule must be one of"):
-        fit_probe_grid(X[tr], y[tr], X[va], y[va], groups[va], cs, c_rule="1se", progress=False)
+        planted_grid(cs, c_rule="1se")

@@ -136,42 +136,26 @@ def test_cold_run_extracts_in_a_child_process(tiny_llama_dir, rows, tmp_path, mo
     assert siren_main(_args(tiny_llama_dir, rows, tmp_path / "again", cache)) == 0
 
 
-def test_probe_c_rule_reaches_the_probes(tiny_llama_dir, rows, tmp_path, monkeypatch):
-    """PROBE_C_RULE (--probe_c_rule) picks each layer's C; unset, configs/defaults.yaml's "one_se"."""
+def test_probe_settings_reach_the_probes(tiny_llama_dir, rows, tmp_path, monkeypatch):
+    """PROBE_TOL (--probe_tol) is the probes' stopping tolerance and PROBE_C_RULE (--probe_c_rule)
+    how each layer's C is picked; unset, configs/defaults.yaml's 1e-4 and "one_se"."""
     import siren.pipeline.probes as probes_mod
 
     seen = []
     real = probes_mod.fit_probe_grid
 
     def spy(*args, **kwargs):
-        seen.append(kwargs.get("c_rule"))
+        seen.append((kwargs.get("tol"), kwargs.get("c_rule")))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(probes_mod, "fit_probe_grid", spy)
     cache = tmp_path / "c"
     assert siren_main(_args(tiny_llama_dir, rows, tmp_path / "a", cache)) == 0
-    assert siren_main(_args(tiny_llama_dir, rows, tmp_path / "b", cache, "--probe_c_rule", "best")) == 0
-    assert seen == ["one_se", "best"]
-    assert json.loads((tmp_path / "b" / "results.json").read_text())["config"]["probe_c_rule"] == "best"
-
-
-def test_probe_tol_reaches_the_probes(tiny_llama_dir, rows, tmp_path, monkeypatch):
-    """PROBE_TOL (--probe_tol) is the probes' stopping tolerance; unset, configs/defaults.yaml's 1e-4."""
-    import siren.pipeline.probes as probes_mod
-
-    seen = []
-    real = probes_mod.fit_probe_grid
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs.get("tol"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(probes_mod, "fit_probe_grid", spy)
-    cache = tmp_path / "c"
-    assert siren_main(_args(tiny_llama_dir, rows, tmp_path / "a", cache)) == 0
-    assert siren_main(_args(tiny_llama_dir, rows, tmp_path / "b", cache, "--probe_tol", "1e-7")) == 0
-    assert seen == [1e-4, 1e-7]
-    assert json.loads((tmp_path / "b" / "results.json").read_text())["config"]["probe_tol"] == 1e-7
+    assert siren_main(_args(tiny_llama_dir, rows, tmp_path / "b", cache, "--probe_tol", "1e-7",
+                            "--probe_c_rule", "best")) == 0
+    assert seen == [(1e-4, "one_se"), (1e-7, "best")]
+    config = json.loads((tmp_path / "b" / "results.json").read_text())["config"]
+    assert config["probe_tol"] == 1e-7 and config["probe_c_rule"] == "best"
     # a tighter tolerance takes more iterations on the same rows (the spy passed it through)
     iters = [np.load(tmp_path / run / "probes_mlp_mean.npz")["n_iter_by_C"].sum() for run in ("a", "b")]
     assert iters[1] > iters[0]
