@@ -20,7 +20,11 @@ process and one after the other, ``tune_head`` with each variant's settings (``-
 patience 20, per-tensor AdamW). ``--holdout F`` keeps a stratified share F of the
 train+validation rows out of the search, to compare, per variant, the final head refit on
 all search rows (for the CV epoch count) against the mean of the best trial's fold heads
-(``head.ensemble_heads``) on rows neither saw. No test rows are read.
+(``head.ensemble_heads``) on rows neither saw. The probes that chose the head's inputs did see
+them, unless the input was written with ``--probe_holdout S`` (the held-out rows of seed S kept
+out of the probes' fit, C choice and layer weights too): without it, held-out F1 on the
+offline-six rows came out about 0.03 too high (reports/head_search_offline6/README.md).
+No test rows are read.
 
 Usage: python scripts/bench_train.py --run train/probes/optuna/smollm2-135m_general [--trials 3] [--out b.json]
        python scripts/bench_train.py --synthetic 2000 16 256
@@ -502,6 +506,14 @@ def main(argv=None) -> int:
     ap.add_argument("--probe_tol", type=float,
                     help="with --run and --save_aggregated/--head_compare: the probes' stopping tolerance "
                          "(default: training's, configs/defaults.yaml's probe_tol)")
+    ap.add_argument("--probe_refit", action=argparse.BooleanOptionalAction,
+                    help="with --run and --save_aggregated/--head_compare: fit each layer's chosen probe again on "
+                         "train+validation (default: training's, configs/defaults.yaml's probe_refit)")
+    ap.add_argument("--probe_holdout", type=int, metavar="SEED",
+                    help="with --run and --save_aggregated: keep the held-out rows of --holdout's share (0.2 if "
+                         "unset) at this seed out of the probes too (fit, C choice and layer weights), so that "
+                         "the held-out F1 of --head_compare / config_sweep.py at that seed is measured on rows "
+                         "that chose none of the head's inputs")
     ap.add_argument("--probe_c_rule", choices=C_RULES,
                     help="with --run and --save_aggregated/--head_compare: how each layer's C is picked "
                          "(default: training's, configs/defaults.yaml's probe_c_rule)")
@@ -510,15 +522,27 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     if sum(x is not None for x in (a.synthetic, a.run, a.aggregated)) != 1:
         ap.error("give exactly one of --run DIR, --synthetic N L D or --aggregated Z.npz")
+    if a.probe_holdout is not None:
+        if a.aggregated or not (a.head_compare or a.save_aggregated):
+            ap.error("--probe_holdout fits the probes: use it with --run (or --synthetic) and --save_aggregated or --head_compare")
+        if a.head_compare and not a.save_aggregated and (not a.holdout or a.seed != a.probe_holdout):
+            ap.error(f"--probe_holdout {a.probe_holdout} keeps --holdout's rows at that seed out of the probes: "
+                     f"give --holdout 0.2 --seed {a.probe_holdout} (now --holdout {a.holdout} --seed {a.seed})")
     if a.head_compare or a.save_aggregated:
         unknown = [v for v in a.variants if v not in HEAD_VARIANTS]
         if unknown:
             ap.error(f"unknown variants {unknown}: use {', '.join(HEAD_VARIANTS)}")
+        extra_npz = {}
         if a.aggregated:
             d = np.load(a.aggregated)
             Z, y, g = d["Z"].astype(np.float32), d["y"], d["g"]
             colw = d["colw"] if "colw" in d.files else None
             layer = d["layer"] if "layer" in d.files else None
+            if "probe_holdout" in d.files:      # [share, seed] the probes were fitted without
+                share, hseed = float(d["probe_holdout"][0]), int(d["probe_holdout"][1])
+                if a.holdout and (a.holdout, a.seed) != (share, hseed):
+                    ap.error(f"{a.aggregated}'s probes were fitted without the held-out rows of --holdout {share} "
+                             f"--seed {hseed}; give those (now --holdout {a.holdout} --seed {a.seed})")
         else:
             tr, va = (cached_run(a.run, a.pooling_type) if a.run else None), None
             if tr is None:
@@ -532,8 +556,23 @@ def main(argv=None) -> int:
             if a.probe_tol is None:
                 a.probe_tol = float(defaults()["probe_tol"])
             a.probe_c_rule = a.probe_c_rule or defaults()["probe_c_rule"]
-            grid = fit_probe_grid(tr[0], tr[1], va[0], va[1], va[2], a.c_values, groups_train=tr[2],
-                                  tol=a.probe_tol, c_rule=a.probe_c_rule, progress=False)
+            if a.probe_refit is None:
+                a.probe_refit = bool(defaults()["probe_refit"])
+            ptr, pva = tr, va
+            if a.probe_holdout is not None:
+                # The held-out rows are train + validation rows: without this, the probes that chose
+                # the head's inputs were fitted on most of them (and chose C on the rest), and the
+                # held-out F1 of an input comes out about 0.03 too high (reports/head_search_offline6).
+                share = a.holdout or 0.2
+                _, held = holdout_split(np.concatenate([tr[1], va[1]]), np.concatenate([tr[2], va[2]]),
+                                        share, a.probe_holdout)
+                keep = np.ones(len(tr[1]) + len(va[1]), bool)
+                keep[held] = False
+                kt, kv = keep[:len(tr[1])], keep[len(tr[1]):]
+                ptr, pva = tuple(x[kt] for x in tr), tuple(x[kv] for x in va)
+                extra_npz = {"probe_holdout": np.array([share, a.probe_holdout], np.float64)}
+            grid = fit_probe_grid(ptr[0], ptr[1], pva[0], pva[1], pva[2], a.c_values, groups_train=ptr[2],
+                                  tol=a.probe_tol, c_rule=a.probe_c_rule, refit=a.probe_refit, progress=False)
             sel, w = select_neurons(grid.coef, a.selection_threshold), layer_weights(grid.val_f1)
             Z = np.concatenate([aggregate(tr[0], sel, w), aggregate(va[0], sel, w)])
             y, g = np.concatenate([tr[1], va[1]]), np.concatenate([tr[2], va[2]])
@@ -547,6 +586,7 @@ def main(argv=None) -> int:
             colw = None if colw is None else colw[keep]
         if a.save_aggregated:
             extra = {k: v for k, v in (("colw", colw), ("layer", layer)) if v is not None}   # None would pickle
+            extra.update(extra_npz)
             np.savez(a.save_aggregated, Z=Z.astype(np.float16), y=y, g=g, **extra)
             print(f"wrote {a.save_aggregated}: Z {Z.shape}")
             return 0

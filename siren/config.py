@@ -25,7 +25,7 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "model": (str,), "datasets": (list, str), "data_dir": (str,), "max_per_split": (list, int),
     "seed": (int,), "val_ratio": (float,), "pooling_types": (list, str), "max_length": (int,),
     "batch_size": (int,), "batch_tokens": (int,), "dtype": (str,), "device": (str,), "cache_dtype": (str,),
-    "cache_dir": (str,), "c_values": (list, float), "probe_tol": (float,), "probe_c_rule": (str,), "selection_thresholds": (list, float),
+    "cache_dir": (str,), "c_values": (list, float), "probe_tol": (float,), "probe_c_rule": (str,), "probe_refit": (bool,), "selection_thresholds": (list, float),
     "layer_weight_floor": (float,), "n_trials": (int,), "n_folds": (int,), "n_jobs": (int,), "storage": (str,),
     "study_name": (str,), "max_epochs": (int,), "patience": (int,), "head_batch_size": (int,),
     "pruner": (str,), "head_width_cap": (int,), "head_dtype": (str,), "final_head": (str,),

@@ -121,3 +121,31 @@ def test_logreg_reads_float16_columns_whose_float16_sums_overflow():
     p32 = bench_train.logreg_proba(Z16.astype(np.float32), y, colw, 1.0)(Z16.astype(np.float32))
     np.testing.assert_allclose(p16, p32, atol=1e-9)
     assert np.mean((p16 >= 0.5) == y) > 0.95             # the signal column was used
+
+
+def test_probe_holdout_keeps_the_held_out_rows_out_of_the_probes(tmp_path, monkeypatch):
+    """--probe_holdout S: the probes see exactly the train/validation rows outside holdout_split's
+    20% at seed S; the saved input records it, and a head comparison at another split is refused."""
+    seen = {}
+    real = bench_train.fit_probe_grid
+
+    def spy(X_tr, y_tr, X_va, y_va, g_va, *args, **kw):
+        seen.update(X_tr=np.asarray(X_tr), X_va=np.asarray(X_va))
+        return real(X_tr, y_tr, X_va, y_va, g_va, *args, **kw)
+
+    monkeypatch.setattr(bench_train, "fit_probe_grid", spy)
+    out = tmp_path / "clean.npz"
+    assert bench_train.main(["--synthetic", "300", "4", "16", "--probe_holdout", "5", "--save_aggregated", str(out)]) == 0
+    X, y, g = bench_train.synthetic(375, 4, 16, seed=0)          # what --synthetic 300 4 16 splits 300 / 75
+    _, held = bench_train.holdout_split(y, g, 0.2, 5)
+    keep = np.ones(375, bool)
+    keep[held] = False
+    np.testing.assert_array_equal(seen["X_tr"], X[:300][keep[:300]])
+    np.testing.assert_array_equal(seen["X_va"], X[300:][keep[300:]])
+    d = np.load(out)
+    assert d["Z"].shape[0] == 375                                  # every row still gets the head's input
+    np.testing.assert_array_equal(d["probe_holdout"], [0.2, 5.0])
+    with pytest.raises(SystemExit):                                # the held-out rows of seed 6 were seen
+        bench_train.main(["--aggregated", str(out), "--head_compare", "--holdout", "0.2", "--seed", "6"])
+    with pytest.raises(SystemExit):                                # nothing to keep out of
+        bench_train.main(["--aggregated", str(out), "--probe_holdout", "5", "--save_aggregated", str(tmp_path / "x.npz")])

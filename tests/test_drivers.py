@@ -44,7 +44,7 @@ def test_train_driver_forwards_each_set_variable(tmp_path):
         "MODEL": "tiny", "DATASETS": "aegis beavertails", "DATA_DIR": "rows", "MAX_PER_SPLIT": "600 200 300",
         "SEED": "7", "VAL_RATIO": "0.25", "POOLING_TYPES": "residual_mean mlp_mean", "DEVICE": "cpu",
         "DTYPE": "float32", "BATCH_SIZE": "8", "BATCH_TOKENS": "4096", "C_VALUES": "1 10", "PROBE_TOL": "1e-6",
-        "PROBE_C_RULE": "one_se",
+        "PROBE_C_RULE": "one_se", "PROBE_REFIT": "1",
         "SELECTION_THRESHOLDS": "0.8 0.9", "N_TRIALS": "3", "N_FOLDS": "2", "N_JOBS": "2", "HEAD_BATCH_SIZE": "64",
         "DECISION_THRESHOLD": "0.4", "STORAGE": "runs/x.journal", "STUDY_NAME": "s", "C_UNUSED": "ignored",
     }, "--out_dir", "o")
@@ -54,11 +54,11 @@ def test_train_driver_forwards_each_set_variable(tmp_path):
                     "--val_ratio", "0.25", "--pooling_types", "residual_mean", "mlp_mean", "--device", "cpu",
                     "--dtype", "float32", "--batch_size", "8", "--batch_tokens", "4096", "--c_values", "1", "10",
                     "--probe_tol", "1e-6", "--probe_c_rule", "one_se", "--selection_thresholds", "0.8", "0.9", "--n_trials", "3", "--n_folds", "2", "--n_jobs", "2",
-                    "--head_batch_size", "64", "--decision_threshold", "0.4", "--storage", "runs/x.journal",
+                    "--head_batch_size", "64", "--probe_refit", "--decision_threshold", "0.4", "--storage", "runs/x.journal",
                     "--study_name", "s", "--out_dir", "o"]
     args = build_parser(only="train").parse_args(argv[2:])
     assert args.selection_thresholds == [0.8, 0.9] and args.head_batch_size == 64 and args.batch_size == 8
-    assert args.probe_tol == 1e-6 and args.probe_c_rule == "one_se"
+    assert args.probe_tol == 1e-6 and args.probe_c_rule == "one_se" and args.probe_refit is True
 
 
 def test_eval_driver_forwards_each_set_variable(tmp_path):

@@ -185,3 +185,23 @@ def test_fit_probe_grid_one_se_rule_picks_sparser_probes_than_best():
     assert (np.count_nonzero(one_se.coef) < np.count_nonzero(best.coef))
     with pytest.raises(ValueError, match="c_rule must be one of"):
         planted_grid(cs, c_rule="1se")
+
+
+def test_refit_fits_each_layers_chosen_C_again_on_train_and_validation_rows():
+    """refit=True: C is still chosen on validation by the train-only probes (same chosen_C and F1),
+    and each layer's weights are then those of a fresh fit at its chosen C on train + validation
+    rows (its own standardisation), as a grid of that one C on the stacked rows gives them."""
+    cs = [2.0, 30.0, 1000.0]
+    X, y, plain = planted_grid(cs)
+    _, _, refit = planted_grid(cs, refit=True)
+    assert refit.refit and not plain.refit
+    for field in ("chosen_C", "val_f1", "train_f1", "val_f1_by_C"):
+        np.testing.assert_array_equal(getattr(refit, field), getattr(plain, field), err_msg=field)
+    assert len(np.unique(plain.chosen_C)) >= 2                     # layers refit at different C
+    np.testing.assert_allclose(refit.mean, X.mean(axis=0), rtol=1e-5, atol=1e-4)   # all 600 rows
+    for c in np.unique(plain.chosen_C):
+        alone = fit_one(X, y, float(c))                            # from zero, like the refit
+        layers = plain.chosen_C == c
+        np.testing.assert_allclose(refit.coef[layers], alone.coef[layers], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(refit.intercept[layers], alone.intercept[layers], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(refit.coef, plain.coef, atol=1e-3)      # more rows: other weights

@@ -10,6 +10,7 @@ import pytest
 
 import siren.pipeline.train as train_mod
 from siren.cli import main as siren_main
+from siren.config import defaults
 from test_end_to_end import write_rows
 
 
@@ -137,25 +138,27 @@ def test_cold_run_extracts_in_a_child_process(tiny_llama_dir, rows, tmp_path, mo
 
 
 def test_probe_settings_reach_the_probes(tiny_llama_dir, rows, tmp_path, monkeypatch):
-    """PROBE_TOL (--probe_tol) is the probes' stopping tolerance and PROBE_C_RULE (--probe_c_rule)
-    how each layer's C is picked; unset, configs/defaults.yaml's 1e-4 and "one_se"."""
+    """PROBE_TOL (--probe_tol) is the probes' stopping tolerance, PROBE_C_RULE (--probe_c_rule)
+    how each layer's C is picked and PROBE_REFIT (--probe_refit) whether the chosen probes are fitted
+    again on train+validation; unset, configs/defaults.yaml's."""
     import siren.pipeline.probes as probes_mod
 
     seen = []
     real = probes_mod.fit_probe_grid
 
     def spy(*args, **kwargs):
-        seen.append((kwargs.get("tol"), kwargs.get("c_rule")))
+        seen.append((kwargs.get("tol"), kwargs.get("c_rule"), kwargs.get("refit")))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(probes_mod, "fit_probe_grid", spy)
     cache = tmp_path / "c"
     assert siren_main(_args(tiny_llama_dir, rows, tmp_path / "a", cache)) == 0
+    refit = defaults()["probe_refit"]
     assert siren_main(_args(tiny_llama_dir, rows, tmp_path / "b", cache, "--probe_tol", "1e-7",
-                            "--probe_c_rule", "best")) == 0
-    assert seen == [(1e-4, "one_se"), (1e-7, "best")]
+                            "--probe_c_rule", "best", "--no-probe_refit" if refit else "--probe_refit")) == 0
+    assert seen == [(1e-4, "one_se", refit), (1e-7, "best", not refit)]
     config = json.loads((tmp_path / "b" / "results.json").read_text())["config"]
-    assert config["probe_tol"] == 1e-7 and config["probe_c_rule"] == "best"
+    assert config["probe_tol"] == 1e-7 and config["probe_c_rule"] == "best" and config["probe_refit"] is (not refit)
     # a tighter tolerance takes more iterations on the same rows (the spy passed it through)
     iters = [np.load(tmp_path / run / "probes_mlp_mean.npz")["n_iter_by_C"].sum() for run in ("a", "b")]
     assert iters[1] > iters[0]

@@ -24,6 +24,7 @@ BATCH_TOKENS="${BATCH_TOKENS:-}"      # extraction: padded tokens per length-buc
 C_VALUES="${C_VALUES:-}"              # probe penalty ||w||_1 / C, e.g. "200 500 1000"
 PROBE_TOL="${PROBE_TOL:-}"            # probe stopping tolerance; 1e-6 reaches the optimum (about 5x the probe time)
 PROBE_C_RULE="${PROBE_C_RULE:-}"      # each layer's C: best (best validation F1) | one_se (sparsest C within one standard error)
+PROBE_REFIT="${PROBE_REFIT:-}"        # 1 | 0: fit each layer's chosen probe again on train+validation before selecting
 SELECTION_THRESHOLDS="${SELECTION_THRESHOLDS:-}"  # neuron selection: share of a layer's total |w|, e.g. "0.9"
 N_TRIALS="${N_TRIALS:-}"              # Optuna trials
 N_FOLDS="${N_FOLDS:-}"                # k-fold CV on train+validation
@@ -83,6 +84,7 @@ switch() {  # a yes/no variable -> --name / --no-name
 }
 switch scale_by_layer_weight "$SCALE_BY_LAYER_WEIGHT" SCALE_BY_LAYER_WEIGHT
 switch threshold_from_cv "$THRESHOLD_FROM_CV" THRESHOLD_FROM_CV
+switch probe_refit "$PROBE_REFIT" PROBE_REFIT
 flag --decision_threshold "$DECISION_THRESHOLD"
 flag --storage "$STORAGE"
 flag --study_name "$STUDY_NAME"

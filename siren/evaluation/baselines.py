@@ -306,9 +306,10 @@ def fit_probes(run: RunData) -> Probes:
     start = time.perf_counter()
     X_tr, y_tr, g_tr = run.stack("train")
     X_va, y_va, g_va = run.stack("validation")
-    # the run's own tolerance and C rule (runs from before the settings existed used DEFAULT_TOL and "best")
+    # the run's own tolerance, C rule and refit (runs from before the settings existed used DEFAULT_TOL, "best", no refit)
     grid = fit_probe_grid(X_tr, y_tr, X_va, y_va, g_va, [float(c) for c in run.cfg["c_values"]], groups_train=g_tr,
-                          tol=float(run.cfg.get("probe_tol") or DEFAULT_TOL), c_rule=run.cfg.get("probe_c_rule") or "best")
+                          tol=float(run.cfg.get("probe_tol") or DEFAULT_TOL), c_rule=run.cfg.get("probe_c_rule") or "best",
+                          refit=bool(run.cfg.get("probe_refit")))
     return Probes(grid, time.perf_counter() - start)
 
 

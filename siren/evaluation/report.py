@@ -253,7 +253,7 @@ def build_report(args) -> dict:
         "test_rows": {d: int(len(run.splits[(d, "test")].y)) for d in everything},
         "n_trials": n_trials,
         "n_folds": n_folds,
-        "run_config": {k: run.cfg.get(k) for k in ("c_values", "probe_tol", "probe_c_rule", "selection_thresholds", "pooling_types", "n_trials", "n_folds",
+        "run_config": {k: run.cfg.get(k) for k in ("c_values", "probe_tol", "probe_c_rule", "probe_refit", "selection_thresholds", "pooling_types", "n_trials", "n_folds",
                                                    "max_epochs", "patience", "max_length")},
         "threshold": THRESHOLD,
         "latency_texts": len(sample_texts),

@@ -50,6 +50,7 @@ import torch
 from tqdm.auto import tqdm
 
 from siren.metrics import mean_group_macro_f1_columns
+from siren.pipeline.cache import RowStack
 
 __all__ = ["ProbeGrid", "fit_probe_grid", "DEFAULT_TOL", "C_RULES"]
 
@@ -119,11 +120,11 @@ def _lipschitz(Z: torch.Tensor, n_iter: int = 30, seed: int = 0) -> torch.Tensor
     return torch.maximum(lam * 1.1, torch.ones_like(lam)) / 4.0
 
 
-def _fista(Z: torch.Tensor, y: torch.Tensor, C: float, w0: torch.Tensor, b0: torch.Tensor,
+def _fista(Z: torch.Tensor, y: torch.Tensor, C: float | torch.Tensor, w0: torch.Tensor, b0: torch.Tensor,
            lip: torch.Tensor, tol: float, max_iter: int
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Solve all layers of a chunk. Z (Lc, n, d) standardised, y (n,) float {0,1},
-    w0 (Lc, d), b0 (Lc,), lip (Lc,) -> w (Lc, d), b (Lc,), n_iter (Lc,) int64.
+    """Solve all layers of a chunk. Z (Lc, n, d) standardised, y (n,) float {0,1}, C one
+    float or (Lc,) per layer, w0 (Lc, d), b0 (Lc,), lip (Lc,) -> w (Lc, d), b (Lc,), n_iter (Lc,) int64.
 
     Converged layers leave the batch (the block is compacted), so late iterations cost
     only the slow layers.
@@ -136,7 +137,7 @@ def _fista(Z: torch.Tensor, y: torch.Tensor, C: float, w0: torch.Tensor, b0: tor
     x_w, x_b = w0.clone(), b0.clone()                 # current iterate x_k
     y_w, y_b = w0.clone(), b0.clone()                 # extrapolated point
     t = torch.ones(Lc, dtype=Z.dtype, device=Z.device)
-    lam = 1.0 / C
+    lam = 1.0 / C                                     # a float, or (Lc,) compacted with the layers
     for k in range(1, max_iter + 1):
         step = 1.0 / lipa                                             # (La,)
         m = torch.baddbmm(y_b[:, None, None], Za, y_w[:, :, None]).squeeze(-1)   # (La, n)
@@ -169,6 +170,8 @@ def _fista(Z: torch.Tensor, y: torch.Tensor, C: float, w0: torch.Tensor, b0: tor
                 return w_out, b_out, it_out
             x_w, x_b, y_w, y_b, t = x_w[keep], x_b[keep], y_w[keep], y_b[keep], t[keep]
             lipa = lipa[keep]
+            if torch.is_tensor(lam):
+                lam = lam[keep]
             Za = Za[keep]      # one copy per finishing event: cheap next to the iterations
     w_out[active], b_out[active] = x_w, x_b
     return w_out, b_out, it_out
@@ -218,7 +221,9 @@ class ProbeGrid:
 
     c_values (m,); chosen_C (L,); coef (L, d) float32 standardised space; intercept (L,);
     mean, scale (L, d); train_f1, val_f1 (L,) at the chosen C (mean over datasets of
-    macro-F1); val_f1_by_C (m, L); n_iter_by_C (m, L).
+    macro-F1); val_f1_by_C (m, L); n_iter_by_C (m, L). ``refit``: coef, intercept, mean and
+    scale are the chosen C's probes fitted again on train + validation rows (the F1 values
+    stay those of the train-only probes, which chose C and give the layer weights).
     """
 
     c_values: np.ndarray
@@ -231,6 +236,7 @@ class ProbeGrid:
     val_f1: np.ndarray
     val_f1_by_C: np.ndarray
     n_iter_by_C: np.ndarray | None = None
+    refit: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists (JSON-ready); big arrays are nested lists of floats."""
@@ -265,7 +271,7 @@ def one_se_choice(y_val: np.ndarray, pred: np.ndarray, groups_val: np.ndarray, *
 
 def fit_probe_grid(X_train, y_train, X_val, y_val, groups_val, c_values,
                    *, groups_train=None, tol: float = DEFAULT_TOL, max_iter: int = 20000,
-                   c_rule: str = "best", device: str | torch.device = "cpu",
+                   c_rule: str = "best", refit: bool = False, device: str | torch.device = "cpu",
                    progress: bool = True) -> ProbeGrid:
     """Fit the probes for every C and keep, per layer, one by ``c_rule`` (see C_RULES).
 
@@ -274,7 +280,9 @@ def fit_probe_grid(X_train, y_train, X_val, y_val, groups_val, c_values,
     (smallest C) up, each warm-started from the previous solution, with the standardised
     training block built once per layer chunk. "best": the best validation F1, ties to the
     smaller C (sparser probe); "one_se": ``one_se_choice``. ``groups_train`` (n,) lets
-    train_f1 use the paper's metric too (one group if omitted).
+    train_f1 use the paper's metric too (one group if omitted). ``refit``: then fit each
+    layer's chosen probe again, at its C, on the train and validation rows together (from
+    zero, with their own standardisation), and return those weights (see ProbeGrid.refit).
     """
     if c_rule not in C_RULES:
         raise ValueError(f"c_rule must be one of {C_RULES}, got {c_rule!r}")
@@ -330,7 +338,32 @@ def fit_probe_grid(X_train, y_train, X_val, y_val, groups_val, c_values,
     else:
         best = np.argmax(val_f1_by_C, axis=0)        # first max = smallest C on ties
     rows = np.arange(L)
+    coef, intercept = coefs[best, rows], inters[best, rows]
+    if refit:
+        coef, intercept, mean, scale = _refit(RowStack([X_train, X_val]), np.concatenate([y_tr, y_va]),
+                                              cs[best], tol, max_iter, device, progress)
     return ProbeGrid(
-        c_values=cs, chosen_C=cs[best], coef=coefs[best, rows], intercept=inters[best, rows],
+        c_values=cs, chosen_C=cs[best], coef=coef, intercept=intercept,
         mean=mean, scale=scale, train_f1=train_f1_by_C[best, rows],
-        val_f1=val_f1_by_C[best, rows], val_f1_by_C=val_f1_by_C, n_iter_by_C=n_iter)
+        val_f1=val_f1_by_C[best, rows], val_f1_by_C=val_f1_by_C, n_iter_by_C=n_iter, refit=refit)
+
+
+def _refit(X, y: np.ndarray, C: np.ndarray, tol: float, max_iter: int, device, progress: bool
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each layer's probe at its own C on X (n, L, d), y (n,); C (L,) -> coef (L, d), intercept (L,),
+    mean, scale (L, d). From zero, like the grid's first C: a warm start from the train-only
+    solution would leave the early-stopped refit close to it."""
+    n, L, d = X.shape
+    yt = torch.as_tensor(y, dtype=torch.float32, device=device)
+    coef, intercept = np.zeros((L, d), np.float32), np.zeros(L, np.float32)
+    mean, scale = np.zeros((L, d), np.float32), np.ones((L, d), np.float32)
+    chunks = _layer_chunks(n, L, d)
+    for l0, l1 in tqdm(chunks, desc="probes: refit on train+validation", disable=not progress, leave=False):
+        Z, lip = _prepare_chunk(X, l0, l1, device)
+        mean[l0:l1], scale[l0:l1] = (t.cpu().numpy() for t in Z.stats)
+        w0, b0 = _init_params(Z.data, yt)
+        w, b, _ = _fista(Z.data, yt, torch.as_tensor(C[l0:l1], dtype=torch.float32, device=device),
+                         w0, b0, lip, tol, max_iter)
+        coef[l0:l1], intercept[l0:l1] = w.cpu().numpy(), b.cpu().numpy()
+        del Z
+    return coef, intercept, mean, scale

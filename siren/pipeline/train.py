@@ -43,7 +43,7 @@ from siren.log import log
 from siren.memory import trim
 
 TRAIN_KEYS = ["model", "datasets", "data_dir", "max_per_split", "seed", "val_ratio", "pooling_types", "c_values", "probe_tol",
-              "probe_c_rule", "selection_thresholds", "n_trials", "n_folds", "n_jobs", "storage", "study_name", "batch_size",
+              "probe_c_rule", "probe_refit", "selection_thresholds", "n_trials", "n_folds", "n_jobs", "storage", "study_name", "batch_size",
               "batch_tokens", "dtype", "device", "cache_dtype", "cache_dir", "max_length", "max_epochs", "patience",
               "head_batch_size", "decision_threshold", "out_dir", "layer_weight_floor", "trust_remote_code", "pruner",
               "head_width_cap", "head_dtype", "final_head", "scale_by_layer_weight", "threshold_from_cv"]
@@ -66,6 +66,8 @@ def add_arguments(p) -> None:
                    help="probe stopping tolerance (step size relative to the weights); 1e-6 reaches the optimum")
     p.add_argument("--probe_c_rule",
                    help="each layer's probe C: best (best validation F1) | one_se (the sparsest C within one standard error of the best)")
+    p.add_argument("--probe_refit", action=argparse.BooleanOptionalAction,
+                   help="fit each layer's chosen probe again on train+validation before selecting its neurons")
     p.add_argument("--selection_thresholds", nargs="+", type=float,
                    help="neuron selection: share of a layer's total |w| its kept neurons reach")
     p.add_argument("--n_trials", type=int)
@@ -250,7 +252,8 @@ def fit_probes(cfg: dict, train_split, val_split):
 
     return fit_probe_grid(train_split.X, train_split.y, val_split.X, val_split.y, val_split.groups,
                           [float(c) for c in cfg["c_values"]], groups_train=train_split.groups,
-                          tol=float(cfg["probe_tol"]), c_rule=cfg["probe_c_rule"])
+                          tol=float(cfg["probe_tol"]), c_rule=cfg["probe_c_rule"],
+                          refit=bool(cfg["probe_refit"]))
 
 
 @dataclass
