@@ -232,6 +232,20 @@ def holdout_split(y, g, share: float, seed: int):
     return np.sort(a), np.sort(b)
 
 
+def probe_holdout_mismatch(data, share: float, seed: int) -> str | None:
+    """data: a loaded head input (.npz). If its probes were fitted without the held-out rows of
+    another (share, seed) than these (its ``probe_holdout``, written by --probe_holdout), the
+    message that says so; else None."""
+    if "probe_holdout" not in data.files:
+        return None
+    done = float(data["probe_holdout"][0]), int(data["probe_holdout"][1])
+    if done == (share, seed):
+        return None
+    return (f"its probes were fitted without the held-out rows of --holdout {done[0]} --seed {done[1]}, "
+            f"not of --holdout {share} --seed {seed}: use that split, or write the input again with "
+            f"bench_train.py --probe_holdout {seed}")
+
+
 def trial_fold_heads(Zs, ys, gs, trial: dict, tkw: dict, fkw: dict, *, n_folds: int, seed: int, max_epochs: int,
                      scale) -> tuple[list, list[float]]:
     """Refit one completed trial's fold heads exactly as tune_head's search fitted them (same folds,
@@ -538,11 +552,9 @@ def main(argv=None) -> int:
             Z, y, g = d["Z"].astype(np.float32), d["y"], d["g"]
             colw = d["colw"] if "colw" in d.files else None
             layer = d["layer"] if "layer" in d.files else None
-            if "probe_holdout" in d.files:      # [share, seed] the probes were fitted without
-                share, hseed = float(d["probe_holdout"][0]), int(d["probe_holdout"][1])
-                if a.holdout and (a.holdout, a.seed) != (share, hseed):
-                    ap.error(f"{a.aggregated}'s probes were fitted without the held-out rows of --holdout {share} "
-                             f"--seed {hseed}; give those (now --holdout {a.holdout} --seed {a.seed})")
+            wrong = a.holdout and probe_holdout_mismatch(d, a.holdout, a.seed)
+            if wrong:
+                ap.error(f"{a.aggregated}: {wrong}")
         else:
             tr, va = (cached_run(a.run, a.pooling_type) if a.run else None), None
             if tr is None:
@@ -553,20 +565,21 @@ def main(argv=None) -> int:
                 tr, va = tr
             from siren.config import defaults
 
+            yaml = defaults()
             if a.probe_tol is None:
-                a.probe_tol = float(defaults()["probe_tol"])
-            a.probe_c_rule = a.probe_c_rule or defaults()["probe_c_rule"]
+                a.probe_tol = float(yaml["probe_tol"])
+            a.probe_c_rule = a.probe_c_rule or yaml["probe_c_rule"]
             if a.probe_refit is None:
-                a.probe_refit = bool(defaults()["probe_refit"])
+                a.probe_refit = bool(yaml["probe_refit"])
+            y, g = np.concatenate([tr[1], va[1]]), np.concatenate([tr[2], va[2]])
             ptr, pva = tr, va
             if a.probe_holdout is not None:
                 # The held-out rows are train + validation rows: without this, the probes that chose
                 # the head's inputs were fitted on most of them (and chose C on the rest), and the
                 # held-out F1 of an input comes out about 0.03 too high (reports/head_search_offline6).
                 share = a.holdout or 0.2
-                _, held = holdout_split(np.concatenate([tr[1], va[1]]), np.concatenate([tr[2], va[2]]),
-                                        share, a.probe_holdout)
-                keep = np.ones(len(tr[1]) + len(va[1]), bool)
+                _, held = holdout_split(y, g, share, a.probe_holdout)
+                keep = np.ones(len(y), bool)
                 keep[held] = False
                 kt, kv = keep[:len(tr[1])], keep[len(tr[1]):]
                 ptr, pva = tuple(x[kt] for x in tr), tuple(x[kv] for x in va)
@@ -575,7 +588,6 @@ def main(argv=None) -> int:
                                   tol=a.probe_tol, c_rule=a.probe_c_rule, refit=a.probe_refit, progress=False)
             sel, w = select_neurons(grid.coef, a.selection_threshold), layer_weights(grid.val_f1)
             Z = np.concatenate([aggregate(tr[0], sel, w), aggregate(va[0], sel, w)])
-            y, g = np.concatenate([tr[1], va[1]]), np.concatenate([tr[2], va[2]])
             colw = np.concatenate([np.full(len(sel[l]), w[l]) for l in sorted(sel)])
             layer = np.concatenate([np.full(len(sel[l]), l) for l in sorted(sel)])   # (k,) each column's layer
         if a.max_layer is not None:

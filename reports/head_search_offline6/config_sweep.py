@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     import torch
-    from bench_train import holdout_split
+    from bench_train import holdout_split, probe_holdout_mismatch
     from siren.config import defaults
     from siren.metrics import mean_group_macro_f1
     from siren.mlp import predict_proba_head
@@ -154,10 +154,9 @@ def main(argv=None) -> int:
     bf16 = head_bf16(d)
     data = np.load(a.aggregated)
     Z, y, g, colw = data["Z"], data["y"], data["g"], data["colw"]
-    if "probe_holdout" in data.files and (float(data["probe_holdout"][0]), int(data["probe_holdout"][1])) != (0.2, a.seed):
-        raise SystemExit(f"{a.aggregated}'s probes were fitted without the held-out 20% of seed "
-                         f"{int(data['probe_holdout'][1])} (share {float(data['probe_holdout'][0])}): give --seed "
-                         f"{int(data['probe_holdout'][1])}, or write it again with bench_train.py --probe_holdout {a.seed}")
+    wrong = probe_holdout_mismatch(data, 0.2, a.seed)
+    if wrong:
+        raise SystemExit(f"{a.aggregated}: {wrong}")
     search, held = holdout_split(y, g, 0.2, a.seed)
     Zs, ys, gs = Z[search], y[search], g[search]
     folds = cv_folds(ys, gs, a.folds, a.seed)
