@@ -17,7 +17,9 @@ its CV F1 and the held-out F1 of its fold ensemble, so the space can be judged b
 ``--paired`` compares two head inputs on the same configurations (the draw depends on the seed
 only, not on the input): per pair of files, the configurations both hold, and over all pairs
 the mean held-out and CV F1 difference (other - base) with its standard error and the number
-of configurations where the other input won. Fitting the same configurations with the same
+of configurations where the other input won; then the mean over splits with the standard error
+of the split means (the configurations of one split share its held-out rows, so the splits, not
+the configurations, are the independent units). Fitting the same configurations with the same
 seeds on both inputs takes out most of the draw's noise, which one search per input cannot.
 
 ``--summarize`` prints, per file, the spread of held-out F1 over the configurations, the rank
@@ -101,6 +103,7 @@ def paired(paths: list[str]) -> str:
     if len(paths) < 2 or len(paths) % 2:
         raise SystemExit("--paired takes pairs of files: BASE OTHER [BASE OTHER ...]")
     d_ho, d_cv, out = [], [], []
+    split_ho = []   # each split's mean held-out difference: configurations of one split share its rows
     for base_path, other_path in zip(paths[::2], paths[1::2]):
         base, other = (json.load(open(p)) for p in (base_path, other_path))
         if base["seed"] != other["seed"]:
@@ -112,12 +115,19 @@ def paired(paths: list[str]) -> str:
                 raise SystemExit(f"configuration {b['i']} differs between {base_path} and {other_path}")
             d_ho.append(o["holdout_f1"] - b["holdout_f1"])
             d_cv.append(o["cv_f1"] - b["cv_f1"])
+        split_ho.append(np.mean(d_ho[-n:]))
         out.append(f"{os.path.basename(other_path)} - {os.path.basename(base_path)}: {n} configurations, "
                    f"held-out {np.mean(d_ho[-n:]):+.4f}, CV {np.mean(d_cv[-n:]):+.4f}")
     d_ho, d_cv = np.array(d_ho), np.array(d_cv)
     se = lambda v: v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")   # noqa: E731
     out.append(f"all {len(d_ho)}: held-out {d_ho.mean():+.4f} (se {se(d_ho):.4f}, other better in "
                f"{int((d_ho > 0).sum())}), CV {d_cv.mean():+.4f} (se {se(d_cv):.4f}, other better in {int((d_cv > 0).sum())})")
+    if len(split_ho) > 1:
+        # The per-configuration standard error above treats the configurations as independent, but
+        # those of one split are scored on the same held-out rows; the splits are the independent units.
+        split_ho = np.array(split_ho)
+        out.append(f"over {len(split_ho)} splits: held-out {split_ho.mean():+.4f} (se of the split means "
+                   f"{se(split_ho):.4f}, other better at {int((split_ho > 0).sum())} of {len(split_ho)})")
     return "\n".join(out)
 
 

@@ -1,0 +1,41 @@
+"""reports/head_search_offline6/config_sweep.py --paired: the differences it prints, per configuration and per split."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "reports" / "head_search_offline6"))
+import config_sweep  # noqa: E402
+
+
+def _sweep(path, seed, holdout, cv):
+    configs = [{"i": i, "params": {"lr": 1e-3 * (i + 1)}, "holdout_f1": h, "cv_f1": c}
+               for i, (h, c) in enumerate(zip(holdout, cv))]
+    path.write_text(json.dumps({"seed": seed, "configs": configs}))
+    return str(path)
+
+
+def test_paired_reports_configuration_and_split_level_differences(tmp_path):
+    # split 0: other - base = +0.01, +0.03 (mean +0.02); split 1: -0.01, +0.01, +0.03 (mean +0.01)
+    files = [_sweep(tmp_path / "b0.json", 0, [0.70, 0.70], [0.75, 0.75]),
+             _sweep(tmp_path / "o0.json", 0, [0.71, 0.73], [0.74, 0.76]),
+             _sweep(tmp_path / "b1.json", 1, [0.70, 0.70, 0.70], [0.75, 0.75, 0.75]),
+             _sweep(tmp_path / "o1.json", 1, [0.69, 0.71, 0.73], [0.75, 0.75, 0.75])]
+    out = config_sweep.paired(files).splitlines()
+    per_config = np.array([0.01, 0.03, -0.01, 0.01, 0.03])
+    se_config = per_config.std(ddof=1) / np.sqrt(5)
+    assert out[0].endswith("2 configurations, held-out +0.0200, CV +0.0000")
+    assert out[1].endswith("3 configurations, held-out +0.0100, CV +0.0000")
+    assert out[2].startswith(f"all 5: held-out {per_config.mean():+.4f} (se {se_config:.4f}, other better in 4)")
+    split_means = np.array([0.02, 0.01])
+    assert out[3] == (f"over 2 splits: held-out {split_means.mean():+.4f} (se of the split means "
+                      f"{split_means.std(ddof=1) / np.sqrt(2):.4f}, other better at 2 of 2)")
+
+
+def test_paired_refuses_files_of_different_splits(tmp_path):
+    files = [_sweep(tmp_path / "b.json", 0, [0.7], [0.7]), _sweep(tmp_path / "o.json", 1, [0.7], [0.7])]
+    with pytest.raises(SystemExit, match="different held-out splits"):
+        config_sweep.paired(files)
