@@ -61,8 +61,8 @@ DEFAULT_TOL = 1e-4
 # How fit_probe_grid picks each layer's C (training's `probe_c_rule`): "best": the best validation
 # F1 (the paper's); "one_se": the smallest C whose validation F1 is at least the best's minus one
 # bootstrap standard error of it (glmnet's "1se" rule: the sparsest probe that validation cannot
-# tell from the best). The head reads the selected neurons, and sparser probes made it better on
-# the offline-six rows (reports/head_search_offline6/README.md), so the rule leans sparse.
+# tell from the best). Its sparser probes give the head fewer inputs (a faster head search) that
+# are as good on held-out rows the probes never saw (reports/head_search_offline6/README.md).
 C_RULES = ("best", "one_se")
 # bootstrap resamples of the validation rows behind "one_se"'s standard error, and their seed
 ONE_SE_RESAMPLES = 200
