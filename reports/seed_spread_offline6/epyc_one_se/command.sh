@@ -1,0 +1,9 @@
+# Machine: 2 CPU cores of an AMD EPYC with AVX512-BF16 and no AMX, no GPU (the host of ../../offline_six_bench/, whose
+# cold run on 3310914 is seed 42 of this table). Code c041a66 (the training code of 3310914 plus the opt-in probe_refit,
+# off). Warm feature cache of that cold run (WORK=/work/b6 bash scripts/bench_offline_six.sh). Seeds 0-3, one after another,
+# nothing else running:
+for s in 0 1 2 3; do
+  MODEL=smollm2-135m DATA_DIR=/work/b6/data DATASETS="toxic_chat openai_moderation aegis wildguard safe_rlhf beavertails" \
+  N_TRIALS=8 N_FOLDS=3 SEED=$s C_VALUES="200 500 1000" SELECTION_THRESHOLDS=0.9 DTYPE=auto \
+  bash train/run_general_siren.sh --out_dir /work/s31/seeds/guard_s$s --cache_dir /work/b6/features > /work/s31/seeds/train_s$s.log 2>&1
+done
