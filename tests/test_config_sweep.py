@@ -39,3 +39,21 @@ def test_paired_refuses_files_of_different_splits(tmp_path):
     files = [_sweep(tmp_path / "b.json", 0, [0.7], [0.7]), _sweep(tmp_path / "o.json", 1, [0.7], [0.7])]
     with pytest.raises(SystemExit, match="different held-out splits"):
         config_sweep.paired(files)
+
+
+def test_paired_reports_each_datasets_difference_where_both_files_record_it(tmp_path):
+    def sweep(path, by_dataset):
+        configs = [{"i": i, "params": {"lr": 1e-3 * (i + 1)}, "holdout_f1": float(np.mean(v)), "cv_f1": 0.7,
+                    "holdout_f1_by_dataset": v} for i, v in enumerate(by_dataset)]
+        path.write_text(json.dumps({"seed": 0, "configs": configs}))
+        return str(path)
+
+    base = sweep(tmp_path / "b.json", [[0.70, 0.80], [0.60, 0.90]])
+    other = sweep(tmp_path / "o.json", [[0.74, 0.79], [0.66, 0.90]])   # dataset 0: +0.04, +0.06; 1: -0.01, 0
+    last = config_sweep.paired([base, other]).splitlines()[-1]
+    se0 = np.std([0.04, 0.06], ddof=1) / np.sqrt(2)
+    se1 = np.std([-0.01, 0.0], ddof=1) / np.sqrt(2)
+    assert last == f"held-out F1 by dataset (index in g): 0 +0.0500 (se {se0:.4f}), 1 -0.0050 (se {se1:.4f})"
+    # files written before the per-dataset record: no such line
+    assert "by dataset" not in config_sweep.paired([_sweep(tmp_path / "b2.json", 0, [0.7], [0.7]),
+                                                    _sweep(tmp_path / "o2.json", 0, [0.7], [0.7])])

@@ -19,8 +19,11 @@ only, not on the input): per pair of files, the configurations both hold, and ov
 the mean held-out and CV F1 difference (other - base) with its standard error and the number
 of configurations where the other input won; then the mean over splits with the standard error
 of the split means (the configurations of one split share its held-out rows, so the splits, not
-the configurations, are the independent units). Fitting the same configurations with the same
+the configurations, are the independent units); and, where both files record it, the mean
+difference of each dataset's held-out macro-F1. Fitting the same configurations with the same
 seeds on both inputs takes out most of the draw's noise, which one search per input cannot.
+``--balance none`` (or ``dataset_label``) fits the heads with other loss weights than training's
+label-balanced ones, so two sweeps of one input compare the loss weights the same way.
 
 ``--summarize`` prints, per file, the spread of held-out F1 over the configurations, the rank
 correlation of CV F1 with held-out F1, held-out F1 by region of the space, and what an 8-trial
@@ -103,6 +106,7 @@ def paired(paths: list[str]) -> str:
     if len(paths) < 2 or len(paths) % 2:
         raise SystemExit("--paired takes pairs of files: BASE OTHER [BASE OTHER ...]")
     d_ho, d_cv, out = [], [], []
+    d_ds = []       # per configuration, other - base held-out F1 of each dataset (files that record it)
     split_ho = []   # each split's mean held-out difference: configurations of one split share its rows
     for base_path, other_path in zip(paths[::2], paths[1::2]):
         base, other = (json.load(open(p)) for p in (base_path, other_path))
@@ -115,6 +119,8 @@ def paired(paths: list[str]) -> str:
                 raise SystemExit(f"configuration {b['i']} differs between {base_path} and {other_path}")
             d_ho.append(o["holdout_f1"] - b["holdout_f1"])
             d_cv.append(o["cv_f1"] - b["cv_f1"])
+            if "holdout_f1_by_dataset" in b and "holdout_f1_by_dataset" in o:
+                d_ds.append(np.subtract(o["holdout_f1_by_dataset"], b["holdout_f1_by_dataset"]))
         split_ho.append(np.mean(d_ho[-n:]))
         out.append(f"{os.path.basename(other_path)} - {os.path.basename(base_path)}: {n} configurations, "
                    f"held-out {np.mean(d_ho[-n:]):+.4f}, CV {np.mean(d_cv[-n:]):+.4f}")
@@ -128,6 +134,10 @@ def paired(paths: list[str]) -> str:
         split_ho = np.array(split_ho)
         out.append(f"over {len(split_ho)} splits: held-out {split_ho.mean():+.4f} (se of the split means "
                    f"{se(split_ho):.4f}, other better at {int((split_ho > 0).sum())} of {len(split_ho)})")
+    if d_ds and len(d_ds) == len(d_ho):
+        d_ds = np.array(d_ds)   # (configurations, datasets)
+        out.append("held-out F1 by dataset (index in g): " + ", ".join(
+            f"{k} {d_ds[:, k].mean():+.4f} (se {se(d_ds[:, k]):.4f})" for k in range(d_ds.shape[1])))
     return "\n".join(out)
 
 
@@ -147,13 +157,15 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=42, help="the held-out split's seed (and the draw's, + 1)")
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--max_epochs", type=int, default=200)
+    ap.add_argument("--balance", default="label", choices=["label", "none", "dataset_label"],
+                    help="the head's loss weights (fit_head's balance; training's is label)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
 
     import torch
     from bench_train import holdout_split, probe_holdout_mismatch
     from siren.config import defaults
-    from siren.metrics import mean_group_macro_f1
+    from siren.metrics import macro_f1, mean_group_macro_f1
     from siren.mlp import predict_proba_head
     from siren.pipeline.head import ensemble_heads, fit_head
     from siren.pipeline.train import head_bf16
@@ -174,8 +186,9 @@ def main(argv=None) -> int:
     rows = []
     if os.path.exists(a.out):   # resumable: configurations already fitted are kept, the draw replayed
         done = json.load(open(a.out))
-        setting = {"shape": list(Z.shape), "seed": a.seed, "folds": a.folds, "max_epochs": a.max_epochs, "bf16": bf16}
-        if any(done.get(k) != v for k, v in setting.items()):
+        setting = {"shape": list(Z.shape), "seed": a.seed, "folds": a.folds, "max_epochs": a.max_epochs, "bf16": bf16,
+                   "balance": a.balance}
+        if any(done.get(k, "label" if k == "balance" else None) != v for k, v in setting.items()):
             raise SystemExit(f"{a.out} holds a sweep of other settings ({ {k: done.get(k) for k in setting} }, "
                              f"now {setting}): give another --out")
         rows = done["configs"]
@@ -192,21 +205,27 @@ def main(argv=None) -> int:
                                    max_epochs=a.max_epochs, patience=d["patience"],
                                    batch_size=d["head_batch_size"], X_val=Zs, y_val=ys, groups_val=gs,
                                    val_rows=va, fused=True, bf16=bf16,
-                                   column_scale=colw if d["scale_by_layer_weight"] else None, groups=gs)
+                                   column_scale=colw if d["scale_by_layer_weight"] else None, groups=gs,
+                                   balance=a.balance)
             pred = (predict_proba_head(model, Zs[va]) >= 0.5).astype(np.int64)
             scores.append(float(mean_group_macro_f1(ys[va], pred, gs[va])))
             epochs.append(int(hist["best_epoch"]))
             heads.append(model)
         p = predict_proba_head(ensemble_heads(heads), Z[held])
+        pred = (p >= 0.5).astype(np.int64)
         row = {"i": i, "params": params, "fold_scores": scores, "cv_f1": float(np.mean(scores)),
                "best_epochs": epochs,
-               "holdout_f1": float(mean_group_macro_f1(y[held], (p >= 0.5).astype(np.int64), g[held])),
+               "holdout_f1": float(mean_group_macro_f1(y[held], pred, g[held])),
+               # the held-out macro-F1 of each dataset, by its index in g (the run's dataset order)
+               "holdout_f1_by_dataset": [float(macro_f1(y[held][g[held] == k], pred[g[held] == k]))
+                                         for k in range(int(g.max()) + 1)],
                "seconds": time.perf_counter() - t}
         rows.append(row)
         tmp = a.out + ".tmp"
         with open(tmp, "w") as fh:
             json.dump({"aggregated": os.path.basename(a.aggregated), "shape": list(Z.shape), "seed": a.seed,
-                       "folds": a.folds, "max_epochs": a.max_epochs, "bf16": bf16, "configs": rows}, fh, indent=1)
+                       "folds": a.folds, "max_epochs": a.max_epochs, "bf16": bf16, "balance": a.balance,
+                       "configs": rows}, fh, indent=1)
         os.replace(tmp, a.out)
         print(f"{i:3d} dims {params['layer_dims']} lr {params['lr']:.2e} drop "
               f"{[round(x, 2) for x in params['dropout_rates']]}  cv {row['cv_f1']:.4f}  "
