@@ -57,3 +57,9 @@ def test_paired_reports_each_datasets_difference_where_both_files_record_it(tmp_
     # files written before the per-dataset record: no such line
     assert "by dataset" not in config_sweep.paired([_sweep(tmp_path / "b2.json", 0, [0.7], [0.7]),
                                                     _sweep(tmp_path / "o2.json", 0, [0.7], [0.7])])
+
+
+def test_paired_refuses_a_sweep_without_configurations(tmp_path):
+    files = [_sweep(tmp_path / "b.json", 0, [0.7], [0.7]), _sweep(tmp_path / "o.json", 0, [], [])]
+    with pytest.raises(SystemExit, match="no configuration yet"):
+        config_sweep.paired(files)

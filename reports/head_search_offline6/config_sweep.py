@@ -114,6 +114,8 @@ def paired(paths: list[str]) -> str:
             raise SystemExit(f"{base_path} and {other_path} hold different held-out splits (seeds "
                              f"{base['seed']} and {other['seed']}): pair files of one seed")
         n = min(len(base["configs"]), len(other["configs"]))
+        if n == 0:
+            raise SystemExit(f"{base_path} or {other_path} holds no configuration yet: pair finished sweeps")
         for b, o in zip(base["configs"][:n], other["configs"][:n]):
             if b["params"] != o["params"]:
                 raise SystemExit(f"configuration {b['i']} differs between {base_path} and {other_path}")
