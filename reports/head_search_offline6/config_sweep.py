@@ -153,13 +153,15 @@ def main(argv=None) -> int:
     if argv and argv[0] == "--paired":
         print(paired(argv[1:]))
         return 0
+    from siren.pipeline.head import BALANCES   # imports torch: not needed by --summarize / --paired
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("aggregated")
     ap.add_argument("--n", type=int, default=40, help="configurations to fit")
     ap.add_argument("--seed", type=int, default=42, help="the held-out split's seed (and the draw's, + 1)")
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--max_epochs", type=int, default=200)
-    ap.add_argument("--balance", default="label", choices=["label", "none", "dataset_label"],
+    ap.add_argument("--balance", default="label", choices=BALANCES,
                     help="the head's loss weights (fit_head's balance; training's is label)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)

@@ -37,7 +37,10 @@ from siren.metrics import mean_group_macro_f1
 
 from siren.mlp import MLPHead, logits_of
 
-__all__ = ["fit_head", "fold_standardisation", "ensemble_heads"]
+__all__ = ["fit_head", "fold_standardisation", "ensemble_heads", "BALANCES"]
+
+# fit_head's loss weights (its ``balance``): training uses "label"
+BALANCES = ("label", "dataset_label", "none")
 
 
 def fold_standardisation(model: MLPHead, mean: np.ndarray, std: np.ndarray) -> None:
@@ -363,7 +366,7 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
             w = row_w[idx]
             return (ce(logits, target) * w).sum() / w.sum()   # CrossEntropyLoss(weight)'s mean, per row
     else:
-        raise ValueError(f"balance {balance!r}: use 'label', 'dataset_label' or 'none'")
+        raise ValueError(f"balance {balance!r}: use one of {', '.join(BALANCES)}")
 
     history: dict = {"val_f1": [], "train_loss": [], "best_epoch": 0, "best_val_f1": None}
     seed = int(seed)

@@ -297,32 +297,7 @@ def fit_probe_grid(X_train, y_train, X_val, y_val, groups_val, c_values,
     yt = torch.as_tensor(y_tr, dtype=torch.float32, device=device)
 
     m = len(cs)
-    coefs = np.zeros((m, L, d), np.float32)
-    inters = np.zeros((m, L), np.float32)
-    n_iter = np.zeros((m, L), np.int64)
-    mean = np.zeros((L, d), np.float32)
-    scale = np.ones((L, d), np.float32)
-    chunks = _layer_chunks(n, L, d)
-    bar = tqdm(total=len(chunks) * m, desc="probes", unit="C", disable=not progress,
-               leave=False)
-    for l0, l1 in chunks:
-        Z, lip = _prepare_chunk(X_train, l0, l1, device)
-        mean[l0:l1], scale[l0:l1] = (t.cpu().numpy() for t in Z.stats)
-        prev = None
-        for i, C in enumerate(cs):
-            if prev is None:
-                w0, b0 = _init_params(Z.data, yt)
-            else:
-                w0, b0 = prev
-            w, b, it = _fista(Z.data, yt, float(C), w0, b0, lip, tol, max_iter)
-            prev = (w, b)
-            coefs[i, l0:l1], inters[i, l0:l1], n_iter[i, l0:l1] = (
-                w.cpu().numpy(), b.cpu().numpy(), it.numpy())
-            bar.set_postfix(layers=f"{l0}-{l1 - 1}", C=f"{C:g}", iters=int(it.max()))
-            bar.update(1)
-        del Z
-    bar.close()
-
+    coefs, inters, n_iter, mean, scale = _solve_path(X_train, yt, list(cs), tol, max_iter, device, progress, "probes")
     val_f1_by_C = np.zeros((m, L))
     train_f1_by_C = np.zeros((m, L))
     val_pred = np.zeros((m, len(y_va), L), bool) if c_rule == "one_se" else None
@@ -348,22 +323,46 @@ def fit_probe_grid(X_train, y_train, X_val, y_val, groups_val, c_values,
         val_f1=val_f1_by_C[best, rows], val_f1_by_C=val_f1_by_C, n_iter_by_C=n_iter, refit=refit)
 
 
+def _solve_path(X, yt: torch.Tensor, path: list, tol: float, max_iter: int, device, progress: bool, desc: str
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Fit every layer's probe on X (n, L, d), yt (n,) at each C of ``path`` in turn, layer chunk by
+    layer chunk; each C is one float or an (L,) array (a C per layer). The first starts from
+    ``_init_params``, each later one warm-starts from the one before. -> coef (m, L, d),
+    intercept (m, L), n_iter (m, L), and the standardisation mean, scale (L, d) of X."""
+    n, L, d = X.shape
+    m = len(path)
+    coefs = np.zeros((m, L, d), np.float32)
+    inters = np.zeros((m, L), np.float32)
+    n_iter = np.zeros((m, L), np.int64)
+    mean = np.zeros((L, d), np.float32)
+    scale = np.ones((L, d), np.float32)
+    chunks = _layer_chunks(n, L, d)
+    bar = tqdm(total=len(chunks) * m, desc=desc, unit="C", disable=not progress, leave=False)
+    for l0, l1 in chunks:
+        Z, lip = _prepare_chunk(X, l0, l1, device)
+        mean[l0:l1], scale[l0:l1] = (t.cpu().numpy() for t in Z.stats)
+        prev = None
+        for i, C in enumerate(path):
+            w0, b0 = _init_params(Z.data, yt) if prev is None else prev
+            c = float(C) if np.ndim(C) == 0 else torch.as_tensor(C[l0:l1], dtype=torch.float32, device=device)
+            w, b, it = _fista(Z.data, yt, c, w0, b0, lip, tol, max_iter)
+            prev = (w, b)
+            coefs[i, l0:l1], inters[i, l0:l1], n_iter[i, l0:l1] = (
+                w.cpu().numpy(), b.cpu().numpy(), it.numpy())
+            bar.set_postfix(layers=f"{l0}-{l1 - 1}", C=f"{C:g}" if np.ndim(C) == 0 else "per layer",
+                            iters=int(it.max()))
+            bar.update(1)
+        del Z
+    bar.close()
+    return coefs, inters, n_iter, mean, scale
+
+
 def _refit(X, y: np.ndarray, C: np.ndarray, tol: float, max_iter: int, device, progress: bool
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Each layer's probe at its own C on X (n, L, d), y (n,); C (L,) -> coef (L, d), intercept (L,),
     mean, scale (L, d). From zero, like the grid's first C: a warm start from the train-only
     solution would leave the early-stopped refit close to it."""
-    n, L, d = X.shape
     yt = torch.as_tensor(y, dtype=torch.float32, device=device)
-    coef, intercept = np.zeros((L, d), np.float32), np.zeros(L, np.float32)
-    mean, scale = np.zeros((L, d), np.float32), np.ones((L, d), np.float32)
-    chunks = _layer_chunks(n, L, d)
-    for l0, l1 in tqdm(chunks, desc="probes: refit on train+validation", disable=not progress, leave=False):
-        Z, lip = _prepare_chunk(X, l0, l1, device)
-        mean[l0:l1], scale[l0:l1] = (t.cpu().numpy() for t in Z.stats)
-        w0, b0 = _init_params(Z.data, yt)
-        w, b, _ = _fista(Z.data, yt, torch.as_tensor(C[l0:l1], dtype=torch.float32, device=device),
-                         w0, b0, lip, tol, max_iter)
-        coef[l0:l1], intercept[l0:l1] = w.cpu().numpy(), b.cpu().numpy()
-        del Z
-    return coef, intercept, mean, scale
+    coefs, inters, _, mean, scale = _solve_path(X, yt, [C], tol, max_iter, device, progress,
+                                                "probes: refit on train+validation")
+    return coefs[0], inters[0], mean, scale
