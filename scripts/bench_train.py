@@ -461,8 +461,11 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
-def cached_run(run_dir: str, rep: str):
-    """(X, y, groups) of the train and validation splits of a finished run, from the feature cache."""
+def cached_run(run_dir: str, rep: str, dtype: str | None = None):
+    """(X, y, groups) of the train and validation splits of a finished run, from the feature cache.
+
+    dtype: the backbone's dtype for the features (e.g. "float32"); None reads the run's own.
+    Another dtype than the run's is extracted into the same cache under its own key."""
     from pathlib import Path
 
     from siren.pipeline.cache import load_split
@@ -472,9 +475,10 @@ def cached_run(run_dir: str, rep: str):
     # The dtype the run's features were extracted in (as the guard records it), not a fresh
     # resolution of "auto", which may differ on another host and would re-extract everything.
     guard_cfg = Path(run_dir) / "siren_config.json"
-    dtype = cfg["dtype"]
-    if guard_cfg.exists():
-        dtype = (json.loads(guard_cfg.read_text()).get("siren") or {}).get("dtype") or dtype
+    if dtype is None:
+        dtype = cfg["dtype"]
+        if guard_cfg.exists():
+            dtype = (json.loads(guard_cfg.read_text()).get("siren") or {}).get("dtype") or dtype
     paths = ensure_features(cfg["model"], cfg["datasets"], splits=("train", "validation"), pooling_types=[rep],
                             data_dir=cfg["data_dir"], seed=cfg["seed"], val_ratio=cfg["val_ratio"],
                             max_per_split=cfg["max_per_split"], cache_dir=cfg["cache_dir"],
@@ -528,6 +532,9 @@ def main(argv=None) -> int:
                          "unset) at this seed out of the probes too (fit, C choice and layer weights), so that "
                          "the held-out F1 of --head_compare / config_sweep.py at that seed is measured on rows "
                          "that chose none of the head's inputs")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                    help="with --run: the backbone dtype of the features read (default: the run's own); "
+                         "another dtype is extracted into the run's feature cache first")
     ap.add_argument("--probe_c_rule", choices=C_RULES,
                     help="with --run and --save_aggregated/--head_compare: how each layer's C is picked "
                          "(default: training's, configs/defaults.yaml's probe_c_rule)")
@@ -556,7 +563,7 @@ def main(argv=None) -> int:
             if wrong:
                 ap.error(f"{a.aggregated}: {wrong}")
         else:
-            tr, va = (cached_run(a.run, a.pooling_type) if a.run else None), None
+            tr, va = (cached_run(a.run, a.pooling_type, a.dtype) if a.run else None), None
             if tr is None:
                 n, L, dd = a.synthetic
                 X, yy, gg = synthetic(int(n * 1.25), L, dd, seed=a.seed)
@@ -619,7 +626,7 @@ def main(argv=None) -> int:
         print(head_table(rows))
         return 0
     if a.run:
-        tr, va = cached_run(a.run, a.pooling_type)
+        tr, va = cached_run(a.run, a.pooling_type, a.dtype)
         data_desc = {"run": a.run, "pooling_type": a.pooling_type, "train_shape": list(tr[0].shape)}
     else:
         n, L, d = a.synthetic

@@ -149,3 +149,28 @@ def test_probe_holdout_keeps_the_held_out_rows_out_of_the_probes(tmp_path, monke
         bench_train.main(["--aggregated", str(out), "--head_compare", "--holdout", "0.2", "--seed", "6"])
     with pytest.raises(SystemExit):                                # nothing to keep out of
         bench_train.main(["--aggregated", str(out), "--probe_holdout", "5", "--save_aggregated", str(tmp_path / "x.npz")])
+
+
+def test_cached_run_reads_the_guards_dtype_unless_told_another(tmp_path, monkeypatch):
+    """cached_run extracts (or reads) the features in the dtype the guard recorded, and in --dtype's
+    when given: the comparison of feature dtypes must not silently read the run's own features."""
+    import json
+
+    import siren.pipeline.cache as cache
+    import siren.pipeline.extract as extract
+
+    cfg = {"model": "m", "datasets": ["a"], "data_dir": "d", "seed": 0, "val_ratio": 0.2,
+           "max_per_split": None, "cache_dir": "c", "batch_tokens": None, "dtype": "auto",
+           "device": None, "cache_dtype": "float16", "max_length": 512}
+    (tmp_path / "results.json").write_text(json.dumps({"config": cfg}))
+    (tmp_path / "siren_config.json").write_text(json.dumps({"siren": {"dtype": "bfloat16"}}))
+    asked = []
+    monkeypatch.setattr(extract, "ensure_features", lambda *a, **kw: asked.append(kw["dtype"]) or {})
+    rows = cache.Split(X=np.zeros((2, 3, 4), np.float32), y=np.array([0, 1]), groups=np.zeros(2, np.int64),
+                       ids=np.array(["r0", "r1"]))
+    monkeypatch.setattr(cache, "load_split", lambda *a: rows)
+    bench_train.cached_run(str(tmp_path), "mlp_mean")
+    bench_train.cached_run(str(tmp_path), "mlp_mean", "float32")
+    (tmp_path / "siren_config.json").unlink()                      # an older run: its config's dtype
+    bench_train.cached_run(str(tmp_path), "mlp_mean")
+    assert asked == ["bfloat16", "float32", "auto"]
