@@ -42,6 +42,7 @@ import time
 import numpy as np
 import torch
 
+from siren.checks import DTYPES
 from siren.metrics import mean_group_macro_f1_columns
 from siren.pipeline.probes import C_RULES, fit_probe_grid
 from siren.pipeline.select import aggregate, layer_weights, n_selected, select_neurons
@@ -465,7 +466,8 @@ def cached_run(run_dir: str, rep: str, dtype: str | None = None):
     """(X, y, groups) of the train and validation splits of a finished run, from the feature cache.
 
     dtype: the backbone's dtype for the features (e.g. "float32"); None reads the run's own.
-    Another dtype than the run's is extracted into the same cache under its own key."""
+    Features of another dtype are extracted first, and replace the cache's entries of the run's
+    dtype (the cache keeps one entry per dataset, split and pooling type): use a copy of it."""
     from pathlib import Path
 
     from siren.pipeline.cache import load_split
@@ -532,9 +534,10 @@ def main(argv=None) -> int:
                          "unset) at this seed out of the probes too (fit, C choice and layer weights), so that "
                          "the held-out F1 of --head_compare / config_sweep.py at that seed is measured on rows "
                          "that chose none of the head's inputs")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+    ap.add_argument("--dtype", choices=DTYPES,
                     help="with --run: the backbone dtype of the features read (default: the run's own); "
-                         "another dtype is extracted into the run's feature cache first")
+                         "another dtype is extracted first, replacing the run's cached train and validation "
+                         "features of this pooling type (point the run's results.json at a copy of the cache)")
     ap.add_argument("--probe_c_rule", choices=C_RULES,
                     help="with --run and --save_aggregated/--head_compare: how each layer's C is picked "
                          "(default: training's, configs/defaults.yaml's probe_c_rule)")
