@@ -1,0 +1,14 @@
+# Machine: 2 CPU cores of an AMD EPYC with AVX512-BF16 and no AMX, no GPU (the host of ../offline_six_bench/).
+# The authors' code: CSSLab/SIREN at 88d71cbb4dd63cc61b4b6eeefefac38b6149addd (the commit of the protocol's reference run),
+# checked out unchanged at AUTHORS. Features: the residual_mean cache of the offline-six bench (WORK=/work/b6 bash
+# scripts/bench_offline_six.sh trains on mlp_mean; residual_mean's train and validation entries were added by
+# `bench_train.py --pooling_type residual_mean`, test's by the siren extract line below), bf16 backbone.
+siren extract --model smollm2-135m --data_dir /work/b6/data \
+  --datasets toxic_chat openai_moderation aegis wildguard safe_rlhf beavertails \
+  --splits train validation test --pooling_types residual_mean --dtype bfloat16 --cache_dir /work/b6/features
+# Their stages 2-3, one torch thread each; "none" and reseed 1 side by side, then reseed 2 (times are not compared):
+for r in none 1 2; do
+  extra=""; [ "$r" != none ] && extra="--reseed $r"
+  python reports/authors_spread_offline6/authors_on_cached_features.py --authors_repo AUTHORS --data_dir /work/b6/data \
+    --cache_dir /work/b6/features --threads 1 $extra --out reports/authors_spread_offline6/run_$r.json
+done
