@@ -6,7 +6,9 @@
 siren extract --model smollm2-135m --data_dir /work/b6/data \
   --datasets toxic_chat openai_moderation aegis wildguard safe_rlhf beavertails \
   --splits train validation test --pooling_types residual_mean --dtype bfloat16 --cache_dir /work/b6/features
-# Their stages 2-3, one torch thread each; "none" and reseed 1 side by side, then reseed 2 (times are not compared):
+# Their stages 2-3, one torch thread each. Here "none" and reseed 1 ran side by side, then reseed 2 alone, stopped in its
+# final fit for time (run_2_search_only.json: its trials' CV F1 from its log). Times are not compared; results do not
+# depend on what runs beside them:
 for r in none 1 2; do
   extra=""; [ "$r" != none ] && extra="--reseed $r"
   python reports/authors_spread_offline6/authors_on_cached_features.py --authors_repo AUTHORS --data_dir /work/b6/data \
