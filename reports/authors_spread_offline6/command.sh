@@ -7,10 +7,20 @@ siren extract --model smollm2-135m --data_dir /work/b6/data \
   --datasets toxic_chat openai_moderation aegis wildguard safe_rlhf beavertails \
   --splits train validation test --pooling_types residual_mean --dtype bfloat16 --cache_dir /work/b6/features
 # Their stages 2-3, one torch thread each. Here "none" and reseed 1 ran side by side, then reseed 2 alone, stopped in its
-# final fit for time (run_2_search_only.json: its trials' CV F1 from its log). Times are not compared; results do not
+# final fit for time (rerun to the end below, with the same trials' CV F1). Times are not compared; results do not
 # depend on what runs beside them:
-for r in none 1 2; do
+for r in none 1; do
   extra=""; [ "$r" != none ] && extra="--reseed $r"
   python reports/authors_spread_offline6/authors_on_cached_features.py --authors_repo AUTHORS --data_dir /work/b6/data \
     --cache_dir /work/b6/features --threads 1 $extra --out reports/authors_spread_offline6/run_$r.json
 done
+# Reseeds 2 (again, to the end this time), 3 and 4 side by side, one torch thread each, on 960793a (with our seeds 4-7
+# of ../seed_spread_offline6/epyc_one_se/command.sh beside them for the first half hour):
+for r in 2 3 4; do
+  python reports/authors_spread_offline6/authors_on_cached_features.py --authors_repo AUTHORS --data_dir /work/b6/data \
+    --cache_dir /work/b6/features --threads 1 --reseed $r --out reports/authors_spread_offline6/run_$r.json &
+done; wait
+# Both sides' reads as samples:
+python reports/authors_spread_offline6/compare.py \
+  --ours reports/offline_six_bench/results.json reports/seed_spread_offline6/epyc_one_se/results_seed*.json \
+  --theirs reports/authors_spread_offline6/run_*.json
