@@ -1,5 +1,6 @@
 """reports/authors_spread_offline6/authors_on_cached_features.py: the rows it hands the authors'
-functions are in their extractor's order, each with its own features."""
+functions are in their extractor's order, each with its own features; compare.py: the
+difference of both sides' mean reads and its standard error."""
 
 import json
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "reports" / "authors_spread_offline6"))
 import authors_on_cached_features as A  # noqa: E402
+import compare as C  # noqa: E402
 
 
 def test_split_reps_orders_rows_as_the_authors_extractor_does(tmp_path, monkeypatch):
@@ -37,9 +39,6 @@ def test_split_reps_orders_rows_as_the_authors_extractor_does(tmp_path, monkeypa
     np.testing.assert_array_equal(y, perm % 2)                        # ... with its own label
     sizes = np.array([4 + gi for gi in range(len(A.DATASETS))])
     np.testing.assert_array_equal(g, np.repeat(np.arange(len(A.DATASETS)), sizes)[perm])   # and dataset
-
-
-import compare as C  # noqa: E402  (reports/authors_spread_offline6/compare.py, on the same path)
 
 
 def _write(path: Path, per: dict, ours: bool) -> Path:
