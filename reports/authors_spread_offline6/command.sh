@@ -20,7 +20,10 @@ for r in 2 3 4; do
   python reports/authors_spread_offline6/authors_on_cached_features.py --authors_repo AUTHORS --data_dir /work/b6/data \
     --cache_dir /work/b6/features --threads 1 --reseed $r --out reports/authors_spread_offline6/run_$r.json &
 done; wait
-# Both sides' reads as samples:
+# Reseed 5 alone, two torch threads (the driver's default, as in their reference run):
+python reports/authors_spread_offline6/authors_on_cached_features.py --authors_repo AUTHORS --data_dir /work/b6/data \
+  --cache_dir /work/b6/features --reseed 5 --out reports/authors_spread_offline6/run_5.json
+# Both sides' reads as samples (compare.log):
 python reports/authors_spread_offline6/compare.py \
   --ours reports/offline_six_bench/results.json reports/seed_spread_offline6/epyc_one_se/results_seed*.json \
   --theirs reports/authors_spread_offline6/run_*.json
