@@ -49,14 +49,14 @@ def main(argv=None) -> int:
         if list(per) != names:
             raise SystemExit(f"{p}: datasets {list(per)} differ from {names}")
 
+    columns = {name: ([per[name] for per, _ in ours], [per[name] for per, _ in theirs]) for name in names}
+    columns["average"] = ([avg for _, avg in ours], [avg for _, avg in theirs])
     print(f"{'dataset':<20} {'ours: mean (sd)':>17} {'theirs: mean (sd)':>18} {'diff':>8} {'se':>7}")
-    for name in names + ["average"]:
-        o = np.array([per[name] if name != "average" else avg for per, avg in ours])
-        t = np.array([per[name] if name != "average" else avg for per, avg in theirs])
+    for name, (o, t) in columns.items():
+        o, t = np.array(o), np.array(t)
         diff, se = welch(o, t)
         print(f"{name:<20} {o.mean():>9.4f} ({o.std(ddof=1):.4f}) {t.mean():>10.4f} ({t.std(ddof=1):.4f}) {diff:>+8.4f} {se:>7.4f}")
-    o = np.array([avg for _, avg in ours])
-    t = np.array([avg for _, avg in theirs])
+    o, t = map(np.array, columns["average"])          # the two sides' test averages, (n_ours,), (n_theirs,)
     wins = int((o[:, None] > t[None, :]).sum())
     print(f"reads: ours {len(o)} ({o.min():.4f}-{o.max():.4f}), theirs {len(t)} ({t.min():.4f}-{t.max():.4f}); "
           f"ours above theirs in {wins} of {len(o) * len(t)} pairs")
