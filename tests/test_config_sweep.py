@@ -63,3 +63,24 @@ def test_paired_refuses_a_sweep_without_configurations(tmp_path):
     files = [_sweep(tmp_path / "b.json", 0, [0.7], [0.7]), _sweep(tmp_path / "o.json", 0, [], [])]
     with pytest.raises(SystemExit, match="no configuration yet"):
         config_sweep.paired(files)
+
+
+def test_threshold_gain_reports_each_split_and_the_split_level_mean(tmp_path):
+    def sweep(path, rows):
+        configs = [{"i": i, "params": {}, "holdout_f1": h, "cv_f1": 0.7, "oof_threshold": t,
+                    "holdout_f1_oof_threshold": ht} for i, (h, t, ht) in enumerate(rows)]
+        path.write_text(json.dumps({"seed": 0, "configs": configs}))
+        return str(path)
+
+    # split a: +0.02, -0.01 (mean +0.005); split b: +0.03 (mean +0.03)
+    a = sweep(tmp_path / "a.json", [(0.70, 0.40, 0.72), (0.75, 0.60, 0.74)])
+    b = sweep(tmp_path / "b.json", [(0.70, 0.45, 0.73)])
+    out = config_sweep.threshold_gain([a, b]).splitlines()
+    assert out[0] == "a.json: 2 configurations, thresholds 0.40-0.60 (median 0.50), held-out F1 at the threshold - at 0.5: +0.0050"
+    assert out[1] == "b.json: 1 configurations, thresholds 0.45-0.45 (median 0.45), held-out F1 at the threshold - at 0.5: +0.0300"
+    se = np.std([0.005, 0.03], ddof=1) / np.sqrt(2)
+    assert out[2] == (f"over 2 splits: +0.0175 (se of the split means {se:.4f}, better at 2 of 2 splits, "
+                      f"in 2 of 3 configurations)")
+    # a sweep written before the threshold was recorded is refused, not read as no gain
+    with pytest.raises(SystemExit, match="records no out-of-fold threshold"):
+        config_sweep.threshold_gain([_sweep(tmp_path / "old.json", 0, [0.7], [0.7])])

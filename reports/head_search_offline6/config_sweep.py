@@ -13,6 +13,7 @@ its CV F1 and the held-out F1 of its fold ensemble, so the space can be judged b
 
     python config_sweep.py Z_other.npz --n 10 --seed 42 --out other_s42.json
     python config_sweep.py --paired sweep_s42.json other_s42.json [sweep_s0.json other_s0.json ...]
+    python config_sweep.py --threshold_gain sweep_s42.json [sweep_s0.json ...]
 
 ``--paired`` compares two head inputs on the same configurations (the draw depends on the seed
 only, not on the input): per pair of files, the configurations both hold, and over all pairs
@@ -24,6 +25,11 @@ difference of each dataset's held-out macro-F1. Fitting the same configurations 
 seeds on both inputs takes out most of the draw's noise, which one search per input cannot.
 ``--balance none`` (or ``dataset_label``) fits the heads with other loss weights than training's
 label-balanced ones, so two sweeps of one input compare the loss weights the same way.
+
+Each configuration also records the decision threshold that maximises the mean macro-F1 of its
+out-of-fold scores (``siren.metrics.best_threshold``, what training's ``threshold_from_cv`` picks)
+and its fold ensemble's held-out F1 at that threshold; ``--threshold_gain`` prints, per file and
+over files, what that threshold gains on the held-out rows against 0.5.
 
 ``--summarize`` prints, per file, the spread of held-out F1 over the configurations, the rank
 correlation of CV F1 with held-out F1, held-out F1 by region of the space, and what an 8-trial
@@ -143,6 +149,27 @@ def paired(paths: list[str]) -> str:
     return "\n".join(out)
 
 
+def threshold_gain(paths: list[str]) -> str:
+    """--threshold_gain's lines: held-out F1 at each configuration's out-of-fold threshold minus at 0.5,
+    per file (one split) and over files, with the standard error of the split means."""
+    out, split_means, n_all, better = [], [], 0, 0
+    for path in paths:
+        rows = [r for r in json.load(open(path))["configs"] if "holdout_f1_oof_threshold" in r]
+        if not rows:
+            raise SystemExit(f"{path} records no out-of-fold threshold: sweep it again with this script")
+        d = np.array([r["holdout_f1_oof_threshold"] - r["holdout_f1"] for r in rows])
+        thr = np.array([r["oof_threshold"] for r in rows])
+        split_means.append(d.mean())
+        n_all, better = n_all + len(d), better + int((d > 0).sum())
+        out.append(f"{os.path.basename(path)}: {len(d)} configurations, thresholds {thr.min():.2f}-{thr.max():.2f} "
+                   f"(median {np.median(thr):.2f}), held-out F1 at the threshold - at 0.5: {d.mean():+.4f}")
+    m = np.array(split_means)
+    se = m.std(ddof=1) / np.sqrt(len(m)) if len(m) > 1 else float("nan")
+    out.append(f"over {len(m)} splits: {m.mean():+.4f} (se of the split means {se:.4f}, better at "
+               f"{int((m > 0).sum())} of {len(m)} splits, in {better} of {n_all} configurations)")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -152,6 +179,9 @@ def main(argv=None) -> int:
         return 0
     if argv and argv[0] == "--paired":
         print(paired(argv[1:]))
+        return 0
+    if argv and argv[0] == "--threshold_gain":
+        print(threshold_gain(argv[1:]))
         return 0
     from siren.pipeline.head import BALANCES   # imports torch: not needed by --summarize / --paired
 
@@ -169,7 +199,7 @@ def main(argv=None) -> int:
     import torch
     from bench_train import holdout_split, probe_holdout_mismatch
     from siren.config import defaults
-    from siren.metrics import macro_f1, mean_group_macro_f1
+    from siren.metrics import best_threshold, macro_f1, mean_group_macro_f1
     from siren.mlp import predict_proba_head
     from siren.pipeline.head import ensemble_heads, fit_head
     from siren.pipeline.train import head_bf16
@@ -204,6 +234,7 @@ def main(argv=None) -> int:
             continue
         t = time.perf_counter()
         heads, scores, epochs = [], [], []
+        oof = np.full(len(ys), np.nan)   # each search row's score from the fold head that did not train on it
         for f, (tr, va) in enumerate(folds):
             model, hist = fit_head(Zs, ys, rows=tr, **params, seed=a.seed + i * 1000 + f,
                                    max_epochs=a.max_epochs, patience=d["patience"],
@@ -211,18 +242,22 @@ def main(argv=None) -> int:
                                    val_rows=va, fused=True, bf16=bf16,
                                    column_scale=colw if d["scale_by_layer_weight"] else None, groups=gs,
                                    balance=a.balance)
-            pred = (predict_proba_head(model, Zs[va]) >= 0.5).astype(np.int64)
+            oof[va] = predict_proba_head(model, Zs[va])
+            pred = (oof[va] >= 0.5).astype(np.int64)
             scores.append(float(mean_group_macro_f1(ys[va], pred, gs[va])))
             epochs.append(int(hist["best_epoch"]))
             heads.append(model)
         p = predict_proba_head(ensemble_heads(heads), Z[held])
         pred = (p >= 0.5).astype(np.int64)
+        thr, _ = best_threshold(ys, oof, gs)
         row = {"i": i, "params": params, "fold_scores": scores, "cv_f1": float(np.mean(scores)),
                "best_epochs": epochs,
                "holdout_f1": float(mean_group_macro_f1(y[held], pred, g[held])),
                # the held-out macro-F1 of each dataset, by its index in g (the run's dataset order)
                "holdout_f1_by_dataset": [float(macro_f1(y[held][g[held] == k], pred[g[held] == k]))
                                          for k in range(int(g.max()) + 1)],
+               "oof_threshold": thr,
+               "holdout_f1_oof_threshold": float(mean_group_macro_f1(y[held], (p >= thr).astype(np.int64), g[held])),
                "seconds": time.perf_counter() - t}
         rows.append(row)
         tmp = a.out + ".tmp"
