@@ -183,7 +183,7 @@ def main(argv=None) -> int:
     if argv and argv[0] == "--threshold_gain":
         print(threshold_gain(argv[1:]))
         return 0
-    from siren.pipeline.head import BALANCES   # imports torch: not needed by --summarize / --paired
+    from siren.pipeline.head import BALANCES   # imports torch: not needed by --summarize / --paired / --threshold_gain
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("aggregated")

@@ -34,8 +34,8 @@ import torch
 
 from siren.backbones import load_backbone
 from siren.data import load_splits
-from siren.pipeline.cache import default_cache_dir
 from siren.features import decoder_parts, tokenize
+from siren.pipeline.cache import default_cache_dir
 
 DATASETS = ("toxic_chat", "openai_moderation", "aegis", "wildguard", "safe_rlhf", "beavertails")
 
@@ -96,8 +96,10 @@ def diagnose(model: str, data_dir: str, n: int) -> int:
                 share[k] += float((h[0] / len(ids)).norm() / h.mean(0).norm())
     for hnd in handles:
         hnd.remove()
-    medians = {ds: int(np.median([len(t) for t in tokenize(bb.tokenizer, load_splits(ds, data_dir=data_dir)["train"]["text"].tolist(), 512)]))
-               for ds in DATASETS}
+    medians = {}
+    for ds in DATASETS:
+        train_texts = load_splits(ds, data_dir=data_dir)["train"]["text"].tolist()
+        medians[ds] = int(np.median([len(t) for t in tokenize(bb.tokenizer, train_texts, 512)]))
     print("median tokens of each dataset's train texts: " + ", ".join(f"{ds} {v}" for ds, v in medians.items()))
     m = len(lengths)
     print(f"{m} toxic_chat train texts of 2+ tokens, median {int(np.median(lengths))} tokens (fp32)")
@@ -155,12 +157,11 @@ def main() -> int:
                 else:
                     X[rows] = v.astype(X.dtype)
                 i = j
-            if not a.keep_first:
-                X.flush()
             if a.keep_first:   # |difference| in units of each neuron's standard deviation over the split
                 rel = diffs / (np.asarray(X, np.float32).std(axis=0) + 1e-6)
                 how = f", |difference| from the cache in neuron sds: largest {rel.max():.3g}, median {np.median(rel):.2g}"
             else:
+                X.flush()
                 how = ", rewritten"
             print(f"{ds}/{split}: {len(order)} rows in {time.time() - t0:.1f} s{how}", flush=True)
     return 0
