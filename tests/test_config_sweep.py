@@ -84,3 +84,22 @@ def test_threshold_gain_reports_each_split_and_the_split_level_mean(tmp_path):
     # a sweep written before the threshold was recorded is refused, not read as no gain
     with pytest.raises(SystemExit, match="records no out-of-fold threshold"):
         config_sweep.threshold_gain([_sweep(tmp_path / "old.json", 0, [0.7], [0.7])])
+
+
+def test_paired_heads_scores_the_other_file_by_its_first_fold_heads(tmp_path):
+    base = _sweep(tmp_path / "b.json", 0, [0.70, 0.72], [0.75, 0.75])
+    configs = [{"i": i, "params": {"lr": 1e-3 * (i + 1)}, "holdout_f1": h, "cv_f1": 0.76,
+                "holdout_f1_first_heads": first}
+               for i, (h, first) in enumerate([(0.74, [0.66, 0.69, 0.73, 0.72, 0.74]),
+                                               (0.71, [0.68, 0.70, 0.75, 0.72, 0.71])])]
+    (tmp_path / "o.json").write_text(json.dumps({"seed": 0, "configs": configs}))
+    other = str(tmp_path / "o.json")
+    # all five heads: +0.04, -0.01; the first three: +0.03, +0.03; the first one: -0.04, -0.04
+    assert config_sweep.paired([base, other]).splitlines()[0].endswith("held-out +0.0150, CV +0.0100")
+    assert config_sweep.paired([base, other], heads=3).splitlines()[0].endswith("held-out +0.0300, CV +0.0100")
+    assert config_sweep.paired([base, other], heads=1).splitlines()[0].endswith("held-out -0.0400, CV +0.0100")
+    with pytest.raises(SystemExit, match="first 6 fold heads"):
+        config_sweep.paired([base, other], heads=6)
+    # a sweep written before the record is refused, not read as its full ensemble
+    with pytest.raises(SystemExit, match="records no held-out F1 of its first 3"):
+        config_sweep.paired([base, _sweep(tmp_path / "old.json", 0, [0.7, 0.7], [0.7, 0.7])], heads=3)
