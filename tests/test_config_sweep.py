@@ -103,3 +103,9 @@ def test_paired_heads_scores_the_other_file_by_its_first_fold_heads(tmp_path):
     # a sweep written before the record is refused, not read as its full ensemble
     with pytest.raises(SystemExit, match="records no held-out F1 of its first 3"):
         config_sweep.paired([base, _sweep(tmp_path / "old.json", 0, [0.7, 0.7], [0.7, 0.7])], heads=3)
+
+
+def test_paired_heads_without_a_number_is_refused_with_the_usage(tmp_path):
+    base = _sweep(tmp_path / "b.json", 0, [0.7], [0.7])
+    with pytest.raises(SystemExit, match="takes a number of fold heads first"):
+        config_sweep.main(["--paired", "--heads", base, base])

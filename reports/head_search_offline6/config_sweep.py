@@ -194,6 +194,8 @@ def main(argv=None) -> int:
         return 0
     if argv and argv[0] == "--paired":
         if argv[1:2] == ["--heads"]:
+            if len(argv) < 3 or not argv[2].isdigit():
+                raise SystemExit("--paired --heads takes a number of fold heads first: --paired --heads 3 BASE OTHER ...")
             print(paired(argv[3:], heads=int(argv[2])))
         else:
             print(paired(argv[1:]))
