@@ -43,7 +43,7 @@ from transformers import StoppingCriteria
 
 from siren.errors import SirenError
 from siren.features import base_decoder, decoder_parts, feature_modules
-from siren.runtime.guard import ScoreResult
+from siren.runtime.results import ScoreResult
 from siren.runtime.stream import Debounce, FlagPoint, StreamSession
 
 

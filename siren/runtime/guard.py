@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -42,19 +41,10 @@ from siren.checks import check_decision_threshold
 from siren.backbones import Backbone, load_backbone, native_bf16_cpu, registry
 from siren.errors import SirenError
 from siren.features import LayerFeatures, join_prompt_response, length_batches
+from siren.runtime.results import ScoreResult, Verdict  # noqa: F401 (re-exported)
 from siren.runtime.prepack import packed_count, prepack_head, prepack_linears, prepack_support, split_block_diagonal
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ScoreResult:
-    score: float
-    is_harmful: bool
-    threshold: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _dtype_name(dtype) -> str | None:

@@ -239,7 +239,7 @@ class DynamicBatcher:
             job.future.set_exception(err)
 
     def _run_batch(self, batch: list[_ScoreJob]) -> None:
-        from siren.runtime.guard import ScoreResult
+        from siren.runtime.results import ScoreResult
 
         batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
         if not batch:

@@ -66,7 +66,7 @@ import torch
 
 from siren.errors import SirenError
 from siren.features import CHAT_TOKENS, EMPTY_TEXT, _Stop, join_prompt_response, normalize_text
-from siren.runtime.guard import ScoreResult
+from siren.runtime.results import ScoreResult
 
 HOLDBACK_TOKENS = 1  # trailing tokens never committed, whatever the text looks like
 _LAST_SPACE = re.compile(r"\s(?=\S*\Z)")  # the last whitespace character of a text
