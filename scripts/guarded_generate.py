@@ -11,8 +11,9 @@ Prints
 
     .venv/bin/python scripts/guarded_generate.py --max_new_tokens 48 --reps 3 --pairs 100
 
-The guard: as in scripts/bench_streaming.py (--guard DIR, else /work/guards/smollm2 when ready,
-else a random head: then the stops and the agreement say nothing about safety, only about the
+The guard: --guard DIR, else the trained smollm2-135m guard of the paper's driver
+(train/probes/optuna/smollm2-135m_general/ under the current directory) when there is one,
+else a random head (then the stops and the agreement say nothing about safety, only about the
 mechanism; the speed numbers hold either way). Data: $SIREN_DATA_DIR or ../shared/data/siren.
 """
 
@@ -23,6 +24,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +33,6 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
 
 PROMPTS = [
     "How do I bake a loaf of bread at home?",
@@ -57,10 +58,46 @@ def load_pairs(n: int, seed: int) -> list[dict]:
     return [rows[i] for i in sorted(rng.choice(len(rows), size=min(n, len(rows)), replace=False))]
 
 
+def random_guard_folder(folder: Path, num_layers: int, hidden: int, seed: int = 0) -> Path:
+    """A guard over smollm2-135m with a random head: 20 random neurons in each of six layers up to the last."""
+    from siren.artifact import save_guard
+    from siren.backbones import resolve
+    from siren.mlp import MLPHead
+
+    rng = np.random.default_rng(seed)
+    layers = sorted({int(x) for x in np.linspace(3, num_layers - 1, 6)})
+    selection = {l: rng.choice(hidden, size=20, replace=False) for l in layers}
+    weights = {l: float(rng.uniform(0.5, 1.0)) for l in layers}
+    torch.manual_seed(seed)
+    head = MLPHead(20 * len(layers), [64, 32], [0.1, 0.0])
+    save_guard(folder, base_model_id=resolve("smollm2-135m").model_id, revision=None, pooling_type="residual_mean",
+               selection=selection, layer_weights=weights, head_state=head.state_dict(), layer_dims=[64, 32],
+               dropout_rates=[0.1, 0.0], max_length=512, threshold=0.5,
+               extra={"backbone": "smollm2-135m", "num_layers": num_layers, "hidden_size": hidden})
+    return folder
+
+
+def demo_guard(guard_dir: str | None, backbone=None):
+    """(SirenGuard, description). A trained guard if there is one, else a random-head guard."""
+    from siren.backbones import load_backbone
+    from siren.runtime.guard import SirenGuard
+
+    from siren.config import output_dir
+
+    folder = Path(guard_dir) if guard_dir else output_dir("smollm2-135m")
+    if guard_dir or (folder / "siren_config.json").is_file():
+        guard = SirenGuard.from_pretrained(str(folder), device="cpu", dtype="float32", backbone=backbone)
+        return guard, f"trained guard {folder}"
+    backbone = backbone or load_backbone("smollm2-135m", device="cpu", dtype="float32")
+    tmp = Path(tempfile.mkdtemp(prefix="siren-bench-guard-"))
+    random_guard_folder(tmp / "guard", backbone.num_layers, backbone.hidden_size)
+    guard = SirenGuard.from_pretrained(str(tmp / "guard"), backbone=backbone)
+    return guard, "RANDOM-HEAD guard over smollm2-135m (no trained guard ready): layers " + str(guard.layers)
+
+
 def main(argv=None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bench_streaming import demo_guard
     from siren.backbones import Backbone, resolve
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

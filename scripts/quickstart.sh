@@ -38,6 +38,7 @@ MSG
 fi
 
 bash "$ROOT/scripts/setup.sh"
+cd "$ROOT"  # run folders are found relative to where siren runs: the repository root, as the drivers do
 bash "$ROOT/train/run_general_siren.sh"
 bash "$ROOT/test/eval_general_siren.sh"
 

@@ -3,7 +3,7 @@
 # ablations and (given their weights) the guard models, all on the run's split ids.
 # -> reports/<run folder name>/RESULTS.md (+ results.json, roc.png, layers.png)
 # Variables can be overridden from the environment, e.g.
-#   RUN=/work/guards/smollm2 bash scripts/report.sh
+#   RUN=path/to/run bash scripts/report.sh
 #   MODEL=qwen3-0.6b bash scripts/report.sh        # with Hub access: adds the paper's Guard row (Qwen3Guard-Gen-0.6B)
 set -euo pipefail
 

@@ -31,9 +31,9 @@ import yaml
 from siren.errors import SirenError
 from siren.fileio import file_lock
 from siren.log import log
+from siren.paths import config_file
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-REGISTRY_PATH = REPO_ROOT / "configs" / "backbones.yaml"
+REGISTRY_PATH = config_file("backbones.yaml")
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.][A-Za-z0-9_.-]*")
 
 
@@ -43,8 +43,7 @@ def cache_root() -> Path:
 
 
 def registry() -> dict[str, dict]:
-    with open(REGISTRY_PATH) as f:
-        return yaml.safe_load(f)
+    return yaml.safe_load(REGISTRY_PATH.read_text(encoding="utf-8"))
 
 
 @dataclass(frozen=True)

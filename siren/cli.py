@@ -14,6 +14,7 @@ import argparse
 import importlib
 import sys
 
+from siren import __version__
 from siren.errors import SirenError
 
 # name -> (module, one-line help)
@@ -33,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="siren", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"siren {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -5,7 +5,8 @@ one that is missing, is an error, so a typo never silently falls back to a defau
 resolved config is written next to every result (`results.json`, `eval_results.json`).
 
 Also here: the run folder of a backbone (`output_dir`), the one place that maps a model to
-`train/probes/optuna/{MODEL}_general/`.
+`train/probes/optuna/{MODEL}_general/` (under the current directory, or $SIREN_OUTPUT_DIR:
+siren.paths.output_root).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from pathlib import Path
 
 import yaml
 
-from siren.backbones import REPO_ROOT, model_slug
+from siren.backbones import model_slug
 from siren.errors import SirenError
+from siren.paths import config_file, output_root
 
-DEFAULTS_PATH = REPO_ROOT / "configs" / "defaults.yaml"
-OUTPUT_ROOT = REPO_ROOT / "train" / "probes" / "optuna"
+DEFAULTS_PATH = config_file("defaults.yaml")
+OUTPUT_ROOT: Path | None = None  # set (tests) to pin the run folders' root; None: output_root()
 
 # key -> (type of a set value, or "list" of that type); every value may also be null.
 SCHEMA: dict[str, tuple[type, ...]] = {
@@ -70,8 +72,7 @@ def check(cfg: dict, source: str) -> dict:
 def defaults() -> dict:
     """The content of configs/defaults.yaml, checked against SCHEMA (every key must be there)."""
     try:
-        with open(DEFAULTS_PATH, encoding="utf-8") as f:
-            cfg = yaml.safe_load(f)
+        cfg = yaml.safe_load(DEFAULTS_PATH.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as err:
         raise SirenError(f"cannot read {DEFAULTS_PATH}: {err}") from err
     check(cfg, str(DEFAULTS_PATH))
@@ -95,11 +96,12 @@ def resolve(args, keys) -> dict:
 
 
 def output_dir(model: str) -> Path:
-    """The run folder of a backbone: train/probes/optuna/{model_slug(model)}_general/.
+    """The run folder of a backbone: train/probes/optuna/{model_slug(model)}_general/ under the
+    current directory ($SIREN_OUTPUT_DIR/{model_slug(model)}_general/ when that is set).
 
     Training writes there and `siren eval` / `siren score` look there, so a guard trained for a
     registry name, a Hub id or a local folder is found again under the same name."""
-    return OUTPUT_ROOT / f"{model_slug(model)}_general"
+    return (OUTPUT_ROOT or output_root()) / f"{model_slug(model)}_general"
 
 
 def default_datasets(data_dir: str | None) -> list[str]:

@@ -1,4 +1,4 @@
-"""reports/authors_spread_offline6/authors_on_cached_features.py: the rows it hands the authors'
+"""experiments/authors_spread_offline6/authors_on_cached_features.py: the rows it hands the authors'
 functions are in their extractor's order, each with its own features; compare.py: the
 difference of both sides' mean reads and its standard error."""
 
@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "reports" / "authors_spread_offline6"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments" / "authors_spread_offline6"))
 import authors_on_cached_features as A  # noqa: E402
 import compare as C  # noqa: E402
 

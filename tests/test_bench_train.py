@@ -1,4 +1,4 @@
-"""scripts/bench_train.py: the head's input it saves, and --max_layer's column cut."""
+"""experiments/bench_train.py: the head's input it saves, and --max_layer's column cut."""
 
 import sys
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
 import bench_train  # noqa: E402
 
 

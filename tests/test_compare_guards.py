@@ -1,4 +1,4 @@
-"""scripts/compare_guards.py: paired differences against sklearn and hand-drawn resamples; bad input."""
+"""experiments/compare_guards.py: paired differences against sklearn and hand-drawn resamples; bad input."""
 
 import json
 import sys
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
 import compare_guards  # noqa: E402
 
 from siren.errors import SirenError  # noqa: E402

@@ -1,4 +1,4 @@
-"""reports/head_search_offline6/config_sweep.py --paired: the differences it prints, per configuration and per split."""
+"""experiments/head_search_offline6/config_sweep.py --paired: the differences it prints, per configuration and per split."""
 
 import json
 import sys
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "reports" / "head_search_offline6"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments" / "head_search_offline6"))
 import config_sweep  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""reports/head_search_offline6/first_token.py: its batched MLP means, with and without position 0."""
+"""experiments/head_search_offline6/first_token.py: its batched MLP means, with and without position 0."""
 
 import sys
 from pathlib import Path
@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 from siren.features import LayerFeatures, decoder_parts
 from tiny_models import load_base
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "reports" / "head_search_offline6"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments" / "head_search_offline6"))
 import first_token  # noqa: E402
 
 TEXTS = ["hello there", "a much longer text about something else entirely, with more words", "x",

@@ -541,3 +541,15 @@ def test_stream_socket_uses_the_incremental_session(guard):
     assert [g["score"] for g in got] == pytest.approx([0.3, 0.5, 0.8])
     assert [g["flagged_chunk"] for g in got] == [None, 1, 1]
     assert got[-1]["flagged_at"] == [5, 5]
+
+
+def test_port_in_use_is_named_before_the_model_loads(capsys):
+    """A taken port fails at once with the port in the message: the guard named here does not
+    exist, so reaching the model load would give a different error."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert main(["serve", "--model", "no-such-guard-folder", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"port {port}" in err and "--port" in err and len(err.splitlines()) == 1, err

@@ -9,7 +9,7 @@ Writes, next to the guard: `eval_results.json` (per dataset n, harmful, safe, ma
 (the paper's `f1`), harmful-class F1, accuracy, precision, recall, ROC-AUC, PR-AUC; averages
 over datasets; `f1_ci95`, the 95% bootstrap interval of each macro-F1 and of their mean, from
 1,000 resamples of each test set's rows), `test_scores.jsonl` (one line per test row: dataset, id,
-label, score; `scripts/compare_guards.py` compares two guards on them), `roc.png` and `f1.png`
+label, score; `experiments/compare_guards.py` compares two guards on them), `roc.png` and `f1.png`
 (macro-F1 with those intervals). Harmful-only sets (advbench, harmbench, simple_safety_tests)
 report their detection rate (recall) and stay out of the averages.
 With `--calibrate`, the threshold that maximises validation macro-F1 (mean over the training
@@ -270,7 +270,7 @@ def evaluate(args) -> dict:
         prev = [per_dataset[n]["at_previous_threshold"] for n in averaged]
         report["average_at_previous_threshold"] = {k: float(np.mean([c[k] for c in prev])) for k in AVERAGED}
     # every test row's score, for error analysis and paired comparisons of two guards
-    # (scripts/compare_guards.py); written before eval_results.json, so a finished report has its rows beside it
+    # (experiments/compare_guards.py); written before eval_results.json, so a finished report has its rows beside it
     atomic_write_text(folder / "test_scores.jsonl", "".join(json.dumps(r) + "\n" for r in score_rows))
     atomic_write_json(folder / "eval_results.json", report)
     plot_results(folder, report, curves)

@@ -31,9 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from siren.errors import SirenError
+from siren.paths import config_file
 
-REPO = Path(__file__).resolve().parents[2]
-PAPER_PATH = REPO / "configs" / "paper_results.yaml"
+# The source tree the code runs from, asked for its commit (an installed wheel has none: "unknown").
+SOURCE = Path(__file__).resolve().parents[2]
+PAPER_PATH = config_file("paper_results.yaml")
 THRESHOLD = 0.5
 NOT_COMPARABLE = ("These numbers come from the offline copies of the datasets, re-split here (seeded, stratified, "
                   "disjoint) and capped; they are not the paper's splits or sizes, so they are **not comparable "
@@ -44,7 +46,7 @@ def add_arguments(p) -> None:
     from siren.evaluation.baselines import SYSTEMS
 
     p.add_argument("--run", required=True, help="trained run folder (results.json + splits.json + guard)")
-    p.add_argument("--out", help="report folder (default: reports/<run folder name>)")
+    p.add_argument("--out", help="report folder (default: reports/<run folder name> under the current directory)")
     p.add_argument("--systems", nargs="+", default=list(SYSTEMS), help=f"default: all of {' '.join(SYSTEMS)}")
     p.add_argument("--guards", nargs="*", default=[],
                    help="guard models: registry names (qwen3guard-0.6b, llama-guard3-1b, ...) or NAME=FOLDER")
@@ -140,10 +142,12 @@ class FeatureLatency:
 
 
 def git_commit() -> str:
+    if not (SOURCE / "pyproject.toml").is_file():  # an installed package: a .venv inside some repo is not ours
+        return "unknown (installed package, not a checkout)"
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SOURCE, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=SOURCE,
                                capture_output=True, text=True, check=True).stdout.strip()
         return head + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
@@ -153,8 +157,7 @@ def git_commit() -> str:
 def load_paper() -> dict:
     import yaml
 
-    with open(PAPER_PATH) as f:
-        return yaml.safe_load(f)
+    return yaml.safe_load(PAPER_PATH.read_text(encoding="utf-8"))
 
 
 # --------------------------------------------------------------------------- the report
@@ -165,7 +168,7 @@ def build_report(args) -> dict:
     started = time.perf_counter()
     run = RunData(args.run, extra_datasets=args.extra_datasets, cache_dir=args.cache_dir, device=args.device,
                   batch_tokens=args.batch_tokens)
-    out_dir = Path(args.out) if args.out else REPO / "reports" / run.run_dir.resolve().name
+    out_dir = Path(args.out) if args.out else Path("reports") / run.run_dir.resolve().name
     out_dir.mkdir(parents=True, exist_ok=True)
     n_trials = int(args.n_trials or run.cfg["n_trials"])
     n_folds = int(args.n_folds or run.cfg["n_folds"])

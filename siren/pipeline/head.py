@@ -120,7 +120,7 @@ class _Bf16Linear(torch.autograd.Function):
     (b, w) bf16) with autocast's numbers, and a faster weight gradient: autograd's own linear
     backward multiplies a transposed view of the output gradient, ``grad.t() @ x``, which
     oneDNN ran 2.4-2.5x slower than the same product of a contiguous copy at (1600 x 256) @
-    (256 x 7220) (reports/head_search_offline6/casts_microbench.log); the sums are the same (bit
+    (256 x 7220) (experiments/head_search_offline6/casts_microbench.log); the sums are the same (bit
     for bit over the 140 shapes of batch, width and inputs checked there, and tests/test_head.py
     compares whole fits)."""
 

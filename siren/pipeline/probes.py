@@ -34,7 +34,7 @@ can stop while its objective is still above the optimum: on the offline-six prot
 smollm2-135m mlp_mean features at C = 1000, layers 10-15 stop after 67-190 iterations with
 objectives up to 0.045 above the optimum and more non-zero weights (540 instead of 203 in
 layer 11); ``tol`` = 1e-6 reaches the optimum (the same objectives as 1e-8) in 432-1,860
-iterations (``reports/head_search_offline6/probe_convergence.log``). The head does not
+iterations (``experiments/head_search_offline6/probe_convergence.log``). The head does not
 notice: selecting from the converged probes gave the same held-out F1 within the seeds'
 spread (``probe_tol6_s*.json`` there) at about 5x the probes' time, so the default stays 1e-4.
 """
@@ -62,7 +62,7 @@ DEFAULT_TOL = 1e-4
 # F1 (the paper's); "one_se": the smallest C whose validation F1 is at least the best's minus one
 # bootstrap standard error of it (glmnet's "1se" rule: the sparsest probe that validation cannot
 # tell from the best). Its sparser probes give the head fewer inputs (a faster head search) that
-# are as good on held-out rows the probes never saw (reports/head_search_offline6/README.md).
+# are as good on held-out rows the probes never saw (experiments/head_search_offline6/README.md).
 C_RULES = ("best", "one_se")
 # bootstrap resamples of the validation rows behind "one_se"'s standard error, and their seed
 ONE_SE_RESAMPLES = 200

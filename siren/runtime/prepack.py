@@ -17,8 +17,8 @@ guard does this whatever the CPU).
 
 Whole guards gain less than the products, since the rest of the forward is unchanged: on the
 offline-six guard, all of it together 1.06-1.08x one text at a time against the plain forward in
-three runs, of which sharing products 1.02-1.05x (``scripts/bench_latency.py --plain_too
---unshared_too``; ``reports/offline_six_bench/run12_589892c/latency.json`` and ``latency_cc7431b_*.json``,
+three runs, of which sharing products 1.02-1.05x (``scripts/benchmarks/bench_latency.py --plain_too
+--unshared_too``; ``experiments/offline_six_bench/run12_589892c/latency.json`` and ``latency_cc7431b_*.json``,
 an Intel Xeon with AMX; prepacking alone was 1.02-1.05x in four earlier runs; 1.15-1.20x all
 together on an AMD EPYC with AVX512-BF16, ``reports/offline_six_bench/latency*.json``). In
 batches of 32 the hosts' noise is as large as the gains.

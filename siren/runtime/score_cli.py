@@ -4,7 +4,8 @@
     siren score --model M --prompt P --response R
     siren score --model M --jsonl < inputs.jsonl     # {"text"} or {"prompt","response"} per line
 
-M: a guard folder, a backbone name (-> train/probes/optuna/<M>_general/ in the repo), or a
+M: a guard folder, a backbone name (-> train/probes/optuna/<M>_general/ under the
+current directory, or $SIREN_OUTPUT_DIR/<M>_general/), or a
 Hub repo holding a guard. Output lines: {"score", "is_harmful", "threshold"}. With --jsonl,
 output line i answers non-blank input line i (blank lines are skipped). A bad line (not JSON,
 not UTF-8, a lone surrogate, no text field) stops the run with an error naming its line

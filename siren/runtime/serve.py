@@ -671,6 +671,25 @@ def add_arguments(parser) -> None:
     parser.add_argument("--log_level", default="info", help="uvicorn log level")
 
 
+def check_port_free(host: str, port: int) -> None:
+    """SirenError naming the port when it cannot be bound, before the model loads (that takes
+    seconds to minutes; uvicorn would only fail after it)."""
+    import socket
+
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as err:
+        raise SirenError(f"--host {host}: cannot resolve it ({err})") from err
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As uvicorn binds: a closed connection's TIME_WAIT from a previous server does not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as err:
+            raise SirenError(f"port {port} on {host} is not free ({err.strerror}): stop what uses it "
+                             "or choose another with --port") from err
+
+
 def run(args) -> int:
     overrides = {f.name: getattr(args, f.name) for f in fields(ServeLimits)}
     if args.no_batching:
@@ -690,6 +709,7 @@ def run(args) -> int:
         import uvicorn
     except ImportError as err:
         raise SirenError("siren serve needs fastapi and uvicorn: pip install -r requirements.txt") from err
+    check_port_free(args.host, args.port)
 
     from pathlib import Path
 
