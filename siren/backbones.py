@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from siren.errors import SirenError
-from siren.fileio import file_lock
+from siren.fileio import file_lock, load_yaml
 from siren.log import log
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +44,7 @@ def cache_root() -> Path:
 
 def registry() -> dict[str, dict]:
     with open(REGISTRY_PATH) as f:
-        return yaml.safe_load(f)
+        return load_yaml(f, str(REGISTRY_PATH))
 
 
 @dataclass(frozen=True)

@@ -69,9 +69,11 @@ def check(cfg: dict, source: str) -> dict:
 
 def defaults() -> dict:
     """The content of configs/defaults.yaml, checked against SCHEMA (every key must be there)."""
+    from siren.fileio import load_yaml
+
     try:
         with open(DEFAULTS_PATH, encoding="utf-8") as f:
-            cfg = yaml.safe_load(f)
+            cfg = load_yaml(f, str(DEFAULTS_PATH))
     except (OSError, yaml.YAMLError) as err:
         raise SirenError(f"cannot read {DEFAULTS_PATH}: {err}") from err
     check(cfg, str(DEFAULTS_PATH))

@@ -178,3 +178,26 @@ def staging_dir(out_dir: str | os.PathLike, on_stale: Callable[[Path], None] | N
         yield work
     finally:
         os.close(fd)    # releases the flock
+
+
+def load_yaml(stream, source: str):
+    """YAML through a SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the
+    last value silently, so a setting edited in one place and left in another would be ignored)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise SirenError(f"{source}: key {key!r} is given twice in one mapping (lines {seen[key]} "
+                                         f"and {line}): keep one")
+                    seen[key] = line
+                except TypeError:   # an unhashable key: the base class names it
+                    continue
+            return super().construct_mapping(node, deep=deep)
+
+    return yaml.load(stream, Loader=UniqueKeyLoader)  # noqa: S506  (a SafeLoader subclass)

@@ -151,10 +151,10 @@ def git_commit() -> str:
 
 
 def load_paper() -> dict:
-    import yaml
+    from siren.fileio import load_yaml
 
     with open(PAPER_PATH) as f:
-        return yaml.safe_load(f)
+        return load_yaml(f, str(PAPER_PATH))
 
 
 # --------------------------------------------------------------------------- the report

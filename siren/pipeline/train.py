@@ -123,6 +123,11 @@ def resolve_config(args) -> dict:
     if getattr(args, "datasets", None) is None:
         cfg["datasets"] = cfgmod.default_datasets(cfg["data_dir"])
     cfg["out_dir"] = str(Path(cfg["out_dir"]) if cfg["out_dir"] else cfgmod.output_dir(cfg["model"]))
+    if cfg["decision_threshold"] is not None:  # here, not when the guard is saved hours later (a YAML .nan too)
+        from siren.checks import check_decision_threshold
+
+        check_decision_threshold(cfg["decision_threshold"], "DECISION_THRESHOLD (--decision_threshold, or "
+                                                            "decision_threshold in configs/defaults.yaml)")
     return cfg
 
 
