@@ -165,7 +165,9 @@ def staging_dir(out_dir: str | os.PathLike, on_stale: Callable[[Path], None] | N
     folder is never seen unowned between its creation and its flock."""
     out_dir = Path(out_dir)
     parent = out_dir.parent
-    with file_lock(parent / f".{out_dir.name}.lock"):
+    guard = os.open(parent, os.O_RDONLY)    # the parent folder itself is the lock: no lock file left behind
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX)
         for old in sorted(parent.glob(f".{glob.escape(out_dir.name)}.*.partial")):
             if old.is_dir() and not old.is_symlink() and _owner_gone(old):
                 shutil.rmtree(old, ignore_errors=True)
@@ -174,6 +176,8 @@ def staging_dir(out_dir: str | os.PathLike, on_stale: Callable[[Path], None] | N
         work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=parent))
         fd = os.open(work, os.O_RDONLY)
         fcntl.flock(fd, fcntl.LOCK_EX)
+    finally:
+        os.close(guard)
     try:
         yield work
     finally:

@@ -250,6 +250,12 @@ def _snapshot(root: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(case, env, capsys, monkeypatch):
+    run_case(case, env, capsys, monkeypatch)
+
+
+def run_case(case, env, capsys, monkeypatch) -> None:
+    """One case: exit status 2, one `siren ...` error line matching its pattern, no traceback,
+    no file changed, and (unless allowed) no backbone loaded."""
     name, setup, pattern, backbone_may_load = case
     argv = setup(env)
     if not backbone_may_load:
