@@ -37,3 +37,22 @@ def check_unicode(text: str, what: str) -> str:
                              "which is not a character: send valid Unicode (do not split a text inside a "
                              "surrogate pair)") from None
     return text
+
+
+def run_main(main, prog: str, argv=None) -> int:
+    """A script's `main(argv)` with the CLI's manners: a SirenError, a package that is not
+    installed, or a full disk is one line on stderr and exit status 2, never a traceback."""
+    try:
+        return int((main() if argv is None else main(argv)) or 0)
+    except SirenError as err:
+        message = str(err)
+    except ModuleNotFoundError as err:
+        if (err.name or "siren").split(".")[0] == "siren":
+            raise
+        message = missing_package_message(err)
+    except Exception as err:  # noqa: BLE001  (anything but a full disk is a bug: re-raised)
+        if not is_disk_full(err):
+            raise
+        message = f"no space left on device ({err}): free some space and run again"
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2
