@@ -157,6 +157,7 @@ ELSEWHERE = [
      "test_serve_hostile.py::test_idle_and_partial_header_sockets_do_not_starve_a_good_request"),
     ("slow body", "closed after body_timeout_s, no traceback", "test_serve_hostile.py::test_a_slow_body_is_cut_off_and_logs_no_traceback"),
     ("idle kept-alive connection", "closed after idle_timeout_s", "test_serve_hostile.py::test_a_kept_alive_connection_is_closed_when_idle"),
+    ("oversized request header", "400, closed (max_header_bytes)", "test_serve_hostile.py::test_an_oversized_header_is_refused"),
     ("refusal log flood", "one line per interval with a count", "test_serve_hostile.py::test_refusals_are_logged_once_per_interval"),
     ("more connections than open files", "cap lowered below the limit", "test_serve_hostile.py::test_the_connection_cap_stays_below_the_open_file_limit"),
     ("websocket never starts", "error 'no start message within', close 1008",

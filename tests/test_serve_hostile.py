@@ -31,7 +31,7 @@ from test_serve import free_port  # noqa: E402
 LIMITS = ServeLimits(max_batch_size=8, max_wait_ms=1, max_items=8, max_chars=2000, max_body_bytes=64 * 1024,
                      max_queue=64, max_stream_chunks=50, batch_tokens=4096, header_timeout_s=2.0,
                      body_timeout_s=1.0, idle_timeout_s=1, max_connections=200, ws_handshake_timeout_s=0.5,
-                     refusal_log_interval_s=60)
+                     max_header_bytes=4096, refusal_log_interval_s=60)
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +147,16 @@ def test_a_kept_alive_connection_is_closed_when_idle(guard):
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert b"200 OK" in s.recv(4096)
         assert closed_by_peer(s, LIMITS.idle_timeout_s + 3)
+        s.close()
+
+
+def test_an_oversized_header_is_refused(guard):
+    with Server(create_app(guard, model_name="g", limits=LIMITS), LIMITS) as srv:
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        # Headers that never end: h11 holds at most max_header_bytes of an unfinished request.
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: aaaaaaaa\r\n" * (LIMITS.max_header_bytes // 10))
+        assert s.recv(4096).startswith(b"HTTP/1.1 400")
+        assert closed_by_peer(s, 3)
         s.close()
 
 

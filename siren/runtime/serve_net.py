@@ -28,6 +28,9 @@ import resource
 import threading
 import time
 
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
 log = logging.getLogger("siren.serve")
 
 _BUSY_BODY = (b'{"error": {"message": "too many open connections (max_connections); retry shortly", '
@@ -99,98 +102,96 @@ def fd_headroom(max_connections: int, reserve: int = 128) -> int:
     return max_connections
 
 
-def protocol_class(limits):
-    """uvicorn's h11 protocol with the header/body deadlines and the connection cap of `limits`."""
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with header/body deadlines and a connection cap (class attributes,
+    set per server by `protocol_class`)."""
 
-    waiting = (h11.IDLE, h11.SEND_BODY)
+    header_timeout = 10.0
+    body_timeout = 30.0
+    max_connections = 1000
 
-    class GuardedH11Protocol(H11Protocol):
-        header_timeout = float(limits.header_timeout_s)
-        body_timeout = float(limits.body_timeout_s)
-        max_connections = int(limits.max_connections)
+    def connection_made(self, transport):
+        self._deadline, self._phase, self._born = None, None, time.monotonic()
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections and not self._evict_oldest_waiting():
+            log.warning("connection refused: %d connections are open (max_connections)", len(self.connections) - 1)
+            transport.write(_BUSY)
+            transport.close()
+            self.connections.discard(self)
+            return
+        self._arm()
 
-        def connection_made(self, transport):
-            self._deadline, self._phase, self._born = None, None, time.monotonic()
-            super().connection_made(transport)
-            if len(self.connections) > self.max_connections and not self._evict_oldest_waiting():
-                log.warning("connection refused: %d connections are open (max_connections)", len(self.connections) - 1)
-                transport.write(_BUSY)
-                transport.close()
-                self.connections.discard(self)
-                return
-            self._arm()
+    def _waiting(self) -> bool:
+        """No request in progress: nothing is lost by closing it."""
+        return self.conn.their_state == h11.IDLE and (self.cycle is None or self.cycle.response_complete)
 
-        def _evict_oldest_waiting(self) -> bool:
-            """Close the oldest other connection that has not sent a whole request header."""
-            idle = [c for c in self.connections if c is not self and isinstance(c, GuardedH11Protocol)
-                    and c._waiting() and not c.transport.is_closing()]
-            if not idle:
-                return False
-            oldest = min(idle, key=lambda c: c._born)
-            log.warning("max_connections reached: closed the oldest connection still waiting for a request")
-            oldest._drop()
-            return True
+    def _evict_oldest_waiting(self) -> bool:
+        """Close the oldest other connection that has not sent a whole request header."""
+        idle = [c for c in self.connections if c is not self and isinstance(c, GuardedH11Protocol)
+                and c._waiting() and not c.transport.is_closing()]
+        if not idle:
+            return False
+        log.warning("max_connections reached: closed the oldest connection still waiting for a request")
+        min(idle, key=lambda c: c._born)._drop()
+        return True
 
-        def _waiting(self) -> bool:
-            """No request in progress: nothing is lost by closing it."""
-            return self.conn.their_state == h11.IDLE and (self.cycle is None or self.cycle.response_complete)
+    def _arm(self) -> None:
+        """Start the deadline of the phase the peer is in, once per phase (a byte every few
+        seconds does not extend it)."""
+        state = self.conn.their_state
+        phase = state if state in (h11.IDLE, h11.SEND_BODY) else None
+        if phase == self._phase:
+            return
+        self._disarm()
+        self._phase = phase
+        if phase is not None:
+            timeout = self.header_timeout if phase == h11.IDLE else self.body_timeout
+            self._deadline = self.loop.call_later(timeout, self._expired, phase)
 
-        def _arm(self) -> None:
-            """Start the deadline of the phase the peer is in (once per phase: a byte every few
-            seconds does not extend it)."""
-            state = self.conn.their_state
-            phase = state if state in waiting else None
-            if phase == self._phase:
-                return
-            self._disarm()
-            self._phase = phase
-            if phase is not None:
-                timeout = self.header_timeout if phase == h11.IDLE else self.body_timeout
-                self._deadline = self.loop.call_later(timeout, self._expired, phase)
-
-        def _disarm(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-
-        def _expired(self, phase) -> None:
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
             self._deadline = None
-            if self.transport.is_closing():
-                return
-            what = "headers" if phase == h11.IDLE else "body"
-            log.warning("closed a connection whose request %s did not arrive in time (header_timeout_s / body_timeout_s)",
-                        what)
+
+    def _expired(self, phase) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            log.warning("closed a connection whose request %s did not arrive in time (header_timeout_s / "
+                        "body_timeout_s)", "headers" if phase == h11.IDLE else "body")
             self._drop()
 
-        def _drop(self) -> None:
-            self._disarm()
-            self._phase = None
-            self.transport.close()
+    def _drop(self) -> None:
+        self._disarm()
+        self._phase = None
+        self.transport.close()
 
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            if not self.transport.is_closing() and self.transport.get_protocol() is self:
-                self._arm()
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self.transport.is_closing() and self.transport.get_protocol() is self:
+            self._arm()
 
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            # Between requests uvicorn's keep-alive timer runs; the next request's first byte
-            # (data_received) starts its header deadline.
-            self._disarm()
-            self._phase = None
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # Between requests uvicorn's keep-alive timer runs; the next request's first byte
+        # (data_received) starts its header deadline.
+        self._disarm()
+        self._phase = None
 
-        def handle_websocket_upgrade(self, event) -> None:
-            self._disarm()
-            self._phase = None
-            super().handle_websocket_upgrade(event)
+    def handle_websocket_upgrade(self, event) -> None:
+        self._disarm()
+        self._phase = None
+        super().handle_websocket_upgrade(event)
 
-        def connection_lost(self, exc) -> None:
-            self._disarm()
-            super().connection_lost(exc)
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
 
-    return GuardedH11Protocol
+
+def protocol_class(limits) -> type:
+    """`GuardedH11Protocol` with the deadlines and the cap of `limits`."""
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), {
+        "header_timeout": float(limits.header_timeout_s), "body_timeout": float(limits.body_timeout_s),
+        "max_connections": int(limits.max_connections)})
 
 
 def uvicorn_options(limits, *, host: str, port: int, log_level: str) -> dict:
