@@ -111,8 +111,13 @@ class GuardedH11Protocol(H11Protocol):
     max_connections = 1000
 
     def connection_made(self, transport):
-        self._deadline, self._phase, self._born = None, None, time.monotonic()
+        self._deadline, self._phase = None, None
         super().connection_made(transport)
+        # Connections waiting for a request, oldest first (a dict keeps insertion order), shared
+        # by the server's connections: eviction takes the first, in O(1), however many are held.
+        if not hasattr(self.server_state, "siren_waiting"):
+            self.server_state.siren_waiting = {}
+        self._waiting_set = self.server_state.siren_waiting
         if len(self.connections) > self.max_connections and not self._evict_oldest_waiting():
             log.warning("connection refused: %d connections are open (max_connections)", len(self.connections) - 1)
             transport.write(_BUSY)
@@ -121,25 +126,24 @@ class GuardedH11Protocol(H11Protocol):
             return
         self._arm()
 
-    def _waiting(self) -> bool:
-        """No request in progress: nothing is lost by closing it."""
-        return self.conn.their_state == h11.IDLE and (self.cycle is None or self.cycle.response_complete)
-
     def _evict_oldest_waiting(self) -> bool:
         """Close the oldest other connection that has not sent a whole request header."""
-        idle = [c for c in self.connections if c is not self and isinstance(c, GuardedH11Protocol)
-                and c._waiting() and not c.transport.is_closing()]
-        if not idle:
-            return False
-        log.warning("max_connections reached: closed the oldest connection still waiting for a request")
-        min(idle, key=lambda c: c._born)._drop()
-        return True
+        for other in self._waiting_set:
+            if other is not self:
+                log.warning("max_connections reached: closed the oldest connection still waiting for a request")
+                other._drop()
+                return True
+        return False
 
     def _arm(self) -> None:
         """Start the deadline of the phase the peer is in, once per phase (a byte every few
         seconds does not extend it)."""
         state = self.conn.their_state
         phase = state if state in (h11.IDLE, h11.SEND_BODY) else None
+        if phase == h11.IDLE and (self.cycle is None or self.cycle.response_complete):
+            self._waiting_set.setdefault(self, None)     # nothing is lost by closing it
+        else:
+            self._waiting_set.pop(self, None)
         if phase == self._phase:
             return
         self._disarm()
@@ -163,6 +167,7 @@ class GuardedH11Protocol(H11Protocol):
     def _drop(self) -> None:
         self._disarm()
         self._phase = None
+        self._waiting_set.pop(self, None)
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
@@ -176,14 +181,19 @@ class GuardedH11Protocol(H11Protocol):
         # (data_received) starts its header deadline.
         self._disarm()
         self._phase = None
+        if not self.transport.is_closing() and self.conn.their_state == h11.IDLE:
+            self._waiting_set.pop(self, None)
+            self._waiting_set[self] = None               # idle again: the newest waiting one
 
     def handle_websocket_upgrade(self, event) -> None:
         self._disarm()
         self._phase = None
+        self._waiting_set.pop(self, None)
         super().handle_websocket_upgrade(event)
 
     def connection_lost(self, exc) -> None:
         self._disarm()
+        self._waiting_set.pop(self, None)
         super().connection_lost(exc)
 
 
