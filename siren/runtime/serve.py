@@ -28,7 +28,9 @@ threshold=...)` returning an object with `.feed(chunk)` and `.flagged_at`) when 
 one; otherwise `StatelessSession`, which rescores prompt + response-so-far after each chunk.
 
 Limits (texts per request, characters per text, body bytes, queued requests, stream chunks) are
-configurable; defaults are in `configs/defaults.yaml` (`serve:`). Binds to 127.0.0.1 unless told
+configurable; defaults are in `configs/defaults.yaml` (`serve:`). So are the ones against hostile
+clients (header/body/idle timeouts, a connection cap, the websocket's start-message timeout,
+refusals logged once per interval), applied by `siren/runtime/serve_net.py`. Binds to 127.0.0.1 unless told
 otherwise. If `SIREN_API_KEY` is set, every /v1 call needs `Authorization: Bearer <key>`
 (checked in constant time); the page and /healthz stay open. Imports no Optuna and no training code.
 
