@@ -630,12 +630,7 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
             return _check_object(obj, "")
 
         try:
-            try:
-                start = await asyncio.wait_for(receive(), timeout=limits.ws_handshake_timeout_s)
-            except asyncio.TimeoutError:
-                raise RequestError(408, f"no start message within {limits.ws_handshake_timeout_s:g} s of connecting: "
-                                        "send {\"prompt\": ...} (with \"api_key\" when the server needs one) at once",
-                                   code="handshake_timeout") from None
+            start = await start_message(receive(), limits.ws_handshake_timeout_s)
             check_api_key(api_key, ws.headers.get("authorization") or
                           (f"Bearer {start['api_key']}" if isinstance(start.get("api_key"), str) else None))
             prompt = start.get("prompt")
@@ -665,10 +660,9 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
                 if not isinstance(chunk, str):
                     raise RequestError(400, f"expected {{\"chunk\": str}} or {{\"end\": true}}, got "
                                             f"'chunk' as a JSON {_type_name(chunk)}", param="chunk")
-                try:  # a chunk that is not text is refused alone: the session and the socket go on
-                    check_unicode(chunk, f"chunk {index}")
-                except SirenError as err:
-                    await ws.send_json(RequestError(400, str(err), param="chunk", code="invalid_text").body())
+                refused = chunk_refusal(chunk, index)
+                if refused:  # refused alone: the session and the socket go on
+                    await ws.send_json(refused)
                     continue
                 chars += len(chunk)
                 if chars > limits.max_chars:
@@ -693,6 +687,26 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
             await fail(RequestError(400, str(err)), 1007)
 
     return app
+
+
+async def start_message(receive, seconds: float) -> dict:
+    """The websocket's first message, or a 408 RequestError after `seconds` (a socket that never
+    starts, or never authenticates, is not held open)."""
+    try:
+        return await asyncio.wait_for(receive, timeout=seconds)
+    except asyncio.TimeoutError:
+        raise RequestError(408, f"no start message within {seconds:g} s of connecting: send {{\"prompt\": ...}} "
+                                "(with \"api_key\" when the server needs one) at once", code="handshake_timeout") from None
+
+
+def chunk_refusal(chunk: str, index: int) -> dict | None:
+    """The error body for a chunk that is not text (a lone surrogate: a client that split a text
+    inside a surrogate pair), else None."""
+    try:
+        check_unicode(chunk, f"chunk {index}")
+    except SirenError as err:
+        return RequestError(400, str(err), param="chunk", code="invalid_text").body()
+    return None
 
 
 def token_pieces(tokenizer, text: str) -> list[str]:
