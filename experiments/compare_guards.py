@@ -124,4 +124,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from siren.errors import run_main
+
+    raise SystemExit(run_main(main, "compare_guards.py"))

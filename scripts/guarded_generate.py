@@ -191,4 +191,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from siren.errors import run_main
+
+    raise SystemExit(run_main(main, "guarded_generate.py"))

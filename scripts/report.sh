@@ -23,15 +23,17 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${SIREN_PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
 cd "$ROOT"
-[ -n "$RUN" ] || RUN="$("$PY" -c "from siren.config import output_dir; print(output_dir('$MODEL'))")"
+# Values reach Python as arguments (siren/shellcmd.py), never pasted into its source: any MODEL is data.
+lookup() { "$PY" -m siren.shellcmd "$@"; }  # a bad value: one line on stderr, status 2 (set -e stops here)
+[ -n "$RUN" ] || RUN="$(lookup run_dir "$MODEL")"
 [ -f "$RUN/results.json" ] || { echo "report: $RUN has no results.json: train first (bash train/run_general_siren.sh) or set RUN" >&2; exit 2; }
 RUN="$(cd "$RUN" && pwd)"
 
 if [ "$GUARDS" = "default" ]; then
-  GUARDS="$("$PY" -c "from siren.evaluation.guard_models import PAPER_GUARD_OF; print(PAPER_GUARD_OF.get('$MODEL', ''))")"
+  GUARDS="$(lookup paper_guard "$MODEL")"
 fi
 if [ "$EXTRA_DATASETS" = "default" ]; then
-  DATA_DIR="$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['config'].get('data_dir') or '')" "$RUN/results.json")"
+  DATA_DIR="$(lookup data_dir "$RUN/results.json")"
   DATA_DIR="${DATA_DIR:-${SIREN_DATA_DIR:-}}"
   EXTRA_DATASETS=""
   for d in advbench harmbench simple_safety_tests; do

@@ -199,6 +199,13 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _check_format_version(version, source: str) -> None:
+    if not (_is_int(version) and 1 <= version <= FORMAT_VERSION):
+        raise SirenError(f"{source}: siren.format_version is {version!r}, but this SIREN reads format "
+                         f"{FORMAT_VERSION} at most: the guard was written by a newer SIREN; upgrade (git pull, "
+                         "then bash scripts/setup.sh) or use a guard trained with this version")
+
+
 def validate_config(config: dict, source: str) -> dict:
     """Check a guard config; raise SirenError naming `source` and the key. Returns config."""
     if not isinstance(config, dict):
@@ -285,6 +292,7 @@ def validate_config(config: dict, source: str) -> dict:
     if extra is not None and not isinstance(extra, dict):
         raise SirenError(f"{source}: key siren must be an object")
     extra = extra or {}
+    _check_format_version(extra.get("format_version", FORMAT_VERSION), source)  # absent: llm-siren's, format 1
     for key in ("num_layers", "hidden_size"):
         if key in extra and not (_is_int(extra[key]) and extra[key] > 0):
             raise SirenError(f"{source}: siren.{key} must be a positive integer, got {extra[key]!r}")
@@ -343,6 +351,10 @@ def _check_head_state(state: dict, expected: dict[str, tuple[int, ...]], source:
         raise SirenError(f"{source}: head tensors do not match mlp in the config: "
                          f"missing {missing}, unexpected {unexpected}")
     for k, shape in expected.items():
+        if not state[k].is_floating_point():  # integer weights would fail deep inside a matmul
+            raise SirenError(f"{source}: tensor {k} holds {str(state[k].dtype).removeprefix('torch.')} values; "
+                             "the head's weights must be floating point (F32, F16, BF16 or F64): the file was "
+                             "not written by SIREN, write it again with float tensors")
         if tuple(state[k].shape) != shape:
             raise SirenError(f"{source}: tensor {k} has shape {tuple(state[k].shape)}, the config implies {shape}")
         if not torch.isfinite(state[k]).all():

@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from siren.errors import SirenError
-from siren.fileio import file_lock
+from siren.fileio import file_lock, load_yaml
 from siren.log import log
 from siren.paths import config_file
 
@@ -43,7 +43,7 @@ def cache_root() -> Path:
 
 
 def registry() -> dict[str, dict]:
-    return yaml.safe_load(REGISTRY_PATH.read_text(encoding="utf-8"))
+    return load_yaml(REGISTRY_PATH.read_text(encoding="utf-8"), str(REGISTRY_PATH))
 
 
 @dataclass(frozen=True)

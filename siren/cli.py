@@ -15,7 +15,7 @@ import importlib
 import sys
 
 from siren import __version__
-from siren.errors import SirenError
+from siren.errors import SirenError, is_disk_full, missing_package_message
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -48,7 +48,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = argv[0] if argv and argv[0] in COMMANDS else None
-    parser = build_parser(only=chosen)
+    try:
+        parser = build_parser(only=chosen)
+    except ImportError as err:  # set-up not run (e.g. `bash train/run_general_siren.sh` on a bare python3)
+        print(f"siren {chosen or ''}: error: {missing_package_message(err)}".replace("  ", " "), file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
@@ -57,6 +61,17 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except SirenError as err:
         print(f"siren {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        if (err.name or "siren").split(".")[0] == "siren":
+            raise
+        print(f"siren {args.command}: error: {missing_package_message(err)}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001  (only a full disk is the user's to fix; anything else is a bug: re-raised)
+        if not is_disk_full(err):
+            raise
+        print(f"siren {args.command}: error: no space left on device ({type(err).__name__}: {err}); free some space "
+              "and run again: files written before are intact (every write is atomic)", file=sys.stderr)
         return 2
 
 

@@ -71,8 +71,10 @@ def check(cfg: dict, source: str) -> dict:
 
 def defaults() -> dict:
     """The content of configs/defaults.yaml, checked against SCHEMA (every key must be there)."""
+    from siren.fileio import load_yaml
+
     try:
-        cfg = yaml.safe_load(DEFAULTS_PATH.read_text(encoding="utf-8"))
+        cfg = load_yaml(DEFAULTS_PATH.read_text(encoding="utf-8"), str(DEFAULTS_PATH))
     except (OSError, yaml.YAMLError) as err:
         raise SirenError(f"cannot read {DEFAULTS_PATH}: {err}") from err
     check(cfg, str(DEFAULTS_PATH))

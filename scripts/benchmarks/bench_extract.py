@@ -260,4 +260,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from siren.errors import run_main
+
+    raise SystemExit(run_main(main, "bench_extract.py"))

@@ -283,4 +283,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from siren.errors import run_main
+
+    raise SystemExit(run_main(main, "bench_serve.py"))

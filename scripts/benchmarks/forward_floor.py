@@ -81,4 +81,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from siren.errors import run_main
+
+    raise SystemExit(run_main(main, "forward_floor.py"))

@@ -71,6 +71,9 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from siren.evaluation.eval_checks import check_think_args
+
+    check_think_args(args)      # every value before the evaluation, not after it
     report = evaluate_thinking(args)
     print_table(report)
     return 0

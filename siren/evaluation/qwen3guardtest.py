@@ -47,9 +47,12 @@ def load_rows(split: str, data_file: str | Path | None = None) -> list[dict]:
             for i, line in enumerate(f, 1):
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise SirenError(f"{path}:{i}: not JSON ({err})") from err
+                        row = json.loads(line)
+                    except (json.JSONDecodeError, RecursionError) as err:
+                        raise SirenError(f"{path}:{i}: not JSON ({err})") from None
+                    if not isinstance(row, dict):
+                        raise SirenError(f"{path}:{i}: a row must be a JSON object, got {type(row).__name__}")
+                    rows.append(row)
         return rows
     if split not in SPLITS:
         raise SirenError(f"Qwen3GuardTest has no split {split!r}: use one of {', '.join(SPLITS)}")
@@ -70,7 +73,7 @@ def label_of(row: Mapping) -> int | None:
 
 def source_group(source: str | None) -> str | None:
     """The authors' grouping of source models: Deepseek, GLM, Qwen3, or None (left out)."""
-    if not source:
+    if not source or not isinstance(source, str):
         return None
     if source.startswith("deepseek-ai/"):
         return "Deepseek"
@@ -83,9 +86,10 @@ def source_group(source: str | None) -> str | None:
 
 def prompt_response(row: Mapping) -> tuple[str, str]:
     """(last user turn, last assistant turn) of `message`; "" where a role is absent."""
+    from siren.evaluation.eval_checks import check_message
+
     messages = row.get("message")
-    if not isinstance(messages, list):
-        raise SirenError(f"row {row.get('unique_id')!r}: 'message' must be a list of chat turns")
+    check_message(messages, f"row {row.get('unique_id')!r}")
     user = assistant = ""
     for m in messages:
         if m.get("role") == "user":

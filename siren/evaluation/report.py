@@ -155,9 +155,9 @@ def git_commit() -> str:
 
 
 def load_paper() -> dict:
-    import yaml
+    from siren.fileio import load_yaml
 
-    return yaml.safe_load(PAPER_PATH.read_text(encoding="utf-8"))
+    return load_yaml(PAPER_PATH.read_text(encoding="utf-8"), str(PAPER_PATH))
 
 
 # --------------------------------------------------------------------------- the report

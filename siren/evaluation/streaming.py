@@ -41,6 +41,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from siren.errors import SirenError
+from siren.evaluation.eval_checks import check_row_id, check_stream_args, check_text_field
 
 GRACES = (32, 64, 128, 256)  # tokens after the end of the first unsafe sentence
 DELAY_BINS = ("ahead", "hit", "1-32", "33-64", "65-128", "129-256", ">256", "missed")
@@ -355,13 +356,18 @@ def records_from_jsonl(path: str | Path, *, ids: Sequence[str] | None = None) ->
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise SirenError(f"{path}:{i}: not JSON ({err})") from err
-            if keep is not None and str(row.get("id")) not in keep:
+            if not isinstance(row, dict):
+                raise SirenError(f"{path}:{i}: a row must be a JSON object, got {type(row).__name__}")
+            row_id = check_row_id(row, f"{path}:{i}")
+            if keep is not None and row_id not in keep:
                 continue
-            if not isinstance(row.get("response"), str):
+            if row.get("response") is None:
                 raise SirenError(f"{path}:{i}: no response to stream (a prompt-only dataset?)")
-            if row.get("label") not in (0, 1):
+            check_text_field(row["response"], "response", f"{path}:{i}")
+            check_text_field(row.get("prompt"), "prompt", f"{path}:{i}", nullable=True)
+            if row.get("label") not in (0, 1) or isinstance(row.get("label"), bool):
                 raise SirenError(f"{path}:{i}: label must be 0 or 1, got {row.get('label')!r}")
-            out.append(StreamRecord(id=str(row["id"]), response=row["response"], label=int(row["label"]),
+            out.append(StreamRecord(id=row_id, response=row["response"], label=int(row["label"]),
                                     prompt=row.get("prompt"), unsafe_start=row.get("unsafe_start"),
                                     unsafe_end=row.get("unsafe_end"), source=row.get("source")))
     if keep is not None:
@@ -446,6 +452,7 @@ def load_records(args) -> list[StreamRecord]:
 
 
 def run(args) -> int:
+    check_stream_args(args)     # every value before hours of streaming, not after
     report = evaluate_streams(args)
     print_summary(report)
     return 0

@@ -29,7 +29,6 @@ import contextlib
 import os
 import resource
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ import numpy as np
 
 from siren import config as cfgmod
 from siren.errors import SirenError
-from siren.fileio import atomic_write_json, file_lock, fsync_dir, jsonable
+from siren.fileio import atomic_write_json, file_lock, fsync_dir, jsonable, staging_dir
 from siren.log import log
 from siren.memory import trim
 
@@ -124,6 +123,11 @@ def resolve_config(args) -> dict:
     if getattr(args, "datasets", None) is None:
         cfg["datasets"] = cfgmod.default_datasets(cfg["data_dir"])
     cfg["out_dir"] = str(Path(cfg["out_dir"]) if cfg["out_dir"] else cfgmod.output_dir(cfg["model"]))
+    if cfg["decision_threshold"] is not None:  # here, not when the guard is saved hours later (a YAML .nan too)
+        from siren.checks import check_decision_threshold
+
+        check_decision_threshold(cfg["decision_threshold"], "DECISION_THRESHOLD (--decision_threshold, or "
+                                                            "decision_threshold in configs/defaults.yaml)")
     return cfg
 
 
@@ -158,12 +162,12 @@ def staging_folder(out_dir: Path):
     if out_dir.exists() and not out_dir.is_dir():
         raise SirenError(f"output folder {out_dir} exists and is not a folder: pass another --out_dir")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    try:
-        yield work
-        publish(work, out_dir)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with staging_dir(out_dir, on_stale=lambda p: log(f"removed {p}, left by a run that was killed")) as work:
+        try:
+            yield work
+            publish(work, out_dir)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def publish(work: Path, out_dir: Path) -> None:

@@ -28,7 +28,9 @@ threshold=...)` returning an object with `.feed(chunk)` and `.flagged_at`) when 
 one; otherwise `StatelessSession`, which rescores prompt + response-so-far after each chunk.
 
 Limits (texts per request, characters per text, body bytes, queued requests, stream chunks) are
-configurable; defaults are in `configs/defaults.yaml` (`serve:`). Binds to 127.0.0.1 unless told
+configurable; defaults are in `configs/defaults.yaml` (`serve:`). So are the ones against hostile
+clients (header/body/idle timeouts, a connection cap, the websocket's start-message timeout,
+refusals logged once per interval), applied by `siren/runtime/serve_net.py`. Binds to 127.0.0.1 unless told
 otherwise. If `SIREN_API_KEY` is set, every /v1 call needs `Authorization: Bearer <key>`
 (checked in constant time); the page and /healthz stay open. Imports no Optuna and no training code.
 
@@ -52,7 +54,7 @@ from dataclasses import dataclass, fields
 from importlib import resources
 from typing import Any, Callable, Sequence
 
-from siren.errors import SirenError
+from siren.errors import SirenError, check_unicode
 from siren.fileio import jsonable
 
 log = logging.getLogger("siren.serve")
@@ -78,8 +80,24 @@ class ServeLimits:
     max_queue: int = 1024           # requests waiting for the worker; beyond: 503
     max_stream_chunks: int = 8192   # chunks per streaming session
     batch_tokens: int | None = None  # padded tokens per forward inside score_batch; None: 2048 on CPU, 16384 on GPU
+    # What a hostile client can hold (siren/runtime/serve_net.py). Defaults only in
+    # configs/defaults.yaml: None here means "the YAML's value", filled in by __post_init__.
+    header_timeout_s: float = None  # type: ignore[assignment]
+    body_timeout_s: float = None  # type: ignore[assignment]
+    idle_timeout_s: float = None  # type: ignore[assignment]
+    max_connections: int = None  # type: ignore[assignment]
+    max_header_bytes: int = None  # type: ignore[assignment]
+    ws_handshake_timeout_s: float = None  # type: ignore[assignment]
+    refusal_log_interval_s: float = None  # type: ignore[assignment]
 
     def __post_init__(self):
+        from_yaml = [f.name for f in fields(self) if f.name in _YAML_ONLY and getattr(self, f.name) is None]
+        if from_yaml:
+            from siren.config import defaults
+
+            serve = defaults().get("serve") or {}
+            for name in from_yaml:
+                object.__setattr__(self, name, serve.get(name))
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name == "batch_tokens" and value is None:
@@ -87,7 +105,11 @@ class ServeLimits:
             if f.name == "max_wait_ms":
                 if not value >= 0:
                     raise SirenError(f"serve limit max_wait_ms must be >= 0, got {value}")
-            elif not (isinstance(value, int) and value >= 1):
+            elif f.name.endswith("_s"):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
+                    raise SirenError(f"serve limit {f.name} must be a number of seconds > 0, got {value!r} "
+                                     f"(configs/defaults.yaml serve.{f.name} or --{f.name})")
+            elif isinstance(value, bool) or not (isinstance(value, int) and value >= 1):
                 raise SirenError(f"serve limit {f.name} must be an integer >= 1, got {value!r}")
 
     @classmethod
@@ -101,6 +123,10 @@ class ServeLimits:
             raise SirenError(f"configs/defaults.yaml: unknown serve settings {sorted(unknown)}")
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
+
+
+_YAML_ONLY = ("header_timeout_s", "body_timeout_s", "idle_timeout_s", "max_connections", "max_header_bytes",
+              "ws_handshake_timeout_s", "refusal_log_interval_s")
 
 
 class RequestError(Exception):
@@ -281,6 +307,9 @@ class StatelessSession:
     def feed(self, chunk: str):
         from siren.features import join_prompt_response
 
+        if not isinstance(chunk, str):  # checked before the session changes: a refused chunk leaves it as it was
+            raise SirenError(f"feed() takes a string chunk of the response, got a {type(chunk).__name__}")
+        check_unicode(chunk, "the chunk")
         self.response += chunk
         result = self.guard.score_streaming(join_prompt_response(self.prompt, self.response), threshold=self.threshold)
         self._run = self._run + 1 if result.is_harmful else 0
@@ -314,6 +343,10 @@ def _type_name(value) -> str:
 
 
 def _check_text(text: str, where: str, limits: ServeLimits) -> str:
+    try:
+        check_unicode(text, where)
+    except SirenError as err:
+        raise RequestError(400, str(err), param=where, code="invalid_text") from None
     if len(text) > limits.max_chars:
         raise RequestError(413, f"{where} has {len(text):,} characters; the limit is {limits.max_chars:,} per text "
                                 f"(the guard reads only the first max_length tokens anyway: send a prefix)",
@@ -396,12 +429,25 @@ def parse_score(body, limits: ServeLimits) -> tuple[list[str], float | None]:
             raise RequestError(400, f"{at} has no \"text\", \"prompt\" or \"response\" field", param=at)
         keys = ["text"] if "text" in item else [k for k in ("prompt", "response") if k in item]
         for k in keys:
-            if item[k] is not None and not isinstance(item[k], str):
+            if item[k] is None and k == "prompt":
+                continue        # no prompt: the response alone is scored
+            if not isinstance(item[k], str):
                 raise RequestError(400, f"{at}: field {k!r} must be a string, got a JSON {_type_name(item[k])}",
                                    param=f"{at}.{k}")
-        text = (item["text"] or "") if "text" in item else join_prompt_response(item.get("prompt"), item.get("response"))
+        text = item["text"] if "text" in item else join_prompt_response(item.get("prompt"), item.get("response"))
         texts.append(_check_text(text, at, limits))
     return texts, threshold
+
+
+def check_api_key_setting(key: str | None) -> None:
+    """SirenError unless the server's key is one a standard client can send: HTTP header values
+    are ASCII, so a key with other characters (or with spaces at its ends, which are stripped
+    from the header) would lock every client out."""
+    if key and (not key.isascii() or not key.isprintable() or key != key.strip()):
+        bad = next((c for c in key if not (c.isascii() and c.isprintable())), key[0] if key[0].isspace() else key[-1])
+        raise SirenError(f"{API_KEY_ENV} holds {bad!r}: HTTP clients send the key in a header, as printable ASCII "
+                         f"without spaces at its ends, so no standard client could authenticate; pick another key, e.g. "
+                         f"python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
 
 
 def check_api_key(expected: str | None, authorization: str | None) -> None:
@@ -432,8 +478,10 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
     from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
 
     limits = limits or ServeLimits()
+    check_api_key_setting(api_key)
     default_threshold = float(guard.default_threshold if threshold is None else threshold)
     batcher = DynamicBatcher(guard, limits, default_threshold=default_threshold, threads=threads)
     created = int(time.time())
@@ -479,11 +527,15 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
             raise RequestError(413, f"the body has {int(declared):,} bytes; the limit is {limits.max_body_bytes:,}",
                                code="body_too_large")
         data = bytearray()
-        async for part in request.stream():
-            data += part
-            if len(data) > limits.max_body_bytes:
-                raise RequestError(413, f"the body is over the limit of {limits.max_body_bytes:,} bytes",
-                                   code="body_too_large")
+        try:
+            async for part in request.stream():
+                data += part
+                if len(data) > limits.max_body_bytes:
+                    raise RequestError(413, f"the body is over the limit of {limits.max_body_bytes:,} bytes",
+                                       code="body_too_large")
+        except ClientDisconnect:  # the client left (or body_timeout_s closed it): nobody reads an answer
+            raise RequestError(400, "the client disconnected before sending the whole body",
+                               code="client_disconnected") from None
         try:
             return json.loads(data)
         except (UnicodeDecodeError, ValueError, RecursionError) as err:
@@ -541,7 +593,7 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
         text = body.get("text")
         if not isinstance(text, str):
             raise RequestError(400, f"'text' must be a string, got a JSON {_type_name(text)}", param="text")
-        _check_text(text, "text", limits)
+        _check_text(text, "text", limits)   # a lone surrogate: 400 here, not a tokenizer error (500)
         pieces = await asyncio.wrap_future(batcher.submit_call(lambda: token_pieces(guard.backbone.tokenizer, text)))
         return {"model": model_name, "pieces": pieces}
 
@@ -578,7 +630,7 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
             return _check_object(obj, "")
 
         try:
-            start = await receive()
+            start = await start_message(receive(), limits.ws_handshake_timeout_s)
             check_api_key(api_key, ws.headers.get("authorization") or
                           (f"Bearer {start['api_key']}" if isinstance(start.get("api_key"), str) else None))
             prompt = start.get("prompt")
@@ -608,6 +660,10 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
                 if not isinstance(chunk, str):
                     raise RequestError(400, f"expected {{\"chunk\": str}} or {{\"end\": true}}, got "
                                             f"'chunk' as a JSON {_type_name(chunk)}", param="chunk")
+                refused = chunk_refusal(chunk, index)
+                if refused:  # refused alone: the session and the socket go on
+                    await ws.send_json(refused)
+                    continue
                 chars += len(chunk)
                 if chars > limits.max_chars:
                     raise RequestError(413, f"the streamed prompt + response reached {chars:,} characters; "
@@ -626,11 +682,31 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
         except WebSocketDisconnect:
             return
         except RequestError as err:
-            await fail(err, {401: 1008, 413: 1009, 503: 1013}.get(err.status, 1007))
+            await fail(err, {401: 1008, 408: 1008, 413: 1009, 503: 1013}.get(err.status, 1007))
         except SirenError as err:
             await fail(RequestError(400, str(err)), 1007)
 
     return app
+
+
+async def start_message(receive, seconds: float) -> dict:
+    """The websocket's first message, or a 408 RequestError after `seconds` (a socket that never
+    starts, or never authenticates, is not held open)."""
+    try:
+        return await asyncio.wait_for(receive, timeout=seconds)
+    except asyncio.TimeoutError:
+        raise RequestError(408, f"no start message within {seconds:g} s of connecting: send {{\"prompt\": ...}} "
+                                "(with \"api_key\" when the server needs one) at once", code="handshake_timeout") from None
+
+
+def chunk_refusal(chunk: str, index: int) -> dict | None:
+    """The error body for a chunk that is not text (a lone surrogate: a client that split a text
+    inside a surrogate pair), else None."""
+    try:
+        check_unicode(chunk, f"chunk {index}")
+    except SirenError as err:
+        return RequestError(400, str(err), param="chunk", code="invalid_text").body()
+    return None
 
 
 def token_pieces(tokenizer, text: str) -> list[str]:
@@ -661,7 +737,7 @@ def add_arguments(parser) -> None:
                              "scores equal to float rounding; compiles at start-up (one to two minutes on a 2-core CPU; "
                              "a C++ compiler is needed on CPU)")
     for f in fields(ServeLimits):
-        parser.add_argument(f"--{f.name}", type=float if f.name == "max_wait_ms" else int,
+        parser.add_argument(f"--{f.name}", type=float if f.name == "max_wait_ms" or f.name.endswith("_s") else int,
                             help=f"(default: configs/defaults.yaml serve.{f.name})")
     parser.add_argument("--threads", type=int,
                         help="torch threads for scoring (default: torch's, one per core). On a busy machine "
@@ -702,6 +778,7 @@ def run(args) -> int:
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise SirenError(f"--threshold must be between 0 and 1, got {args.threshold}")
     api_key = os.environ.get(API_KEY_ENV) or None
+    check_api_key_setting(api_key)      # before the backbone loads
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning("binding to %s without %s: anyone who can reach this address can use the guard",
                     args.host, API_KEY_ENV)
@@ -727,5 +804,7 @@ def run(args) -> int:
                      threads=args.threads)
     print(f"[siren serve] {name} on http://{args.host}:{args.port}/  (max_batch_size {limits.max_batch_size}, "
           f"max_wait_ms {limits.max_wait_ms:g}, API key {'required' if api_key else 'off'})", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    from siren.runtime.serve_net import uvicorn_options
+
+    uvicorn.run(app, **uvicorn_options(limits, host=args.host, port=args.port, log_level=args.log_level))
     return 0

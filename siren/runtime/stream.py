@@ -64,7 +64,7 @@ from typing import Sequence
 
 import torch
 
-from siren.errors import SirenError
+from siren.errors import SirenError, check_unicode
 from siren.features import CHAT_TOKENS, EMPTY_TEXT, _Stop, join_prompt_response, normalize_text
 from siren.runtime.results import ScoreResult
 
@@ -230,8 +230,10 @@ class StreamSession:
 
     def feed(self, text_chunk: str) -> ScoreResult:
         """Append a chunk of the response; returns the score of prompt + "\\n" + the response so far."""
+        # Validated before it touches the session: a refused chunk leaves the session as it was.
         if not isinstance(text_chunk, str):
             raise SirenError(f"feed() takes a string chunk of the response, got a {type(text_chunk).__name__}")
+        check_unicode(text_chunk, "the chunk")
         self._text += text_chunk
         if not self._frozen or self._result is None:
             self._result = self._update()
