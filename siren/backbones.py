@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
 from siren.errors import SirenError
 from siren.fileio import file_lock, load_yaml
