@@ -318,17 +318,18 @@ class LayerFeatures:
         if self._compiled is not None and b == 1 and len(batch[0]) == width >= 2:
             return self._compiled_call(batch[0])
         mask, kw = self._inputs(batch, padding_side, width)
-        left = padding_side != "right"
-        # No padding (one text, or texts of one length): no mask and default positions give the
-        # same vectors, and let attention take its plain causal path instead of building a 4D
-        # mask every call (most of the per-call overhead when scoring one short text).
-        unpadded = "attention_mask" not in kw
+        reduce = self._mean_reducer(mask, "attention_mask" not in kw, padding_side != "right")
+        return self._by_pooling(self._hooked(kw, reduce))
+
+    @staticmethod
+    def _mean_reducer(mask: torch.Tensor, unpadded: bool, left: bool):
+        """h (b, T, d) -> (b, d) float32 mean over the real tokens of each row (`mask`)."""
         # (b, T, 1): which positions are real tokens, as a bool for where() (left padding) or as
         # 0/1 float32 to multiply by (right padding); not needed when every position is real
         keep = None if unpadded else mask.unsqueeze(-1).bool() if left else mask.unsqueeze(-1).to(torch.float32)
         counts = mask.sum(dim=1, keepdim=True).to(torch.float32)  # (b, 1)
 
-        def reduce(h: torch.Tensor) -> torch.Tensor:  # (b, T, d) -> (b, d) masked mean
+        def reduce(h: torch.Tensor) -> torch.Tensor:
             if unpadded:  # every position counts: the same float32 sums, without the mask's copy
                 summed = h.sum(dim=1, dtype=torch.float32)
             elif left:    # where() rather than multiply: left-padded positions may hold inf/nan
@@ -337,7 +338,7 @@ class LayerFeatures:
                 summed = (h.float() * keep).sum(dim=1)
             return summed / counts
 
-        return self._by_pooling(self._hooked(kw, reduce))
+        return reduce
 
     def _inputs(self, batch: Sequence[Sequence[int]], padding_side: str, width: int) -> tuple[torch.Tensor, dict]:
         """(attention mask (b, width) on the device, the forward's keyword arguments): padded ids,
@@ -387,11 +388,12 @@ class LayerFeatures:
 
     @torch.inference_mode()
     def span_means(self, batch: Sequence[Sequence[int]], spans: Sequence[Sequence[tuple[int, int]]],
-                   width: int | None = None) -> dict[str, torch.Tensor]:
+                   width: int | None = None, whole: bool = False) -> dict[str, torch.Tensor]:
         """Masked means over token spans, one forward: batch as in `__call__` (right padding); spans:
         per row the same number S of [lo, hi) index ranges into that row's ids. Returns {pooling
-        type: (b, S, len(layers), d) float32 on CPU}, NaN for an empty span. (0, len(ids)) gives
-        `__call__`'s vector to float32 round-off (the sums run in another order)."""
+        type: (b, S, len(layers), d) float32 on CPU}, NaN for an empty span. A span (0, len(ids))
+        gives `__call__`'s vector to float32 round-off (the sums run in another order); whole=True
+        puts `__call__`'s own vector (the same float operations) before the spans: (b, 1 + S, ...)."""
         b = len(batch)
         n_spans = {len(row) for row in spans}
         if len(spans) != b or len(n_spans) != 1:
@@ -405,10 +407,12 @@ class LayerFeatures:
         counts = select.sum(dim=2, keepdim=True)  # (b, S, 1); 0 -> NaN means
         select, counts = select.to(self.device), counts.to(self.device)
         real = mask.bool().unsqueeze(-1)
+        mean = self._mean_reducer(mask, "attention_mask" not in kw, False) if whole else None
 
-        def reduce(h: torch.Tensor) -> torch.Tensor:  # (b, T, d) -> (b, S, d)
+        def reduce(h: torch.Tensor) -> torch.Tensor:  # (b, T, d) -> (b, S, d), or (b, 1 + S, d)
             hf = h.float().masked_fill(~real, 0.0)  # padded positions may hold anything: zero them
-            return torch.bmm(select, hf) / counts
+            pooled = torch.bmm(select, hf) / counts
+            return pooled if mean is None else torch.cat([mean(h)[:, None], pooled], dim=1)
 
         pooled = self._hooked(kw, reduce)
         out = {rep: [None] * len(self.layers) for rep in self.pooling_types}
