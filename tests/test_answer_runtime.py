@@ -257,7 +257,9 @@ def test_in_process_answer_verdict_and_stop(tmp_path, tiny_llama_dir):
             assert score == pytest.approx(guard.score(prompt=PROMPT, response=answer).response.score, abs=1e-4)
             compared += 1
     assert compared >= len(guarded.response_history) - 4
-    assert last.prompt.score == pytest.approx(guard.score(PROMPT + "\n").score, abs=1e-4)
+    # The prompt's verdict: the main head on the tokens of the prompt's forward, as the model read them.
+    prompt_score = float(guard.proba_from_features(guard.extractor([ids[:k]]).numpy())[0])
+    assert last.prompt.score == pytest.approx(prompt_score, abs=1e-4)
     # Stops on the answer verdict, never before min_answer_tokens answer tokens were read.
     with guard.attach(causal, rule=StreamRule(0.0, 2, 3, None), tokenizer=tok) as guarded:
         out = causal.generate(torch.tensor([ids[:k]]), stopping_criteria=[guarded], max_new_tokens=20,
