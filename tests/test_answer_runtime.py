@@ -284,3 +284,23 @@ def test_runtime_modules_import_one_way():
     nested = [n for f in ast.walk(guard_tree) if isinstance(f, ast.FunctionDef)
               for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))]
     assert not [n for n in nested if getattr(n, "module", "") and "siren.runtime" in n.module]
+
+
+def test_logistic_answer_head_as_training_writes_it(tmp_path, tiny_llama_dir):
+    """layer_dims [] (one Linear, `network.0.*`): the head siren train's answer stage stores."""
+    guard, _head, answer, selection, weights = answer_guard(tmp_path, tiny_llama_dir, mlp_dims=())
+    assert len(answer.state_dict()) == 2
+    want = direct_answer(tiny_llama_dir, answer, selection, weights, PAIRS[:2])
+    np.testing.assert_allclose([r.response.score for r in guard.score_pairs(PAIRS[:2])], want, atol=1e-4)
+
+
+def test_folder_with_an_answer_head_loads_in_llm_siren_with_equal_scores(tmp_path, tiny_llama_dir):
+    siren_guard = pytest.importorskip("siren_guard")
+    guard, *_ = answer_guard(tmp_path, tiny_llama_dir)
+    theirs = siren_guard.SirenGuard.from_pretrained(str(tmp_path / "g"), device="cpu", dtype=torch.float32)
+    try:
+        for p, r in PAIRS[:3]:
+            want = theirs.score(prompt=p, response=r).score
+            assert guard.score(prompt=p, response=r).score == pytest.approx(want, abs=1e-4)
+    finally:
+        theirs.close()
