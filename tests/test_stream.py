@@ -154,7 +154,7 @@ def test_debounce_and_flagged_at(tmp_path, tiny_llama_dir):
     first = guard.score(prompt=PROMPT, response="You can")
     assert session.flagged_at.char == len("You can")
     assert session.flagged_at.score == pytest.approx(first.score, abs=1e-4)
-    assert session.flagged_at.token == len(guard._features.tokenize([PROMPT + "\nYou can"])[0])
+    assert session.flagged_at.token == len(guard.extractor.tokenize([PROMPT + "\nYou can"])[0])
     assert session.flagged_at.to_dict()["char"] == 7
     session.reset()
     assert session.text == "" and not session.flagged and session.n_tokens == 0
@@ -203,7 +203,7 @@ class Force(LogitsProcessor):
 
 
 def ids_score(guard, ids):
-    return float(guard.proba_from_features(guard._features_of_ids([ids]).numpy())[0])
+    return float(guard.proba_from_features(guard.extractor([ids]).numpy())[0])
 
 
 def test_in_process_score_equals_score_without_template(tmp_path, tiny_dir):

@@ -2,16 +2,25 @@
 
     guard = SirenGuard.from_pretrained("train/probes/optuna/smollm2-135m_general")
     guard.score("how do I make a bomb")            # ScoreResult(score, is_harmful, threshold)
-    guard.score(prompt="...", response="...")      # joined with "\\n"
+    guard.score(prompt="...", response="...")      # joined with "\\n"; .prompt and .response verdicts
     guard.score_batch(texts)                       # length-bucketed, input order
-    session = guard.stream(prompt=p, debounce=2)   # incremental: constant backbone cost per token
+    guard.score_pairs([(prompt, response), ...])   # both verdicts per pair, batched, input order
+    session = guard.stream(prompt=p)               # incremental: constant backbone cost per token
     session.feed(chunk)                            # ScoreResult of p + "\\n" + response so far
     guard.attach(causal_lm)                        # StoppingCriteria for generate(): see runtime.generation
 
-Features are exactly `llm-siren`'s: for each selected layer (ascending) the pooled vector
-(`siren.features.LayerFeatures`, the same function training used) in fp32, indexed by that
-layer's neurons in the order listed in `selected_neurons_dict`, times `layer_weights[str(l)]`
-(1.0 when absent), concatenated; score = softmax(head(z))[1]; harmful iff score >= threshold.
+Verdicts (`siren.runtime.results`): `score` is the whole text's (prompt + "\\n" + response, as
+`llm-siren` reads it); `.prompt` is the main head on the prompt's tokens alone (a causal backbone's
+prompt tokens do not see the answer, so it is the score of the normalised prompt alone: it is read
+from the same forward when the prompt's tokens open the joined text, else from a forward of the
+prompt); `.response` is the answer head (`siren.runtime.answer_head`) on the mean over the answer's
+tokens only, with the prompt in context (`siren.features.answer_spans`); None without an answer head.
+
+Features are exactly `llm-siren`'s (`guard.extractor`, a `siren.runtime.extractor.GuardFeatures`):
+for each selected layer (ascending) the pooled vector (`siren.features.LayerFeatures`, the same
+function training used) in fp32, indexed by that layer's neurons in the order listed in
+`selected_neurons_dict`, times `layer_weights[str(l)]` (1.0 when absent), concatenated; score =
+softmax(head(z))[1]; harmful iff score >= threshold.
 The backbone runs only up to the deepest selected layer. A bf16 backbone that the guard loads on a
 CPU with native bf16 keeps its Linear weights prepacked for oneDNN (`siren.runtime.prepack`, those
 reading one input as one product), and runs the head's input layer as a packed bf16 product:
@@ -40,9 +49,14 @@ from siren.artifact import (CONFIG_NAME, WEIGHTS_NAME, build_head, check_fits, l
 from siren.checks import check_decision_threshold
 from siren.backbones import Backbone, load_backbone, native_bf16_cpu, registry
 from siren.errors import SirenError
-from siren.features import LayerFeatures, join_prompt_response, length_batches
+from siren.features import answer_spans, join_prompt_response, length_batches
+from siren.runtime.answer_head import load_answer_head, parse_answer_head
+from siren.runtime.extractor import GuardFeatures
+from siren.runtime.generation import GuardedGeneration
 from siren.runtime.results import ScoreResult, Verdict  # noqa: F401 (re-exported)
 from siren.runtime.prepack import packed_count, prepack_head, prepack_linears, prepack_support, split_block_diagonal
+from siren.runtime.stream import StreamSession
+from siren.runtime.stream_rules import StreamRule
 
 log = logging.getLogger(__name__)
 
@@ -55,22 +69,25 @@ def _dtype_name(dtype) -> str | None:
     raise SirenError(f"dtype must be a name like 'float32' or a torch.dtype, got {dtype!r}")
 
 
-def _artifact_files(folder_or_hub_id: str) -> tuple[Path, Path]:
-    """(config path, weights path): a local folder, else the two files from the Hugging Face Hub."""
+def _artifact_fetch(folder_or_hub_id: str):
+    """A function: file name -> local path of that file of the guard (a local folder, else
+    downloaded from the Hugging Face Hub)."""
     path = Path(folder_or_hub_id).expanduser()
     if path.is_dir():
-        return path / CONFIG_NAME, path / WEIGHTS_NAME
+        return lambda name: path / name
     text = str(folder_or_hub_id)
     if text.count("/") != 1 or text.startswith((".", "/", "~")):
         raise SirenError(f"guard {folder_or_hub_id!r} is neither a folder nor a Hub id like 'org/name'")
-    try:
-        from huggingface_hub import hf_hub_download
 
-        config_path = hf_hub_download(repo_id=text, filename=CONFIG_NAME)
-        weights_path = hf_hub_download(repo_id=text, filename=WEIGHTS_NAME)
-    except Exception as err:  # network, auth, missing repo or file
-        raise SirenError(f"could not download guard {text!r} from the Hugging Face Hub: {err}") from err
-    return Path(config_path), Path(weights_path)
+    def fetch(name: str) -> Path:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            return Path(hf_hub_download(repo_id=text, filename=name))
+        except Exception as err:  # network, auth, missing repo or file
+            raise SirenError(f"could not download {name} of guard {text!r} from the Hugging Face Hub: {err}") from err
+
+    return fetch
 
 
 def _backbone_model_id(config: dict) -> str:
@@ -104,7 +121,10 @@ def check_backbone(config: dict, backbone: Backbone, source: str = "guard") -> N
 class SirenGuard:
     """A frozen backbone + selected neurons + MLP head. Build with `from_pretrained`."""
 
-    def __init__(self, config: dict, head: torch.nn.Module, backbone: Backbone, *, source: str = "guard"):
+    def __init__(self, config: dict, head: torch.nn.Module, backbone: Backbone, *, source: str = "guard",
+                 answer_head: torch.nn.Module | None = None):
+        """answer_head: the answer head's MLP when the folder has a separate one (`from_pretrained`
+        loads it); a shared answer head (`shared: true` in the config) reuses `head`."""
         check_backbone(config, backbone, source)
         self.config = config
         self.backbone = backbone
@@ -114,14 +134,37 @@ class SirenGuard:
         self.default_threshold = float(config["inference"]["default_threshold"])
         self.input_dim = int(config["mlp"]["input_dim"])
         self.device = next(backbone.model.parameters()).device
-        self._features = LayerFeatures(backbone.model, backbone.tokenizer, pooling_types=(self.pooling_type,),
-                                       layers=self.layers, max_length=self.max_length)
-        # Per selected layer (ascending): neuron indices (listed order) and weight.
-        self._index = [torch.as_tensor(neurons[l], dtype=torch.long) for l in self.layers]
-        self._weight = [weights[l] for l in self.layers]
-        self.head = head.to("cpu", torch.float32).eval()
-        self.head.requires_grad_(False)
-        split_block_diagonal(self.head)   # a fold ensemble's hidden layers: K - 1 of K weights are zeros
+        self.extractor = GuardFeatures(backbone.model, backbone.tokenizer, pooling_type=self.pooling_type,
+                                       layers=self.layers, neurons=neurons, weights=weights,
+                                       max_length=self.max_length)
+        self.head = self._ready(head)
+        self.answer_spec = parse_answer_head(config, source)
+        if self.answer_spec is not None and not self.answer_spec.shared and answer_head is None:
+            raise SirenError(f"{source}: the config names a separate answer head: pass answer_head= "
+                             "(SirenGuard.from_pretrained loads it)")
+        self.answer_head = None if self.answer_spec is None else (
+            self.head if self.answer_spec.shared else self._ready(answer_head))
+
+    @staticmethod
+    def _ready(head: torch.nn.Module) -> torch.nn.Module:
+        head = head.to("cpu", torch.float32).eval()
+        head.requires_grad_(False)
+        split_block_diagonal(head)   # a fold ensemble's hidden layers: K - 1 of K weights are zeros
+        return head
+
+    @property
+    def _features(self):
+        """The backbone's LayerFeatures (kept for callers written before `extractor`)."""
+        return self.extractor.layer_features
+
+    @property
+    def has_answer_head(self) -> bool:
+        """Whether the guard gives an answer verdict (`ScoreResult.response`)."""
+        return self.answer_head is not None
+
+    @property
+    def answer_threshold(self) -> float | None:
+        return None if self.answer_spec is None else self.answer_spec.threshold
 
     # ------------------------------------------------------------ loading
 
@@ -146,10 +189,12 @@ class SirenGuard:
         if compile and prepack:
             raise SirenError("compile=True and prepack=True cannot be combined: the compiler packs the "
                              "weights its own way; drop prepack (or compile)")
-        config_path, weights_path = _artifact_files(folder_or_hub_id)
+        fetch = _artifact_fetch(folder_or_hub_id)
+        config_path = fetch(CONFIG_NAME)
         config = load_config_file(config_path)
-        state = load_head_state(weights_path, config)
-        head = build_head(config, state)
+        head = build_head(config, load_head_state(fetch(WEIGHTS_NAME), config))
+        spec = parse_answer_head(config, str(config_path))
+        answer_head = None if spec is None else load_answer_head(spec, fetch)
         if backbone is None:
             # Default dtype: the one the guard was trained with (so the served model is the evaluated
             # one), else auto (bf16 only where native).
@@ -164,9 +209,11 @@ class SirenGuard:
                              "prepacked (siren.runtime.prepack): pass a backbone loaded without prepack=True")
         if prepack:
             prepack_linears(backbone.model)
-        guard = cls(config, head, backbone, source=str(config_path))
+        guard = cls(config, head, backbone, source=str(config_path), answer_head=answer_head)
         if prepack:
             prepack_head(guard.head)
+            if guard.answer_head is not None and guard.answer_head is not guard.head:
+                prepack_head(guard.answer_head)
         if compile:
             guard.compile()
         return guard
@@ -175,12 +222,12 @@ class SirenGuard:
         """Compile the single-text forward now (see `from_pretrained(compile=True)`), so that the
         first request does not pay for it. Raises SirenError when torch.compile fails here."""
         started = time.perf_counter()
-        self._features.compile()
+        self.extractor.layer_features.compile()
         try:
             for text in ("warm up", "warm up the compiled forward"):  # two lengths: the dynamic graph
                 self.score(text)
         except Exception as err:  # inductor's failures have many types: say what to do about any of them
-            self._features.compile(False)
+            self.extractor.layer_features.compile(False)
             # inductor's messages span lines and end in debugging advice: keep what says what failed
             detail = " ".join(line.strip() for line in str(err).splitlines()
                               if line.strip() and not line.startswith(("Set TORCHDYNAMO", ")")))
@@ -193,65 +240,140 @@ class SirenGuard:
 
     @torch.inference_mode()
     def _features_of_ids(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
-        pooled = self._features(batch)[self.pooling_type]  # (b, len(layers), d) fp32 on CPU
-        parts = [pooled[:, i].index_select(1, idx) * w for i, (idx, w) in enumerate(zip(self._index, self._weight))]
-        return torch.cat(parts, dim=1)
+        return self.extractor(batch)
 
-    @torch.inference_mode()
     def features(self, texts: Sequence[str], *, batch_size: int = 32, batch_tokens: int = 16384) -> np.ndarray:
         """(n, input_dim) float32: the weighted selected-neuron features the head reads."""
-        texts = list(texts)
-        if not texts:
-            return np.zeros((0, self.input_dim), dtype=np.float32)
-        ids = self._features.tokenize(texts)
-        out = np.zeros((len(texts), self.input_dim), dtype=np.float32)
-        for idx in length_batches([len(x) for x in ids], batch_tokens, max_batch_size=max(1, int(batch_size)), fill=False):
-            out[idx] = self._features_of_ids([ids[i] for i in idx]).numpy()
-        return out
+        return self.extractor.features(texts, batch_size=batch_size, batch_tokens=batch_tokens)
 
+    @staticmethod
     @torch.inference_mode()
-    def proba_from_features(self, z: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Head probabilities of the harmful class for precomputed features (n, input_dim)."""
+    def _proba(head: torch.nn.Module, z, input_dim: int) -> np.ndarray:
         z = torch.as_tensor(np.asarray(z, dtype=np.float32))
-        if z.ndim != 2 or z.shape[1] != self.input_dim:
-            raise SirenError(f"features must have shape (n, {self.input_dim}), got {tuple(z.shape)}")
+        if z.ndim != 2 or z.shape[1] != input_dim:
+            raise SirenError(f"features must have shape (n, {input_dim}), got {tuple(z.shape)}")
         if len(z) == 0:
             return np.zeros(0, dtype=np.float64)
-        return torch.softmax(self.head(z), dim=-1)[:, 1].double().numpy()
+        return torch.softmax(head(z), dim=-1)[:, 1].double().numpy()
+
+    def proba_from_features(self, z: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Head probabilities of the harmful class for precomputed features (n, input_dim)."""
+        return self._proba(self.head, z, self.input_dim)
+
+    def answer_proba_from_features(self, z: np.ndarray | torch.Tensor) -> np.ndarray:
+        """The answer head's probabilities for answer features (n, input_dim) (`answer_features`)."""
+        if self.answer_head is None:
+            raise SirenError("this guard has no answer head (siren.answer_head in its config): it gives "
+                             "no answer verdict")
+        return self._proba(self.answer_head, z, self.input_dim)
 
     def predict_proba(self, texts: Sequence[str], *, batch_size: int = 32, batch_tokens: int = 16384) -> np.ndarray:
         """(n,) harmful-class probabilities."""
         return self.proba_from_features(self.features(texts, batch_size=batch_size, batch_tokens=batch_tokens))
 
-    def _threshold(self, threshold) -> float:
+    def threshold_of(self, threshold: float | None) -> float:
+        """The whole-text (and prompt) threshold: `threshold` checked, or the guard's default."""
         return self.default_threshold if threshold is None else check_decision_threshold(threshold, "threshold")
+
+    @staticmethod
+    def _check_text(t, where: str) -> None:
+        if t is not None and not isinstance(t, str):
+            raise SirenError(f"{where} is a {type(t).__name__}, not a string")
+        if t and not t.isascii():  # a lone surrogate cannot be tokenised: say which text holds it
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise SirenError(f"{where} holds a lone surrogate ({t[err.start]!r} at character {err.start}): "
+                                 "give valid Unicode text") from None
 
     def score_batch(self, texts: Sequence[str], *, batch_size: int = 32, batch_tokens: int = 16384,
                     threshold: float | None = None) -> list[ScoreResult]:
         """Score texts (length-bucketed batches); results in input order."""
         texts = list(texts)
         for i, t in enumerate(texts):
-            if t is not None and not isinstance(t, str):
-                raise SirenError(f"text {i} is a {type(t).__name__}, not a string")
-            if t and not t.isascii():  # a lone surrogate cannot be tokenised: say which text holds it
-                try:
-                    t.encode("utf-8")
-                except UnicodeEncodeError as err:
-                    raise SirenError(f"text {i} holds a lone surrogate ({t[err.start]!r} at character {err.start}): "
-                                     "give valid Unicode text") from None
-        thr = self._threshold(threshold)
+            self._check_text(t, f"text {i}")
+        thr = self.threshold_of(threshold)
         probs = self.predict_proba(texts, batch_size=batch_size, batch_tokens=batch_tokens)
         return [ScoreResult(float(p), bool(p >= thr), thr) for p in probs]
 
+    def _pair_tokens(self, pairs: list[tuple[str | None, str | None]]) -> tuple[list[list[int]], list[int], list[int]]:
+        """(ids of each joined text, first answer token per row, prompt tokens per row): the prompt's
+        own tokens when they open the joined text (its verdict is read from the same forward), 0
+        without a prompt, -1 when they do not (it is scored apart)."""
+        if self.has_answer_head:
+            ids, starts = answer_spans(self.backbone.tokenizer, pairs, self.max_length)
+        else:  # no answer pool to find: plain tokenisation (any tokenizer)
+            ids = self.extractor.tokenize([join_prompt_response(p, r) for p, r in pairs])
+            starts = [len(x) for x in ids]
+        given = [i for i, (p, _r) in enumerate(pairs) if p is not None]
+        prompt_len = [0] * len(pairs)
+        for i, pids in zip(given, self.extractor.tokenize([pairs[i][0] for i in given]) if given else []):
+            prompt_len[i] = len(pids) if ids[i][:len(pids)] == pids else -1
+        return ids, starts, prompt_len
+
+    def score_pairs(self, pairs: Sequence[tuple[str | None, str | None]], *, threshold: float | None = None,
+                    batch_size: int = 32, batch_tokens: int = 16384) -> list[ScoreResult]:
+        """Score (prompt, response) pairs, batched, in input order: the whole text's verdict, `.prompt`
+        when a prompt is given, `.response` when a response is given and the guard has an answer
+        head (None if it is empty or truncated away). One forward per batch serves all three pools."""
+        pairs = [tuple(pair) for pair in pairs]
+        for i, pair in enumerate(pairs):
+            if len(pair) != 2 or pair == (None, None):
+                raise SirenError(f"pair {i} must be (prompt, response) with at least one of them a string")
+            self._check_text(pair[0], f"pair {i}'s prompt")
+            self._check_text(pair[1], f"pair {i}'s response")
+        thr = self.threshold_of(threshold)
+        if not pairs:
+            return []
+        ids, starts, prompt_len = self._pair_tokens(pairs)
+        z = np.zeros((len(pairs), 3, self.input_dim), dtype=np.float32)  # whole text, prompt, answer
+        for idx in length_batches([len(x) for x in ids], batch_tokens, max_batch_size=max(1, int(batch_size)),
+                                  fill=False):
+            spans = [[(0, max(prompt_len[i], 0)), (starts[i], len(ids[i]))] for i in idx]
+            z[idx] = self.extractor.span_features([ids[i] for i in idx], spans, whole=True).numpy()
+        whole = self.proba_from_features(z[:, 0])
+        prompt = np.full(len(pairs), np.nan)
+        shared = [i for i, k in enumerate(prompt_len) if k > 0]
+        prompt[shared] = self.proba_from_features(z[shared, 1])
+        apart = [i for i, k in enumerate(prompt_len) if k < 0]
+        prompt[apart] = self.predict_proba([pairs[i][0] for i in apart], batch_size=batch_size,
+                                           batch_tokens=batch_tokens)
+        answer = np.full(len(pairs), np.nan)
+        if self.has_answer_head:
+            read = [i for i, s in enumerate(starts) if s < len(ids[i])]
+            answer[read] = self.answer_proba_from_features(z[read, 2])
+        a_thr = self.answer_threshold
+        return [ScoreResult(float(w), bool(w >= thr), thr,
+                            prompt=None if pairs[i][0] is None else Verdict.of(prompt[i], thr),
+                            response=None if np.isnan(answer[i]) else Verdict.of(answer[i], a_thr))
+                for i, w in enumerate(whole)]
+
+    @torch.inference_mode()
+    def answer_features(self, pairs: Sequence[tuple[str | None, str | None]], *, cuts: Sequence[int] = (),
+                        batch_tokens: int = 16384):
+        """The answer head's input: (n, input_dim) float32 over each answer's tokens, and with `cuts`
+        also (n, len(cuts), input_dim) over its first t tokens per cut (NaN rows where an answer is
+        empty or shorter than a cut). One forward per batch, the runtime's own pooling."""
+        pairs = [tuple(pair) for pair in pairs]
+        ids, starts = answer_spans(self.backbone.tokenizer, pairs, self.max_length) if pairs else ([], [])
+        answer = np.full((len(pairs), self.input_dim), np.nan, dtype=np.float32)
+        prefix = np.full((len(pairs), len(cuts), self.input_dim), np.nan, dtype=np.float32)
+        for idx in length_batches([len(x) for x in ids], batch_tokens):
+            a, p = self.extractor.layer_features.answer_means([ids[i] for i in idx], [starts[i] for i in idx], cuts)
+            answer[idx] = self.extractor.select(a[self.pooling_type]).numpy()
+            prefix[idx] = self.extractor.select(p[self.pooling_type]).numpy()
+        return (answer, prefix) if len(cuts) else answer
+
     def score(self, text: str | None = None, *, prompt: str | None = None, response: str | None = None,
               threshold: float | None = None) -> ScoreResult:
-        """Score one text, or a prompt/response pair (joined with "\\n"). "" scores as " "."""
+        """Score one text, or a prompt/response pair (joined with "\\n"; with `.prompt` and, given an
+        answer head, `.response` verdicts). "" scores as " "."""
         if text is not None and (prompt is not None or response is not None):
             raise SirenError("give either text or prompt/response, not both")
         if text is None:
             if prompt is None and response is None:
                 raise SirenError("give a text, or a prompt and/or a response")
-            text = join_prompt_response(prompt, response)
+            return self.score_pairs([(prompt, response)], threshold=threshold)[0]
         return self.score_batch([text], threshold=threshold)[0]
 
     __call__ = score
@@ -265,26 +387,42 @@ class SirenGuard:
                 raise SirenError(f"score_streaming: {name} must be a string, got a {type(value).__name__}")
         return self.score(join_prompt_response(prompt, prefix or ""), threshold=threshold)
 
-    def stream(self, prompt: str | None = None, *, debounce: int = 1, threshold: float | None = None):
-        """A `StreamSession` for one response: `session.feed(chunk)` -> ScoreResult of prompt + "\\n" +
-        the response so far, equal to `score()` of that text, with the backbone run only on new tokens
-        (KV cache + running per-layer sums; see `siren.runtime.stream`). `debounce`: flag only after
-        that many consecutive scores >= threshold (`session.flagged`, `session.flagged_at`)."""
-        from siren.runtime.stream import StreamSession
+    def stream_rule(self, *, rule: StreamRule | None = None, debounce: int | None = None,
+                    threshold: float | None = None) -> StreamRule:
+        """The rule that stops a stream: `rule`, else the guard's (on the answer verdict: the answer
+        head's threshold and `answer_head.stream` settings; without an answer head, on the whole
+        text's score at `threshold`, flagging at once). `debounce` (the older keyword) overrides its
+        debounce."""
+        if rule is not None and debounce is not None:
+            raise SirenError("give rule= or debounce=, not both (a StreamRule holds its debounce)")
+        if rule is not None and not isinstance(rule, StreamRule):
+            raise SirenError(f"rule must be a siren.runtime.stream_rules.StreamRule, got a {type(rule).__name__}")
+        if rule is None:
+            rule = self.answer_spec.rule if self.has_answer_head else StreamRule(self.threshold_of(threshold))
+        if debounce is not None:
+            rule = StreamRule(rule.threshold, debounce, rule.min_answer_tokens, rule.ema)
+        return rule
 
+    def stream(self, prompt: str | None = None, *, rule: StreamRule | None = None, debounce: int | None = None,
+               threshold: float | None = None) -> StreamSession:
+        """A `StreamSession` for one response: `session.feed(chunk)` -> ScoreResult of prompt + "\\n" +
+        the response so far (with `.prompt` and `.response` as `score()` gives them), with the backbone
+        run only on new tokens (KV cache + running sums; see `siren.runtime.stream`). The stop decision
+        (`session.flagged`, `session.flagged_at`, `session.flagged_by`) follows `stream_rule(...)`: on
+        the answer verdict with an answer head, else on the whole text's score."""
         if prompt is not None and not isinstance(prompt, str):
             raise SirenError("stream() takes the prompt (a string) and returns a session: feed it the response "
                              "chunks with session.feed(chunk)")
-        return StreamSession(self, prompt, debounce=debounce, threshold=threshold)
+        return StreamSession(self, prompt, rule=self.stream_rule(rule=rule, debounce=debounce, threshold=threshold),
+                             threshold=threshold)
 
-    def attach(self, model, *, tokenizer=None, prompt: str | None = None, debounce: int = 1,
-               threshold: float | None = None, stop: bool = True):
+    def attach(self, model, *, tokenizer=None, prompt: str | None = None, rule: StreamRule | None = None,
+               debounce: int | None = None, threshold: float | None = None, stop: bool = True) -> GuardedGeneration:
         """Guard `model.generate(...)`: returns a `GuardedGeneration`, a StoppingCriteria to pass as
         `stopping_criteria=[guarded]`. When `model` is (or holds the same weights as) this guard's
         backbone, forward hooks read the generating forward itself (no extra backbone forward);
         otherwise it decodes the new tokens with `tokenizer` and feeds a StreamSession per row.
-        See `siren.runtime.generation`."""
-        from siren.runtime.generation import GuardedGeneration
-
-        return GuardedGeneration(self, model, tokenizer=tokenizer, prompt=prompt, debounce=debounce,
+        It stops a row under `stream_rule(...)`. See `siren.runtime.generation`."""
+        return GuardedGeneration(self, model, tokenizer=tokenizer, prompt=prompt,
+                                 rule=self.stream_rule(rule=rule, debounce=debounce, threshold=threshold),
                                  threshold=threshold, stop=stop)

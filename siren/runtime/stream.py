@@ -1,14 +1,19 @@
 """Incremental streaming: score a response as it grows, at a constant backbone cost per token.
 
-    session = guard.stream(prompt="How do I ...?", debounce=2)
+    session = guard.stream(prompt="How do I ...?")            # or rule=StreamRule(...), debounce=2
     for chunk in llm_output:
-        result = session.feed(chunk)      # ScoreResult of prompt + "\\n" + the response so far
-        if session.flagged:               # `debounce` consecutive scores >= threshold
-            print(session.flagged_at)     # FlagPoint(token=..., char=..., score=...)
+        result = session.feed(chunk)      # .score: prompt + "\\n" + the response so far; .prompt, .response
+        if session.flagged:               # the stop rule fired (siren.runtime.stream_rules)
+            print(session.flagged_by, session.flagged_at)     # "response", FlagPoint(token=..., char=..., ...)
             break
 
-After every `feed`, the score is the one `guard.score(prompt=prompt, response=session.text)`
+After every `feed`, the result is the one `guard.score(prompt=prompt, response=session.text)`
 gives (within fp32 round-off; tested to 1e-4): same normalisation, same tokens, same truncation.
+`.score` is the whole text's, `.prompt` the prompt's verdict (computed once, at the first feed,
+from the prompt's rows when its tokens open the joined text, else by scoring the prompt alone),
+and with an answer head `.response` the answer's: the answer head on the mean of the rows of the
+answer's tokens only (`siren.features.answer_spans`; the prompt's tokens are in the KV cache and
+in the whole-text sum, not in the answer's), None until the answer has a token.
 (With a bf16 backbone the cached forward and the full forward round differently, so the two
 agree to bf16 precision only.)
 What changes is the cost. The session keeps
@@ -49,9 +54,12 @@ the tokens read nor the score; the session then stops tokenising and running the
 `max_length`). A harmful continuation after that point is not seen: score a sliding window or
 raise `inference.max_length` if answers are that long.
 
-**Debounce.** `flagged` becomes true after `debounce` consecutive feeds whose score is
-`>= threshold`, and stays true until `reset()`. `flagged_at` is where that run of scores began:
-the number of tokens read (prompt included) and the number of response characters fed.
+**The stop rule.** Each feed is one observation of a `StreamRule` (debounce, minimum answer
+tokens, EMA; `siren.runtime.stream_rules`): of the answer verdict's score with an answer head
+(`flagged_by == "response"`; feeds before the answer's first token are not observed), else of the
+whole text's score (`flagged_by == "text"`, today's behaviour: `debounce` consecutive scores >=
+threshold). `flagged` stays true until `reset()`; `flagged_at` is where the flagging run began:
+the number of tokens read (prompt included), of response characters fed and of answer tokens.
 Each `ScoreResult.is_harmful` is the plain `score >= threshold` of that feed, as in `score()`.
 """
 
@@ -59,14 +67,17 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
+from transformers import DynamicCache
 
 from siren.errors import SirenError, check_unicode
-from siren.features import CHAT_TOKENS, EMPTY_TEXT, _Stop, join_prompt_response, normalize_text
-from siren.runtime.results import ScoreResult
+from siren.features import CHAT_TOKENS, EMPTY_TEXT, _Stop, answer_char_start, join_prompt_response, normalize_text
+from siren.runtime.results import ScoreResult, Verdict
+from siren.runtime.stream_rules import StreamRule
 
 HOLDBACK_TOKENS = 1  # trailing tokens never committed, whatever the text looks like
 _LAST_SPACE = re.compile(r"\s(?=\S*\Z)")  # the last whitespace character of a text
@@ -78,7 +89,7 @@ class FlagPoint:
 
     token: tokens the backbone had read for that score (prompt included, at most max_length).
     char: characters of the response fed by then (None when not known).
-    answer_tokens: generated tokens read by then (in-process generation only).
+    answer_tokens: answer tokens read by then (None when not known).
     """
 
     token: int
@@ -148,10 +159,40 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+class RuleTracker:
+    """A `StreamRule`'s running decision over observations at `FlagPoint`s; remembers the point
+    where the flagging run began (the rule flags at the `debounce`-th consecutive eligible unsafe
+    observation, so the run began `debounce - 1` observations earlier). Sticky until `reset()`."""
+
+    def __init__(self, rule: StreamRule):
+        if not isinstance(rule, StreamRule):
+            raise SirenError(f"rule must be a siren.runtime.stream_rules.StreamRule, got a {type(rule).__name__}")
+        self.rule = rule
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = self.rule.start()
+        self._recent: deque[FlagPoint] = deque(maxlen=self.rule.debounce)
+        self.flagged_at: FlagPoint | None = None
+
+    @property
+    def flagged(self) -> bool:
+        return self.flagged_at is not None
+
+    def update(self, point: FlagPoint) -> bool:
+        """Observe one score; returns whether the stream is flagged."""
+        self._recent.append(point)
+        answer = point.token if point.answer_tokens is None else point.answer_tokens
+        if self.state.update(answer, point.score) and self.flagged_at is None:
+            self.flagged_at = self._recent[0]
+        return self.flagged
+
+
 class StreamSession:
     """Scores prompt + "\\n" + a response that arrives in chunks. Build with `guard.stream(...)`."""
 
-    def __init__(self, guard, prompt: str | None = None, *, debounce: int = 1, threshold: float | None = None,
+    def __init__(self, guard, prompt: str | None = None, *, rule: StreamRule | None = None,
+                 debounce: int | None = None, threshold: float | None = None,
                  holdback_tokens: int = HOLDBACK_TOKENS):
         if prompt is not None and not isinstance(prompt, str):
             raise SirenError(f"prompt must be a string or None, got a {type(prompt).__name__}")
@@ -159,44 +200,52 @@ class StreamSession:
             raise SirenError(f"holdback_tokens must be a whole number >= 0, got {holdback_tokens!r}")
         self.guard = guard
         self.prompt = prompt
-        self.threshold = guard._threshold(threshold)
+        self.threshold = guard.threshold_of(threshold)
+        self.rule = guard.stream_rule(rule=rule, debounce=debounce, threshold=threshold)
         self.holdback_tokens = holdback_tokens
-        self._debounce = Debounce(debounce, self.threshold)
-        features = guard._features
-        self._model = features.model
-        self._tokenizer = features.tokenizer
+        self._tracker = RuleTracker(self.rule)
+        self._answers = bool(guard.has_answer_head)
+        extractor = guard.extractor
+        self._extractor = extractor
+        self._model = extractor.model
+        self._tokenizer = extractor.tokenizer
         self._fast = bool(getattr(self._tokenizer, "is_fast", False))
-        self._max_length = guard.max_length
-        self._device = features.device
+        if self._answers and not self._fast:
+            raise SirenError("streaming the answer verdict needs a fast tokenizer (character offsets): load the "
+                             "backbone's tokenizer with use_fast=True")
+        self._max_length = extractor.max_length
+        self._device = extractor.device
         # transformers renamed `past_key_values` to `cache` during 5.x: pass whichever this version takes.
         params = inspect.signature(self._model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
-        self._modules = features._modules()  # one per selected layer, ascending, in firing order
-        self._slot = {l: i for i, l in enumerate(guard.layers)}
-        self._index = [idx.to(self._device) for idx in guard._index]
-        # Per feature column: its layer's weight, so features = mean * scale.
-        self._scale = torch.cat([torch.full((len(idx),), float(w)) for idx, w in zip(guard._index, guard._weight)])
+        self._modules = extractor.modules()  # one per selected layer, ascending, in firing order
+        self._slot = {l: i for i, l in enumerate(extractor.layers)}
+        self._index = [idx.to(self._device) for idx in extractor.index]
+        self._scale = extractor.scale  # per feature column: its layer's weight, so features = mean * scale
+        self._prompt_verdict: Verdict | None = None  # computed at the first feed; the prompt never changes
+        self._prompt_len = 0  # the prompt's own tokens (set with its verdict)
         self.reset()
 
     # ------------------------------------------------------------ state
 
     def reset(self) -> None:
         """Forget the response (the prompt stays): the next feed starts a new one."""
-        from transformers import DynamicCache
-
+        dim = self._extractor.input_dim
         self._text = ""
         self._cache = DynamicCache()
         self._ids: list[int] = []  # committed token ids, their KV entries are in the cache
-        self._rows = torch.zeros((self._max_length, self.guard.input_dim), dtype=torch.float32)
-        self._sum = torch.zeros(self.guard.input_dim, dtype=torch.float64)  # sum of committed rows
+        self._rows = torch.zeros((self._max_length, dim), dtype=torch.float32)
+        self._sum = torch.zeros(dim, dtype=torch.float64)  # sum of committed rows
         self._tail_ids: list[int] = []  # uncommitted tokens after the committed ones, and their rows
-        self._tail_rows = torch.zeros((0, self.guard.input_dim), dtype=torch.float32)
+        self._tail_rows = torch.zeros((0, dim), dtype=torch.float32)
         self._n_tokens = 0
+        self._answer_start = 0  # index of the answer's first token (== n_tokens while it has none)
+        self._before_answer: tuple[int, torch.Tensor] | None = None  # (start, sum of committed rows before it)
         self.tokens_run = 0  # tokens run through the backbone since the last reset (cost counter)
         self.rollbacks = 0  # times appended text changed a committed token (see "Hold-back")
         self._frozen = False
         self._result: ScoreResult | None = None
-        self._debounce.reset()
+        self._tracker.reset()
 
     @property
     def text(self) -> str:
@@ -207,6 +256,12 @@ class StreamSession:
     def n_tokens(self) -> int:
         """Tokens the backbone reads for the current prompt + response (capped at max_length)."""
         return self._n_tokens
+
+    @property
+    def answer_tokens(self) -> int:
+        """Tokens of the answer among them (0 before its first token; without an answer head, the
+        tokens after the prompt's all the same)."""
+        return self._n_tokens - self._answer_start
 
     @property
     def committed_tokens(self) -> int:
@@ -220,11 +275,19 @@ class StreamSession:
 
     @property
     def flagged(self) -> bool:
-        return self._debounce.flagged_at is not None
+        return self._tracker.flagged
 
     @property
     def flagged_at(self) -> FlagPoint | None:
-        return self._debounce.flagged_at
+        return self._tracker.flagged_at
+
+    @property
+    def flagged_by(self) -> str | None:
+        """Which verdict stopped the stream: "response" (the answer's), "text" (the whole text's,
+        a guard without an answer head), None while not flagged."""
+        if not self.flagged:
+            return None
+        return "response" if self._answers else "text"
 
     # ------------------------------------------------------------ feeding
 
@@ -237,7 +300,9 @@ class StreamSession:
         self._text += text_chunk
         if not self._frozen or self._result is None:
             self._result = self._update()
-        self._debounce.update(FlagPoint(self._n_tokens, len(self._text), self._result.score))
+        observed = self._result.response if self._answers else self._result
+        if observed is not None:
+            self._tracker.update(FlagPoint(self._n_tokens, len(self._text), observed.score, self.answer_tokens))
         return self._result
 
     @torch.no_grad()
@@ -248,6 +313,26 @@ class StreamSession:
         ids = list(enc["input_ids"])
         if not ids:
             raise SirenError("the tokenizer returned no tokens for the text: it cannot be scored")
+        self._advance(norm, ids, enc.get("offset_mapping"))
+        self._n_tokens = len(ids)
+        if len(self._ids) == self._max_length:
+            self._frozen = True  # the first max_length tokens are fixed: nothing later is read
+        total = self._sum + self._tail_rows.sum(dim=0, dtype=torch.float64)
+        z = (total / len(ids)).to(torch.float32) * self._scale
+        score = float(self.guard.proba_from_features(z[None])[0])
+        if self.prompt is not None and self._prompt_verdict is None:
+            self._prompt_verdict = self._score_prompt(ids)
+        response = None
+        if self._answers:
+            self._answer_start = self._find_answer_start(norm, enc["offset_mapping"])
+            response = self._score_answer(total, len(ids))
+        else:
+            self._answer_start = min(self._prompt_tokens(), len(ids))
+        return ScoreResult(score, bool(score >= self.threshold), self.threshold, prompt=self._prompt_verdict,
+                           response=response)
+
+    def _advance(self, norm: str, ids: list[int], offsets) -> None:
+        """Bring the committed tokens, the cache and the rows up to `ids` (see "Hold-back")."""
         keep = _common_prefix(self._ids, ids)
         if keep < len(self._ids):
             self._rollback(keep)
@@ -255,7 +340,7 @@ class StreamSession:
         tail = ids[start:]
         if tail != self._tail_ids:
             rows = self._forward(tail, start) if tail else self._tail_rows[:0]
-            commit = self._stable_count(norm, ids, enc.get("offset_mapping")) - start
+            commit = self._stable_count(norm, ids, offsets) - start
             commit = max(0, min(commit, len(tail)))
             self._rows[start:start + commit] = rows[:commit]
             self._sum += rows[:commit].sum(dim=0, dtype=torch.float64)
@@ -264,7 +349,7 @@ class StreamSession:
             if dropped:
                 self._cache.crop(-dropped)  # the uncommitted tokens' KV entries go
             self._tail_ids, self._tail_rows = tail[commit:], rows[commit:]
-        elif tail and len(ids) == self._max_length and self._stable_count(norm, ids, enc.get("offset_mapping")) == len(ids):
+        elif tail and len(ids) == self._max_length and self._stable_count(norm, ids, offsets) == len(ids):
             # The same uncommitted tokens as last time (so the same rows), and now every one of the
             # max_length tokens read is stable: commit them without cache entries, since nothing
             # will ever run after them.
@@ -273,13 +358,49 @@ class StreamSession:
             self._ids.extend(tail)
             self._tail_ids, self._tail_rows = [], self._tail_rows[:0]
         # else: the same uncommitted tokens as last time, so the same rows; nothing to run.
-        self._n_tokens = len(ids)
-        if len(self._ids) == self._max_length:
-            self._frozen = True  # the first max_length tokens are fixed: nothing later is read
-        total = self._sum + self._tail_rows.sum(dim=0, dtype=torch.float64)
-        z = (total / len(ids)).to(torch.float32) * self._scale
-        score = float(self.guard.proba_from_features(z[None])[0])
-        return ScoreResult(score, bool(score >= self.threshold), self.threshold)
+
+    def _rows_sum(self, end: int) -> torch.Tensor:
+        """float64 sum of the rows of tokens [0, end) (committed, then uncommitted)."""
+        committed = len(self._ids)
+        if end <= committed:
+            return self._rows[:end].sum(dim=0, dtype=torch.float64)
+        return self._sum + self._tail_rows[:end - committed].sum(dim=0, dtype=torch.float64)
+
+    def _prompt_tokens(self) -> int:
+        return 0 if self.prompt is None else self._prompt_len
+
+    def _score_prompt(self, ids: list[int]) -> Verdict:
+        """The prompt's verdict: the main head on its own tokens' rows when they open `ids` (a causal
+        backbone's prompt tokens do not see the answer), else on a forward of the prompt alone."""
+        pids = self._extractor.tokenize([self.prompt])[0]
+        self._prompt_len = len(pids)
+        if ids[:len(pids)] == pids:
+            z = (self._rows_sum(len(pids)) / len(pids)).to(torch.float32) * self._scale
+        else:
+            z = torch.as_tensor(self._extractor.features([self.prompt])[0])
+        return Verdict.of(float(self.guard.proba_from_features(z[None])[0]), self.threshold)
+
+    def _find_answer_start(self, norm: str, offsets) -> int:
+        """Index of the answer's first token (as `siren.features.answer_spans` finds it)."""
+        a = answer_char_start(self.prompt, self._text)
+        if a is None:
+            return len(offsets)
+        return next((i for i, (_lo, hi) in enumerate(offsets) if hi > a), len(offsets))
+
+    def _score_answer(self, total: torch.Tensor, n: int) -> Verdict | None:
+        """The answer head on the mean of the answer tokens' rows: the whole sum less the rows
+        before the answer (kept while they are committed, so a feed costs no more than a row sum)."""
+        start = self._answer_start
+        if start >= n:
+            return None
+        if self._before_answer is not None and self._before_answer[0] == start:
+            before = self._before_answer[1]
+        else:
+            before = self._rows_sum(start)
+            self._before_answer = (start, before) if start <= len(self._ids) else None
+        z = ((total - before) / (n - start)).to(torch.float32) * self._scale
+        score = float(self.guard.answer_proba_from_features(z[None])[0])
+        return Verdict.of(score, self.guard.answer_threshold)
 
     def _stable_count(self, norm: str, ids: list[int], offsets) -> int:
         """How many leading tokens of `ids` later text cannot change (see the module docstring)."""
@@ -300,13 +421,13 @@ class StreamSession:
         drop = len(self._ids) - keep
         self.rollbacks += 1
         if keep == 0:
-            from transformers import DynamicCache
-
             self._cache = DynamicCache()
         else:
             self._cache.crop(-drop)
         del self._ids[keep:]
         self._sum = self._rows[:keep].sum(dim=0, dtype=torch.float64)
+        if self._before_answer is not None and self._before_answer[0] > keep:
+            self._before_answer = None
         self._tail_ids, self._tail_rows = [], self._tail_rows[:0]
 
     def _forward(self, ids: list[int], start: int) -> torch.Tensor:
