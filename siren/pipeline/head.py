@@ -56,40 +56,18 @@ def fold_standardisation(model: MLPHead, mean: np.ndarray, std: np.ndarray) -> N
 
 
 def ensemble_heads(heads: list[MLPHead]) -> MLPHead:
-    """One MLPHead whose logits are the mean of ``heads``' logits (same input_dim, depth and
-    dropout rates; e.g. the CV folds' heads of one configuration).
-
-    The heads sit side by side: the first Linear stacks their rows, each later hidden Linear
-    is block-diagonal (no head sees another's units), and the output Linear concatenates
-    theirs scaled by 1/K. So the result keeps the runtime's layout (width K * w per hidden
-    layer) and computes mean_k logits_k exactly, up to float rounding.
-    """
+    """One MLPHead whose logits are the mean of ``heads``' logits (same input_dim, widths,
+    dropout rates and classes; e.g. the CV folds' heads of one configuration): see
+    ``MLPHead.ensemble`` (side by side, block-diagonal hidden layers held as their blocks)."""
     if not heads:
         raise ValueError("no heads to combine")
     first = heads[0]
     for h in heads[1:]:
-        if (h.input_dim, h.dropout_rates, h.num_classes) != (first.input_dim, first.dropout_rates,
-                                                               first.num_classes):
-            raise ValueError("heads differ in input_dim, depth, dropout or classes: cannot combine")
-    K = len(heads)
-    dims = [sum(h.layer_dims[i] for h in heads) for i in range(len(first.layer_dims))]
-    # The combined tensors become the new head's parameters as they are (MLPHead.from_state):
-    # each is made once, never beside a randomly initialised copy.
-    keys = [k for k, m in first.network.named_children() if isinstance(m, nn.Linear)]
-    n = len(keys)
-    state: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for j, key in enumerate(keys):
-            parts = [h.network.get_submodule(key) for h in heads]
-            if j == 0:
-                weight, bias = torch.cat([p.weight for p in parts], dim=0), torch.cat([p.bias for p in parts])
-            elif j < n - 1:
-                weight, bias = torch.block_diag(*[p.weight for p in parts]), torch.cat([p.bias for p in parts])
-            else:
-                weight = torch.cat([p.weight for p in parts], dim=1) / K
-                bias = torch.stack([p.bias for p in parts]).mean(dim=0)
-            state[f"network.{key}.weight"], state[f"network.{key}.bias"] = weight.float(), bias.float()
-    return MLPHead.from_state(first.input_dim, dims, first.dropout_rates, state, first.num_classes)
+        if (h.input_dim, h.layer_dims, h.dropout_rates, h.num_classes) != (
+                first.input_dim, first.layer_dims, first.dropout_rates, first.num_classes):
+            raise ValueError("heads differ in input_dim, widths, dropout or classes: cannot combine")
+    states = [{k: v.detach() for k, v in h.state_dict().items()} for h in heads]
+    return MLPHead.ensemble(first.input_dim, first.layer_dims, first.dropout_rates, states, first.num_classes)
 
 
 class _SeededDropout(nn.Module):

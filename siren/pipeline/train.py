@@ -392,11 +392,15 @@ def test_f1(cfg: dict, folders: dict, best: Candidate, head, threshold: float) -
     return out
 
 
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+
+
 def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate], grid, head, history,
              final_epochs: int, test: dict[str, float], seconds: dict[str, float], threshold: float,
              threshold_source: str) -> dict:
     """Stage `save`: the guard, best_model.pkl, results.json and layers.png into `work`."""
-    from siren.artifact import best_model_payload, save_best_model_pkl, save_guard
+    from siren.artifact import best_model_payload, folder_size, head_tensors, save_best_model_pkl, save_guard
     from siren.backbones import resolve as resolve_backbone
     from siren.backbones import resolve_device, resolve_dtype
 
@@ -406,7 +410,7 @@ def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate]
     layer_weight_map = {int(l): float(best.weights[l]) for l in selected_layers}
     forward_dtype = str(resolve_dtype(cfg["dtype"], resolve_device(cfg["device"]))).removeprefix("torch.")
     coef = np.asarray(grid.coef)
-    head_state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    head_state, n_heads = head_tensors(head)   # a fold ensemble: its K heads, each weight once
     save_guard(work, base_model_id=source.model_id, revision=source.revision if source.kind == "hub" else None,
                pooling_type=pooling, selection=selection, layer_weights=layer_weight_map,
                head_state=head_state,
@@ -415,13 +419,15 @@ def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate]
                extra={"backbone": cfg["model"], "dtype": forward_dtype, "num_layers": int(coef.shape[0]),
                       "hidden_size": int(coef.shape[1]), "pooling_type": pooling,
                       "selection_threshold": best.selection_threshold, "seed": int(cfg["seed"]),
-                      "train_datasets": list(cfg["datasets"])})
+                      "train_datasets": list(cfg["datasets"])}, head_ensemble=n_heads)
     test_avg = float(np.mean(list(test.values())))
     base_model = {"model_id": source.model_id, "revision": source.revision, "kind": source.kind}
     save_best_model_pkl(work / "best_model.pkl", best_model_payload(
         work, model=cfg["model"], base_model=base_model,
-        metrics={"cv_f1": float(best.tuned.best_value), "test_f1": test, "test_f1_average": test_avg},
-        head_state=head_state))
+        metrics={"cv_f1": float(best.tuned.best_value), "test_f1": test, "test_f1_average": test_avg}))
+    sizes = folder_size(work)
+    log("guard folder: " + ", ".join(f"{name} {_mb(n)}" for name, n in sizes.items() if name != "total")
+        + f"; {_mb(sizes['total'])} in all")
     n_per_layer = {int(l): int(len(idx)) for l, idx in sorted(selection.items())}
     results = {
         "model": cfg["model"],
@@ -444,6 +450,7 @@ def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate]
                    "val_f1": [float(x) for x in grid.val_f1]},
         "test_f1": test,
         "test_f1_average": test_avg,
+        "guard_bytes": sizes,
         "final_head_train_loss": [round(float(x), 5) for x in history["train_loss"]],
         "timings_s": {k: round(v, 2) for k, v in seconds.items()},
         "peak_rss_gib": round(_peak_rss_gib(), 3),
