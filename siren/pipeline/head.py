@@ -442,3 +442,21 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
     history["mean"], history["std"] = mean.astype(np.float32), std.astype(np.float32)
     model.eval()
     return model, history
+
+
+def measure_head(rows: int = 256, inputs: int = 2048, widths: tuple[int, int] = (512, 128)) -> dict:
+    """{"bfloat16", "float32": rows/s, "unit"} of ``fit_head``'s training (one epoch of random
+    rows at a head-like size after a short warm-up), for ``dtype auto`` of the head (``siren.dtype_auto``)."""
+    import time
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(rows, inputs)).astype(np.float32)
+    y = (rng.random(rows) < 0.5).astype(np.int64)
+    speeds = {}
+    for name, bf16 in (("float32", False), ("bfloat16", True)):
+        fit_head(X[:32], y[:32], layer_dims=list(widths), dropout_rates=[0.0, 0.0], lr=1e-3, seed=0, max_epochs=1,
+                 bf16=bf16)
+        start = time.perf_counter()
+        fit_head(X, y, layer_dims=list(widths), dropout_rates=[0.0, 0.0], lr=1e-3, seed=0, max_epochs=1, bf16=bf16)
+        speeds[name] = rows / (time.perf_counter() - start)
+    return {**speeds, "unit": "rows/s"}

@@ -311,13 +311,16 @@ def tune_candidates(cfg: dict, pooling: str, grid, train_split, val_split, seed:
 
 
 def head_bf16(cfg: dict) -> bool:
-    """Whether the head trains under bf16 autocast. It trains on the CPU, so ``null``/auto
-    asks whether the CPU runs bf16 natively (AMX / AVX512-BF16), as the backbone's auto does."""
-    from siren.backbones import auto_dtype
+    """Whether the head trains under bf16 autocast. It trains on the CPU, so ``null``/auto: no
+    without bf16 instructions, else whichever of bf16 and fp32 a short timed probe of head-sized
+    training steps found faster (``siren.dtype_auto``: measured once per machine, cached)."""
+    from siren import dtype_auto
+    from siren.backbones import cache_root, native_bf16_cpu
+    from siren.pipeline.head import measure_head
 
     dtype = cfg.get("head_dtype")
     if dtype in (None, "", "auto"):
-        return auto_dtype("cpu")[0] == "bfloat16"
+        return native_bf16_cpu() and dtype_auto.decide("head", "cpu", measure_head, cache_root()) == "bfloat16"
     return dtype in ("bfloat16", "bf16")
 
 
@@ -408,7 +411,7 @@ def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate]
     params, pooling, selection = best.tuned.best_params, best.pooling_type, best.selection
     selected_layers = sorted(int(l) for l in selection)
     layer_weight_map = {int(l): float(best.weights[l]) for l in selected_layers}
-    forward_dtype = str(resolve_dtype(cfg["dtype"], resolve_device(cfg["device"]))).removeprefix("torch.")
+    forward_dtype = str(resolve_dtype(cfg["dtype"], resolve_device(cfg["device"]), cfg["model"])).removeprefix("torch.")
     coef = np.asarray(grid.coef)
     head_state, n_heads = head_tensors(head)   # a fold ensemble: its K heads, each weight once
     save_guard(work, base_model_id=source.model_id, revision=source.revision if source.kind == "hub" else None,
