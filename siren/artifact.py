@@ -218,6 +218,13 @@ def folder_size(folder) -> dict[str, int]:
     return {**sizes, "total": sum(sizes.values())}
 
 
+def describe_size(sizes: dict[str, int]) -> str:
+    """`folder_size`'s answer in words: "siren.safetensors 1.2 MB, ...; 1.3 MB in all"."""
+    def mb(n: int) -> str:
+        return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+    return ", ".join(f"{name} {mb(n)}" for name, n in sizes.items() if name != "total") + f"; {mb(sizes['total'])} in all"
+
+
 def set_default_threshold(folder, threshold: float) -> None:
     """Set the decision threshold of the guard in `folder`: `inference.default_threshold` in its
     config and, when present, `threshold` in its best_model.pkl, so the two files agree."""

@@ -395,15 +395,12 @@ def test_f1(cfg: dict, folders: dict, best: Candidate, head, threshold: float) -
     return out
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
-
-
 def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate], grid, head, history,
              final_epochs: int, test: dict[str, float], seconds: dict[str, float], threshold: float,
              threshold_source: str) -> dict:
     """Stage `save`: the guard, best_model.pkl, results.json and layers.png into `work`."""
-    from siren.artifact import best_model_payload, folder_size, head_tensors, save_best_model_pkl, save_guard
+    from siren.artifact import (best_model_payload, describe_size, folder_size, head_tensors, save_best_model_pkl,
+                                save_guard)
     from siren.backbones import resolve as resolve_backbone
     from siren.backbones import resolve_device, resolve_dtype
 
@@ -429,8 +426,7 @@ def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate]
         work, model=cfg["model"], base_model=base_model,
         metrics={"cv_f1": float(best.tuned.best_value), "test_f1": test, "test_f1_average": test_avg}))
     sizes = folder_size(work)
-    log("guard folder: " + ", ".join(f"{name} {_mb(n)}" for name, n in sizes.items() if name != "total")
-        + f"; {_mb(sizes['total'])} in all")
+    log(f"guard folder {work}: {describe_size(sizes)}")
     n_per_layer = {int(l): int(len(idx)) for l, idx in sorted(selection.items())}
     results = {
         "model": cfg["model"],
