@@ -426,7 +426,7 @@ def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate]
         work, model=cfg["model"], base_model=base_model,
         metrics={"cv_f1": float(best.tuned.best_value), "test_f1": test, "test_f1_average": test_avg}))
     sizes = folder_size(work)
-    log(f"guard folder {work}: {describe_size(sizes)}")
+    log(f"guard folder size: {describe_size(sizes)}")
     n_per_layer = {int(l): int(len(idx)) for l, idx in sorted(selection.items())}
     results = {
         "model": cfg["model"],
