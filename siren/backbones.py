@@ -254,8 +254,8 @@ def auto_dtype(device: str, model: str | None = None) -> tuple[str, str]:
     return "float32", f"{device}: bf16 support not probed"
 
 
-PROBE_SHAPE = (4, 128)   # texts x tokens per probe forward: a short extraction batch
-PROBE_SECONDS = 3.0      # timed forwards per dtype stop after this long (at least one)
+PROBE_SHAPE = (2, 128)   # texts x tokens per probe forward: a short batch (the probe must stay a few seconds)
+PROBE_SECONDS = 2.0      # timed forwards per dtype stop after this long (at least one)
 
 
 def _forwards_per_s(model, ids: "torch.Tensor") -> float:
