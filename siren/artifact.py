@@ -1,4 +1,5 @@
-"""Save and load the trained guard: a folder in the `llm-siren` format, plus a data-only pickle.
+"""Save and load the trained guard: a folder in the `llm-siren` format (ours stores a fold
+ensemble compactly), plus the paper's data-only `best_model.pkl`.
 
 Guard folder (what `siren_guard.SirenGuard.from_pretrained(folder)` of PyPI `llm-siren` reads):
 
@@ -11,49 +12,56 @@ Guard folder (what `siren_guard.SirenGuard.from_pretrained(folder)` of PyPI `llm
 - `siren.safetensors`: the head's `network.<k>.weight/bias` (fp32), `k` following
   `Sequential(Linear, ReLU, [Dropout if p > 0]) * n, Linear(., 2)`.
 
-Writes are atomic (temp files, then `os.replace`) and byte-deterministic for equal inputs
-(sorted JSON keys, safetensors of the same fp32 tensors, no timestamps).
+A fold ensemble (`siren.head_ensemble: K` in the config; format_version 2) computes the mean of
+K heads' logits as one network of `mlp.layer_dims` (K heads side by side, hidden layers
+block-diagonal), but stores each head once and no zero block: `heads.<i>.network.<k>.*`, each of
+one head's width (`mlp.layer_dims / K`). Only our loader reads that; `export_llm_siren` writes the
+dense one-MLP folder `llm-siren` loads (equal scores). A single head is stored exactly as
+`llm-siren` reads it, and folders written before format 2 (a dense block-diagonal ensemble) load
+as they always did.
 
-`best_model.pkl` (the paper's file name) is written and read as DATA ONLY: dicts, lists,
-tuples, str, int, float, bool, None and numpy arrays/scalars. Loading uses a restricted
-unpickler that resolves only the numpy callables arrays need, so a crafted pickle cannot run
-code. No Optuna, no training imports here.
+Writes are atomic (temp files, then `os.replace`) and byte-deterministic for equal inputs
+(sorted JSON keys, safetensors of the same fp32 tensors in name order, no timestamps).
+
+`best_model.pkl` (the paper's file name) is data only (`siren.best_model`) and holds no second
+copy of the weights: the selection, the head's shape, the threshold and metrics, and a reference
+(file name, sha256) to the folder's `siren.safetensors`; `load_best_model` gives the head back.
+No Optuna, no training imports here.
 """
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import math
 import os
-import pickle
-import re
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from siren.best_model import load_best_model_pkl, save_best_model_pkl  # noqa: F401 (re-exported)
 from siren.errors import SirenError
 from siren.features import POOLING_TYPES
 from siren.fileio import atomic_write, atomic_write_with, fsync_dir, jsonable
+from siren.guard_config import NEURON_KEY, check_fits, head_ensemble, neuron_key, validate_config  # noqa: F401
+from siren.tensorfile import read_safetensors, write_safetensors  # noqa: F401 (read_safetensors re-exported)
 
 CONFIG_NAME = "siren_config.json"
 WEIGHTS_NAME = "siren.safetensors"
 BEST_MODEL_NAME = "best_model.pkl"
-FORMAT_VERSION = 1
-_NEURON_KEY = re.compile(r"^layer(\d+)_(.+)$")
-
-
-def neuron_key(layer: int, pooling_type: str) -> str:
-    """The `selected_neurons_dict` key of a layer: `layer<i>_<pooling_type>`."""
-    return f"layer{int(layer)}_{pooling_type}"
+FORMAT_VERSION = 2   # of a fold ensemble stored as its K heads (siren.head_ensemble); a single head: 1
 
 
 def head_layout(input_dim: int, layer_dims: list[int], dropout_rates: list[float],
-                num_classes: int = 2) -> dict[str, tuple[int, ...]]:
-    """Expected `network.<k>.weight/bias` shapes of the head for this architecture."""
+                num_classes: int = 2, ensemble: int = 1) -> dict[str, tuple[int, ...]]:
+    """Expected stored tensor shapes of the head for this architecture: `network.<k>.weight/bias`,
+    or for an ensemble of K heads (layer_dims: the whole network's widths) `heads.<i>.network.<k>.*`
+    of one head's widths each."""
+    if ensemble > 1:
+        one = head_layout(input_dim, [int(d) // ensemble for d in layer_dims], dropout_rates, num_classes)
+        return {f"heads.{i}.{k}": shape for i in range(ensemble) for k, shape in one.items()}
     shapes: dict[str, tuple[int, ...]] = {}
     k, prev = 0, int(input_dim)
     for dim, p in zip(layer_dims, dropout_rates):
@@ -66,6 +74,15 @@ def head_layout(input_dim: int, layer_dims: list[int], dropout_rates: list[float
     return shapes
 
 
+def head_tensors(head) -> tuple[dict[str, torch.Tensor], int]:
+    """(the tensors a guard folder stores for `head`, K): a plain head's state dict (K = 1), or a
+    fold ensemble's K heads as `heads.<i>.network.<k>.*` (views of the head's own tensors)."""
+    states = head.head_states()
+    if len(states) == 1:
+        return states[0], 1
+    return {f"heads.{i}.{k}": v for i, s in enumerate(states) for k, v in s.items()}, len(states)
+
+
 def _json_bytes(obj: dict) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
@@ -75,8 +92,9 @@ def _json_bytes(obj: dict) -> bytes:
 def build_config(*, base_model_id: str, revision: str | None, pooling_type: str,
                  selection: dict[int, np.ndarray], layer_weights: dict[int, float], layer_dims: list[int],
                  dropout_rates: list[float], max_length: int, threshold: float = 0.5,
-                 extra: dict | None = None) -> dict:
-    """The `siren_config.json` content (validated) for these inputs."""
+                 extra: dict | None = None, head_ensemble: int = 1) -> dict:
+    """The `siren_config.json` content (validated) for these inputs; layer_dims: the whole
+    network's widths (K heads side by side for head_ensemble K > 1)."""
     if pooling_type not in POOLING_TYPES:
         raise SirenError(f"unknown pooling type {pooling_type!r}: use one of {', '.join(POOLING_TYPES)}")
     layers = sorted(int(l) for l in selection)
@@ -119,6 +137,11 @@ def build_config(*, base_model_id: str, revision: str | None, pooling_type: str,
         "inference": {"max_length": int(max_length), "default_threshold": float(threshold)},
         "siren": {**jsonable(dict(extra or {})), "format_version": FORMAT_VERSION},
     }
+    config["siren"].pop("head_ensemble", None)
+    if int(head_ensemble) > 1:
+        config["siren"]["head_ensemble"] = int(head_ensemble)
+    else:   # the format every earlier version wrote and read
+        config["siren"]["format_version"] = 1
     validate_config(config, source="the guard being saved")
     return config
 
@@ -126,29 +149,28 @@ def build_config(*, base_model_id: str, revision: str | None, pooling_type: str,
 def save_guard(folder, *, base_model_id: str, revision: str | None, pooling_type: str,
                selection: dict[int, np.ndarray], layer_weights: dict[int, float],
                head_state: dict[str, torch.Tensor], layer_dims: list[int], dropout_rates: list[float],
-               max_length: int, threshold: float = 0.5, extra: dict | None = None) -> Path:
+               max_length: int, threshold: float = 0.5, extra: dict | None = None,
+               head_ensemble: int = 1) -> Path:
     """Write `siren_config.json` + `siren.safetensors` into `folder`; returns the folder.
 
     selection: layer -> neuron indices (in feature order). layer_weights: layer -> weight
-    (missing layers get 1.0). head_state: the MLP head's state dict (`network.<k>.*`).
-    A new folder appears whole (written under a temp name, then renamed); in an existing
-    folder each file is replaced atomically (weights first, then the config), other files kept.
+    (missing layers get 1.0). head_state: the stored tensors (`head_tensors(head)`: a head's
+    `network.<k>.*`, or K heads' `heads.<i>.network.<k>.*` with head_ensemble K). layer_dims: the
+    whole network's widths. A new folder appears whole (written under a temp name, then renamed);
+    in an existing folder each file is replaced atomically (weights, then config), others kept.
     """
-    from safetensors.torch import save_file as safetensors_save_file
-
     config = build_config(base_model_id=base_model_id, revision=revision, pooling_type=pooling_type,
                           selection=selection, layer_weights=layer_weights, layer_dims=layer_dims,
-                          dropout_rates=dropout_rates, max_length=max_length, threshold=threshold, extra=extra)
-    mlp = config["mlp"]
-    expected = head_layout(mlp["input_dim"], mlp["layer_dims"], mlp["dropout_rates"], mlp["num_classes"])
-    # No copies of a float32 CPU head (an ensemble head can be hundreds of MB): the file is
-    # streamed from the tensors themselves.
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in head_state.items()}
-    _check_head_state(tensors, expected, "the head state being saved")
-    write_weights = lambda tmp: safetensors_save_file(tensors, tmp, metadata={"format": "pt"})  # noqa: E731
-    config_bytes = _json_bytes(config)
+                          dropout_rates=dropout_rates, max_length=max_length, threshold=threshold, extra=extra,
+                          head_ensemble=head_ensemble)
+    # No copies of a float32 CPU head: the file is streamed from the tensors themselves.
+    tensors = {k: v.detach().to("cpu", torch.float32) for k, v in head_state.items()}
+    _check_head_state(tensors, _layout_of(config), "the head state being saved")
+    write_weights = lambda tmp: write_safetensors(tmp, tensors, metadata={"format": "pt"})  # noqa: E731
+    return _write_folder(Path(folder), write_weights, _json_bytes(config))
 
-    folder = Path(folder)
+
+def _write_folder(folder: Path, write_weights, config_bytes: bytes) -> Path:
     if folder.exists() and not folder.is_dir():
         raise SirenError(f"guard folder {folder} exists and is not a folder")
     if folder.is_dir():
@@ -171,6 +193,38 @@ def save_guard(folder, *, base_model_id: str, revision: str | None, pooling_type
     return folder
 
 
+def export_llm_siren(folder, out_dir) -> Path:
+    """Write the guard in `folder` as a folder that `llm-siren` (`siren_guard`) loads: the same
+    config without `siren.head_ensemble`, and a fold ensemble's K heads as the one dense MLP it
+    computes (hidden layers block-diagonal, zeros included: larger, equal scores). Returns out_dir."""
+    config = load_guard_config(folder)
+    out_dir = Path(out_dir)
+    if out_dir.resolve() == Path(folder).resolve():
+        raise SirenError(f"--out_dir {out_dir} is the guard folder itself: export into another folder")
+    head = build_head(config, load_head_state(folder, config))
+    dense = {k: v.detach() for k, v in head.state_dict().items()}
+    config = json.loads(json.dumps(config))
+    config["siren"] = {k: v for k, v in (config.get("siren") or {}).items() if k != "head_ensemble"}
+    config["siren"]["format_version"] = 1
+    validate_config(config, source="the exported guard")
+    write_weights = lambda tmp: write_safetensors(tmp, dense, metadata={"format": "pt"})  # noqa: E731
+    return _write_folder(out_dir, write_weights, _json_bytes(config))
+
+
+def folder_size(folder) -> dict[str, int]:
+    """Bytes of the guard's files in `folder` (config, weights, best_model.pkl when present) and `total`."""
+    sizes = {name: (Path(folder) / name).stat().st_size for name in (CONFIG_NAME, WEIGHTS_NAME, BEST_MODEL_NAME)
+             if (Path(folder) / name).is_file()}
+    return {**sizes, "total": sum(sizes.values())}
+
+
+def describe_size(sizes: dict[str, int]) -> str:
+    """`folder_size`'s answer in words: "siren.safetensors 1.2 MB, ...; 1.3 MB in all"."""
+    def mb(n: int) -> str:
+        return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+    return ", ".join(f"{name} {mb(n)}" for name, n in sizes.items() if name != "total") + f"; {mb(sizes['total'])} in all"
+
+
 def set_default_threshold(folder, threshold: float) -> None:
     """Set the decision threshold of the guard in `folder`: `inference.default_threshold` in its
     config and, when present, `threshold` in its best_model.pkl, so the two files agree."""
@@ -188,138 +242,6 @@ def set_default_threshold(folder, threshold: float) -> None:
 
 
 # ---------------------------------------------------------------- load + validation
-
-def _need(d: dict, key: str, where: str, source: str):
-    if not isinstance(d, dict) or key not in d:
-        raise SirenError(f"{source}: missing key {where}.{key}" if where else f"{source}: missing key {key}")
-    return d[key]
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _check_format_version(version, source: str) -> None:
-    if not (_is_int(version) and 1 <= version <= FORMAT_VERSION):
-        raise SirenError(f"{source}: siren.format_version is {version!r}, but this SIREN reads format "
-                         f"{FORMAT_VERSION} at most: the guard was written by a newer SIREN; upgrade (git pull, "
-                         "then bash scripts/setup.sh) or use a guard trained with this version")
-
-
-def validate_config(config: dict, source: str) -> dict:
-    """Check a guard config; raise SirenError naming `source` and the key. Returns config."""
-    if not isinstance(config, dict):
-        raise SirenError(f"{source}: expected a JSON object, got {type(config).__name__}")
-    task = config.get("task", "content")
-    if task != "content":
-        raise SirenError(f"{source}: task is {task!r}; only 'content' guards are supported")
-    base = _need(config, "base_model", "", source)
-    model_id = _need(base, "model_id", "base_model", source)
-    if not isinstance(model_id, str) or not model_id:
-        raise SirenError(f"{source}: base_model.model_id must be a non-empty string")
-    if base.get("revision") is not None and not isinstance(base["revision"], str):
-        raise SirenError(f"{source}: base_model.revision must be a string or null")
-
-    sm = _need(config, "siren_module", "", source)
-    pooling = _need(sm, "pooling_type", "siren_module", source)
-    if pooling not in POOLING_TYPES:
-        raise SirenError(f"{source}: siren_module.pooling_type {pooling!r} is not supported: "
-                         f"use one of {', '.join(POOLING_TYPES)}")
-    layers = _need(sm, "selected_layers", "siren_module", source)
-    if not isinstance(layers, list) or not layers or not all(_is_int(l) and l >= 0 for l in layers):
-        raise SirenError(f"{source}: siren_module.selected_layers must be a non-empty list of layer indices >= 0")
-    if len(set(layers)) != len(layers):
-        raise SirenError(f"{source}: siren_module.selected_layers {layers} has duplicates")
-    weights = _need(sm, "layer_weights", "siren_module", source)
-    if not isinstance(weights, dict):
-        raise SirenError(f"{source}: siren_module.layer_weights must be an object {{\"<layer>\": weight}}")
-    for k, w in weights.items():
-        if not re.fullmatch(r"\d+", str(k)) or int(k) not in layers:
-            raise SirenError(f"{source}: siren_module.layer_weights key {k!r} is not a selected layer {sorted(layers)}")
-        if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w):
-            raise SirenError(f"{source}: siren_module.layer_weights[{k!r}] = {w!r} is not a finite number")
-    neurons = _need(sm, "selected_neurons_dict", "siren_module", source)
-    if not isinstance(neurons, dict):
-        raise SirenError(f"{source}: siren_module.selected_neurons_dict must be an object")
-    seen = set()
-    total = 0
-    for key, idx in neurons.items():
-        m = _NEURON_KEY.match(str(key))
-        if not m:
-            raise SirenError(f"{source}: siren_module.selected_neurons_dict key {key!r} is not 'layer<i>_<pooling_type>'")
-        layer, suffix = int(m.group(1)), m.group(2)
-        if suffix != pooling:
-            raise SirenError(f"{source}: siren_module.selected_neurons_dict key {key!r} does not match "
-                             f"pooling_type {pooling!r}")
-        if layer not in layers:
-            raise SirenError(f"{source}: siren_module.selected_neurons_dict has {key!r} but layer {layer} is not "
-                             f"in selected_layers {sorted(layers)}")
-        if layer in seen:
-            raise SirenError(f"{source}: siren_module.selected_neurons_dict lists layer {layer} twice")
-        seen.add(layer)
-        if not isinstance(idx, list) or not idx or not all(_is_int(i) and i >= 0 for i in idx):
-            raise SirenError(f"{source}: siren_module.selected_neurons_dict[{key!r}] must be a non-empty list "
-                             "of neuron indices >= 0")
-        if len(set(idx)) != len(idx):
-            raise SirenError(f"{source}: siren_module.selected_neurons_dict[{key!r}] has duplicate neurons")
-        total += len(idx)
-    missing = sorted(set(layers) - seen)
-    if missing:
-        raise SirenError(f"{source}: siren_module.selected_neurons_dict has no entry for selected layers {missing}")
-
-    mlp = _need(config, "mlp", "", source)
-    input_dim = _need(mlp, "input_dim", "mlp", source)
-    if not _is_int(input_dim) or input_dim != total:
-        raise SirenError(f"{source}: mlp.input_dim is {input_dim!r} but selected_neurons_dict lists {total} neurons")
-    dims = _need(mlp, "layer_dims", "mlp", source)
-    rates = _need(mlp, "dropout_rates", "mlp", source)
-    if not isinstance(dims, list) or not all(_is_int(d) and d > 0 for d in dims):
-        raise SirenError(f"{source}: mlp.layer_dims must be a list of positive integers")
-    if not isinstance(rates, list) or len(rates) != len(dims) or not all(
-            isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p < 1 for p in rates):
-        raise SirenError(f"{source}: mlp.dropout_rates must be {len(dims)} numbers in [0, 1), one per layer_dims entry")
-    if mlp.get("num_classes", 2) != 2:
-        raise SirenError(f"{source}: mlp.num_classes is {mlp.get('num_classes')!r}; the guard is binary (2)")
-
-    inf = _need(config, "inference", "", source)
-    max_length = _need(inf, "max_length", "inference", source)
-    if not _is_int(max_length) or max_length <= 0:
-        raise SirenError(f"{source}: inference.max_length must be a positive integer, got {max_length!r}")
-    thr = _need(inf, "default_threshold", "inference", source)
-    if not isinstance(thr, (int, float)) or isinstance(thr, bool) or not 0 <= thr <= 1:
-        raise SirenError(f"{source}: inference.default_threshold must be a number in [0, 1], got {thr!r}")
-    extra = config.get("siren")
-    if extra is not None and not isinstance(extra, dict):
-        raise SirenError(f"{source}: key siren must be an object")
-    extra = extra or {}
-    _check_format_version(extra.get("format_version", FORMAT_VERSION), source)  # absent: llm-siren's, format 1
-    for key in ("num_layers", "hidden_size"):
-        if key in extra and not (_is_int(extra[key]) and extra[key] > 0):
-            raise SirenError(f"{source}: siren.{key} must be a positive integer, got {extra[key]!r}")
-    check_fits(config, extra.get("num_layers"), extra.get("hidden_size"), source,
-               what="as siren.num_layers / siren.hidden_size record")
-    return config
-
-
-def check_fits(config: dict, num_layers: int | None, hidden_size: int | None, source: str,
-               what: str = "from the backbone's config") -> None:
-    """Every selected layer < num_layers and every neuron < hidden_size (None: not checked).
-
-    Used on load (against the sizes the guard records) and before scoring or evaluating
-    (against the backbone's own config), so that a guard for another backbone is refused by name
-    instead of indexing out of range."""
-    sm = config["siren_module"]
-    if num_layers is not None:
-        beyond = [l for l in sm["selected_layers"] if l >= num_layers]
-        if beyond:
-            raise SirenError(f"{source}: selected layer {max(beyond)} does not exist in a backbone with {num_layers} "
-                             f"layers ({what}; layers 0 .. {num_layers - 1}): wrong backbone or a damaged config")
-    if hidden_size is not None:
-        for key, idx in sm["selected_neurons_dict"].items():
-            if max(idx) >= hidden_size:
-                raise SirenError(f"{source}: {key} selects neuron {max(idx)}, but the hidden size is {hidden_size} "
-                                 f"({what}; neurons 0 .. {hidden_size - 1}): wrong backbone or a damaged config")
-
 
 def load_guard_config(folder) -> dict:
     """Read and validate `<folder>/siren_config.json`."""
@@ -361,77 +283,14 @@ def _check_head_state(state: dict, expected: dict[str, tuple[int, ...]], source:
             raise SirenError(f"{source}: tensor {k} has non-finite values")
 
 
-# safetensors dtype names -> torch dtypes (the ones a head or a tensor file of ours can hold)
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-                       "U8": torch.uint8, "BOOL": torch.bool}
-_SAFETENSORS_MAX_HEADER = 100_000_000     # the format's own bound on the JSON header
-
-
-def read_safetensors(path) -> dict[str, torch.Tensor]:
-    """A safetensors file -> {name: CPU tensor}, read tensor by tensor straight into fresh tensors.
-
-    Why not `safetensors.torch.load(path.read_bytes())`: that holds the whole file as bytes
-    beside the tensors made from it (twice the file in RAM: +0.76 GB for a 379 MB fold-ensemble
-    head, the training run's peak); `load_file` maps the file instead, so the tensors could
-    change if the file were rewritten in place. Here RAM holds the tensors once, owned by us.
-    Checks the layout as the format defines it (header size, dtypes, shapes, and data offsets that
-    tile the data region exactly); raises ValueError saying what is wrong (callers name the file).
-    Little-endian data, as the format stores it (every CPU torch runs on here is little-endian).
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ValueError(f"{size} bytes, shorter than the 8-byte header size")
-        n = int.from_bytes(head, "little")
-        if n > min(_SAFETENSORS_MAX_HEADER, size - 8):
-            raise ValueError(f"header size {n} does not fit in the file's {size} bytes")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"the header is not JSON ({err})") from None
-        if not isinstance(header, dict):
-            raise ValueError("the header is not a JSON object")
-        header.pop("__metadata__", None)
-        spans = []
-        for name, info in header.items():
-            try:
-                dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-                shape = [int(d) for d in info["shape"]]
-                begin, end = (int(o) for o in info["data_offsets"])
-            except (KeyError, TypeError, ValueError):
-                raise ValueError(f"tensor {name!r}: no valid dtype, shape and data_offsets ({info!r})") from None
-            nbytes = math.prod(shape) * dtype.itemsize
-            if min(shape, default=0) < 0 or end - begin != nbytes:
-                raise ValueError(f"tensor {name!r}: {info['dtype']} {shape} needs {nbytes} bytes, "
-                                 f"its offsets span {end - begin}")
-            spans.append((begin, end, name, dtype, shape))
-        spans.sort(key=lambda s: (s[0], s[1]))
-        data_len, pos = size - 8 - n, 0
-        for begin, end, name, _, _ in spans:
-            if begin != pos:
-                raise ValueError(f"tensor {name!r} starts at byte {begin} of the data, expected {pos}")
-            pos = end
-        if pos != data_len:
-            raise ValueError(f"the tensors cover {pos} of the {data_len} data bytes")
-        out: dict[str, torch.Tensor] = {}
-        for begin, end, name, dtype, shape in spans:    # in file order: one sequential read
-            buf = torch.empty(end - begin, dtype=torch.uint8)
-            view = memoryview(buf.numpy())
-            got = 0
-            while got < len(view):
-                k = f.readinto(view[got:])
-                if not k:
-                    raise ValueError(f"the file ended inside tensor {name!r}")
-                got += k
-            out[name] = buf.view(dtype).reshape(shape)
-    return out
+def _layout_of(config: dict) -> dict[str, tuple[int, ...]]:
+    mlp = config["mlp"]
+    return head_layout(mlp["input_dim"], mlp["layer_dims"], mlp["dropout_rates"], mlp.get("num_classes", 2),
+                       ensemble=head_ensemble(config))
 
 
 def load_head_state(folder_or_file, config: dict) -> dict[str, torch.Tensor]:
-    """Read `siren.safetensors` (a folder or the file) and check it against `config["mlp"]`."""
+    """Read `siren.safetensors` (a folder or the file) and check it against the config's head."""
     path = Path(folder_or_file)
     if path.is_dir():
         path = path / WEIGHTS_NAME
@@ -441,19 +300,26 @@ def load_head_state(folder_or_file, config: dict) -> dict[str, torch.Tensor]:
         state = read_safetensors(path)
     except (ValueError, OSError) as err:
         raise SirenError(f"{path} could not be read as safetensors ({err}): the file is corrupt") from err
-    mlp = config["mlp"]
-    expected = head_layout(mlp["input_dim"], mlp["layer_dims"], mlp["dropout_rates"], mlp.get("num_classes", 2))
-    _check_head_state(state, expected, str(path))
+    _check_head_state(state, _layout_of(config), str(path))
     return state
 
 
 def build_head(config: dict, state: dict[str, torch.Tensor]):
-    """An eval-mode `siren.mlp.MLPHead` for `config["mlp"]` holding `state` (fp32, CPU)."""
+    """An eval-mode `siren.mlp.MLPHead` for the config's head holding `state` (fp32, CPU): one
+    MLP, or for `siren.head_ensemble` K the K heads' mean (`MLPHead.ensemble`, hidden layers
+    computed block by block, no zero block in memory)."""
     from siren.mlp import MLPHead
 
     mlp = config["mlp"]
-    head = MLPHead.from_state(mlp["input_dim"], list(mlp["layer_dims"]), list(mlp["dropout_rates"]), state,
-                              num_classes=mlp.get("num_classes", 2))
+    k = head_ensemble(config)
+    if k > 1:
+        states = [{name.removeprefix(f"heads.{i}."): t for name, t in state.items() if name.startswith(f"heads.{i}.")}
+                  for i in range(k)]
+        head = MLPHead.ensemble(mlp["input_dim"], [int(d) // k for d in mlp["layer_dims"]],
+                                list(mlp["dropout_rates"]), states, num_classes=mlp.get("num_classes", 2))
+    else:
+        head = MLPHead.from_state(mlp["input_dim"], list(mlp["layer_dims"]), list(mlp["dropout_rates"]), state,
+                                  num_classes=mlp.get("num_classes", 2))
     head = head.to("cpu", torch.float32).eval()
     head.requires_grad_(False)
     return head
@@ -471,109 +337,30 @@ def selection_from_config(config: dict) -> tuple[list[int], dict[int, np.ndarray
     layers = sorted(int(l) for l in sm["selected_layers"])
     neurons = {}
     for key, idx in sm["selected_neurons_dict"].items():
-        neurons[int(_NEURON_KEY.match(key).group(1))] = np.asarray(idx, dtype=np.int64)
+        neurons[int(NEURON_KEY.match(key).group(1))] = np.asarray(idx, dtype=np.int64)
     weights = {l: float(sm["layer_weights"].get(str(l), 1.0)) for l in layers}
     return layers, neurons, weights
 
 
 # ---------------------------------------------------------------- best_model.pkl (data only)
 
-_NUMPY_CALLABLES = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    # Protocol-2 pickles (what numpy arrays get under Python 2 rules) encode raw bytes this way.
-    ("_codecs", "encode"),
-}
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
-def _allowed_global(module: str, name: str):
-    if (module, name) in _NUMPY_CALLABLES:
-        if module == "_codecs":
-            import codecs
-
-            return codecs.encode
-        mod = module.replace("numpy.core.", "numpy._core.") if module.startswith("numpy.core.") else module
-        import importlib
-
-        return getattr(importlib.import_module(mod), name)
-    if module == "numpy" or module == "numpy.dtypes":
-        obj = getattr(np if module == "numpy" else np.dtypes, name, None)
-        if isinstance(obj, type) and obj is not np.object_ and (issubclass(obj, np.generic) or issubclass(obj, np.dtype)):
-            return obj  # numpy scalar types and dtype classes
-    return None
-
-
-class _DataOnlyUnpickler(pickle.Unpickler):
-    def __init__(self, file, source: str):
-        super().__init__(file)
-        self._source = source
-
-    def find_class(self, module, name):
-        obj = _allowed_global(module, name)
-        if obj is None:
-            raise SirenError(f"{self._source}: refusing to load {module}.{name}: best_model.pkl may hold only "
-                             "plain data and numpy arrays (a pickle naming other callables can run code)")
-        return obj
-
-    def persistent_load(self, pid):
-        raise SirenError(f"{self._source}: refusing a persistent id in a data-only pickle")
-
-
-MAX_PICKLE_DEPTH = 64  # best_model.pkl is a few levels deep; anything deeper is not ours
-
-
-def _check_data(value: Any, where: str) -> None:
-    """Plain data only, walked without recursion (a crafted file nested 200k deep must give this
-    error, not a RecursionError), at most MAX_PICKLE_DEPTH containers deep."""
-    root = where
-    stack = [(value, where, 0)]
-    while stack:
-        value, where, depth = stack.pop()
-        if value is None or isinstance(value, (str, bytes, bool, int, float, np.generic)):
-            if isinstance(value, np.generic) and value.dtype.hasobject:
-                raise SirenError(f"{where}: object-typed numpy values are not data")
-            continue
-        if isinstance(value, np.ndarray):
-            if value.dtype.hasobject:
-                raise SirenError(f"{where}: numpy arrays of dtype object are not allowed (data only)")
-            continue
-        if isinstance(value, (dict, list, tuple)) and depth >= MAX_PICKLE_DEPTH:
-            raise SirenError(f"{root}: nested more than {MAX_PICKLE_DEPTH} levels deep; "
-                             "best_model.pkl holds a flat record: the file is corrupt or not ours")
-        if isinstance(value, dict):
-            for k, v in value.items():
-                if not isinstance(k, (str, int, float, bool, tuple)) and k is not None:
-                    raise SirenError(f"{where}: dict key {k!r} ({type(k).__name__}) is not plain data")
-                stack.append((v, f"{where}[{k!r}]", depth + 1))
-            continue
-        if isinstance(value, (list, tuple)):
-            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
-            continue
-        raise SirenError(f"{where}: {type(value).__module__}.{type(value).__name__} is not plain data "
-                         "(allowed: dict, list, tuple, str, int, float, bool, None, numpy arrays)")
-
-
-def best_model_payload(folder, *, model: str, base_model: dict, metrics: dict,
-                       head_state: dict[str, torch.Tensor] | None = None) -> dict:
+def best_model_payload(folder, *, model: str, base_model: dict, metrics: dict) -> dict:
     """The paper's `best_model.pkl` content for the guard saved in `folder`, built from its
-    config and weights, so the pickle and the guard cannot disagree (threshold included).
-
-    head_state: the very tensors just passed to `save_guard` for this folder (checked against its
-    config), instead of reading the weights back: a fold-ensemble head is hundreds of MB, and the
-    training run's peak memory would hold it twice."""
+    config, so the pickle and the guard cannot disagree (threshold included). The weights are
+    not copied: `weights` names the folder's safetensors file (beside the pickle) and its sha256."""
     config = load_guard_config(folder)
     layers, neurons, weights = selection_from_config(config)
-    mlp = config["mlp"]
-    if head_state is None:
-        state = load_head_state(folder, config)
-    else:
-        state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in head_state.items()}
-        _check_head_state(state, head_layout(mlp["input_dim"], mlp["layer_dims"], mlp["dropout_rates"],
-                                             mlp.get("num_classes", 2)), "the head state given for best_model.pkl")
+    path = Path(folder) / WEIGHTS_NAME
     return {
-        "format": "siren-best-model/1",
+        "format": "siren-best-model/2",
         "model": model,
         "base_model": base_model,
         "pooling_type": config["siren_module"]["pooling_type"],
@@ -581,44 +368,27 @@ def best_model_payload(folder, *, model: str, base_model: dict, metrics: dict,
         "selected_neurons": {str(l): neurons[l] for l in layers},
         "layer_weights": {str(l): weights[l] for l in layers},
         "mlp": dict(config["mlp"]),
-        # in the network's module order: safetensors gives the tensors in no fixed order
-        "state_dict": {k: state[k].numpy() for k in head_layout(mlp["input_dim"], mlp["layer_dims"],
-                                                                mlp["dropout_rates"], mlp["num_classes"])},
+        "head_ensemble": head_ensemble(config),
+        "weights": {"file": WEIGHTS_NAME, "sha256": _sha256(path), "bytes": path.stat().st_size},
         "threshold": float(config["inference"]["default_threshold"]),
         "max_length": int(config["inference"]["max_length"]),
         "metrics": metrics,
     }
 
 
-def save_best_model_pkl(path, payload: dict) -> None:
-    """Write the paper's `best_model.pkl` holding data only (see `load_best_model_pkl`)."""
-    if not isinstance(payload, dict):
-        raise SirenError(f"best_model.pkl payload must be a dict, got {type(payload).__name__}")
-    _check_data(payload, "best_model.pkl payload")
+def load_best_model(path) -> tuple[dict, torch.nn.Module]:
+    """(payload, head) of a `best_model.pkl`: the head from the guard folder it sits in (its
+    weights' sha256 checked), or from the pickle's own `state_dict` (files written before format 2)."""
+    from siren.mlp import MLPHead
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Protocol 5 streams each array's buffer into the file (protocol 4 copies it to bytes first).
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            pickle.dump(payload, f, protocol=5)
-
-    atomic_write_with(path, write)
-
-
-def load_best_model_pkl(path) -> dict:
-    """Read a data-only `best_model.pkl`; anything but plain data + numpy is refused, never run."""
-    path = Path(path)
-    if not path.is_file():
-        raise SirenError(f"{path} is missing")
-    data = path.read_bytes()
-    try:
-        payload = _DataOnlyUnpickler(io.BytesIO(data), str(path)).load()
-    except SirenError:
-        raise
-    except Exception as err:  # truncated or garbage bytes raise many kinds of errors
-        raise SirenError(f"{path} could not be unpickled ({type(err).__name__}: {err}): the file is corrupt") from err
-    if not isinstance(payload, dict):
-        raise SirenError(f"{path}: expected a dict, got {type(payload).__name__}")
-    _check_data(payload, str(path))
-    return payload
+    payload = load_best_model_pkl(path)
+    mlp = payload["mlp"]
+    if "state_dict" in payload:
+        state = {k: torch.from_numpy(np.array(v)) for k, v in payload["state_dict"].items()}
+        return payload, MLPHead.from_state(mlp["input_dim"], mlp["layer_dims"], mlp["dropout_rates"], state)
+    weights = path.parent / payload["weights"]["file"]
+    if not weights.is_file() or _sha256(weights) != payload["weights"]["sha256"]:
+        raise SirenError(f"{path}: its weights {weights} are missing or were changed (sha256 differs): keep "
+                         "best_model.pkl in its guard folder, beside the siren.safetensors it was saved with")
+    return payload, load_head(path.parent)

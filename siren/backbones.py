@@ -220,16 +220,18 @@ def _cpu_flags() -> set[str]:
 
 
 def native_bf16_cpu() -> bool:
-    """Whether this CPU computes bfloat16 natively (AMX-BF16 or AVX512-BF16)."""
+    """Whether this CPU has bfloat16 instructions (AMX-BF16 or AVX512-BF16). Necessary for bf16 to
+    be fast, not sufficient: ``auto_dtype`` measures before it picks bf16."""
     return bool(_CPU_BF16_FLAGS & _cpu_flags())
 
 
-def auto_dtype(device: str) -> tuple[str, str]:
-    """The dtype ``auto`` picks for ``device``, and why: (name, reason).
+def auto_dtype(device: str, model: str | None = None) -> tuple[str, str]:
+    """The dtype ``auto`` picks for ``device`` (and backbone ``model``), and why: (name, reason).
 
-    bf16 only where the device computes it natively: a CUDA device that supports bf16, or a
-    CPU with AMX-BF16 / AVX512-BF16. Elsewhere bf16 is emulated and far slower than fp32
-    (about 17x on an AVX2-only CPU for smollm2-135m), so fp32.
+    A CUDA device: bf16 where it supports it. A CPU: fp32 without bf16 instructions (bf16 would be
+    emulated, about 17x slower for smollm2-135m on an AVX2-only CPU); with them, whichever a short
+    timed probe of ``model``'s forward found faster (``siren.dtype_auto``, cached per machine);
+    fp32 when there is no backbone to measure.
     """
     import torch
 
@@ -239,21 +241,59 @@ def auto_dtype(device: str) -> tuple[str, str]:
         return "float32", f"{device} has no native bf16"
     if device == "cpu" or device.startswith("cpu:"):
         native = sorted(_CPU_BF16_FLAGS & _cpu_flags())
-        if native:
-            return "bfloat16", f"CPU has native bf16 ({', '.join(native)})"
-        return "float32", "CPU has no native bf16 (no amx_bf16 / avx512_bf16)"
+        if not native:
+            return "float32", "CPU has no bf16 instructions (no amx_bf16 / avx512_bf16)"
+        if model is None:
+            return "float32", "no backbone to time bf16 on (bf16 only by measurement)"
+        from siren import dtype_auto
+
+        name = dtype_auto.decide(f"backbone {model}", device, lambda: measure_backbone(model, device), cache_root())
+        return name, f"the faster of bf16 and fp32 for {model} on this CPU (measured once, cached)"
     return "float32", f"{device}: bf16 support not probed"
+
+
+PROBE_SHAPE = (2, 128)   # texts x tokens per probe forward: a short batch (the probe must stay a few seconds)
+PROBE_SECONDS = 2.0      # timed forwards per dtype stop after this long (at least one)
+
+
+def _forwards_per_s(model, ids: "torch.Tensor") -> float:
+    """Tokens per second of ``model``'s forward on ``ids``: one untimed warm-up, then up to three
+    timed forwards within PROBE_SECONDS."""
+    import time
+
+    import torch
+
+    with torch.inference_mode():
+        model(input_ids=ids)
+        done, start = 0, time.perf_counter()
+        while done < 3 and (done == 0 or time.perf_counter() - start < PROBE_SECONDS):
+            model(input_ids=ids)
+            done += 1
+        return done * ids.numel() / (time.perf_counter() - start)
+
+
+def measure_backbone(model: str, device: str) -> dict:
+    """{"bfloat16", "float32": tok/s, "unit"} of ``model``'s plain forward on ``device`` at
+    PROBE_SHAPE (loaded once in fp32, then cast: the same weights as a bf16 load)."""
+    import torch
+
+    backbone = load_backbone(model, device=device, dtype="float32")
+    vocab = int(getattr(backbone.model.config, "vocab_size", 1000))
+    ids = torch.randint(0, vocab, PROBE_SHAPE, generator=torch.Generator().manual_seed(0)).to(device)
+    fp32 = _forwards_per_s(backbone.model, ids)
+    bf16 = _forwards_per_s(backbone.model.to(torch.bfloat16), ids)
+    return {"bfloat16": bf16, "float32": fp32, "unit": "tok/s"}
 
 
 _told: set[tuple[str, str]] = set()
 
 
-def resolve_dtype(dtype: str | None, device: str):
+def resolve_dtype(dtype: str | None, device: str, model: str | None = None):
     """A dtype name (or None/"auto") -> torch dtype; "auto" as ``auto_dtype`` decides, said once."""
     import torch
 
     if dtype in (None, "", "auto"):
-        name, reason = auto_dtype(device)
+        name, reason = auto_dtype(device, model)
         if (device, name) not in _told:
             _told.add((device, name))
             # stderr: `siren score --jsonl` keeps stdout for results
@@ -364,7 +404,7 @@ def load_backbone(model: str, *, device: str | None = None, dtype: str | None = 
     source = resolve(model)
     hub_revision = (revision or source.revision) if source.kind == "hub" else None
     device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
+    torch_dtype = resolve_dtype(dtype, device, model)
     try:
         # The config first: a backbone with custom code is named as such before any other failure.
         AutoConfig.from_pretrained(source.model_id, revision=hub_revision, trust_remote_code=trust_remote_code)

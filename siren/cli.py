@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-stream": ("siren.evaluation.streaming", "streaming evaluation: how early harmful responses are caught"),
     "eval-think": ("siren.evaluation.generalization", "reasoning-trace evaluation per source model (Qwen3GuardTest)"),
     "score": ("siren.runtime.score_cli", "score texts with a trained guard"),
+    "export": ("siren.export_cli", "write a trained guard in another runtime's format (llm_siren)"),
     "serve": ("siren.runtime.serve", "serve a trained guard over HTTP: OpenAI moderation endpoint, streaming, demo page"),
     "report": ("siren.evaluation.report", "compare SIREN with baselines and guard models on a run's splits"),
 }

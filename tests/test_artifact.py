@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from siren.artifact import (CONFIG_NAME, WEIGHTS_NAME, best_model_payload, build_head, head_layout,
-                            load_best_model_pkl, load_guard_config, load_head_state, read_safetensors,
+                            load_best_model, load_best_model_pkl, load_guard_config, load_head_state, read_safetensors,
                             save_best_model_pkl, save_guard, selection_from_config, set_default_threshold)
 from siren.errors import SirenError
 
@@ -215,20 +215,33 @@ def test_build_head_holds_the_state_tensors_themselves(tmp_path):
         build_head(config, bad)
 
 
-def test_best_model_payload_from_the_saved_tensors(tmp_path):
-    """Given the tensors just saved, the payload equals the one read back from the folder."""
-    state = _state(seed=3)
-    folder = _save(tmp_path / "g", head_state=state)
-    kw = dict(model="tiny", base_model={"model_id": "/models/tiny"}, metrics={"cv_f1": 0.5})
-    read_back = best_model_payload(folder, **kw)
-    given = best_model_payload(folder, **kw, head_state=state)
-    assert list(given["state_dict"]) == list(read_back["state_dict"])
-    for k, v in read_back["state_dict"].items():
-        np.testing.assert_array_equal(given["state_dict"][k], v)
-    np.testing.assert_equal({k: v for k, v in given.items() if k != "state_dict"},
-                            {k: v for k, v in read_back.items() if k != "state_dict"})
-    with pytest.raises(SirenError, match="head state given for best_model.pkl.*network.0.weight has shape"):
-        best_model_payload(folder, **kw, head_state=_state(input_dim=4))
+def test_best_model_pkl_references_the_folders_weights(tmp_path):
+    """best_model.pkl holds no second copy of the weights: it names the folder's safetensors file
+    (sha256) and load_best_model gives the head back from it; a changed weights file is refused."""
+    folder = _save(tmp_path / "g", head_state=_state(seed=3))
+    payload = best_model_payload(folder, model="tiny", base_model={"model_id": "/models/tiny"}, metrics={"cv_f1": 0.5})
+    assert "state_dict" not in payload and payload["weights"]["file"] == WEIGHTS_NAME
+    save_best_model_pkl(folder / "best_model.pkl", payload)
+    assert (folder / "best_model.pkl").stat().st_size < 2000
+    got, head = load_best_model(folder / "best_model.pkl")
+    assert got["threshold"] == 0.4 and got["head_ensemble"] == 1
+    for k, v in _state(seed=3).items():
+        torch.testing.assert_close(head.state_dict()[k], v, rtol=0, atol=0)
+    _save(folder, head_state=_state(seed=4))
+    with pytest.raises(SirenError, match="sha256 differs"):
+        load_best_model(folder / "best_model.pkl")
+
+
+def test_best_model_pkl_of_earlier_versions_loads(tmp_path):
+    """A best_model.pkl with its own state_dict (format 1) still gives its head."""
+    state = _state(seed=5)
+    payload = {"format": "siren-best-model/1", "mlp": {"input_dim": 5, "layer_dims": DIMS, "dropout_rates": RATES,
+                                                       "num_classes": 2},
+               "state_dict": {k: v.numpy() for k, v in state.items()}, "threshold": 0.5}
+    save_best_model_pkl(tmp_path / "best_model.pkl", payload)
+    _, head = load_best_model(tmp_path / "best_model.pkl")
+    for k, v in state.items():
+        torch.testing.assert_close(head.state_dict()[k], v, rtol=0, atol=0)
 
 
 def test_weights_not_matching_config(tmp_path):

@@ -133,7 +133,7 @@ CASES = [
     ("eval-stream --split bogus", lambda e, m: ["eval-stream", "--model", str(e.guard), "--split", "bogus"],
      r"--split 'bogus' is not a Qwen3GuardTest split with unsafe spans: use one of thinking_loc, response_loc"),
     ("guard format_version 99", lambda e, m: _guard_config(e, lambda c: c["siren"].update(format_version=99))
-     or e.score("hi"), r"siren\.format_version is 99, but this SIREN reads format 1 at most: .*newer SIREN"),
+     or e.score("hi"), r"siren\.format_version is 99, but this SIREN reads format 2 at most: .*newer SIREN"),
     ("YAML duplicated key", _duplicate_key_yaml, r"defaults\.yaml: key 'seed' is given twice in one mapping \(lines \d+ and \d+\)"),
 ]
 

@@ -53,7 +53,7 @@ def _fake_guard(folder, marker: str):
 
 def test_run_folder_is_found_again_for_every_kind_of_model(tmp_path, monkeypatch):
     """Training writes config.output_dir(model); `siren score --model <same model>` finds it."""
-    import siren.runtime.score_cli as score_cli
+    import siren.runtime.loading as loading
 
     monkeypatch.setattr(config, "OUTPUT_ROOT", tmp_path / "runs")
     local_a, local_b = tmp_path / "a" / "m", tmp_path / "b" / "m"
@@ -66,18 +66,18 @@ def test_run_folder_is_found_again_for_every_kind_of_model(tmp_path, monkeypatch
     for m, run in zip(models, runs):
         _fake_guard(run, m)
     for m, run in zip(models, runs):
-        assert score_cli.resolve_guard(m) == str(run)
+        assert loading.resolve_guard(m) == str(run)
     # A guard folder given directly is used as is.
-    assert score_cli.resolve_guard(str(runs[0])) == str(runs[0])
+    assert loading.resolve_guard(str(runs[0])) == str(runs[0])
     # No run yet: a Hub id is taken to be a Hub repo holding a guard; the others are clear errors.
     shutil.rmtree(runs[1])
-    assert score_cli.resolve_guard("Qwen/Qwen3-0.6B") == "Qwen/Qwen3-0.6B"
+    assert loading.resolve_guard("Qwen/Qwen3-0.6B") == "Qwen/Qwen3-0.6B"
     shutil.rmtree(runs[2])
     with pytest.raises(SirenError, match="no guard was trained for it as a backbone folder"):
-        score_cli.resolve_guard(str(local_a))
+        loading.resolve_guard(str(local_a))
     shutil.rmtree(runs[0])
     with pytest.raises(SirenError, match="no trained guard for backbone 'smollm2-135m'"):
-        score_cli.resolve_guard("smollm2-135m")
+        loading.resolve_guard("smollm2-135m")
 
 
 def test_backbone_prepare_downloads_hub_backbones(monkeypatch, capsys, tmp_path):

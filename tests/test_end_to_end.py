@@ -72,6 +72,13 @@ def test_train_eval_score_end_to_end(tiny_llama_dir, tiny_data, tmp_path, capsys
     config = json.loads((out / "siren_config.json").read_text())
     check_selection_against_probes(out, results, config)
     assert payload["mlp"]["input_dim"] == config["mlp"]["input_dim"] == results["n_selected_neurons"]
+    # Each weight once: best_model.pkl names the folder's weights instead of copying them, and
+    # results.json records the folder's size (printed at the end of training).
+    assert "state_dict" not in payload and payload["weights"]["file"] == "siren.safetensors"
+    assert results["guard_bytes"]["siren.safetensors"] == (out / "siren.safetensors").stat().st_size
+    assert results["guard_bytes"]["best_model.pkl"] < 20_000
+    if results["config"]["final_head"] == "ensemble":
+        assert config["siren"]["head_ensemble"] == results["config"]["n_folds"]
 
     # Evaluation reads the cache (no re-extraction) and writes its report and plots.
     capsys.readouterr()

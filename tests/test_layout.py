@@ -5,7 +5,7 @@ import sys
 
 
 def test_runtime_imports_no_training_code():
-    code = ("import sys, siren.runtime.guard, siren.runtime.score_cli, siren.artifact, siren.mlp; "
+    code = ("import sys, siren.runtime.guard, siren.runtime.score_cli, siren.runtime.loading, siren.artifact, siren.mlp; "
             "bad = sorted(m for m in sys.modules if m == 'optuna' or m.startswith(('siren.pipeline', 'siren.evaluation'))); "
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

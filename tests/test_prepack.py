@@ -194,9 +194,12 @@ def test_only_transformers_blocks_share_products():
 
 
 def ensemble_head(k=3, dims=(16, 8), input_dim=20, seed=0):
+    """A fold ensemble as one dense MLP, block-diagonal zeros included: what guard folders written
+    before format 2 hold, and what `export_llm_siren` writes."""
     torch.manual_seed(seed)
     heads = [MLPHead(input_dim, list(dims), [0.1, 0.0]) for _ in range(k)]
-    return ensemble_heads(heads)
+    dense = ensemble_heads(heads).state_dict()
+    return MLPHead.from_state(input_dim, [k * d for d in dims], [0.1, 0.0], dense)
 
 
 def test_diagonal_blocks_finds_the_fold_ensembles_blocks():

@@ -68,15 +68,6 @@ def run(args) -> int:
     return 0
 
 
-def guard_folder(model: str, guard: str | None = None) -> Path:
-    """A guard folder given directly, or the training output folder of a backbone name."""
-    if guard:
-        return Path(guard)
-    if (Path(model) / "siren_config.json").is_file():
-        return Path(model)
-    return cfgmod.output_dir(model)
-
-
 def read_training_config(folder: Path) -> dict:
     """The resolved training config in `<folder>/results.json` ({} when there is no such file);
     SirenError when the file is corrupt or has no config."""
@@ -150,11 +141,12 @@ def evaluate(args) -> dict:
     from siren import checks
     from siren.pipeline.select import aggregate
     from siren.runtime.guard import check_backbone
+    from siren.runtime.loading import local_guard
 
     args.model = args.model or cfgmod.defaults()["model"]
     if args.extra_datasets is None:
         args.extra_datasets = list(cfgmod.defaults()["extra_datasets"])
-    folder = guard_folder(args.model, args.guard)
+    folder = local_guard(args.guard or args.model, "siren eval")   # the one resolver: siren.config.find_guard
     config = load_guard_config(folder)
     trained = read_training_config(folder)
     model = trained.get("model") or config.get("siren", {}).get("backbone") or config["base_model"]["model_id"]

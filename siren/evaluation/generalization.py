@@ -85,16 +85,14 @@ def evaluate_thinking(args) -> dict:
     from siren.evaluation.streaming import sample
     from siren.features import join_prompt_response
     from siren.fileio import atomic_write_json
-    from siren.runtime.guard import SirenGuard
-    from siren.runtime.score_cli import resolve_guard
+    from siren.runtime.loading import open_guard
 
     seed = cfgmod.defaults()["seed"] if args.seed is None else args.seed
     rows, dropped = q3.thinking_rows(q3.load_rows(args.split, data_file=args.data_file))
     rows = sample(rows, args.limit, seed)
     if not rows:
         raise SirenError(f"no Safe/Unsafe rows from the GLM, Qwen3 or Deepseek groups in split {args.split!r}")
-    folder = resolve_guard(args.model)
-    guard = SirenGuard.from_pretrained(folder, device=args.device, dtype=args.dtype)
+    folder, guard = open_guard(args.model, device=args.device, dtype=args.dtype)
     threshold = guard.default_threshold if args.threshold is None else float(args.threshold)
     texts = [join_prompt_response(r["prompt"], r["response"]) if args.with_prompt else r["response"] for r in rows]
     start = time.perf_counter()

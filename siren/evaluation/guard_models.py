@@ -287,7 +287,7 @@ def load_guard_model(spec: GuardSpec, *, device: str | None = None, dtype: str |
                          "downloaded model, or a registry name with Hub access")
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.model_id)
-        model = AutoModelForCausalLM.from_pretrained(spec.model_id, dtype=resolve_dtype(dtype, device))
+        model = AutoModelForCausalLM.from_pretrained(spec.model_id, dtype=resolve_dtype(dtype, device, spec.model_id))
     except (OSError, ValueError) as err:
         raise SirenError(f"guard {spec.name}: could not load {spec.model_id} ({type(err).__name__}: "
                          f"{str(err).splitlines()[0][:200]}); with no Hub access, pass {spec.name}=FOLDER") from err

@@ -461,15 +461,13 @@ def run(args) -> int:
 def evaluate_streams(args) -> dict:
     from siren import config as cfgmod
     from siren.fileio import atomic_write_json, atomic_write_text
-    from siren.runtime.guard import SirenGuard
-    from siren.runtime.score_cli import resolve_guard
+    from siren.runtime.loading import open_guard
 
     seed = cfgmod.defaults()["seed"] if args.seed is None else args.seed
     records = sample(load_records(args), args.limit, seed)
     if not records:
         raise SirenError("no streams to evaluate")
-    folder = resolve_guard(args.model)
-    guard = SirenGuard.from_pretrained(folder, device=args.device, dtype=args.dtype)
+    folder, guard = open_guard(args.model, device=args.device, dtype=args.dtype)
     threshold = guard.default_threshold if args.threshold is None else float(args.threshold)
     name = args.split if args.source == "qwen3guardtest" else Path(args.data_file).stem
     out_dir = Path(args.out_dir) if args.out_dir else Path(folder) / f"streaming_{name}"

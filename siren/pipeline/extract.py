@@ -373,7 +373,7 @@ def ensure_features(model: str, datasets: list[str], *, splits=("train", "valida
     rank, world, local_rank = distributed.init()
     device = distributed.device_for_rank(device, local_rank, world)
     source = backbone.source if backbone is not None else resolve(model)
-    forward_dtype = next(backbone.model.parameters()).dtype if backbone is not None else resolve_dtype(dtype, device)
+    forward_dtype = next(backbone.model.parameters()).dtype if backbone is not None else resolve_dtype(dtype, device, model)
     loaded = [backbone]
 
     def get_backbone():

@@ -56,40 +56,18 @@ def fold_standardisation(model: MLPHead, mean: np.ndarray, std: np.ndarray) -> N
 
 
 def ensemble_heads(heads: list[MLPHead]) -> MLPHead:
-    """One MLPHead whose logits are the mean of ``heads``' logits (same input_dim, depth and
-    dropout rates; e.g. the CV folds' heads of one configuration).
-
-    The heads sit side by side: the first Linear stacks their rows, each later hidden Linear
-    is block-diagonal (no head sees another's units), and the output Linear concatenates
-    theirs scaled by 1/K. So the result keeps the runtime's layout (width K * w per hidden
-    layer) and computes mean_k logits_k exactly, up to float rounding.
-    """
+    """One MLPHead whose logits are the mean of ``heads``' logits (same input_dim, widths,
+    dropout rates and classes; e.g. the CV folds' heads of one configuration): see
+    ``MLPHead.ensemble`` (side by side, block-diagonal hidden layers held as their blocks)."""
     if not heads:
         raise ValueError("no heads to combine")
     first = heads[0]
     for h in heads[1:]:
-        if (h.input_dim, h.dropout_rates, h.num_classes) != (first.input_dim, first.dropout_rates,
-                                                               first.num_classes):
-            raise ValueError("heads differ in input_dim, depth, dropout or classes: cannot combine")
-    K = len(heads)
-    dims = [sum(h.layer_dims[i] for h in heads) for i in range(len(first.layer_dims))]
-    # The combined tensors become the new head's parameters as they are (MLPHead.from_state):
-    # each is made once, never beside a randomly initialised copy.
-    keys = [k for k, m in first.network.named_children() if isinstance(m, nn.Linear)]
-    n = len(keys)
-    state: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for j, key in enumerate(keys):
-            parts = [h.network.get_submodule(key) for h in heads]
-            if j == 0:
-                weight, bias = torch.cat([p.weight for p in parts], dim=0), torch.cat([p.bias for p in parts])
-            elif j < n - 1:
-                weight, bias = torch.block_diag(*[p.weight for p in parts]), torch.cat([p.bias for p in parts])
-            else:
-                weight = torch.cat([p.weight for p in parts], dim=1) / K
-                bias = torch.stack([p.bias for p in parts]).mean(dim=0)
-            state[f"network.{key}.weight"], state[f"network.{key}.bias"] = weight.float(), bias.float()
-    return MLPHead.from_state(first.input_dim, dims, first.dropout_rates, state, first.num_classes)
+        if (h.input_dim, h.layer_dims, h.dropout_rates, h.num_classes) != (
+                first.input_dim, first.layer_dims, first.dropout_rates, first.num_classes):
+            raise ValueError("heads differ in input_dim, widths, dropout or classes: cannot combine")
+    states = [{k: v.detach() for k, v in h.state_dict().items()} for h in heads]
+    return MLPHead.ensemble(first.input_dim, first.layer_dims, first.dropout_rates, states, first.num_classes)
 
 
 class _SeededDropout(nn.Module):
@@ -464,3 +442,21 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
     history["mean"], history["std"] = mean.astype(np.float32), std.astype(np.float32)
     model.eval()
     return model, history
+
+
+def measure_head(rows: int = 256, inputs: int = 2048, widths: tuple[int, int] = (512, 128)) -> dict:
+    """{"bfloat16", "float32": rows/s, "unit"} of ``fit_head``'s training (one epoch of random
+    rows at a head-like size after a short warm-up), for ``dtype auto`` of the head (``siren.dtype_auto``)."""
+    import time
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(rows, inputs)).astype(np.float32)
+    y = (rng.random(rows) < 0.5).astype(np.int64)
+    speeds = {}
+    for name, bf16 in (("float32", False), ("bfloat16", True)):
+        fit_head(X[:32], y[:32], layer_dims=list(widths), dropout_rates=[0.0, 0.0], lr=1e-3, seed=0, max_epochs=1,
+                 bf16=bf16)
+        start = time.perf_counter()
+        fit_head(X, y, layer_dims=list(widths), dropout_rates=[0.0, 0.0], lr=1e-3, seed=0, max_epochs=1, bf16=bf16)
+        speeds[name] = rows / (time.perf_counter() - start)
+    return {**speeds, "unit": "rows/s"}

@@ -315,13 +315,16 @@ def tune_candidates(cfg: dict, pooling: str, grid, train_split, val_split, seed:
 
 
 def head_bf16(cfg: dict) -> bool:
-    """Whether the head trains under bf16 autocast. It trains on the CPU, so ``null``/auto
-    asks whether the CPU runs bf16 natively (AMX / AVX512-BF16), as the backbone's auto does."""
-    from siren.backbones import auto_dtype
+    """Whether the head trains under bf16 autocast. It trains on the CPU, so ``null``/auto: no
+    without bf16 instructions, else whichever of bf16 and fp32 a short timed probe of head-sized
+    training steps found faster (``siren.dtype_auto``: measured once per machine, cached)."""
+    from siren import dtype_auto
+    from siren.backbones import cache_root, native_bf16_cpu
+    from siren.pipeline.head import measure_head
 
     dtype = cfg.get("head_dtype")
     if dtype in (None, "", "auto"):
-        return auto_dtype("cpu")[0] == "bfloat16"
+        return native_bf16_cpu() and dtype_auto.decide("head", "cpu", measure_head, cache_root()) == "bfloat16"
     return dtype in ("bfloat16", "bf16")
 
 
@@ -400,7 +403,8 @@ def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate]
              final_epochs: int, test: dict[str, float], seconds: dict[str, float], threshold: float,
              threshold_source: str) -> dict:
     """Stage `save`: the guard, best_model.pkl, results.json and layers.png into `work`."""
-    from siren.artifact import best_model_payload, save_best_model_pkl, save_guard
+    from siren.artifact import (best_model_payload, describe_size, folder_size, head_tensors, save_best_model_pkl,
+                                save_guard)
     from siren.backbones import resolve as resolve_backbone
     from siren.backbones import resolve_device, resolve_dtype
 
@@ -408,9 +412,9 @@ def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate]
     params, pooling, selection = best.tuned.best_params, best.pooling_type, best.selection
     selected_layers = sorted(int(l) for l in selection)
     layer_weight_map = {int(l): float(best.weights[l]) for l in selected_layers}
-    forward_dtype = str(resolve_dtype(cfg["dtype"], resolve_device(cfg["device"]))).removeprefix("torch.")
+    forward_dtype = str(resolve_dtype(cfg["dtype"], resolve_device(cfg["device"]), cfg["model"])).removeprefix("torch.")
     coef = np.asarray(grid.coef)
-    head_state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    head_state, n_heads = head_tensors(head)   # a fold ensemble: its K heads, each weight once
     save_guard(work, base_model_id=source.model_id, revision=source.revision if source.kind == "hub" else None,
                pooling_type=pooling, selection=selection, layer_weights=layer_weight_map,
                head_state=head_state,
@@ -419,13 +423,14 @@ def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate]
                extra={"backbone": cfg["model"], "dtype": forward_dtype, "num_layers": int(coef.shape[0]),
                       "hidden_size": int(coef.shape[1]), "pooling_type": pooling,
                       "selection_threshold": best.selection_threshold, "seed": int(cfg["seed"]),
-                      "train_datasets": list(cfg["datasets"])})
+                      "train_datasets": list(cfg["datasets"])}, head_ensemble=n_heads)
     test_avg = float(np.mean(list(test.values())))
     base_model = {"model_id": source.model_id, "revision": source.revision, "kind": source.kind}
     save_best_model_pkl(work / "best_model.pkl", best_model_payload(
         work, model=cfg["model"], base_model=base_model,
-        metrics={"cv_f1": float(best.tuned.best_value), "test_f1": test, "test_f1_average": test_avg},
-        head_state=head_state))
+        metrics={"cv_f1": float(best.tuned.best_value), "test_f1": test, "test_f1_average": test_avg}))
+    sizes = folder_size(work)
+    log(f"guard folder size: {describe_size(sizes)}")
     n_per_layer = {int(l): int(len(idx)) for l, idx in sorted(selection.items())}
     results = {
         "model": cfg["model"],
@@ -448,6 +453,7 @@ def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate]
                    "val_f1": [float(x) for x in grid.val_f1]},
         "test_f1": test,
         "test_f1_average": test_avg,
+        "guard_bytes": sizes,
         "final_head_train_loss": [round(float(x), 5) for x in history["train_loss"]],
         "timings_s": {k: round(v, 2) for k, v in seconds.items()},
         "peak_rss_gib": round(_peak_rss_gib(), 3),

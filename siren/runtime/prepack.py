@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from siren.errors import SirenError
+from siren.mlp import BlockDiagonalLinear  # noqa: F401 (re-exported: a guard's split hidden layers)
 
 __all__ = ["PackedLinear", "SharedPackedLinear", "PackedFloatLinear", "BlockDiagonalLinear", "packed_count",
            "prepack_linears", "prepack_head", "prepack_support", "diagonal_blocks", "split_block_diagonal"]
@@ -226,41 +227,6 @@ def diagonal_blocks(weight: torch.Tensor, most: int = 16) -> int:
     return 1
 
 
-class BlockDiagonalLinear(nn.Module):
-    """An ``nn.Linear`` whose weight is block-diagonal in K equal blocks, computed block by block.
-
-    A fold ensemble's head (``siren.pipeline.head.ensemble_heads``) keeps the runtime's one-MLP
-    layout, so its hidden Linears after the first are block-diagonal: K - 1 of every K weights
-    are zeros that a dense product reads and multiplies. forward: (n, in) -> (n, out), the same
-    sums without the zero terms (equal up to float summation order). ``weight`` and
-    ``state_dict()`` give the dense weight back.
-    """
-
-    def __init__(self, linear: nn.Linear, k: int):
-        super().__init__()
-        self.in_features, self.out_features, self.k = linear.in_features, linear.out_features, int(k)
-        r, c = self.out_features // k, self.in_features // k
-        w = linear.weight.detach()
-        # (K, in/K, out/K): block i transposed, so that a batched product maps (K, n, in/K) to (K, n, out/K)
-        self._blocks = torch.stack([w[i * r:(i + 1) * r, i * c:(i + 1) * c].t() for i in range(k)]).contiguous()
-        self.bias = linear.bias
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return torch.block_diag(*self._blocks.transpose(1, 2))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        parts = torch.bmm(x.reshape(n, self.k, -1).transpose(0, 1), self._blocks)   # (K, n, out/K)
-        y = parts.transpose(0, 1).reshape(n, self.out_features)
-        return y if self.bias is None else y + self.bias
-
-    _save_to_state_dict = PackedLinear._save_to_state_dict
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, blocks={self.k}"
-
-
 @torch.no_grad()
 def split_block_diagonal(model: nn.Module) -> int:
     """Replace every block-diagonal ``nn.Linear`` inside ``model`` (a head) by a
@@ -269,7 +235,7 @@ def split_block_diagonal(model: nn.Module) -> int:
              for name, child in parent.named_children() if type(child) is nn.Linear]
     swaps = [s for s in swaps if s[3] > 1]
     for parent, name, child, k in swaps:
-        setattr(parent, name, BlockDiagonalLinear(child, k))
+        setattr(parent, name, BlockDiagonalLinear.from_linear(child, k))
     return len(swaps)
 
 

@@ -41,13 +41,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--trust_remote_code", action="store_true")
 
 
-def resolve_guard(model: str) -> str:
-    """A guard folder, a backbone's run folder, or a Hub id (see `siren.config.find_guard`)."""
-    from siren.config import find_guard
-
-    return find_guard(model)
-
-
 def _check_chars(value: str, where: str) -> None:
     """SirenError if `value` holds a lone surrogate (from a "\\ud800" escape, or a non-UTF-8 byte
     in a command-line argument): it is not a character and cannot be tokenised."""
@@ -119,10 +112,9 @@ def run(args) -> int:
         if getattr(args, name) is not None:
             _check_chars(getattr(args, name), "the text" if name == "text" else f"--{name}")
 
-    from siren.runtime.guard import SirenGuard
+    from siren.runtime.loading import open_guard
 
-    guard = SirenGuard.from_pretrained(resolve_guard(args.model), device=args.device, dtype=args.dtype,
-                                       trust_remote_code=args.trust_remote_code)
+    _, guard = open_guard(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     if not args.jsonl:
         _emit(guard.score(args.text, prompt=args.prompt, response=args.response, threshold=args.threshold))
         return 0

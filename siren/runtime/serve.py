@@ -790,15 +790,13 @@ def run(args) -> int:
 
     from pathlib import Path
 
-    from siren.runtime.guard import SirenGuard
-    from siren.runtime.score_cli import resolve_guard
+    from siren.runtime.loading import open_guard
 
-    folder = resolve_guard(args.model)
     if args.compile:
         print("[siren serve] loading and compiling the single-text forward (one to two minutes on a 2-core CPU)",
               flush=True)
-    guard = SirenGuard.from_pretrained(folder, device=args.device, dtype=args.dtype,
-                                       trust_remote_code=args.trust_remote_code, compile=args.compile)
+    folder, guard = open_guard(args.model, device=args.device, dtype=args.dtype,
+                               trust_remote_code=args.trust_remote_code, compile=args.compile)
     name = args.model_name or (Path(folder).resolve().name if Path(folder).is_dir() else folder)
     app = create_app(guard, model_name=name, limits=limits, threshold=args.threshold, api_key=api_key,
                      threads=args.threads)
