@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def load_bench():
     # scripts/ or a subfolder of it (benchmarks may move into one)
-    path = next(iter(sorted(ROOT.glob("scripts/bench_streaming.py")) + sorted(ROOT.glob("scripts/*/bench_streaming.py"))))
+    found = sorted(ROOT.glob("scripts/bench_streaming.py")) + sorted(ROOT.glob("scripts/*/bench_streaming.py"))
+    path = found[0]
     spec = importlib.util.spec_from_file_location("bench_streaming", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

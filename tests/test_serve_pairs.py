@@ -35,8 +35,10 @@ class PairGuard:
 
     def __init__(self, guard: SirenGuard, *, debounce: int = 2):
         self.guard = guard
-        self.backbone, self.max_length, self.default_threshold = guard.backbone, guard.max_length, guard.default_threshold
-        self.config = {"siren": {"answer_head": {"stream": {"debounce": debounce, "min_answer_tokens": 0, "ema": None}}}}
+        self.backbone, self.max_length = guard.backbone, guard.max_length
+        self.default_threshold = guard.default_threshold
+        stream = {"debounce": debounce, "min_answer_tokens": 0, "ema": None}
+        self.config = {"siren": {"answer_head": {"stream": stream}}}
         self.rules = []
 
     def score_batch(self, *a, **kw):
@@ -141,13 +143,16 @@ def test_score_endpoint_gives_both_verdicts(pair_client, guard):
         assert got["response"]["score"] == pytest.approx(g.answer_score(r), abs=1e-5)
         assert got["response"]["threshold"] == ANSWER_THRESHOLD
         assert got["response"]["is_harmful"] is (got["response"]["score"] >= ANSWER_THRESHOLD)
-    assert "response" not in res[3] and res[3]["prompt"]["score"] == pytest.approx(guard.score(TEXTS[5]).score, abs=1e-5)
+    assert "response" not in res[3]
+    assert res[3]["prompt"]["score"] == pytest.approx(guard.score(TEXTS[5]).score, abs=1e-5)
     thr = pair_client.post("/v1/score", json={"prompt": "a", "response": "b", "threshold": 0.01}).json()["results"][0]
-    assert thr["threshold"] == 0.01 and thr["prompt"]["threshold"] == 0.01 and thr["response"]["threshold"] == ANSWER_THRESHOLD
+    assert thr["threshold"] == 0.01 and thr["prompt"]["threshold"] == 0.01
+    assert thr["response"]["threshold"] == ANSWER_THRESHOLD  # a request's threshold is the whole text's and prompt's
 
 
 def test_moderations_carry_both_verdicts_in_an_extra_field(pair_client, guard):
-    body = pair_client.post("/v1/moderations", json={"input": [TEXTS[0], {"prompt": TEXTS[1], "response": TEXTS[7]}]}).json()
+    pair_input = {"prompt": TEXTS[1], "response": TEXTS[7]}
+    body = pair_client.post("/v1/moderations", json={"input": [TEXTS[0], pair_input]}).json()
     plain, pair = body["results"]
     assert MODERATION_VERDICTS_FIELD not in plain
     assert set(pair[MODERATION_VERDICTS_FIELD]) == {"prompt", "response"}

@@ -274,10 +274,13 @@ def add_arguments(p) -> None:
                    help="response: the answer's verdict (answer head, prompt in context); text: the whole text's "
                         "(today's score); auto (default): response when the guard has an answer head")
     p.add_argument("--threshold", type=float, help="decision threshold (default: the guard's, for the verdict used)")
-    p.add_argument("--debounce", type=int, help="flag after this many consecutive scores >= threshold "
-                                                "(default: the guard's stream rule, else configs/defaults.yaml, else 1)")
-    p.add_argument("--min_answer_tokens", type=int, help="never flag before this many answer tokens (default as --debounce, else 0)")
-    p.add_argument("--ema", type=float, help="smooth scores with this EMA alpha in (0, 1] (default as --debounce, else raw)")
+    p.add_argument("--debounce", type=int,
+                   help="flag after this many consecutive scores >= threshold "
+                        "(default: the guard's stream rule, else configs/defaults.yaml, else 1)")
+    p.add_argument("--min_answer_tokens", type=int,
+                   help="never flag before this many answer tokens (default as --debounce, else 0)")
+    p.add_argument("--ema", type=float,
+                   help="smooth scores with this EMA alpha in (0, 1] (default as --debounce, else raw)")
     p.add_argument("--target_false_alarm", type=float,
                    help="pick the lowest threshold flagging at most this share of the safe validation streams "
                         "(needs --val_data_file or --val_ids_split; overrides --threshold)")
@@ -479,6 +482,7 @@ def print_summary(report: dict) -> None:
         cps = ", ".join(f"+{g}: {pct(v)}" for g, v in s["checkpoint_recall"].items())
         print(f"timely recall {pct(s['timely_recall'])}; cumulative recall {cum}")
         print(f"checkpoint recall (the authors' protocol) {cps}")
-        print(f"localisation: exact hit {pct(s['loc_exact_hit'])}, hit within 128 tokens {pct(s['loc_hit_within_128'])}")
+        print(f"localisation: exact hit {pct(s['loc_exact_hit'])}, "
+              f"hit within 128 tokens {pct(s['loc_hit_within_128'])}")
         print("delay bins " + ", ".join(f"{k} {v}" for k, v in s["delay_bins"].items()))
     print(f"results: {report['out_dir']}/streaming_results.json, plots detection_delay.png, tradeoff.png")
