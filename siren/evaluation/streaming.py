@@ -283,7 +283,8 @@ def add_arguments(p) -> None:
                    help="smooth scores with this EMA alpha in (0, 1] (default as --debounce, else raw)")
     p.add_argument("--target_false_alarm", type=float,
                    help="pick the lowest threshold flagging at most this share of the safe validation streams "
-                        "(needs --val_data_file or --val_ids_split; overrides --threshold)")
+                        "(needs --val_data_file or --val_ids_split; overrides --threshold; default with a validation "
+                        "source: configs/defaults.yaml's stream_target_false_alarm)")
     p.add_argument("--val_data_file", help="SIREN-ready JSONL of validation streams (default: --data_file)")
     p.add_argument("--val_ids_split", help="split inside --ids_from whose streams are the validation streams")
     p.add_argument("--val_limit", type=int, help="a seeded sample of this many safe validation streams")
@@ -404,7 +405,12 @@ def evaluate_streams(args) -> dict:
     if not records:
         raise SirenError("no streams to evaluate")
     val = None
-    if args.target_false_alarm is not None:
+    target = args.target_false_alarm
+    if target is None and (args.val_data_file or args.val_ids_split):
+        target = cfgmod.defaults().get("stream_target_false_alarm")  # a validation source alone: the default target
+        if target is None:
+            raise SirenError("validation streams were given but no target: pass --target_false_alarm (e.g. 0.1)")
+    if target is not None:
         val = sample(validation_records(args, {r.id for r in records}), args.val_limit, seed)
     folder = resolve_guard(args.model)
     guard = SirenGuard.from_pretrained(folder, device=args.device, dtype=args.dtype)
@@ -417,9 +423,9 @@ def evaluate_streams(args) -> dict:
     if val is not None:
         val_traces = score_records(guard, val, args, verdict, rule.threshold, "safe validation streams")
         threshold = threshold_for_false_alarm([(t.positions, t.scores) for t in val_traces if len(t.scores)],
-                                              rule, float(args.target_false_alarm))
+                                              rule, float(target))
         rule = rule.with_threshold(threshold)
-        thr_source = f"validation: false alarms <= {args.target_false_alarm:g} on {len(val)} safe streams"
+        thr_source = f"validation: false alarms <= {target:g} on {len(val)} safe streams"
     traces = score_records(guard, records, args, verdict, rule.threshold, "streams")
     used_session = {t.used_session for t in traces}
     results = [stream_result(rec, t, rule=rule, graces=args.graces) for rec, t in zip(records, traces)]
@@ -435,7 +441,7 @@ def evaluate_streams(args) -> dict:
                                                  "ids_split", "limit", "every", "max_tokens", "graces",
                                                  "with_prompt", "reference_tokenizer", "target_false_alarm",
                                                  "val_data_file", "val_ids_split", "val_limit")}
-        | {"seed": seed, "max_length": guard.max_length, "debounce": rule.debounce}
+        | {"seed": seed, "max_length": guard.max_length, "debounce": rule.debounce, "target_false_alarm": target}
         | ({"split": None, "reference_tokenizer": None} if args.source == "jsonl" else {}),
         "scoring": "session" if used_session == {True} else "stateless" if used_session == {False} else "mixed",
         "seconds": round(seconds, 1),
