@@ -300,7 +300,7 @@ def open_session(guard, prompt: str | None = None, *, debounce: int | None = 1, 
     """The guard's incremental session if it has one (`guard.stream(prompt=, rule=)`, or the older
     `guard.stream(prompt=, debounce=, threshold=)`, returning an object with `.feed`), else a
     `StatelessSession`. debounce None: the guard's saved stream rule (else 1)."""
-    from siren.runtime.serve_pairs import session_rule, stop_threshold
+    from siren.runtime.serve_pairs import session_rule
 
     stream = getattr(guard, "stream", None)
     try:
@@ -368,10 +368,8 @@ def _pair_error(message: str, param: str | None = None) -> RequestError:
     return RequestError(400, message, param=param)
 
 
-def _check_item(item, limits: ServeLimits):
-    for part in (item.pair or ()):
-        _check_text(part or "", "a prompt or response", limits)
-    _check_text(item.text, "a prompt + response", limits)
+def _check_item(item, where: str, limits: ServeLimits):
+    _check_text(item.text, where, limits)  # a pair's whole text: prompt + "\n" + response
     return item
 
 
@@ -382,7 +380,8 @@ def parse_moderation(body, limits: ServeLimits) -> list:
 
     body = _check_object(body, 'like {"input": "some text"}')
     if "messages" in body and "input" not in body:
-        return [_check_item(parse_item({"messages": body["messages"]}, "the body", _pair_error, _type_name), limits)]
+        return [_check_item(parse_item({"messages": body["messages"]}, "the body", _pair_error, _type_name),
+                            "messages", limits)]
     if "input" not in body:
         raise RequestError(400, "missing field 'input': a string or a list of strings", param="input")
     raw = body["input"]
@@ -400,7 +399,7 @@ def parse_moderation(body, limits: ServeLimits) -> list:
         elif isinstance(item, dict) and item.get("type") == "image_url":
             raise RequestError(400, f"{where} is an image: this guard scores text only", param=where)
         elif isinstance(item, dict) and ({"prompt", "response", "messages"} & set(item)):
-            texts.append(_check_item(parse_item(item, where, _pair_error, _type_name), limits))
+            texts.append(_check_item(parse_item(item, where, _pair_error, _type_name), where, limits))
             continue
         if not isinstance(item, str):
             raise RequestError(400, f"{where} must be a string, got a JSON {_type_name(item)}", param=where)
@@ -425,9 +424,7 @@ def parse_score(body, limits: ServeLimits) -> tuple[list, float | None]:
         items, where = [body], ["the body"]
     out = []
     for item, at in zip(items, where):
-        parsed = parse_item(item, at, _pair_error, _type_name)
-        _check_text(parsed.text, at, limits)
-        out.append(parsed)
+        out.append(_check_item(parse_item(item, at, _pair_error, _type_name), at, limits))
     return out, threshold
 
 
