@@ -166,5 +166,6 @@ def test_demo_page_resets_the_status_on_an_error(tmp_path, tiny_llama_dir):
         before, after = open_page(srv.url + "/", tmp_path / "err.png", run, viewport=PHONE)
     assert "stopped after token" in before["status"] and before["flaggedBy"] == "text"
     assert "no answer head" in before["responseText"]
+    assert before["promptText"].startswith("harmful")  # the prompt scored alone, at the page's threshold 0.01
     assert after["error"] and after["status"].startswith("Not streamed") and after["flaggedBy"] == ""
     assert after["promptText"] == after["responseText"] == "–"
