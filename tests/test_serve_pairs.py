@@ -60,7 +60,7 @@ class PairGuard:
             out.append(whole)
         return out
 
-    def stream(self, prompt=None, *, rule: StreamRule | None = None):
+    def stream(self, prompt=None, *, rule: StreamRule | None = None, threshold: float | None = None):
         outer, rule = self, rule or StreamRule(ANSWER_THRESHOLD, 2)
         self.rules.append(rule)
 

@@ -338,7 +338,8 @@ def open_session(guard, prompt: str | None = None, *, debounce: int | None = 1, 
         takes_rule = False
     if takes_rule:  # the two-verdict runtime: the rule decides on the answer's verdict
         thr = stop_threshold(guard, threshold, getattr(guard, "default_threshold", 0.5))
-        session = stream(prompt=prompt, rule=session_rule(guard, thr, debounce))
+        # threshold: the whole text's (and the prompt's) verdict; the rule's: the stop decision
+        session = stream(prompt=prompt, rule=session_rule(guard, thr, debounce), threshold=threshold)
         if hasattr(session, "feed"):
             return session
     debounce = 1 if debounce is None else debounce
