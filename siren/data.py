@@ -6,7 +6,9 @@ that maps the Hub's columns to ours) or SIREN-ready JSONL files
 Writes the split ids (`write_split_ids`, JSON) and SIREN-ready JSONL (`write_jsonl`).
 
 Every frame has the columns id (str), text (str), label (int, 1 = harmful), prompt (str) and
-response (str or None). `text` is what SIREN classifies: the prompt, or prompt + "\\n" +
+response (str or None); when a source annotates harm categories, also `categories` ({source
+category: 1 | 0 | None}, None = not annotated; a row without any: None), mapped onto the output
+taxonomy by siren.categories. `text` is what SIREN classifies: the prompt, or prompt + "\\n" +
 response for response-level datasets.
 
 Splits are made once, seeded and stratified by label: the source's own splits are kept, a
@@ -46,9 +48,12 @@ Row = dict  # one output row: the keys of COLUMNS
 # the index is the source position, so dropping unlabelled rows does not renumber the rest.
 
 
-def _row(id_: str, prompt: str, response: str | None, label: bool | int) -> Row:
+def _row(id_: str, prompt: str, response: str | None, label: bool | int, categories: dict | None = None) -> Row:
     text = prompt if response is None else f"{prompt}\n{response}"
-    return {"id": str(id_), "text": text, "label": int(label), "prompt": prompt, "response": response}
+    row = {"id": str(id_), "text": text, "label": int(label), "prompt": prompt, "response": response}
+    if categories is not None:
+        row["categories"] = categories
+    return row
 
 
 def _toxic_chat(rows: Iterable[Mapping], split: str) -> Iterator[Row]:
@@ -63,7 +68,8 @@ def _openai_moderation(rows: Iterable[Mapping], split: str) -> Iterator[Row]:
     for i, r in enumerate(rows):
         # An absent category key means "not annotated", not "safe": only an explicit 1 counts.
         harmful = any(r.get(c) == 1 for c in OPENAI_CATEGORIES)
-        yield _row(f"openai_moderation-{split}-{i:05d}", r["prompt"], None, harmful)
+        cats = {c: (None if r.get(c) is None else int(r[c])) for c in OPENAI_CATEGORIES}
+        yield _row(f"openai_moderation-{split}-{i:05d}", r["prompt"], None, harmful, cats)
 
 
 def _aegis(rows: Iterable[Mapping], split: str) -> Iterator[Row]:
@@ -97,7 +103,8 @@ def _safe_rlhf(rows: Iterable[Mapping], split: str) -> Iterator[Row]:
 
 def _beavertails(rows: Iterable[Mapping], split: str) -> Iterator[Row]:
     for i, r in enumerate(rows):
-        yield _row(f"beavertails-{split}-{i:05d}", r["prompt"], r["response"], not r["is_safe"])
+        cats = {k: int(bool(v)) for k, v in (r.get("category") or {}).items()} or None
+        yield _row(f"beavertails-{split}-{i:05d}", r["prompt"], r["response"], not r["is_safe"], cats)
 
 
 def _xstest(rows: Iterable[Mapping], split: str) -> Iterator[Row]:
@@ -177,7 +184,9 @@ def is_eval_only(name: str) -> bool:
 
 def _frame(rows: Iterable[Row], where: str) -> pd.DataFrame:
     """Rows -> frame with COLUMNS and fixed dtypes; SirenError (naming `where`) on bad rows."""
-    frame = pd.DataFrame(list(rows), columns=list(COLUMNS))
+    rows = list(rows)
+    with_categories = any(r.get("categories") is not None for r in rows)
+    frame = pd.DataFrame(rows, columns=list(COLUMNS) + ["categories"] * with_categories)
     bad = frame["text"].map(lambda t: not isinstance(t, str))
     if bad.any():
         raise SirenError(f"{where}: row {frame['id'].iloc[int(np.argmax(bad))]!r} has no text")
@@ -187,7 +196,24 @@ def _frame(rows: Iterable[Row], where: str) -> pd.DataFrame:
         raise SirenError(f"{where}: duplicate id {dup.iloc[0]!r}; ids must be unique within a dataset")
     frame["label"] = frame["label"].astype("int64")
     frame["response"] = frame["response"].astype(object).where(frame["response"].notna(), None)
+    if with_categories:
+        frame["categories"] = [c if isinstance(c, dict) else None for c in frame["categories"]]
     return frame
+
+
+def row_categories(frame: pd.DataFrame) -> list[dict | None]:
+    """Each row's source categories ({name: 1 | 0 | None}) or None where the row has none."""
+    return frame["categories"].tolist() if "categories" in frame else [None] * len(frame)
+
+
+def _check_categories(value, where: str) -> dict | None:
+    """A row's optional `categories`: an object of {name: 1 | 0 | null}."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and (v is None or (v in (0, 1) and not isinstance(v, bool)))
+                                              for k, v in value.items()):
+        raise SirenError(f"{where}: categories must be an object of {{name: 1 | 0 | null}}, got {json.dumps(value)[:80]}")
+    return value
 
 
 def adapt_rows(name: str, rows: Iterable[Mapping], split: str) -> pd.DataFrame:
@@ -300,7 +326,8 @@ def _read_jsonl(path: pathlib.Path) -> pd.DataFrame:
             _check_text(prompt, "prompt", where)
             _check_text(obj.get("response"), "response", where, nullable=True)
             rows.append({"id": id_, "text": obj["text"], "label": label, "prompt": prompt,
-                         "response": obj.get("response")})
+                         "response": obj.get("response"),
+                         "categories": _check_categories(obj.get("categories"), where)})
     if not rows:
         raise SirenError(f"{path} holds no rows (the file is empty); fill it with one JSON object a line "
                          "or remove it")
@@ -535,10 +562,11 @@ def write_split_ids(path: str | os.PathLike, split_ids: dict[str, dict[str, list
 
 def write_jsonl(path: str | os.PathLike, frame: pd.DataFrame) -> None:
     """Write `frame` (COLUMNS) as SIREN-ready JSONL, atomically."""
+    cats = row_categories(frame)
     lines = (
         json.dumps({"id": r.id, "text": r.text, "label": int(r.label), "prompt": r.prompt,
-                    "response": r.response}, ensure_ascii=False)
-        for r in frame.itertuples(index=False)
+                    "response": r.response, **({"categories": c} if c is not None else {})}, ensure_ascii=False)
+        for r, c in zip(frame.itertuples(index=False), cats)
     )
     path = _output_file(path)
     atomic_write_text(path, "".join(line + "\n" for line in lines))

@@ -220,8 +220,7 @@ class GuardedGeneration(StoppingCriteria):
         if self._sums is None:
             return []
         mean = self._sums / self._counts.clamp(min=1)[:, None].to(torch.float64)
-        probs = self.guard.proba_from_features((mean * self._scale).to(torch.float32))
-        return [ScoreResult(float(p), bool(p >= self.threshold), self.threshold) for p in probs]
+        return self.guard.results_from_features((mean * self._scale).to(torch.float32).numpy(), self.threshold)
 
     # ------------------------------------------------------------ the criteria
 

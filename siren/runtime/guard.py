@@ -73,6 +73,26 @@ def _artifact_files(folder_or_hub_id: str) -> tuple[Path, Path]:
     return Path(config_path), Path(weights_path)
 
 
+def _load_categories(folder_or_hub_id: str, config_path: Path, input_dim: int):
+    """The guard's category head (siren.categories), or None when its folder has none. From the
+    Hub: its two files when the repo has them (a repo without them is a guard without categories)."""
+    from siren.categories import HEAD_CONFIG, HEAD_WEIGHTS, load_category_model
+
+    folder = config_path.parent
+    if not Path(folder_or_hub_id).expanduser().is_dir():
+        try:
+            from huggingface_hub import hf_hub_download
+            from huggingface_hub.errors import EntryNotFoundError
+
+            for name in (HEAD_CONFIG, HEAD_WEIGHTS):
+                hf_hub_download(repo_id=str(folder_or_hub_id), filename=name)
+        except EntryNotFoundError:
+            return None
+        except Exception as err:  # network, auth
+            raise SirenError(f"could not download the category head of {folder_or_hub_id!r}: {err}") from err
+    return load_category_model(folder, input_dim)
+
+
 def _backbone_model_id(config: dict) -> str:
     """The artifact's base_model.model_id; if it is a local folder missing here (e.g. a converted
     backbone cached on another machine) and our `siren.backbone` names a registry entry, that name."""
@@ -104,8 +124,12 @@ def check_backbone(config: dict, backbone: Backbone, source: str = "guard") -> N
 class SirenGuard:
     """A frozen backbone + selected neurons + MLP head. Build with `from_pretrained`."""
 
-    def __init__(self, config: dict, head: torch.nn.Module, backbone: Backbone, *, source: str = "guard"):
+    def __init__(self, config: dict, head: torch.nn.Module, backbone: Backbone, *, source: str = "guard",
+                 categories=None):
         check_backbone(config, backbone, source)
+        # The harm-category head (siren.categories.CategoryModel) or None: ScoreResult.categories
+        # and category_scores are filled from it, over the categories it was trained on.
+        self.categories = categories
         self.config = config
         self.backbone = backbone
         self.pooling_type: str = config["siren_module"]["pooling_type"]
@@ -164,7 +188,8 @@ class SirenGuard:
                              "prepacked (siren.runtime.prepack): pass a backbone loaded without prepack=True")
         if prepack:
             prepack_linears(backbone.model)
-        guard = cls(config, head, backbone, source=str(config_path))
+        guard = cls(config, head, backbone, source=str(config_path),
+                    categories=_load_categories(folder_or_hub_id, config_path, int(config["mlp"]["input_dim"])))
         if prepack:
             prepack_head(guard.head)
         if compile:
@@ -219,6 +244,15 @@ class SirenGuard:
             return np.zeros(0, dtype=np.float64)
         return torch.softmax(self.head(z), dim=-1)[:, 1].double().numpy()
 
+    def results_from_features(self, z, threshold: float) -> list[ScoreResult]:
+        """ScoreResults of features z (n, input_dim): the harmful verdict at `threshold`, and the
+        categories when the guard has a category head (streams and generation use this too)."""
+        z = np.asarray(z, dtype=np.float32)
+        probs = self.proba_from_features(z)
+        cats = self.categories.verdicts(z) if self.categories is not None else [(None, None)] * len(probs)
+        return [ScoreResult(float(p), bool(p >= threshold), threshold, categories=c, category_scores=cs)
+                for p, (c, cs) in zip(probs, cats)]
+
     def predict_proba(self, texts: Sequence[str], *, batch_size: int = 32, batch_tokens: int = 16384) -> np.ndarray:
         """(n,) harmful-class probabilities."""
         return self.proba_from_features(self.features(texts, batch_size=batch_size, batch_tokens=batch_tokens))
@@ -240,8 +274,7 @@ class SirenGuard:
                     raise SirenError(f"text {i} holds a lone surrogate ({t[err.start]!r} at character {err.start}): "
                                      "give valid Unicode text") from None
         thr = self._threshold(threshold)
-        probs = self.predict_proba(texts, batch_size=batch_size, batch_tokens=batch_tokens)
-        return [ScoreResult(float(p), bool(p >= thr), thr) for p in probs]
+        return self.results_from_features(self.features(texts, batch_size=batch_size, batch_tokens=batch_tokens), thr)
 
     def score(self, text: str | None = None, *, prompt: str | None = None, response: str | None = None,
               threshold: float | None = None) -> ScoreResult:

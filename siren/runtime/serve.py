@@ -8,10 +8,14 @@ Endpoints (errors come back as `{"error": {"message", "type", "param", "code"}}`
     GET  /healthz          {"status": "ok", "model", "threshold", "max_length", "queued", "batches"}
     GET  /v1/models        OpenAI list shape, one entry: the served guard
     POST /v1/moderations   OpenAI moderation shape: {"input": str | [str], "model"?}
-                           -> {"id", "model", "results": [{"flagged", "categories": {"harmful"},
-                               "category_scores": {"harmful"}}]}
+                           -> {"id", "model", "results": [{"flagged", "categories", "category_scores",
+                               "category_applied_input_types"}], "untrained_categories"}: OpenAI's 13
+                               categories (configs/categories.yaml) from the guard's category head,
+                               those it has none for (untrained_categories) false / 0.0; plus "harmful",
+                               the guard's verdict, which `flagged` repeats
     POST /v1/score         {"text"} | {"prompt", "response"} | {"items": [those]}, "threshold"?
-                           -> {"model", "results": [{"score", "is_harmful", "threshold"}]}
+                           -> {"model", "results": [{"score", "is_harmful", "threshold",
+                               "categories"?, "category_scores"?}]} (only the trained categories)
     POST /v1/tokenize      {"text"} -> {"pieces": [str]}: the backbone's tokens as text pieces that
                            concatenate back to the text (the demo page feeds them one by one)
     WS   /v1/stream        a streaming session, see `stream_endpoint`
@@ -52,6 +56,7 @@ from dataclasses import dataclass, fields
 from importlib import resources
 from typing import Any, Callable, Sequence
 
+from siren.categories import category_fields, moderation_result, untrained_categories
 from siren.errors import SirenError
 from siren.fileio import jsonable
 
@@ -239,7 +244,7 @@ class DynamicBatcher:
             job.future.set_exception(err)
 
     def _run_batch(self, batch: list[_ScoreJob]) -> None:
-        from siren.runtime.results import ScoreResult
+        import dataclasses
 
         batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
         if not batch:
@@ -258,7 +263,8 @@ class DynamicBatcher:
             thr = self.default_threshold if job.threshold is None else job.threshold
             mine = results[start:start + len(job.texts)]
             start += len(job.texts)
-            job.future.set_result([ScoreResult(r.score, bool(r.score >= thr), thr) for r in mine])
+            # only the verdict moves with a request's own threshold; categories have their own
+            job.future.set_result([dataclasses.replace(r, is_harmful=bool(r.score >= thr), threshold=thr) for r in mine])
 
 
 # ---------------------------------------------------------------- streaming sessions
@@ -523,9 +529,8 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
                                     f"(or leave 'model' out)", param="model", code="model_not_found")
         results = await score(texts, None)
         return {"id": f"modr-{uuid.uuid4().hex}", "model": model_name,
-                "results": [{"flagged": r.is_harmful, "categories": {CATEGORY: r.is_harmful},
-                             "category_scores": {CATEGORY: r.score},
-                             "category_applied_input_types": {CATEGORY: ["text"]}} for r in results]}
+                "results": [moderation_result(r, CATEGORY) for r in results],
+                "untrained_categories": untrained_categories(guard)}
 
     @app.post("/v1/score")
     async def score_endpoint(request: Request):
@@ -551,7 +556,8 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
         1. client: {"prompt"?: str, "threshold"?: number, "debounce"?: int >= 1, "api_key"?: str}
            (the key may instead come as an Authorization header); server: {"ready": true, "threshold", "model"}
         2. client: {"chunk": str}, any number of times; server, after each:
-           {"index", "score", "is_harmful", "threshold", "flagged", "flagged_at", "flagged_chunk"}
+           {"index", "score", "is_harmful", "threshold", "flagged", "flagged_at", "flagged_chunk"}, plus
+           "categories" and "category_scores" of the prefix so far when the guard has a category head
            (`flagged_chunk`: index of the chunk after which the session first reported a flag)
         3. client: {"end": true}; server: {"done": true, "chunks", "flagged_chunk", "flagged_at"}, then closes.
         A bad message gets {"error": {...}} and the socket is closed (1008 auth, 1009 too big, 1007 otherwise).
@@ -621,7 +627,8 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
                     flagged_chunk = index
                 await ws.send_json({"index": index, "score": float(result.score), "is_harmful": bool(result.is_harmful),
                                     "threshold": float(result.threshold), "flagged": flagged_at is not None,
-                                    "flagged_at": jsonable(flagged_at), "flagged_chunk": flagged_chunk})
+                                    "flagged_at": jsonable(flagged_at), "flagged_chunk": flagged_chunk,
+                                    **category_fields(result)})
                 index += 1
         except WebSocketDisconnect:
             return

@@ -276,8 +276,7 @@ class StreamSession:
             self._frozen = True  # the first max_length tokens are fixed: nothing later is read
         total = self._sum + self._tail_rows.sum(dim=0, dtype=torch.float64)
         z = (total / len(ids)).to(torch.float32) * self._scale
-        score = float(self.guard.proba_from_features(z[None])[0])
-        return ScoreResult(score, bool(score >= self.threshold), self.threshold)
+        return self.guard.results_from_features(z[None].numpy(), self.threshold)[0]  # with the prefix's categories
 
     def _stable_count(self, norm: str, ids: list[int], offsets) -> int:
         """How many leading tokens of `ids` later text cannot change (see the module docstring)."""
