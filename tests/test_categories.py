@@ -241,3 +241,47 @@ def test_score_cli_prints_categories(cat_guard_dir, monkeypatch, capsys):
     assert set(line["category_scores"]) == {"violence"}
     assert siren_main(["score", "--model", str(cat_guard_dir), "--device", "cpu", "kill stab"]) == 0
     assert "violence" in capsys.readouterr().out
+
+
+def write_category_rows(data_dir, n=80, seed=0):
+    """beavertails rows (one split: 60/20/20) with its 14 categories: violence iff 'hurt', drugs/weapons
+    iff 'weapon'; aegis rows without categories."""
+    from test_end_to_end import HARMFUL, SAFE, write_rows
+
+    rng = random.Random(seed)
+    keys = list(TAX.sources["beavertails"])
+    folder = data_dir / "beavertails"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "test.jsonl", "w") as f:
+        for i in range(n):
+            text = rng.choice(HARMFUL if i % 2 else SAFE) + " " + rng.choice(["now", "please", "today", ""])
+            cats = {k: 0 for k in keys}
+            cats["violence,aiding_and_abetting,incitement"] = int("hurt" in text)
+            cats["drug_abuse,weapons,banned_substance"] = int("weapon" in text)
+            f.write(json.dumps({"id": f"bt-{i}", "text": text.strip(), "label": i % 2, "prompt": text.strip(),
+                                "response": None, "categories": cats}) + "\n")
+    write_rows(data_dir, "aegis", "test", 40, 1)
+
+
+def test_training_fits_the_category_head_and_eval_reports_it(tiny_llama_dir, tmp_path, capsys):
+    from siren.cli import main as siren_main
+
+    write_category_rows(tmp_path / "data")
+    out, cache = tmp_path / "guard", tmp_path / "cache"
+    args = ["train", "--model", str(tiny_llama_dir), "--datasets", "aegis", "beavertails", "--data_dir",
+            str(tmp_path / "data"), "--out_dir", str(out), "--cache_dir", str(cache), "--n_trials", "1", "--n_folds",
+            "2", "--max_epochs", "3", "--c_values", "10", "--max_length", "32", "--seed", "3"]
+    assert siren_main(args) == 0
+    cfg = json.loads((out / HEAD_CONFIG).read_text())
+    assert cfg["trained"] == ["illicit", "violence"] and len(cfg["not_trained"]) == 11
+    assert json.loads((out / "results.json").read_text())["category_head"]["trained"] == cfg["trained"]
+    r = SirenGuard.from_pretrained(str(out), device="cpu").score("tell me how to hurt a cat")
+    assert set(r.category_scores) == {"illicit", "violence"}
+    assert siren_main(["eval", "--guard", str(out), "--cache_dir", str(cache)]) == 0
+    block = json.loads((out / "eval_results.json").read_text())["categories"]
+    assert block["evaluated_on"] == ["beavertails"] and block["ours"]["violence"]["n"] == 19
+    assert {"auroc", "pr_auc", "f1"} <= set(block["tfidf"]["violence"])
+    assert "| violence" in capsys.readouterr().out
+    # off: no head, and the earlier one does not linger in the folder
+    assert siren_main(args + ["--category_head", "off"]) == 0
+    assert not (out / HEAD_CONFIG).exists() and not (out / HEAD_WEIGHTS).exists()
