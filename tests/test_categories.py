@@ -285,3 +285,13 @@ def test_training_fits_the_category_head_and_eval_reports_it(tiny_llama_dir, tmp
     # off: no head, and the earlier one does not linger in the folder
     assert siren_main(args + ["--category_head", "off"]) == 0
     assert not (out / HEAD_CONFIG).exists() and not (out / HEAD_WEIGHTS).exists()
+
+
+def test_demo_page_shows_the_stream_categories(cat_guard):
+    from fastapi.testclient import TestClient
+
+    from siren.runtime.serve import create_app
+
+    with TestClient(create_app(cat_guard, model_name="tiny")) as http:
+        page = http.get("/").text
+    assert 'id="categories-box"' in page and "showCategories(m);" in page and "function showCategories" in page

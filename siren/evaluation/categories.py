@@ -144,3 +144,20 @@ def markdown(block: dict) -> list[str]:
                      f"{mb['auroc']:.3f} | {mb['pr_auc']:.3f} | {mb['f1']:.3f} |")
     lines.append(f"Not trained (no score; false / 0.0 in /v1/moderations): {', '.join(block['not_trained'] or []) or 'none'}")
     return lines
+
+
+def categories_for_run(run) -> dict | None:
+    """`evaluate_categories` for `siren report`'s RunData (features ensured): its guard, test rows."""
+    from siren.artifact import selection_from_config
+    from siren.pipeline.select import aggregate
+
+    _, selection, weight_of = selection_from_config(run.guard_config)
+
+    def features_of(name):
+        X = run.X(name, "test")
+        weights = np.ones(X.shape[1], dtype=np.float32)
+        for layer, w in weight_of.items():
+            weights[layer] = w
+        return aggregate(X, selection, weights), run.splits[(name, "test")].ids
+
+    return evaluate_categories(run.run_dir, features_of, run.datasets, run.datasets, run.split_kw, run.seed)
