@@ -90,7 +90,7 @@ def _synthetic(n, k, seed):
 def test_head_learns_categories_with_a_masked_loss_and_leaves_the_rest_untrained():
     Zt, Yt, Mt = _synthetic(400, 12, 0)
     Zv, Yv, Mv = _synthetic(200, 12, 1)
-    model = fit_category_model(Zt, Yt, Mt, Zv, Yv, Mv, TAX, seed=0, grid=((0, 1e-2),))
+    model = fit_category_model(Zt, Yt, Mt, Zv, Yv, Mv, TAX, seed=0, grid=(("probes", 1.0),))
     assert model.trained == ["sexual", "violence"]
     assert set(model.info["not_trained"]) == set(TAX.names) - {"sexual", "violence"}
     Ze, Ye, Me = _synthetic(300, 12, 2)
@@ -103,7 +103,7 @@ def test_head_learns_categories_with_a_masked_loss_and_leaves_the_rest_untrained
     # too few validation positives: the documented fallback threshold
     Yv[:, TAX.names.index("sexual")] = 0
     Yv[:3, TAX.names.index("sexual")] = 1
-    few = fit_category_model(Zt, Yt, Mt, Zv, Yv, Mv, TAX, seed=0, grid=((0, 1e-2),))
+    few = fit_category_model(Zt, Yt, Mt, Zv, Yv, Mv, TAX, seed=0, grid=(("probes", 1.0),))
     assert few.info["thresholds_how"]["sexual"]["source"] == "fallback" and few.thresholds[0] == 0.5
 
 
@@ -127,7 +127,7 @@ def add_head(folder, guard, seed=0) -> CategoryModel:
     v = TAX.names.index("violence")
     Y[:, v], M[:, v] = violence_labels(texts), True
     model = fit_category_model(Z[:120], Y[:120], M[:120], Z[120:], Y[120:], M[120:], TAX, seed=seed,
-                               grid=((0, 1e-3),))
+                               grid=(("probes", 1.0), ("mlp", 8, 1e-2)))
     model.save(folder)
     return model
 

@@ -71,6 +71,6 @@ def run(args) -> int:
     model.save(folder)
     print(json.dumps({"trained": model.trained, "not_trained": model.info["not_trained"],
                       "thresholds": dict(zip(model.trained, model.thresholds.tolist())),
-                      "hidden": model.head.hidden, "weight_decay": model.info["weight_decay"]}, indent=2))
+                      "setting": model.info["setting"]}, indent=2))
     print(f"wrote {folder / 'categories.safetensors'} and {folder / 'categories.json'}")
     return 0
