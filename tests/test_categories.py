@@ -285,6 +285,11 @@ def test_training_fits_the_category_head_and_eval_reports_it(tiny_llama_dir, tmp
     # off: no head, and the earlier one does not linger in the folder
     assert siren_main(args + ["--category_head", "off"]) == 0
     assert not (out / HEAD_CONFIG).exists() and not (out / HEAD_WEIGHTS).exists()
+    # `siren categories` adds it to a trained guard from the run's cache, the binary head untouched
+    weights = (out / "siren.safetensors").read_bytes()
+    assert siren_main(["categories", "--guard", str(out)]) == 0
+    assert json.loads((out / HEAD_CONFIG).read_text())["trained"] == ["illicit", "violence"]
+    assert (out / "siren.safetensors").read_bytes() == weights
 
 
 def test_demo_page_shows_the_stream_categories(cat_guard):
@@ -295,3 +300,14 @@ def test_demo_page_shows_the_stream_categories(cat_guard):
     with TestClient(create_app(cat_guard, model_name="tiny")) as http:
         page = http.get("/").text
     assert 'id="categories-box"' in page and "showCategories(m);" in page and "function showCategories" in page
+
+
+def test_hub_adapters_carry_categories():
+    om = data.adapt_rows("openai_moderation", [{"prompt": "x", "S": 1, "H": 0}], "train")
+    assert data.row_categories(om)[0] == {"S": 1, "H": 0, "V": None, "HR": None, "SH": None, "S3": None,
+                                          "H2": None, "V2": None}
+    bt = data.adapt_rows("beavertails", [{"prompt": "p", "response": "r", "is_safe": False,
+                                          "category": {"animal_abuse": True, "self_harm": False}}], "test")
+    assert data.row_categories(bt)[0] == {"animal_abuse": 1, "self_harm": 0}
+    assert "categories" not in data.adapt_rows("toxic_chat", [{"conv_id": "a", "user_input": "u", "toxicity": 0}],
+                                               "train")
