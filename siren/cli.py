@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "backbone": ("siren.backbone_cli", "list, inspect or download a backbone"),
     "extract": ("siren.pipeline.extract", "extract per-layer features into the on-disk cache"),
     "train": ("siren.pipeline.train", "fit probes, select neurons, tune and save the guard"),
+    "categories": ("siren.pipeline.category_cli", "fit the harm-category head of a trained guard from its cached features"),
     "eval": ("siren.evaluation.evaluate", "evaluate a trained guard per dataset"),
     "eval-stream": ("siren.evaluation.streaming", "streaming evaluation: how early harmful responses are caught"),
     "eval-think": ("siren.evaluation.generalization", "reasoning-trace evaluation per source model (Qwen3GuardTest)"),

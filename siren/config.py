@@ -33,7 +33,7 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "pruner": (str,), "head_width_cap": (int,), "head_dtype": (str,), "final_head": (str,),
     "scale_by_layer_weight": (bool,), "threshold_from_cv": (bool,),
     "decision_threshold": (float,), "out_dir": (str,), "extra_datasets": (list, str),
-    "trust_remote_code": (bool,),
+    "trust_remote_code": (bool,), "category_head": (str,),
     "serve": (dict,),  # `siren serve` limits; its keys are checked by siren.runtime.serve.ServeLimits
 }
 

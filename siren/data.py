@@ -6,7 +6,9 @@ that maps the Hub's columns to ours) or SIREN-ready JSONL files
 Writes the split ids (`write_split_ids`, JSON) and SIREN-ready JSONL (`write_jsonl`).
 
 Every frame has the columns id (str), text (str), label (int, 1 = harmful), prompt (str) and
-response (str or None). `text` is what SIREN classifies: the prompt, or prompt + "\\n" +
+response (str or None); when a source annotates harm categories, also `categories` ({source
+category: 1 | 0 | None}, None = not annotated; a row without any: None), mapped onto the output
+taxonomy by siren.categories. `text` is what SIREN classifies: the prompt, or prompt + "\\n" +
 response for response-level datasets.
 
 Splits are made once, seeded and stratified by label: the source's own splits are kept, a
@@ -142,7 +144,8 @@ def _read_jsonl(path: pathlib.Path) -> pd.DataFrame:
             _check_text(prompt, "prompt", where)
             _check_text(obj.get("response"), "response", where, nullable=True)
             rows.append({"id": id_, "text": obj["text"], "label": label, "prompt": prompt,
-                         "response": obj.get("response")})
+                         "response": obj.get("response"),
+                         "categories": _check_categories(obj.get("categories"), where)})
     if not rows:
         raise SirenError(f"{path} holds no rows (the file is empty); fill it with one JSON object a line "
                          "or remove it")
@@ -377,10 +380,11 @@ def write_split_ids(path: str | os.PathLike, split_ids: dict[str, dict[str, list
 
 def write_jsonl(path: str | os.PathLike, frame: pd.DataFrame) -> None:
     """Write `frame` (COLUMNS) as SIREN-ready JSONL, atomically."""
+    cats = row_categories(frame)
     lines = (
         json.dumps({"id": r.id, "text": r.text, "label": int(r.label), "prompt": r.prompt,
-                    "response": r.response}, ensure_ascii=False)
-        for r in frame.itertuples(index=False)
+                    "response": r.response, **({"categories": c} if c is not None else {})}, ensure_ascii=False)
+        for r, c in zip(frame.itertuples(index=False), cats)
     )
     path = _output_file(path)
     atomic_write_text(path, "".join(line + "\n" for line in lines))

@@ -25,9 +25,12 @@ Row = dict  # one output row: the keys of COLUMNS
 # the index is the source position, so dropping unlabelled rows does not renumber the rest.
 
 
-def _row(id_: str, prompt: str, response: str | None, label: bool | int) -> Row:
+def _row(id_: str, prompt: str, response: str | None, label: bool | int, categories: dict | None = None) -> Row:
     text = prompt if response is None else f"{prompt}\n{response}"
-    return {"id": str(id_), "text": text, "label": int(label), "prompt": prompt, "response": response}
+    row = {"id": str(id_), "text": text, "label": int(label), "prompt": prompt, "response": response}
+    if categories is not None:
+        row["categories"] = categories
+    return row
 
 
 def _toxic_chat(rows: Iterable[Mapping], split: str) -> Iterator[Row]:
@@ -42,7 +45,8 @@ def _openai_moderation(rows: Iterable[Mapping], split: str) -> Iterator[Row]:
     for i, r in enumerate(rows):
         # An absent category key means "not annotated", not "safe": only an explicit 1 counts.
         harmful = any(r.get(c) == 1 for c in OPENAI_CATEGORIES)
-        yield _row(f"openai_moderation-{split}-{i:05d}", r["prompt"], None, harmful)
+        cats = {c: (None if r.get(c) is None else int(r[c])) for c in OPENAI_CATEGORIES}
+        yield _row(f"openai_moderation-{split}-{i:05d}", r["prompt"], None, harmful, cats)
 
 
 def _aegis(rows: Iterable[Mapping], split: str) -> Iterator[Row]:
@@ -76,7 +80,8 @@ def _safe_rlhf(rows: Iterable[Mapping], split: str) -> Iterator[Row]:
 
 def _beavertails(rows: Iterable[Mapping], split: str) -> Iterator[Row]:
     for i, r in enumerate(rows):
-        yield _row(f"beavertails-{split}-{i:05d}", r["prompt"], r["response"], not r["is_safe"])
+        cats = {k: int(bool(v)) for k, v in (r.get("category") or {}).items()} or None
+        yield _row(f"beavertails-{split}-{i:05d}", r["prompt"], r["response"], not r["is_safe"], cats)
 
 
 def _xstest(rows: Iterable[Mapping], split: str) -> Iterator[Row]:

@@ -55,6 +55,20 @@ def test_our_folder_loads_in_llm_siren(tmp_path, tiny_dir, pooling):
     assert diff <= 1e-4
 
 
+def test_folder_with_a_category_head_loads_in_llm_siren(tmp_path, tiny_llama_dir):
+    """The category head's files are ours only: llm-siren ignores them, and its scores equal ours."""
+    from test_categories import add_head
+
+    folder, *_ = make_guard(tmp_path / "g", tiny_llama_dir, layers=(0, 1, 3), per_layer=6)
+    ours = SirenGuard.from_pretrained(str(folder), device="cpu", dtype=torch.float32)
+    add_head(folder, ours)
+    assert (folder / "categories.json").is_file()
+    ours = SirenGuard.from_pretrained(str(folder), device="cpu", dtype=torch.float32)
+    assert ours.categories is not None
+    diff, scores = compare(folder, ours=ours)
+    assert np.ptp(scores) > 0.01 and diff <= 1e-4
+
+
 @pytest.mark.parametrize("pooling", ["residual_mean", "mlp_mean"])
 def test_llm_siren_folder_loads_in_ours(tmp_path, tiny_dir, pooling):
     """A folder built by hand the way llm-siren documents it (no `siren` block, its MLP class)."""

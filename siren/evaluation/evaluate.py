@@ -10,7 +10,9 @@ Writes, next to the guard: `eval_results.json` (per dataset n, harmful, safe, ma
 over datasets; `f1_ci95`, the 95% bootstrap interval of each macro-F1 and of their mean, from
 1,000 resamples of each test set's rows), `test_scores.jsonl` (one line per test row: dataset, id,
 label, score; `experiments/compare_guards.py` compares two guards on them), `roc.png` and `f1.png`
-(macro-F1 with those intervals). Harmful-only sets (advbench, harmbench, simple_safety_tests)
+(macro-F1 with those intervals), and for a guard with a category head `categories`: per harm category
+AUROC, PR-AUC and F1 at its stored threshold, beside a TF-IDF one-vs-rest baseline
+(siren.evaluation.categories). Harmful-only sets (advbench, harmbench, simple_safety_tests)
 report their detection rate (recall) and stay out of the averages.
 With `--calibrate`, the threshold that maximises validation macro-F1 (mean over the training
 datasets) becomes the guard's decision threshold, in `siren_config.json` and `best_model.pkl`
@@ -258,6 +260,7 @@ def evaluate(args) -> dict:
         "note": "offline copies are not the paper's splits: numbers are not comparable with the paper's table"
         if split_kw["data_dir"] or os.environ.get("SIREN_DATA_DIR") else None,
     }
+    report["categories"] = category_block(folder, paths, rep, selection, weights, everything, train_datasets, split_kw)
     if calibration:
         prev = [per_dataset[n]["at_previous_threshold"] for n in averaged]
         report["average_at_previous_threshold"] = {k: float(np.mean([c[k] for c in prev])) for k in AVERAGED}
@@ -267,6 +270,20 @@ def evaluate(args) -> dict:
     atomic_write_json(folder / "eval_results.json", report)
     plot_results(folder, report, curves)
     return report
+
+
+def category_block(folder, paths, rep, selection, weights, datasets, train_datasets, split_kw) -> dict | None:
+    """Per-category metrics of the guard's category head and the TF-IDF baseline on the test rows
+    (siren.evaluation.categories); None when the guard has no category head."""
+    from siren.evaluation.categories import evaluate_categories
+    from siren.pipeline.cache import load_features
+    from siren.pipeline.select import aggregate
+
+    def features_of(name):
+        fs = load_features(paths[(name, "test", rep)])
+        return aggregate(fs.X, selection, weights), np.asarray(fs.ids)
+
+    return evaluate_categories(folder, features_of, datasets, train_datasets, split_kw, int(split_kw["seed"]))
 
 
 def plot_results(folder: Path, report: dict, curves: dict) -> None:
@@ -338,4 +355,8 @@ def print_table(report: dict) -> None:
         print(f"decision threshold calibrated to {c['calibrated_threshold']:.4f} (metrics above; stored in the guard); "
               f"average macro-F1 at the previous {c['previous_threshold']:.4f}: "
               f"{report['average_at_previous_threshold']['f1']:.4f}")
+    if report.get("categories"):
+        from siren.evaluation.categories import markdown
+
+        print("\n" + "\n".join(markdown(report["categories"])))
     print(f"results: {report['guard']}/eval_results.json, plots roc.png and f1.png")

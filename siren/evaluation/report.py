@@ -13,6 +13,8 @@ Writes, into `reports/<run name>/` (or --out), never into the run folder:
 - `results.json` the same numbers, per system and dataset;
 - `roc.png`      ROC curves of every system on the pooled test rows of the run's datasets;
 - `layers.png`   the run's probe F1 and selected neurons per layer (copied from the run).
+With a category head in the run's guard, RESULTS.md and results.json also hold its per-category
+metrics beside a TF-IDF one-vs-rest baseline (siren.evaluation.categories).
 
 Every system is scored at its own decision rule: P(harmful) >= 0.5 for the probability
 systems, the parsed verdict for guard models (unparsed outputs are not flagged, and counted).
@@ -203,6 +205,10 @@ def build_report(args) -> dict:
         "seconds": round(time.perf_counter() - started, 1),
         "command": os.environ.get("SIREN_REPORT_COMMAND"),
     }
+    if needs_features:   # the guard's harm categories beside a TF-IDF one-vs-rest baseline, when it has a head
+        from siren.evaluation.categories import categories_for_run
+
+        report["categories"] = categories_for_run(run)
     write_report(out_dir, report, curves, run)
     report["out_dir"] = str(out_dir)
     return report

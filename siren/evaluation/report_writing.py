@@ -39,11 +39,20 @@ def _secs(x) -> str:
     return "–" if x is None else f"{x:.1f}"
 
 
+def category_lines(report: dict) -> list[str]:
+    """The harm-category table (the guard's head beside the TF-IDF baseline), when there is one."""
+    if not report.get("categories"):
+        return []
+    from siren.evaluation.categories import markdown as category_markdown
+
+    return ["## Harm categories", ""] + category_markdown(report["categories"]) + [""]
+
+
 def markdown(report: dict) -> str:
     """RESULTS.md: setup, the metric tables, cost, systems not run, the paper's format, plots."""
     systems = report["systems"]
     ok = {n: e for n, e in systems.items() if e["status"] == "ok"}
-    lines = setup_lines(report) + metric_tables(report, ok) + cost_lines(report, ok)
+    lines = setup_lines(report) + category_lines(report) + metric_tables(report, ok) + cost_lines(report, ok)
     missing = {n: e for n, e in systems.items() if e["status"] != "ok"}
     if missing:
         lines += ["## Systems not run here", ""] + [f"- **{n}**: {e['reason']}" for n, e in missing.items()] + [""]

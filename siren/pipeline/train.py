@@ -11,6 +11,8 @@ Writes, into `train/probes/optuna/{MODEL}_general/` (`siren.config.output_dir`) 
 - `best_model.pkl`          the paper's file, data only (see siren.artifact.load_best_model_pkl)
 - `results.json`            resolved config, chosen hyperparameters, selection, F1s, stage times
 - `layers.png`              probe validation F1 and selected neurons per layer
+- `categories.safetensors` + `categories.json`   the harm-category head, when the training rows
+                            carry categories (siren.pipeline.categories; `category_head: off` skips it)
 
 All of it is written into a temporary folder beside the output folder and moved into place
 only when every stage has succeeded: a run that fails leaves an existing output folder as it
@@ -45,11 +47,11 @@ TRAIN_KEYS = ["model", "datasets", "data_dir", "max_per_split", "seed", "val_rat
               "probe_c_rule", "probe_refit", "selection_thresholds", "n_trials", "n_folds", "n_jobs", "storage", "study_name", "batch_size",
               "batch_tokens", "dtype", "device", "cache_dtype", "cache_dir", "max_length", "max_epochs", "patience",
               "head_batch_size", "decision_threshold", "out_dir", "layer_weight_floor", "trust_remote_code", "pruner",
-              "head_width_cap", "head_dtype", "final_head", "scale_by_layer_weight", "threshold_from_cv"]
+              "head_width_cap", "head_dtype", "final_head", "scale_by_layer_weight", "threshold_from_cv", "category_head"]
 # Files a run writes whose names do not depend on its settings, plus those an evaluation adds:
 # when a new run lands in a folder, the ones it did not write are removed (they describe another guard).
 RUN_FILES = ("splits.json", "siren_config.json", "siren.safetensors", "best_model.pkl", "results.json", "layers.png",
-             "eval_results.json", "test_scores.jsonl", "roc.png", "f1.png")
+             "eval_results.json", "test_scores.jsonl", "roc.png", "f1.png", "categories.safetensors", "categories.json")
 
 
 def add_arguments(p) -> None:
@@ -97,6 +99,8 @@ def add_arguments(p) -> None:
     p.add_argument("--decision_threshold", type=float, help="score >= this is harmful (stored in the guard)")
     p.add_argument("--threshold_from_cv", action=argparse.BooleanOptionalAction,
                    help="choose the decision threshold on the search's out-of-fold scores instead")
+    p.add_argument("--category_head", choices=["auto", "off"],
+                   help="harm-category head: auto (when the training rows carry categories) or off")
     p.add_argument("--out_dir", help="default: train/probes/optuna/{MODEL}_general")
 
 
@@ -105,6 +109,8 @@ def run(args) -> int:
     from siren.pipeline.cache import default_cache_dir
 
     cfg = resolve_config(args)
+    if cfg["category_head"] not in (None, "auto", "off"):
+        raise SirenError(f"category_head must be auto or off, got {cfg['category_head']!r}")
     # Every value checked before data or the backbone loads (N_FOLDS again once the classes are known).
     checks.check_training_values(
         c_values=cfg["c_values"], probe_tol=cfg["probe_tol"], probe_c_rule=cfg["probe_c_rule"], selection_thresholds=cfg["selection_thresholds"],
@@ -399,6 +405,14 @@ def test_f1(cfg: dict, folders: dict, best: Candidate, head, threshold: float) -
     return out
 
 
+def fit_categories(cfg: dict, split_kw: dict, best: Candidate, ids: tuple[np.ndarray, np.ndarray]):
+    """Stage `categories`: the harm-category head on the best candidate's inputs (train rows
+    first, then validation), or None (siren.pipeline.categories.fit_run_categories)."""
+    from siren.pipeline.categories import fit_run_categories
+
+    return fit_run_categories(cfg, split_kw, best.Z, np.concatenate(ids), best.groups, len(ids[0]))
+
+
 def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate], grid, head, history,
              final_epochs: int, test: dict[str, float], seconds: dict[str, float], threshold: float,
              threshold_source: str) -> dict:
@@ -486,6 +500,7 @@ def train(cfg: dict) -> dict:
         for pooling in cfg["pooling_types"]:
             train_split = load_split(folders, datasets, "train", pooling)
             val_split = load_split(folders, datasets, "validation", pooling)
+            ids = (train_split.ids, val_split.ids)     # the same rows for every pooling type
             with stage("probes"):
                 grids[pooling] = grid = fit_probes(cfg, train_split, val_split)
             np.savez(work / f"probes_{pooling}.npz", **{k: np.asarray(v) for k, v in grid.to_dict().items()})
@@ -502,11 +517,17 @@ def train(cfg: dict) -> dict:
             head, history, final_epochs = final_head(cfg, best.tuned, best.Z, best.y, seed,
                                                      scale=column_scale(cfg, best.selection, best.weights))
         threshold, threshold_source = decision_threshold(cfg, best)
+        with stage("categories"):
+            categories = fit_categories(cfg, split_kw, best, ids)
         best.release()      # the saved head is built; its inputs and fold heads are not needed any more
         with stage("test"):
             test = test_f1(cfg, folders, best, head, threshold)
         results = save_run(work, cfg, best, candidates, grids[best.pooling_type], head, history, final_epochs,
                            test, stage.seconds, threshold, threshold_source)
+        if categories is not None:
+            categories.save(work)
+            results["category_head"] = categories.config()
+            atomic_write_json(work / "results.json", jsonable(results))
     results["out_dir"] = str(out_dir)
     return results
 

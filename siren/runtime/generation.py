@@ -44,6 +44,7 @@ hand and `detach()` (or leave the `with` block) to remove the hooks.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 from transformers import StoppingCriteria
@@ -248,14 +249,14 @@ class GuardedGeneration(StoppingCriteria):
         self._flush()
         if self._sums is None:
             return []
-        whole = self._pooled_proba(self._sums, self._counts, False)
+        mean = self._sums / self._counts.clamp(min=1)[:, None].to(torch.float64)
+        whole = self.guard.results_from_features((mean * self._scale).to(torch.float32).numpy(), self.threshold)
         answer = [None] * len(whole)
         if self.answers:
             answer = self._pooled_proba(self._answer_sums, self._answer_counts, True)
         prompts = self._prompt_verdicts or [None] * len(whole)
         a_thr = self.guard.answer_threshold
-        return [ScoreResult(w, bool(w >= self.threshold), self.threshold, prompt=p,
-                            response=None if a is None else Verdict.of(a, a_thr))
+        return [replace(w, prompt=p, response=None if a is None else Verdict.of(a, a_thr))
                 for w, a, p in zip(whole, answer, prompts)]
 
     # ------------------------------------------------------------ the criteria

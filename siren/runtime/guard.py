@@ -37,6 +37,7 @@ defined score); inputs longer than `inference.max_length` tokens are truncated o
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 import time
 from pathlib import Path
 from typing import Sequence
@@ -90,6 +91,26 @@ def _artifact_fetch(folder_or_hub_id: str):
     return fetch
 
 
+def _load_categories(folder_or_hub_id: str, config_path: Path, input_dim: int):
+    """The guard's category head (siren.categories), or None when its folder has none. From the
+    Hub: its two files when the repo has them (a repo without them is a guard without categories)."""
+    from siren.categories import HEAD_CONFIG, HEAD_WEIGHTS, load_category_model
+
+    folder = config_path.parent
+    if not Path(folder_or_hub_id).expanduser().is_dir():
+        try:
+            from huggingface_hub import hf_hub_download
+            from huggingface_hub.errors import EntryNotFoundError
+
+            for name in (HEAD_CONFIG, HEAD_WEIGHTS):
+                hf_hub_download(repo_id=str(folder_or_hub_id), filename=name)
+        except EntryNotFoundError:
+            return None
+        except Exception as err:  # network, auth
+            raise SirenError(f"could not download the category head of {folder_or_hub_id!r}: {err}") from err
+    return load_category_model(folder, input_dim)
+
+
 def _backbone_model_id(config: dict) -> str:
     """The artifact's base_model.model_id; if it is a local folder missing here (e.g. a converted
     backbone cached on another machine) and our `siren.backbone` names a registry entry, that name."""
@@ -122,10 +143,14 @@ class SirenGuard:
     """A frozen backbone + selected neurons + MLP head. Build with `from_pretrained`."""
 
     def __init__(self, config: dict, head: torch.nn.Module, backbone: Backbone, *, source: str = "guard",
-                 answer_head: torch.nn.Module | None = None):
+                 answer_head: torch.nn.Module | None = None, categories=None):
         """answer_head: the answer head's MLP when the folder has a separate one (`from_pretrained`
-        loads it); a shared answer head (`shared: true` in the config) reuses `head`."""
+        loads it); a shared answer head (`shared: true` in the config) reuses `head`. categories:
+        the harm-category head (`siren.categories.CategoryModel`) or None."""
         check_backbone(config, backbone, source)
+        # The harm-category head (siren.categories.CategoryModel) or None: ScoreResult.categories
+        # and category_scores are filled from it, over the categories it was trained on.
+        self.categories = categories
         self.config = config
         self.backbone = backbone
         self.pooling_type: str = config["siren_module"]["pooling_type"]
@@ -209,7 +234,8 @@ class SirenGuard:
                              "prepacked (siren.runtime.prepack): pass a backbone loaded without prepack=True")
         if prepack:
             prepack_linears(backbone.model)
-        guard = cls(config, head, backbone, source=str(config_path), answer_head=answer_head)
+        guard = cls(config, head, backbone, source=str(config_path), answer_head=answer_head,
+                    categories=_load_categories(folder_or_hub_id, config_path, int(config["mlp"]["input_dim"])))
         if prepack:
             prepack_head(guard.head)
             if guard.answer_head is not None and guard.answer_head is not guard.head:
@@ -267,6 +293,15 @@ class SirenGuard:
                              "no answer verdict")
         return self._proba(self.answer_head, z, self.input_dim)
 
+    def results_from_features(self, z, threshold: float) -> list[ScoreResult]:
+        """ScoreResults of features z (n, input_dim): the harmful verdict at `threshold`, and the
+        categories when the guard has a category head (streams and generation use this too)."""
+        z = np.asarray(z, dtype=np.float32)
+        probs = self.proba_from_features(z)
+        cats = self.categories.verdicts(z) if self.categories is not None else [(None, None)] * len(probs)
+        return [ScoreResult(float(p), bool(p >= threshold), threshold, categories=c, category_scores=cs)
+                for p, (c, cs) in zip(probs, cats)]
+
     def predict_proba(self, texts: Sequence[str], *, batch_size: int = 32, batch_tokens: int = 16384) -> np.ndarray:
         """(n,) harmful-class probabilities."""
         return self.proba_from_features(self.features(texts, batch_size=batch_size, batch_tokens=batch_tokens))
@@ -293,8 +328,7 @@ class SirenGuard:
         for i, t in enumerate(texts):
             self._check_text(t, f"text {i}")
         thr = self.threshold_of(threshold)
-        probs = self.predict_proba(texts, batch_size=batch_size, batch_tokens=batch_tokens)
-        return [ScoreResult(float(p), bool(p >= thr), thr) for p in probs]
+        return self.results_from_features(self.features(texts, batch_size=batch_size, batch_tokens=batch_tokens), thr)
 
     def _pair_tokens(self, pairs: list[tuple[str | None, str | None]]) -> tuple[list[list[int]], list[int], list[int]]:
         """(ids of each joined text, first answer token per row, prompt tokens per row): the prompt's
@@ -331,7 +365,7 @@ class SirenGuard:
                                   fill=False):
             spans = [[(0, max(prompt_len[i], 0)), (starts[i], len(ids[i]))] for i in idx]
             z[idx] = self.extractor.span_features([ids[i] for i in idx], spans, whole=True).numpy()
-        whole = self.proba_from_features(z[:, 0])
+        results = self.results_from_features(z[:, 0], thr)  # the whole text's verdict and categories
         prompt = np.full(len(pairs), np.nan)
         shared = [i for i, k in enumerate(prompt_len) if k > 0]
         prompt[shared] = self.proba_from_features(z[shared, 1])
@@ -343,10 +377,9 @@ class SirenGuard:
             read = [i for i, s in enumerate(starts) if s < len(ids[i])]
             answer[read] = self.answer_proba_from_features(z[read, 2])
         a_thr = self.answer_threshold
-        return [ScoreResult(float(w), bool(w >= thr), thr,
-                            prompt=None if pairs[i][0] is None else Verdict.of(prompt[i], thr),
-                            response=None if np.isnan(answer[i]) else Verdict.of(answer[i], a_thr))
-                for i, w in enumerate(whole)]
+        return [replace(r, prompt=None if pairs[i][0] is None else Verdict.of(prompt[i], thr),
+                        response=None if np.isnan(answer[i]) else Verdict.of(answer[i], a_thr))
+                for i, r in enumerate(results)]
 
     @torch.inference_mode()
     def answer_features(self, pairs: Sequence[tuple[str | None, str | None]], *, cuts: Sequence[int] = (),

@@ -6,7 +6,8 @@
 
 M: a guard folder, a backbone name (-> train/probes/optuna/<M>_general/ under the
 current directory, or $SIREN_OUTPUT_DIR/<M>_general/), or a
-Hub repo holding a guard. Output lines: {"score", "is_harmful", "threshold"}. With --jsonl,
+Hub repo holding a guard. Output lines: {"score", "is_harmful", "threshold"}, plus "categories"
+and "category_scores" (the trained harm categories) when the guard has a category head. With --jsonl,
 output line i answers non-blank input line i (blank lines are skipped). A bad line (not JSON,
 not UTF-8, a lone surrogate, no text field) stops the run with an error naming its line
 number and exit status 2, after the results of every line before it have been written, so
@@ -90,8 +91,10 @@ def _jsonl_text(line: str, lineno: int) -> str:
 
 
 def _emit(result) -> None:
+    from siren.categories import category_fields
+
     sys.stdout.write(json.dumps({"score": result.score, "is_harmful": result.is_harmful,
-                                 "threshold": result.threshold}) + "\n")
+                                 "threshold": result.threshold, **category_fields(result)}) + "\n")
 
 
 def run(args) -> int:

@@ -9,14 +9,19 @@ Endpoints (errors come back as `{"error": {"message", "type", "param", "code"}}`
     GET  /v1/models        OpenAI list shape, one entry: the served guard
     POST /v1/moderations   OpenAI moderation shape: {"input": str | [str | {"prompt", "response"} |
                            {"messages"}], "model"?} or {"messages": [chat turns]}
-                           -> {"id", "model", "results": [{"flagged", "categories": {"harmful"},
-                               "category_scores": {"harmful"}, "siren"?: {"prompt", "response"}}]}
+                           -> {"id", "model", "results": [{"flagged", "categories", "category_scores",
+                               "category_applied_input_types", "siren"?: {"prompt", "response"}}],
+                               "untrained_categories"}: OpenAI's 13 categories (configs/categories.yaml)
+                               from the guard's category head, those it has none for
+                               (untrained_categories) false / 0.0; plus "harmful", the guard's verdict,
+                               which `flagged` repeats
     POST /v1/score         {"text"} | {"prompt", "response"} | {"messages"} | {"items": [those]},
                            "threshold"?
                            -> {"model", "results": [{"score", "is_harmful", "threshold",
-                               "prompt"?, "response"?}]}
+                               "prompt"?, "response"?, "categories"?, "category_scores"?}]}
                            A pair gets both verdicts: the prompt's and the answer's (answer head),
                            beside the whole text's; which chat turn is which: `siren.runtime.serve_pairs`.
+                           Categories: only those the guard's category head was trained on.
     POST /v1/tokenize      {"text"} -> {"pieces": [str]}: the backbone's tokens as text pieces that
                            concatenate back to the text (the demo page feeds them one by one)
     WS   /v1/stream        a streaming session, see `stream_endpoint`
@@ -59,6 +64,7 @@ from dataclasses import dataclass, fields
 from importlib import resources
 from typing import Any, Callable, Sequence
 
+from siren.categories import category_fields, moderation_result, untrained_categories
 from siren.errors import SirenError, check_unicode
 from siren.fileio import jsonable
 from siren.runtime.serve_pairs import moderation_verdicts, stop_threshold, stream_output
@@ -271,7 +277,7 @@ class DynamicBatcher:
             job.future.set_exception(err)
 
     def _run_batch(self, batch: list[_ScoreJob]) -> None:
-        from siren.runtime.results import ScoreResult
+        import dataclasses
 
         batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
         if not batch:
@@ -290,7 +296,8 @@ class DynamicBatcher:
             thr = self.default_threshold if job.threshold is None else job.threshold
             mine = results[start:start + len(job.texts)]
             start += len(job.texts)
-            job.future.set_result([ScoreResult(r.score, bool(r.score >= thr), thr) for r in mine])
+            # only the verdict moves with a request's own threshold; categories have their own
+            job.future.set_result([dataclasses.replace(r, is_harmful=bool(r.score >= thr), threshold=thr) for r in mine])
 
 
 # ---------------------------------------------------------------- streaming sessions
@@ -617,10 +624,8 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
                                     f"(or leave 'model' out)", param="model", code="model_not_found")
         results = await score_items(items, None)
         return {"id": f"modr-{uuid.uuid4().hex}", "model": model_name,
-                "results": [{"flagged": r.is_harmful, "categories": {CATEGORY: r.is_harmful},
-                             "category_scores": {CATEGORY: r.score},
-                             "category_applied_input_types": {CATEGORY: ["text"]}} | moderation_verdicts(r)
-                            for r in results]}
+                "results": [moderation_result(r, CATEGORY) | moderation_verdicts(r) for r in results],
+                "untrained_categories": untrained_categories(guard)}
 
     @app.post("/v1/score")
     async def score_endpoint(request: Request):
@@ -649,7 +654,8 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
            the answer head's, else the server's; debounce left out: the guard's saved stream rule.
         2. client: {"chunk": str}, any number of times; server, after each:
            {"index", "score", "is_harmful", "threshold", "flagged", "flagged_at", "flagged_chunk",
-            "prompt", "response", "flagged_by"}
+            "prompt", "response", "flagged_by"}, plus "categories" and "category_scores" of the prefix
+           so far when the guard has a category head
            (`score`...: the whole text's verdict; `prompt` / `response`: the request's and the answer's
            verdicts, null when absent; `flagged_by`: "response" or "text", which verdict stopped the
            stream, null while not flagged; `flagged_chunk`: index of the chunk after which the session
@@ -726,7 +732,8 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
                     flagged_chunk = index
                 await ws.send_json({"index": index, "score": float(result.score), "is_harmful": bool(result.is_harmful),
                                     "threshold": float(result.threshold), "flagged": flagged_at is not None,
-                                    "flagged_at": jsonable(flagged_at), "flagged_chunk": flagged_chunk}
+                                    "flagged_at": jsonable(flagged_at), "flagged_chunk": flagged_chunk,
+                                    **category_fields(result)}
                                    | stream_output(result, session))
                 index += 1
         except WebSocketDisconnect:

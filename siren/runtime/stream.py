@@ -68,7 +68,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
 import torch
@@ -319,7 +319,7 @@ class StreamSession:
             self._frozen = True  # the first max_length tokens are fixed: nothing later is read
         total = self._sum + self._tail_rows.sum(dim=0, dtype=torch.float64)
         z = (total / len(ids)).to(torch.float32) * self._scale
-        score = float(self.guard.proba_from_features(z[None])[0])
+        whole = self.guard.results_from_features(z[None].numpy(), self.threshold)[0]  # with the prefix's categories
         if self.prompt is not None and self._prompt_verdict is None:
             self._prompt_verdict = self._score_prompt(ids)
         response = None
@@ -328,8 +328,7 @@ class StreamSession:
             response = self._score_answer(total, len(ids))
         else:
             self._answer_start = min(self._prompt_tokens(), len(ids))
-        return ScoreResult(score, bool(score >= self.threshold), self.threshold, prompt=self._prompt_verdict,
-                           response=response)
+        return replace(whole, prompt=self._prompt_verdict, response=response)
 
     def _advance(self, norm: str, ids: list[int], offsets) -> None:
         """Bring the committed tokens, the cache and the rows up to `ids` (see "Hold-back")."""
