@@ -36,9 +36,9 @@ FORMAT_VERSION = 1
 
 
 def taxonomy_path() -> Path:
-    from siren.backbones import REPO_ROOT
+    from siren.paths import config_file  # the checkout's configs/, else the installed package's
 
-    return REPO_ROOT / "configs" / "categories.yaml"
+    return config_file("categories.yaml")
 
 
 @dataclass(frozen=True)
@@ -107,9 +107,11 @@ def load_taxonomy(path: str | None = None) -> Taxonomy:
     """The taxonomy of `path` (default: configs/categories.yaml)."""
     import yaml
 
+    from siren.fileio import load_yaml  # a key given twice is an error, not a silent override
+
     path = Path(path) if path else taxonomy_path()
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"), str(path))
     except (OSError, yaml.YAMLError) as err:
         raise SirenError(f"cannot read the category taxonomy {path}: {err}") from err
     return parse_taxonomy(raw, str(path))

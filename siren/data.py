@@ -31,7 +31,8 @@ import pandas as pd
 
 # The registry (Hub ids, adapters, our columns) is re-exported: `siren.data` is what callers import.
 from siren.dataset_registry import (COLUMNS, OPENAI_CATEGORIES, REGISTRY, SPLITS, DatasetSpec, Row,  # noqa: F401
-                                    _frame, adapt_rows, is_eval_only, known_datasets, spec)
+                                    _check_categories, _frame, adapt_rows, is_eval_only, known_datasets,
+                                    row_categories, spec)
 from siren.errors import SirenError
 from siren.fileio import atomic_write_text
 

@@ -5,6 +5,7 @@ splitting are in `siren.data`, which re-exports these names.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -161,7 +162,9 @@ def is_eval_only(name: str) -> bool:
 
 def _frame(rows: Iterable[Row], where: str) -> pd.DataFrame:
     """Rows -> frame with COLUMNS and fixed dtypes; SirenError (naming `where`) on bad rows."""
-    frame = pd.DataFrame(list(rows), columns=list(COLUMNS))
+    rows = list(rows)
+    with_categories = any(r.get("categories") is not None for r in rows)
+    frame = pd.DataFrame(rows, columns=list(COLUMNS) + ["categories"] * with_categories)
     bad = frame["text"].map(lambda t: not isinstance(t, str))
     if bad.any():
         raise SirenError(f"{where}: row {frame['id'].iloc[int(np.argmax(bad))]!r} has no text")
@@ -171,7 +174,24 @@ def _frame(rows: Iterable[Row], where: str) -> pd.DataFrame:
         raise SirenError(f"{where}: duplicate id {dup.iloc[0]!r}; ids must be unique within a dataset")
     frame["label"] = frame["label"].astype("int64")
     frame["response"] = frame["response"].astype(object).where(frame["response"].notna(), None)
+    if with_categories:
+        frame["categories"] = [c if isinstance(c, dict) else None for c in frame["categories"]]
     return frame
+
+
+def row_categories(frame: pd.DataFrame) -> list[dict | None]:
+    """Each row's source categories ({name: 1 | 0 | None}) or None where the row has none."""
+    return frame["categories"].tolist() if "categories" in frame else [None] * len(frame)
+
+
+def _check_categories(value, where: str) -> dict | None:
+    """A row's optional `categories`: an object of {name: 1 | 0 | null}."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and (v is None or (v in (0, 1) and not isinstance(v, bool)))
+                                              for k, v in value.items()):
+        raise SirenError(f"{where}: categories must be an object of {{name: 1 | 0 | null}}, got {json.dumps(value)[:80]}")
+    return value
 
 
 def adapt_rows(name: str, rows: Iterable[Mapping], split: str) -> pd.DataFrame:
