@@ -53,7 +53,7 @@ def make_guard(folder: Path, base_dir: Path, *, neurons=None, extra=None) -> Pat
     head = MLPHead(sum(len(v) for v in neurons.values()), [8], [0.0])
     save_guard(folder, base_model_id=str(base_dir), revision=None, pooling_type="residual_mean",
                selection=neurons, layer_weights={l: 1.0 for l in neurons}, head_state=head.state_dict(),
-               layer_dims=[8], dropout_rates=[0.0], max_length=32, threshold=0.5,
+               layer_dims=[8], dropout_rates=[0.0], max_length=32, decision_threshold=0.5,
                extra={"backbone": "tiny", "num_layers": 4, "hidden_size": 32} if extra is None else extra)
     return folder
 
@@ -229,8 +229,8 @@ CASES: list[tuple[str, Callable[[Env], list[str] | Callable], str, bool]] = [
           "--data_dir", str(e.data), "--cache_dir", str(e.cache)],
      r"ships its own Python model code.*--trust_remote_code", False),
     # -- siren score
-    ("score threshold 5", lambda e: e.score("--threshold", "5", "hi"), r"--decision_threshold 5(\.0)? must be a number in \[0, 1\]", False),
-    ("score threshold nan", lambda e: e.score("--threshold", "nan", "hi"), r"--decision_threshold nan must be a number in \[0, 1\]", False),
+    ("score threshold 5", lambda e: e.score("--decision_threshold", "5", "hi"), r"decision_threshold must be a number >= 0 and <= 1 or null, got 5", False),
+    ("score threshold nan", lambda e: e.score("--decision_threshold", "nan", "hi"), r"decision_threshold must be a number >= 0 and <= 1 or null, got nan", False),
     ("score device gpu0", lambda e: e.score("--device", "gpu0", "hi"), r"--device 'gpu0' is not a device", False),
     ("score --jsonl non-UTF-8 line", lambda e: _stdin(e, [b'{"text": "a"}', b'{"text": "b"}', b'{"text": "\xff"}',
                                                          b'{"text": "d"}']) or e.score("--jsonl"),
@@ -303,10 +303,10 @@ def test_jsonl_bad_line_after_a_full_chunk_keeps_every_earlier_result(env, capsy
 
 def test_score_threshold_in_range_is_applied(env, capsys):
     """The bounds themselves are accepted: 0 flags everything, 1 flags only a score of 1."""
-    assert main(env.score("--threshold", "0", "hi")) == 0
+    assert main(env.score("--decision_threshold", "0", "hi")) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["is_harmful"] is True and row["threshold"] == 0.0
-    assert main(env.score("--threshold", "1", "hi")) == 0
+    assert main(env.score("--decision_threshold", "1", "hi")) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["is_harmful"] is (row["score"] >= 1.0) and row["threshold"] == 1.0
 

@@ -481,7 +481,7 @@ def test_cli_serve_errors(guard_dir, capsys):
     assert "--port must be between 1 and 65535" in capsys.readouterr().err
     assert main(["serve", "--model", str(guard_dir), "--max_items", "0"]) == 2
     assert "max_items must be an integer >= 1" in capsys.readouterr().err
-    assert main(["serve", "--model", str(guard_dir), "--threshold", "2"]) == 2
+    assert main(["serve", "--model", str(guard_dir), "--decision_threshold", "2"]) == 2
     assert "--threshold must be between 0 and 1" in capsys.readouterr().err
 
 

@@ -42,7 +42,6 @@ import numpy as np
 
 from siren.errors import SirenError
 
-GRACES = (32, 64, 128, 256)  # tokens after the end of the first unsafe sentence
 DELAY_BINS = ("ahead", "hit", "1-32", "33-64", "65-128", "129-256", ">256", "missed")
 
 
@@ -123,10 +122,10 @@ def open_session(guard, prompt: str | None, threshold: float | None):
     return session if callable(getattr(session, "feed", None)) else None
 
 
-def score_prefixes(guard, response: str, prompt: str | None = None, *, every: int = 1,
+def score_prefixes(guard, response: str, prompt: str | None = None, *, every: int | None = None,
                    extra_positions: Iterable[int] = (), max_tokens: int | None = None,
                    threshold: float | None = None, use_session: bool | None = None,
-                   batch_size: int = 32, batch_tokens: int = 16384) -> ScoreTrace:
+                   batch_size: int | None = None, batch_tokens: int | None = None) -> ScoreTrace:
     """Score the response after every `every` of its tokens (and at `extra_positions`).
 
     The score at position p is the guard's score of prompt + "\\n" + response[:char_ends[p-1]]
@@ -141,7 +140,7 @@ def score_prefixes(guard, response: str, prompt: str | None = None, *, every: in
     ends = token_char_ends(guard.backbone.tokenizer, response)
     n = len(ends) if max_tokens is None else min(len(ends), int(max_tokens))
     ends = ends[:n]
-    positions = stream_positions(n, every, extra_positions)
+    positions = stream_positions(n, _default("every", every), extra_positions)
     session = None
     if use_session is not False:
         session = open_session(guard, prompt, threshold)
@@ -167,9 +166,17 @@ def score_prefixes(guard, response: str, prompt: str | None = None, *, every: in
 # --------------------------------------------------------------------------- metrics
 
 
-def first_flag(positions: np.ndarray, scores: np.ndarray, threshold: float, debounce: int = 1) -> int | None:
+def _default(key: str, value):
+    """`value`, or `siren eval-stream`'s default of `key` (configs/defaults.yaml) when None."""
+    from siren import config as cfgmod
+
+    return cfgmod.default(key, "eval-stream") if value is None else value
+
+
+def first_flag(positions: np.ndarray, scores: np.ndarray, threshold: float, debounce: int | None = None) -> int | None:
     """The position at which the stream is flagged: the last of the first `debounce` consecutive
-    scores >= threshold. positions, scores (m,) -> int, or None if never flagged."""
+    scores >= threshold (None: the config's). positions, scores (m,) -> int, or None if never flagged."""
+    debounce = _default("debounce", debounce)
     if debounce < 1:
         raise SirenError(f"debounce must be >= 1, got {debounce}")
     run = 0
@@ -209,13 +216,15 @@ def delay_bin(flag: int | None, p_start: int, p_end: int) -> str:
     return ">256"
 
 
-def checkpoints(p_end: int, n_tokens: int, graces: Sequence[int] = GRACES) -> dict[int, int]:
-    """The authors' checkpoint positions: {0: p_end, g: min(n, p_end + g) for g in graces}."""
+def checkpoints(p_end: int, n_tokens: int, graces: Sequence[int] | None = None) -> dict[int, int]:
+    """The authors' checkpoint positions: {0: p_end, g: min(n, p_end + g) for g in graces}
+    (graces None: the config's)."""
+    graces = _default("graces", graces)
     return {0: p_end, **{int(g): min(n_tokens, p_end + int(g)) for g in graces}}
 
 
-def stream_result(record: StreamRecord, trace: ScoreTrace, threshold: float, *, debounce: int = 1,
-                  graces: Sequence[int] = GRACES) -> dict:
+def stream_result(record: StreamRecord, trace: ScoreTrace, threshold: float, *, debounce: int | None = None,
+                  graces: Sequence[int] | None = None) -> dict:
     """One stream's outcome: flag position, scores summary and, when annotated, the span metrics."""
     flag = first_flag(trace.positions, trace.scores, threshold, debounce)
     out = {"id": record.id, "label": int(record.label), "n_tokens": int(trace.n_tokens),
@@ -249,9 +258,10 @@ def _stats(values: Sequence[float]) -> dict:
             "p75": float(q[2]), "p90": float(q[3]), "max": float(v.max())}
 
 
-def summarize(results: Sequence[dict], graces: Sequence[int] = GRACES) -> dict:
+def summarize(results: Sequence[dict], graces: Sequence[int] | None = None) -> dict:
     """Aggregate `stream_result` dicts: detection / false-alarm rates, tokens-to-detection, and
     for annotated harmful streams timely, cumulative and checkpoint recall and the delay bins."""
+    graces = _default("graces", graces)
     harmful = [r for r in results if r["label"] == 1]
     safe = [r for r in results if r["label"] == 0]
     out: dict = {"n_streams": len(results), "n_harmful": len(harmful), "n_safe": len(safe)}
@@ -399,73 +409,50 @@ def sample(records: list, limit: int | None, seed: int) -> list:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", required=True, help="guard folder, backbone name (its trained guard) or Hub id")
-    p.add_argument("--source", choices=("qwen3guardtest", "jsonl"), default="qwen3guardtest",
-                   help="qwen3guardtest: the Hub benchmark (or --data_file, a local copy of one of its JSONL "
-                        "files); jsonl: SIREN-ready rows with prompt/response/label in --data_file")
-    p.add_argument("--split", default="thinking_loc", help="Qwen3GuardTest split: thinking_loc | response_loc")
-    p.add_argument("--data_file", help="local JSONL (Qwen3GuardTest's columns, or SIREN-ready rows)")
-    p.add_argument("--reference_tokenizer", default=None,
-                   help="tokenizer of Qwen3GuardTest's input_ids (default: Qwen/Qwen3-0.6B)")
-    p.add_argument("--ids_from", help="splits.json: keep only the ids it lists for --ids_dataset/--ids_split")
-    p.add_argument("--ids_dataset", help="dataset name inside --ids_from")
-    p.add_argument("--ids_split", default="test", help="split inside --ids_from (default test)")
-    p.add_argument("--limit", type=int, help="a seeded sample of this many streams (default: all)")
-    p.add_argument("--seed", type=int, help="sampling seed (default: configs/defaults.yaml's)")
-    p.add_argument("--every", type=int, default=1,
-                   help="score after every k response tokens (default 1; 0: only the authors' checkpoints)")
-    p.add_argument("--max_tokens", type=int, help="read at most this many response tokens per stream")
-    p.add_argument("--graces", type=int, nargs="+", default=list(GRACES), help="tokens after the unsafe sentence")
-    p.add_argument("--threshold", type=float, help="decision threshold (default: the guard's)")
-    p.add_argument("--debounce", type=int, default=1, help="flag after this many consecutive scores >= threshold")
-    p.add_argument("--with_prompt", action="store_true",
-                   help="score prompt + newline + response so far (default: the response alone, as the authors)")
-    p.add_argument("--stateless", action="store_true", help="never use the runtime's streaming session")
-    p.add_argument("--out_dir", help="default: <guard folder>/streaming_<split or data file name>")
-    p.add_argument("--save_traces", action="store_true", help="also write every score to traces.jsonl")
-    p.add_argument("--device")
-    p.add_argument("--dtype")
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--batch_tokens", type=int, default=2048, help="padded tokens per forward (stateless path)")
+    from siren import config as cfgmod
+
+    cfgmod.add_flags(p, "eval-stream", required=("model",))
 
 
-def load_records(args) -> list[StreamRecord]:
-    if args.source == "jsonl":
-        if not args.data_file:
+def load_records(cfg) -> list[StreamRecord]:
+    if cfg.source == "jsonl":
+        if not cfg.data_file:
             raise SirenError("--source jsonl needs --data_file (SIREN-ready rows with prompt, response, label)")
         ids = None
-        if args.ids_from:
-            if not args.ids_dataset:
+        if cfg.ids_from:
+            if not cfg.ids_dataset:
                 raise SirenError("--ids_from needs --ids_dataset (the dataset name inside splits.json)")
-            ids = split_ids(args.ids_from, args.ids_dataset, args.ids_split)
-        return records_from_jsonl(args.data_file, ids=ids)
+            ids = split_ids(cfg.ids_from, cfg.ids_dataset, cfg.ids_split)
+        return records_from_jsonl(cfg.data_file, ids=ids)
     from siren.evaluation import qwen3guardtest as q3
 
-    rows = q3.load_rows(args.split, data_file=args.data_file)
-    return q3.loc_records(rows, q3.reference_tokenizer(args.reference_tokenizer))
+    rows = q3.load_rows(cfg.split, data_file=cfg.data_file)
+    return q3.loc_records(rows, q3.reference_tokenizer(cfg.reference_tokenizer))
 
 
 def run(args) -> int:
-    report = evaluate_streams(args)
+    from siren import config as cfgmod
+
+    report = evaluate_streams(cfgmod.from_args("eval-stream", args))
     print_summary(report)
     return 0
 
 
-def evaluate_streams(args) -> dict:
-    from siren import config as cfgmod
+def evaluate_streams(cfg) -> dict:
+    """Stream every record of an EvalStreamConfig through its guard; writes and returns the report."""
     from siren.fileio import atomic_write_json, atomic_write_text
     from siren.runtime.guard import SirenGuard
     from siren.runtime.score_cli import resolve_guard
 
-    seed = cfgmod.defaults()["seed"] if args.seed is None else args.seed
-    records = sample(load_records(args), args.limit, seed)
+    seed = cfg.seed
+    records = sample(load_records(cfg), cfg.limit, seed)
     if not records:
         raise SirenError("no streams to evaluate")
-    folder = resolve_guard(args.model)
-    guard = SirenGuard.from_pretrained(folder, device=args.device, dtype=args.dtype)
-    threshold = guard.default_threshold if args.threshold is None else float(args.threshold)
-    name = args.split if args.source == "qwen3guardtest" else Path(args.data_file).stem
-    out_dir = Path(args.out_dir) if args.out_dir else Path(folder) / f"streaming_{name}"
+    folder = resolve_guard(cfg.model)
+    guard = SirenGuard.from_pretrained(folder, device=cfg.device, dtype=cfg.dtype)
+    threshold = guard.decision_threshold(cfg.decision_threshold)
+    name = cfg.split if cfg.source == "qwen3guardtest" else Path(cfg.data_file).stem
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(folder) / f"streaming_{name}"
     out_dir.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
@@ -475,39 +462,36 @@ def evaluate_streams(args) -> dict:
         if rec.unsafe_start is not None and rec.unsafe_end is not None:
             # the authors' checkpoints must be scored whatever `every` is
             ends = token_char_ends(guard.backbone.tokenizer, rec.response)
-            if args.max_tokens is not None:
-                ends = ends[:args.max_tokens]
+            if cfg.max_tokens is not None:
+                ends = ends[:cfg.max_tokens]
             if len(ends):
                 _, p_end = span_token_bounds(ends, rec.unsafe_start, rec.unsafe_end)
-                extra = tuple(checkpoints(p_end, len(ends), args.graces).values())
-        trace = score_prefixes(guard, rec.response, rec.prompt if args.with_prompt else None, every=args.every,
-                               extra_positions=extra, max_tokens=args.max_tokens, threshold=threshold,
-                               use_session=False if args.stateless else None, batch_size=args.batch_size,
-                               batch_tokens=args.batch_tokens)
+                extra = tuple(checkpoints(p_end, len(ends), cfg.graces).values())
+        trace = score_prefixes(guard, rec.response, rec.prompt if cfg.with_prompt else None, every=cfg.every,
+                               extra_positions=extra, max_tokens=cfg.max_tokens, threshold=threshold,
+                               use_session=False if cfg.stateless else None, batch_size=cfg.batch_size,
+                               batch_tokens=cfg.batch_tokens)
         used_session.add(trace.used_session)
-        results.append(stream_result(rec, trace, threshold, debounce=args.debounce, graces=args.graces))
-        if args.save_traces:
+        results.append(stream_result(rec, trace, threshold, debounce=cfg.debounce, graces=cfg.graces))
+        if cfg.save_traces:
             traces.append({"id": rec.id, "label": rec.label, "positions": trace.positions.tolist(),
                            "scores": [round(float(s), 6) for s in trace.scores]})
         if (i + 1) % 10 == 0 or i + 1 == len(records):
             print(f"[siren] streamed {i + 1}/{len(records)} ({time.perf_counter() - start:.0f} s)", flush=True)
     seconds = time.perf_counter() - start
-    summary = summarize(results, args.graces)
+    summary = summarize(results, cfg.graces)
     report = {
         "guard": str(folder),
-        "threshold": threshold,
-        "config": {k: getattr(args, k) for k in ("source", "split", "data_file", "ids_from", "ids_dataset",
-                                                 "ids_split", "limit", "every", "max_tokens", "graces",
-                                                 "debounce", "with_prompt", "reference_tokenizer")}
-        | {"seed": seed, "max_length": guard.max_length}
-        | ({"split": None, "reference_tokenizer": None} if args.source == "jsonl" else {}),
+        "decision_threshold": threshold,
+        "config": cfg.as_dict() | {"max_length": guard.max_length}
+        | ({"split": None, "reference_tokenizer": None} if cfg.source == "jsonl" else {}),
         "scoring": "session" if used_session == {True} else "stateless" if used_session == {False} else "mixed",
         "seconds": round(seconds, 1),
         "summary": summary,
         "streams": results,
     }
     atomic_write_json(out_dir / "streaming_results.json", report)
-    if args.save_traces:
+    if cfg.save_traces:
         atomic_write_text(out_dir / "traces.jsonl", "".join(json.dumps(t) + "\n" for t in traces))
     plot_delays(out_dir / "detection_delay.png", results, threshold, title=f"SIREN streaming · {name}")
     report["out_dir"] = str(out_dir)
@@ -521,7 +505,7 @@ def print_summary(report: dict) -> None:
         return "-" if x is None else f"{100 * x:.1f}%"
 
     print(f"\nstreams {s['n_streams']} (harmful {s['n_harmful']}, safe {s['n_safe']}), threshold "
-          f"{report['threshold']:.3g}, scored by the {report['scoring']} path in {report['seconds']} s")
+          f"{report['decision_threshold']:.3g}, scored by the {report['scoring']} path in {report['seconds']} s")
     if "detection_rate" in s:
         t = s["tokens_to_detection"]
         print(f"detection rate {pct(s['detection_rate'])}; tokens-to-detection median {t['median']}, "

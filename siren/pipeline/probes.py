@@ -105,10 +105,10 @@ def _standardise_stats(Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, scale
 
 
-def _lipschitz(Z: torch.Tensor, n_iter: int = 30, seed: int = 0) -> torch.Tensor:
+def _lipschitz(Z: torch.Tensor, n_iter: int = 30, init_seed: int = 0) -> torch.Tensor:
     """Upper estimate of the gradient's Lipschitz constant per layer. Z (Lc, n, d) centred."""
     Lc, n, d = Z.shape
-    g = torch.Generator(device="cpu").manual_seed(seed)
+    g = torch.Generator(device="cpu").manual_seed(init_seed)
     v = torch.randn(Lc, d, 1, generator=g).to(Z.device)
     v = v / v.norm(dim=1, keepdim=True)
     lam = torch.zeros(Lc, device=Z.device)
@@ -250,7 +250,7 @@ class ProbeGrid:
 
 
 def one_se_choice(y_val: np.ndarray, pred: np.ndarray, groups_val: np.ndarray, *,
-                  resamples: int = ONE_SE_RESAMPLES, seed: int = ONE_SE_SEED) -> np.ndarray:
+                  resamples: int = ONE_SE_RESAMPLES, resample_seed: int = ONE_SE_SEED) -> np.ndarray:
     """The "one_se" rule. pred (m, n_val, L) bool: each C's (smallest first) validation
     predictions -> (L,) index of the chosen C per layer: the smallest C whose validation F1 is
     at least the best C's minus the standard deviation of the best C's F1 over ``resamples``
@@ -260,7 +260,7 @@ def one_se_choice(y_val: np.ndarray, pred: np.ndarray, groups_val: np.ndarray, *
     best = np.argmax(f1, axis=0)
     cols = np.arange(L)
     best_pred = pred[best, :, cols].T      # (n_val, L): each layer's best C's predictions
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(resample_seed)
     boot = np.zeros((resamples, L))
     for r in range(resamples):             # only the best C's F1 needs a standard error
         idx = rng.integers(0, nv, nv)
@@ -271,7 +271,7 @@ def one_se_choice(y_val: np.ndarray, pred: np.ndarray, groups_val: np.ndarray, *
 
 def fit_probe_grid(X_train, y_train, X_val, y_val, groups_val, c_values,
                    *, groups_train=None, tol: float = DEFAULT_TOL, max_iter: int = 20000,
-                   c_rule: str = "best", refit: bool = False, device: str | torch.device = "cpu",
+                   c_rule: str = "best", refit: bool = False, probe_device: str | torch.device = "cpu",
                    progress: bool = True) -> ProbeGrid:
     """Fit the probes for every C and keep, per layer, one by ``c_rule`` (see C_RULES).
 
@@ -294,6 +294,7 @@ def fit_probe_grid(X_train, y_train, X_val, y_val, groups_val, c_values,
     y_va = np.asarray(y_val).reshape(-1)
     g_va = np.asarray(groups_val).reshape(-1)
     g_tr = np.zeros(n, np.int64) if groups_train is None else np.asarray(groups_train).reshape(-1)
+    device = probe_device
     yt = torch.as_tensor(y_tr, dtype=torch.float32, device=device)
 
     m = len(cs)

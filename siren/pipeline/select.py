@@ -63,19 +63,19 @@ def layer_weights(val_f1: np.ndarray, floor: float = 0.1) -> np.ndarray:
 
 
 def aggregate(X, selection: dict[int, np.ndarray], weights: np.ndarray,
-              chunk_rows: int = 512, dtype=np.float32) -> np.ndarray:
+              chunk_rows: int = 512, out_dtype=np.float32) -> np.ndarray:
     """The head's input: selected neurons of each selected layer, times the layer's weight.
 
     X (n, L, d) array or memmap (any float dtype); selection {layer: indices}; weights (L,)
-    -> (n, k) `dtype` with k = total selected, layers ascending, neurons in listed order.
+    -> (n, k) `out_dtype` with k = total selected, layers ascending, neurons in listed order.
     Reads X in row chunks (each read once, all layers together: a (chunk_rows, L, d) block,
     18 MiB for smollm2-135m in float16) so that a memmap is never loaded whole. The product
-    is taken in float32 (as the runtime does) and then stored as `dtype`.
+    is taken in float32 (as the runtime does) and then stored as `out_dtype`.
     """
     layers = sorted(int(l) for l in selection)
     widths = [len(selection[l]) for l in layers]
     n = X.shape[0]
-    out = np.empty((n, sum(widths)), dtype=dtype)
+    out = np.empty((n, sum(widths)), dtype=out_dtype)
     w = np.asarray(weights, dtype=np.float64)
     for start in range(0, n, chunk_rows):
         stop = min(start + chunk_rows, n)

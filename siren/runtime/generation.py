@@ -81,13 +81,12 @@ def shares_backbone(guard, model) -> bool:
 class GuardedGeneration(StoppingCriteria):
     """A StoppingCriteria that scores every generation step with the guard. Build with `guard.attach`."""
 
-    def __init__(self, guard, model, *, tokenizer=None, prompt: str | None = None, debounce: int = 1,
+    def __init__(self, guard, model, *, tokenizer=None, prompt: str | None = None, debounce: int | None = None,
                  threshold: float | None = None, stop: bool = True):
         self.guard = guard
         self.model = model
-        self.threshold = guard._threshold(threshold)
-        Debounce(debounce, self.threshold)  # validates debounce
-        self.debounce = debounce
+        self.threshold = guard.decision_threshold(threshold)
+        self.debounce = Debounce(debounce, self.threshold).k  # validated; None: the config's
         self.stop = bool(stop)
         self.tokenizer = tokenizer
         if prompt is not None and not isinstance(prompt, str):

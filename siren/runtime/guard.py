@@ -41,7 +41,8 @@ from siren.artifact import (CONFIG_NAME, WEIGHTS_NAME, build_head, check_fits, l
 from siren.checks import check_decision_threshold
 from siren.backbones import Backbone, load_backbone, native_bf16_cpu, registry
 from siren.errors import SirenError
-from siren.features import LayerFeatures, join_prompt_response, length_batches
+from siren.config import command_defaults as config_defaults
+from siren.features import LayerFeatures, default_batch_tokens, join_prompt_response, length_batches
 from siren.runtime.prepack import packed_count, prepack_head, prepack_linears, prepack_support, split_block_diagonal
 
 log = logging.getLogger(__name__)
@@ -97,11 +98,11 @@ def _backbone_model_id(config: dict) -> str:
     return model_id
 
 
-def check_backbone(config: dict, backbone: Backbone, source: str = "guard") -> None:
+def check_backbone(config: dict, backbone: Backbone, where: str | None = None) -> None:
     """The artifact must fit the backbone: layers < L, neurons < d, and our recorded L/d if present."""
     L, d = backbone.num_layers, backbone.hidden_size
     extra = config.get("siren") or {}
-    where = f"{source} (base model {config['base_model']['model_id']})"
+    where = f"{where or 'guard'} (base model {config['base_model']['model_id']})"
     if "num_layers" in extra and int(extra["num_layers"]) != L:
         raise SirenError(f"{where}: the guard was trained on a backbone with {extra['num_layers']} layers, "
                          f"the loaded backbone has {L}: wrong backbone")
@@ -114,8 +115,8 @@ def check_backbone(config: dict, backbone: Backbone, source: str = "guard") -> N
 class SirenGuard:
     """A frozen backbone + selected neurons + MLP head. Build with `from_pretrained`."""
 
-    def __init__(self, config: dict, head: torch.nn.Module, backbone: Backbone, *, source: str = "guard"):
-        check_backbone(config, backbone, source)
+    def __init__(self, config: dict, head: torch.nn.Module, backbone: Backbone, *, where: str | None = None):
+        check_backbone(config, backbone, where)
         self.config = config
         self.backbone = backbone
         self.pooling_type: str = config["siren_module"]["pooling_type"]
@@ -136,9 +137,9 @@ class SirenGuard:
     # ------------------------------------------------------------ loading
 
     @classmethod
-    def from_pretrained(cls, folder_or_hub_id: str, *, device=None, dtype=None, trust_remote_code: bool = False,
+    def from_pretrained(cls, folder_or_hub_id: str, *, device=None, dtype=None, trust_remote_code: bool | None = None,
                         backbone: Backbone | None = None, prepack: bool | None = None,
-                        compile: bool = False) -> "SirenGuard":
+                        compile: bool | None = None) -> "SirenGuard":
         """Load a guard folder (ours or `llm-siren`'s format) or a Hub repo holding one.
 
         device: "cpu", "cuda", ... (default: cuda if available). dtype: backbone dtype (default:
@@ -152,7 +153,11 @@ class SirenGuard:
         faster one text at a time, scores equal to float rounding; it compiles here, before
         returning (one to two minutes on a 2-core CPU), so it suits a long-running process (`siren
         serve --compile`). It replaces prepacking (the two cannot be combined).
+        trust_remote_code, compile None: configs/defaults.yaml's (`siren serve`'s).
         """
+        defaults = config_defaults("serve")
+        trust_remote_code = defaults["trust_remote_code"] if trust_remote_code is None else trust_remote_code
+        compile = defaults["compile"] if compile is None else compile
         if compile and prepack:
             raise SirenError("compile=True and prepack=True cannot be combined: the compiler packs the "
                              "weights its own way; drop prepack (or compile)")
@@ -174,7 +179,7 @@ class SirenGuard:
                              "prepacked (siren.runtime.prepack): pass a backbone loaded without prepack=True")
         if prepack:
             prepack_linears(backbone.model)
-        guard = cls(config, head, backbone, source=str(config_path))
+        guard = cls(config, head, backbone, where=str(config_path))
         if prepack:
             prepack_head(guard.head)
         if compile:
@@ -208,9 +213,14 @@ class SirenGuard:
         return torch.cat(parts, dim=1)
 
     @torch.inference_mode()
-    def features(self, texts: Sequence[str], *, batch_size: int = 32, batch_tokens: int = 16384) -> np.ndarray:
-        """(n, input_dim) float32: the weighted selected-neuron features the head reads."""
+    def features(self, texts: Sequence[str], *, batch_size: int | None = None,
+                 batch_tokens: int | None = None) -> np.ndarray:
+        """(n, input_dim) float32: the weighted selected-neuron features the head reads.
+        batch_size, batch_tokens None: `siren score`'s defaults (configs/defaults.yaml)."""
         texts = list(texts)
+        defaults = config_defaults("score")
+        batch_size = batch_size or defaults["batch_size"] or len(texts) or 1
+        batch_tokens = batch_tokens or defaults["batch_tokens"] or default_batch_tokens(self.device)
         if not texts:
             return np.zeros((0, self.input_dim), dtype=np.float32)
         ids = self._features.tokenize(texts)
@@ -229,14 +239,16 @@ class SirenGuard:
             return np.zeros(0, dtype=np.float64)
         return torch.softmax(self.head(z), dim=-1)[:, 1].double().numpy()
 
-    def predict_proba(self, texts: Sequence[str], *, batch_size: int = 32, batch_tokens: int = 16384) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[str], *, batch_size: int | None = None,
+                      batch_tokens: int | None = None) -> np.ndarray:
         """(n,) harmful-class probabilities."""
         return self.proba_from_features(self.features(texts, batch_size=batch_size, batch_tokens=batch_tokens))
 
-    def _threshold(self, threshold) -> float:
+    def decision_threshold(self, threshold) -> float:
+        """`threshold` checked, or the guard's own (inference.default_threshold) when None."""
         return self.default_threshold if threshold is None else check_decision_threshold(threshold, "threshold")
 
-    def score_batch(self, texts: Sequence[str], *, batch_size: int = 32, batch_tokens: int = 16384,
+    def score_batch(self, texts: Sequence[str], *, batch_size: int | None = None, batch_tokens: int | None = None,
                     threshold: float | None = None) -> list[ScoreResult]:
         """Score texts (length-bucketed batches); results in input order."""
         texts = list(texts)
@@ -249,9 +261,9 @@ class SirenGuard:
                 except UnicodeEncodeError as err:
                     raise SirenError(f"text {i} holds a lone surrogate ({t[err.start]!r} at character {err.start}): "
                                      "give valid Unicode text") from None
-        thr = self._threshold(threshold)
+        decision_threshold = self.decision_threshold(threshold)
         probs = self.predict_proba(texts, batch_size=batch_size, batch_tokens=batch_tokens)
-        return [ScoreResult(float(p), bool(p >= thr), thr) for p in probs]
+        return [ScoreResult(float(p), bool(p >= decision_threshold), decision_threshold) for p in probs]
 
     def score(self, text: str | None = None, *, prompt: str | None = None, response: str | None = None,
               threshold: float | None = None) -> ScoreResult:
@@ -275,11 +287,11 @@ class SirenGuard:
                 raise SirenError(f"score_streaming: {name} must be a string, got a {type(value).__name__}")
         return self.score(join_prompt_response(prompt, prefix or ""), threshold=threshold)
 
-    def stream(self, prompt: str | None = None, *, debounce: int = 1, threshold: float | None = None):
+    def stream(self, prompt: str | None = None, *, debounce: int | None = None, threshold: float | None = None):
         """A `StreamSession` for one response: `session.feed(chunk)` -> ScoreResult of prompt + "\\n" +
         the response so far, equal to `score()` of that text, with the backbone run only on new tokens
         (KV cache + running per-layer sums; see `siren.runtime.stream`). `debounce`: flag only after
-        that many consecutive scores >= threshold (`session.flagged`, `session.flagged_at`)."""
+        that many consecutive scores >= threshold (`session.flagged`, `session.flagged_at`; None: the config's)."""
         from siren.runtime.stream import StreamSession
 
         if prompt is not None and not isinstance(prompt, str):
@@ -287,7 +299,7 @@ class SirenGuard:
                              "chunks with session.feed(chunk)")
         return StreamSession(self, prompt, debounce=debounce, threshold=threshold)
 
-    def attach(self, model, *, tokenizer=None, prompt: str | None = None, debounce: int = 1,
+    def attach(self, model, *, tokenizer=None, prompt: str | None = None, debounce: int | None = None,
                threshold: float | None = None, stop: bool = True):
         """Guard `model.generate(...)`: returns a `GuardedGeneration`, a StoppingCriteria to pass as
         `stopping_criteria=[guarded]`. When `model` is (or holds the same weights as) this guard's

@@ -64,6 +64,7 @@ from typing import Sequence
 
 import torch
 
+from siren import config
 from siren.errors import SirenError
 from siren.features import CHAT_TOKENS, EMPTY_TEXT, _Stop, join_prompt_response, normalize_text
 from siren.runtime.guard import ScoreResult
@@ -93,7 +94,8 @@ class FlagPoint:
 class Debounce:
     """Flag after `k` consecutive scores >= threshold; remember where the run began. Sticky."""
 
-    def __init__(self, k: int, threshold: float):
+    def __init__(self, k: int | None, threshold: float):
+        k = config.default("debounce") if k is None else k   # None: configs/defaults.yaml's debounce
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise SirenError(f"debounce must be a whole number >= 1 (consecutive scores), got {k!r}")
         self.k = k
@@ -151,7 +153,7 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 class StreamSession:
     """Scores prompt + "\\n" + a response that arrives in chunks. Build with `guard.stream(...)`."""
 
-    def __init__(self, guard, prompt: str | None = None, *, debounce: int = 1, threshold: float | None = None,
+    def __init__(self, guard, prompt: str | None = None, *, debounce: int | None = None, threshold: float | None = None,
                  holdback_tokens: int = HOLDBACK_TOKENS):
         if prompt is not None and not isinstance(prompt, str):
             raise SirenError(f"prompt must be a string or None, got a {type(prompt).__name__}")
@@ -159,7 +161,7 @@ class StreamSession:
             raise SirenError(f"holdback_tokens must be a whole number >= 0, got {holdback_tokens!r}")
         self.guard = guard
         self.prompt = prompt
-        self.threshold = guard._threshold(threshold)
+        self.threshold = guard.decision_threshold(threshold)
         self.holdback_tokens = holdback_tokens
         self._debounce = Debounce(debounce, self.threshold)
         features = guard._features
