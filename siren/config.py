@@ -70,11 +70,13 @@ def _allowed(key: Key) -> str:
     return kind + (" or null" if key.nullable else "")
 
 
-def check_value(key: Key, value, source: str):
+def check_value(key: Key, value, source: str | None):
     """`value` (as given, or float for an int given to a float key) if it is allowed for `key`;
-    else a SirenError naming the source, the key, the value and what is allowed."""
+    else a SirenError naming the source, the key, the value and what is allowed (source None:
+    a command-line flag, named `--<key>`)."""
     def bad():
-        return SirenError(f"{source}: {key.name} must be {_allowed(key)}, got {value!r}")
+        where = f"--{key.name}" if source is None else f"{source}: {key.name}"
+        return SirenError(f"{where} must be {_allowed(key)}, got {value!r}")
 
     if value is None:
         if key.nullable:
@@ -119,7 +121,7 @@ def _check_layer(layer: dict, source: str, allowed: set[str]) -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def _all_defaults(path: Path, mtime: float) -> dict[str, dict]:
+def _all_defaults(path: Path, version: tuple) -> dict[str, dict]:
     """{command: {key: default}} from the YAML at `path` (cached per file version)."""
     raw = _read_yaml()
     top = {k: v for k, v in raw.items() if k not in SECTIONS}
@@ -140,12 +142,20 @@ def _all_defaults(path: Path, mtime: float) -> dict[str, dict]:
     return out
 
 
+def _version() -> tuple:
+    try:
+        st = DEFAULTS_PATH.stat()
+    except OSError as err:
+        raise SirenError(f"cannot read {DEFAULTS_PATH}: {err}") from err
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
 def command_defaults(command: str) -> dict:
     """{key: default} of `command` (a copy): its section of the YAML over the top level."""
     if command not in COMMANDS:
         raise SirenError(f"no typed config for command {command!r}: known are {', '.join(COMMANDS)}")
     return {k: (list(v) if isinstance(v, list) else v)
-            for k, v in _all_defaults(DEFAULTS_PATH, DEFAULTS_PATH.stat().st_mtime)[command].items()}
+            for k, v in _all_defaults(DEFAULTS_PATH, _version())[command].items()}
 
 
 def default(key: str, command: str | None = None):
@@ -261,8 +271,12 @@ def given(args, command: str) -> dict:
 
 
 def from_args(command: str, args, *, base: dict | None = None):
-    """`command`'s config: YAML defaults, then `base`, then the flags given in `args`."""
-    return load(command, given(args, command), base=base)
+    """`command`'s config: YAML defaults, then `base`, then the flags given in `args` (a bad
+    flag is named as such)."""
+    flags = given(args, command)
+    for name, value in flags.items():
+        check_value(BY_NAME[name], value, None)
+    return load(command, flags, base=base)
 
 
 # --------------------------------------------------------------------------- run folders and guards

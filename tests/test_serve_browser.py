@@ -14,7 +14,7 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 from siren.features import join_prompt_response  # noqa: E402
 from siren.runtime.guard import SirenGuard  # noqa: E402
-from siren.runtime.serve import ServeLimits, create_app, token_pieces  # noqa: E402
+from siren.runtime.serve import serve_limits, create_app, token_pieces  # noqa: E402
 from test_guard import make_guard  # noqa: E402
 from test_serve import ServerThread  # noqa: E402
 
@@ -76,7 +76,7 @@ def test_demo_page_streams_and_marks_the_stop(tmp_path, tiny_llama_dir):
         })""")
 
     shot = tmp_path / "demo.png"
-    with ServerThread(create_app(guard, model_name="tiny-guard", limits=ServeLimits())) as srv:
+    with ServerThread(create_app(guard, model_name="tiny-guard", limits=serve_limits())) as srv:
         got = open_page(srv.url + "/", shot, run)
     assert got["state"] == "done", got["error"]
     assert got["count"] == len(pieces) == len(got["points"])

@@ -57,7 +57,7 @@ def group_metrics(y: np.ndarray, pred: np.ndarray, groups: np.ndarray) -> dict:
 def add_arguments(p) -> None:
     from siren import config as cfgmod
 
-    cfgmod.add_flags(p, "eval-think", required=("model",))
+    cfgmod.add_flags(p, "eval-think")
 
 
 def run(args) -> int:

@@ -411,7 +411,7 @@ def sample(records: list, limit: int | None, seed: int) -> list:
 def add_arguments(p) -> None:
     from siren import config as cfgmod
 
-    cfgmod.add_flags(p, "eval-stream", required=("model",))
+    cfgmod.add_flags(p, "eval-stream")
 
 
 def load_records(cfg) -> list[StreamRecord]:
