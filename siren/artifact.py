@@ -280,9 +280,10 @@ def validate_config(config: dict, source: str) -> dict:
     max_length = _need(inf, "max_length", "inference", source)
     if not _is_int(max_length) or max_length <= 0:
         raise SirenError(f"{source}: inference.max_length must be a positive integer, got {max_length!r}")
-    thr = _need(inf, "default_threshold", "inference", source)
-    if not isinstance(thr, (int, float)) or isinstance(thr, bool) or not 0 <= thr <= 1:
-        raise SirenError(f"{source}: inference.default_threshold must be a number in [0, 1], got {thr!r}")
+    decision_threshold = _need(inf, "default_threshold", "inference", source)
+    if (not isinstance(decision_threshold, (int, float)) or isinstance(decision_threshold, bool)
+            or not 0 <= decision_threshold <= 1):
+        raise SirenError(f"{source}: inference.default_threshold must be a number in [0, 1], got {decision_threshold!r}")
     extra = config.get("siren")
     if extra is not None and not isinstance(extra, dict):
         raise SirenError(f"{source}: key siren must be an object")

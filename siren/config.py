@@ -259,8 +259,7 @@ def add_flags(parser, command: str, *, required: tuple[str, ...] = (), default_n
         kw = dict(type=_PYTYPES[key.type], default=None, help=helptext, required=name in required)
         if key.list:
             kw["nargs"] = "*" if key.empty_ok else "+"
-        if key.choices:
-            kw["choices"] = key.choices
+        if key.choices:   # checked by the config (a SirenError naming the key), not by argparse
             kw["metavar"] = "{" + ",".join(map(str, key.choices)) + "}"
         parser.add_argument(f"--{name}", **kw)
 

@@ -141,7 +141,7 @@ def evaluate(args) -> dict:
     from siren.pipeline.select import aggregate
     from siren.runtime.guard import check_backbone
 
-    given = cfgmod.given("eval", args)
+    given = cfgmod.given(args, "eval")
     folder = guard_folder(given.get("model") or cfgmod.default("model", "eval"), given.get("guard"))
     config = load_guard_config(folder)
     trained = read_training_config(folder)

@@ -145,8 +145,8 @@ def _fista(Z: torch.Tensor, y: torch.Tensor, C: float | torch.Tensor, w0: torch.
         g_w = torch.bmm(r[:, None, :], Za).squeeze(1)                 # (La, d)
         g_b = r.sum(dim=1)
         v = y_w - step[:, None] * g_w
-        thr = (step * lam)[:, None]
-        nx_w = torch.sign(v) * torch.clamp(v.abs() - thr, min=0.0)   # prox of ||.||_1 / C
+        shrink = (step * lam)[:, None]
+        nx_w = torch.sign(v) * torch.clamp(v.abs() - shrink, min=0.0)   # prox of ||.||_1 / C
         nx_b = y_b - step * g_b
         # stopping: size of the prox-gradient step from y, relative to the iterate
         diff = torch.maximum((nx_w - y_w).abs().amax(dim=1), (nx_b - y_b).abs())
