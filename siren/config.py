@@ -2,7 +2,7 @@
 
 `siren/config_keys.py` lists every key (type, allowed values, help, the commands that read it);
 `configs/defaults.yaml` holds every default, and nothing else in `siren/` does
-(tests/test_config.py fails on a literal default of a config key anywhere else). From the two:
+(tests/test_config_defaults.py fails on a default of a config key anywhere else). From the two:
 
 - `config_class(command)`: a frozen dataclass per command (`TrainConfig`, `ServeConfig`, ...),
   one field per key the command reads, checked once when built (type, range, choices: a
