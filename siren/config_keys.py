@@ -165,7 +165,8 @@ KEYS: tuple[Key, ...] = (
     # --- siren report
     Key("run", str, ("report",), "trained run folder (results.json + splits.json + guard)", nullable=True,
         null="required"),
-    Key("systems", str, ("report",), "systems to compare", list=True, nullable=True, null="all", empty_ok=False),
+    Key("systems", str, ("report",), "systems to compare: tfidf_lr profanity_check last_layer best_layer "
+        "all_neurons_mlp uniform_weights siren", list=True, nullable=True, null="all", empty_ok=False),
     Key("guards", str, ("report",), "guard models: registry names or NAME=FOLDER", list=True),
     Key("all_neurons_limit", int, ("report",), "all_neurons_mlp uses all L*d features up to this many, else a "
         "random subset of SIREN's size", min=1),

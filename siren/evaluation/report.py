@@ -42,9 +42,8 @@ NOT_COMPARABLE = ("These numbers come from the offline copies of the datasets, r
 
 def add_arguments(p) -> None:
     from siren import config as cfgmod
-    from siren.evaluation.baselines import SYSTEMS
 
-    cfgmod.add_flags(p, "report", required=("run",), default_note={"systems": " ".join(SYSTEMS)})
+    cfgmod.add_flags(p, "report", required=("run",))
 
 
 def run(args) -> int:
