@@ -63,8 +63,9 @@ def test_flags_come_from_the_keys_with_their_defaults_in_the_help(capsys):
     args = build_parser(only="train").parse_args(["train", "--no_scale_by_layer_weight", "--patience", "3"])
     cfg = config.from_args("train", args)
     assert cfg.scale_by_layer_weight is False and cfg.patience == 3 and cfg.n_trials == 32
-    with pytest.raises(SystemExit):
-        build_parser(only="train").parse_args(["train", "--pruner", "hyperband"])
+    bad = build_parser(only="train").parse_args(["train", "--pruner", "hyperband"])
+    with pytest.raises(SirenError, match="--pruner must be one of median, halving, none, got 'hyperband'"):
+        config.from_args("train", bad)
     with pytest.raises(SystemExit):
         build_parser(only="serve").parse_args(["serve", "--model", "m", "--help"])
     out = capsys.readouterr().out
