@@ -13,6 +13,9 @@ from siren.config_keys import BY_NAME
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_MODULES = {"config.py", "config_keys.py"}
+# Parameter names that stand for a config key in the functions that take it.
+ALIASES = {"tol": "probe_tol", "c_rule": "probe_c_rule", "refit": "probe_refit", "floor": "layer_weight_floor",
+           "width_cap": "head_width_cap", "threshold": "decision_threshold"}
 
 
 def _literal(node) -> bool:
@@ -44,7 +47,8 @@ def second_defaults(root: Path, keys=frozenset(BY_NAME)) -> list[str]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
                 out += [f"{where}:{d.lineno}: parameter {arg.arg}={ast.unparse(d)}"
-                        for arg, d in _parameters(node) if arg.arg in keys and not _is_none(d)]
+                        for arg, d in _parameters(node)
+                        if (arg.arg in keys or ALIASES.get(arg.arg) in keys) and not _is_none(d)]
             elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
                   and len(node.args) == 2 and isinstance(node.args[0], ast.Constant) and node.args[0].value in keys
                   and _literal(node.args[1]) and not _is_none(node.args[1])):
@@ -68,10 +72,10 @@ def test_the_scan_sees_each_kind(tmp_path):
     """The scan can fail: each kind of second default is found."""
     pkg = tmp_path / "siren"
     pkg.mkdir()
-    (pkg / "m.py").write_text("def f(x, *, patience=20, seed=None):\n    return cfg.get('pruner', 'median')\n"
+    (pkg / "m.py").write_text("def f(x, *, patience=20, seed=None, tol=1e-4):\n    return cfg.get('pruner', 'median')\n"
                               "class C:\n    n_trials: int = 32\n    other = 1\n")
     assert [h.split(": ", 1)[1] for h in second_defaults(pkg)] == [
-        "parameter patience=20", "field C.n_trials = 32", ".get('pruner', 'median')"]
+        "parameter patience=20", "parameter tol=0.0001", "field C.n_trials = 32", ".get('pruner', 'median')"]
 
 
 if __name__ == "__main__":   # python tests/test_config_defaults.py [siren folder]: list them

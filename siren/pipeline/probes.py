@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from siren.config import command_defaults
 from siren.metrics import mean_group_macro_f1_columns
 from siren.pipeline.cache import RowStack
 
@@ -270,8 +271,8 @@ def one_se_choice(y_val: np.ndarray, pred: np.ndarray, groups_val: np.ndarray, *
 
 
 def fit_probe_grid(X_train, y_train, X_val, y_val, groups_val, c_values,
-                   *, groups_train=None, tol: float = DEFAULT_TOL, max_iter: int = 20000,
-                   c_rule: str = "best", refit: bool = False, probe_device: str | torch.device = "cpu",
+                   *, groups_train=None, tol: float | None = None, max_iter: int = 20000,
+                   c_rule: str | None = None, refit: bool | None = None, probe_device: str | torch.device = "cpu",
                    progress: bool = True) -> ProbeGrid:
     """Fit the probes for every C and keep, per layer, one by ``c_rule`` (see C_RULES).
 
@@ -283,7 +284,12 @@ def fit_probe_grid(X_train, y_train, X_val, y_val, groups_val, c_values,
     train_f1 use the paper's metric too (one group if omitted). ``refit``: then fit each
     layer's chosen probe again, at its C, on the train and validation rows together (from
     zero, with their own standardisation), and return those weights (see ProbeGrid.refit).
+    tol, c_rule, refit None: configs/defaults.yaml's probe_tol, probe_c_rule, probe_refit.
     """
+    defaults = command_defaults("train")
+    tol = defaults["probe_tol"] if tol is None else tol
+    c_rule = defaults["probe_c_rule"] if c_rule is None else c_rule
+    refit = defaults["probe_refit"] if refit is None else refit
     if c_rule not in C_RULES:
         raise ValueError(f"c_rule must be one of {C_RULES}, got {c_rule!r}")
     cs = np.array(sorted(float(c) for c in c_values), dtype=np.float64)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from siren.config import command_defaults
 from siren.pipeline.cache import release_pages
 
 __all__ = ["select_neurons", "layer_weights", "aggregate", "n_selected"]
@@ -50,11 +51,13 @@ def n_selected(selection: dict[int, np.ndarray]) -> int:
     return int(sum(len(v) for v in selection.values()))
 
 
-def layer_weights(val_f1: np.ndarray, floor: float = 0.1) -> np.ndarray:
-    """Layer weights from the probes' validation F1: min-max normalised, floored.
+def layer_weights(val_f1: np.ndarray, floor: float | None = None) -> np.ndarray:
+    """Layer weights from the probes' validation F1: min-max normalised, floored (floor None:
+    configs/defaults.yaml's layer_weight_floor).
 
     val_f1 (L,) -> (L,) float64 in [floor, 1]. If every layer scores the same, all get 1.0.
     """
+    floor = command_defaults("train")["layer_weight_floor"] if floor is None else floor
     f = np.asarray(val_f1, dtype=np.float64).reshape(-1)
     lo, hi = float(f.min()), float(f.max())
     if hi - lo <= 0.0:
