@@ -191,12 +191,12 @@ HEAD_VARIANTS: dict[str, dict] = {
 
 def _new_variant() -> dict:
     """The defaults of configs/defaults.yaml as a variant (head_dtype resolved as training does)."""
-    from siren.config import defaults
+    from siren.config import load
     from siren.pipeline.train import head_bf16
 
-    d = defaults()
-    return dict(pruner=d["pruner"], width_cap=d["head_width_cap"], patience=d["patience"], fused=True,
-                bf16=head_bf16(d), scale=bool(d["scale_by_layer_weight"]))
+    d = load("train")
+    return dict(pruner=d.pruner, width_cap=d.head_width_cap, patience=d.patience, fused=True,
+                bf16=head_bf16(d), scale=bool(d.scale_by_layer_weight))
 
 
 HEAD_VARIANTS["new"] = _new_variant()

@@ -70,8 +70,8 @@ def compare(a: Path, b: Path, *, resamples: int = 1000, seed: int = 0) -> dict:
         pa = np.array([ra[i][1] for i in ids]) >= thr_a
         pb = np.array([rb[i][1] for i in ids]) >= thr_b
         # the same seed draws the same rows for both guards: the replicates are paired
-        d = (bootstrap_macro_f1(y, pb, n_boot=resamples, seed=seed + k)
-             - bootstrap_macro_f1(y, pa, n_boot=resamples, seed=seed + k))
+        d = (bootstrap_macro_f1(y, pb, n_boot=resamples, boot_seed=seed + k)
+             - bootstrap_macro_f1(y, pa, n_boot=resamples, boot_seed=seed + k))
         diffs.append(d)
         f1_a, f1_b = macro_f1(y, pa), macro_f1(y, pb)
         out["datasets"][name] = {"n": len(ids), "f1_a": f1_a, "f1_b": f1_b, "diff": f1_b - f1_a,

@@ -72,7 +72,7 @@ def random_guard_folder(folder: Path, num_layers: int, hidden: int, seed: int = 
     head = MLPHead(20 * len(layers), [64, 32], [0.1, 0.0])
     save_guard(folder, base_model_id=resolve("smollm2-135m").model_id, revision=None, pooling_type="residual_mean",
                selection=selection, layer_weights=weights, head_state=head.state_dict(), layer_dims=[64, 32],
-               dropout_rates=[0.1, 0.0], max_length=512, threshold=0.5,
+               dropout_rates=[0.1, 0.0], max_length=512, decision_threshold=0.5,
                extra={"backbone": "smollm2-135m", "num_layers": num_layers, "hidden_size": hidden})
     return folder
 

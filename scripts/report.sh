@@ -7,7 +7,7 @@
 #   MODEL=qwen3-0.6b bash scripts/report.sh        # with Hub access: adds the paper's Guard row (Qwen3Guard-Gen-0.6B)
 set -euo pipefail
 
-MODEL="${MODEL:-smollm2-135m}"               # the backbone the run was trained on
+MODEL="${MODEL:-smollm2-135m}"               # used here only to find RUN and the paper's guard (not a flag of siren report)
 RUN="${RUN:-}"                               # the trained run folder (default: train/probes/optuna/${MODEL}_general)
 OUT="${OUT:-}"                               # default: reports/<run folder name>
 SYSTEMS="${SYSTEMS:-}"                       # default: all (tfidf_lr profanity_check last_layer best_layer all_neurons_mlp uniform_weights siren)
@@ -16,8 +16,12 @@ EXTRA_DATASETS="${EXTRA_DATASETS-default}"   # harmful-only test sets; "default"
 N_TRIALS="${N_TRIALS:-}"                     # head search of the MLP systems (default: the run's)
 N_FOLDS="${N_FOLDS:-}"
 ALL_NEURONS_LIMIT="${ALL_NEURONS_LIMIT:-}"   # all_neurons_mlp: all L*d features up to this many, else a random subset of SIREN's size
+LATENCY_TEXTS="${LATENCY_TEXTS:-}"           # test texts timed (batches of 32; the first 8 at batch 1)
 DEVICE="${DEVICE:-}"                         # default: the run's
-GUARD_DEVICE="${GUARD_DEVICE:-auto}"
+CACHE_DIR="${CACHE_DIR:-}"                   # feature cache; default: the run's
+BATCH_TOKENS="${BATCH_TOKENS:-}"             # padded tokens per forward when features are extracted
+GUARD_DEVICE="${GUARD_DEVICE:-}"             # device of the guard models; default: cuda if available
+GUARD_BATCH_SIZE="${GUARD_BATCH_SIZE:-}"     # texts per guard-model generate call
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${SIREN_PYTHON:-$ROOT/.venv/bin/python}"
@@ -41,7 +45,7 @@ if [ "$EXTRA_DATASETS" = "default" ]; then
   done
 fi
 
-ARGS=(--run "$RUN" --guard_device "$GUARD_DEVICE")
+ARGS=(--run "$RUN")
 [ -n "$OUT" ] && ARGS+=(--out "$OUT")
 [ -n "$SYSTEMS" ] && ARGS+=(--systems $SYSTEMS)
 [ -n "$GUARDS" ] && ARGS+=(--guards $GUARDS)
@@ -49,6 +53,11 @@ ARGS=(--run "$RUN" --guard_device "$GUARD_DEVICE")
 [ -n "$N_TRIALS" ] && ARGS+=(--n_trials "$N_TRIALS")
 [ -n "$N_FOLDS" ] && ARGS+=(--n_folds "$N_FOLDS")
 [ -n "$ALL_NEURONS_LIMIT" ] && ARGS+=(--all_neurons_limit "$ALL_NEURONS_LIMIT")
+[ -n "$LATENCY_TEXTS" ] && ARGS+=(--latency_texts "$LATENCY_TEXTS")
 [ -n "$DEVICE" ] && ARGS+=(--device "$DEVICE")
+[ -n "$CACHE_DIR" ] && ARGS+=(--cache_dir "$(realpath -m "$CACHE_DIR")")
+[ -n "$BATCH_TOKENS" ] && ARGS+=(--batch_tokens "$BATCH_TOKENS")
+[ -n "$GUARD_DEVICE" ] && ARGS+=(--guard_device "$GUARD_DEVICE")
+[ -n "$GUARD_BATCH_SIZE" ] && ARGS+=(--guard_batch_size "$GUARD_BATCH_SIZE")
 export SIREN_REPORT_COMMAND="RUN=$RUN GUARDS='$GUARDS' bash scripts/report.sh  # siren report ${ARGS[*]} $*"
 exec "$PY" -m siren report "${ARGS[@]}" "$@"

@@ -1,7 +1,7 @@
 """Screenshot of the `siren serve` demo page with a real guard, in headless Chromium.
 
     .venv/bin/python scripts/screenshot_demo.py --guard train/probes/optuna/smollm2-135m_general \\
-        --out reports/serve_demo.png [--prompt P --response R] [--threshold T] [--width 390 --height 844]
+        --out reports/serve_demo.png [--prompt P --response R] [--decision_threshold T] [--width 390 --height 844]
 
 Starts `siren serve` on 127.0.0.1 (a free port), opens the page in Debian's `chromium` through
 Playwright, streams the response token by token, waits for the end, saves a PNG, prints what the
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="PNG path")
     ap.add_argument("--prompt", default=PROMPT)
     ap.add_argument("--response", default=RESPONSE)
-    ap.add_argument("--threshold", type=float, help="default: the guard's")
+    ap.add_argument("--decision_threshold", type=float, help="default: the guard's")
     ap.add_argument("--threads", type=int, help="torch threads of the server (siren serve --threads)")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--width", type=int, default=1280, help="viewport width in CSS pixels (390: a phone)")
@@ -74,8 +74,8 @@ def main(argv=None) -> int:
             page.wait_for_function("document.body.dataset.state === 'idle'", timeout=30_000)
             page.fill("#prompt", args.prompt)
             page.fill("#response", args.response)
-            if args.threshold is not None:
-                page.fill("#threshold", str(args.threshold))
+            if args.decision_threshold is not None:
+                page.fill("#threshold", str(args.decision_threshold))
             page.fill("#delay", "0")
             page.click("#run")
             page.wait_for_function("['done', 'error'].includes(document.body.dataset.state)",

@@ -91,7 +91,7 @@ def _json_bytes(obj: dict) -> bytes:
 
 def build_config(*, base_model_id: str, revision: str | None, pooling_type: str,
                  selection: dict[int, np.ndarray], layer_weights: dict[int, float], layer_dims: list[int],
-                 dropout_rates: list[float], max_length: int, threshold: float = 0.5,
+                 dropout_rates: list[float], max_length: int, decision_threshold: float,
                  extra: dict | None = None, head_ensemble: int = 1) -> dict:
     """The `siren_config.json` content (validated) for these inputs; layer_dims: the whole
     network's widths (K heads side by side for head_ensemble K > 1)."""
@@ -134,7 +134,7 @@ def build_config(*, base_model_id: str, revision: str | None, pooling_type: str,
             "dropout_rates": [float(p) for p in dropout_rates],
             "num_classes": 2,
         },
-        "inference": {"max_length": int(max_length), "default_threshold": float(threshold)},
+        "inference": {"max_length": int(max_length), "default_threshold": float(decision_threshold)},
         "siren": {**jsonable(dict(extra or {})), "format_version": FORMAT_VERSION},
     }
     config["siren"].pop("head_ensemble", None)
@@ -149,7 +149,7 @@ def build_config(*, base_model_id: str, revision: str | None, pooling_type: str,
 def save_guard(folder, *, base_model_id: str, revision: str | None, pooling_type: str,
                selection: dict[int, np.ndarray], layer_weights: dict[int, float],
                head_state: dict[str, torch.Tensor], layer_dims: list[int], dropout_rates: list[float],
-               max_length: int, threshold: float = 0.5, extra: dict | None = None,
+               max_length: int, decision_threshold: float, extra: dict | None = None,
                head_ensemble: int = 1) -> Path:
     """Write `siren_config.json` + `siren.safetensors` into `folder`; returns the folder.
 
@@ -161,7 +161,7 @@ def save_guard(folder, *, base_model_id: str, revision: str | None, pooling_type
     """
     config = build_config(base_model_id=base_model_id, revision=revision, pooling_type=pooling_type,
                           selection=selection, layer_weights=layer_weights, layer_dims=layer_dims,
-                          dropout_rates=dropout_rates, max_length=max_length, threshold=threshold, extra=extra,
+                          dropout_rates=dropout_rates, max_length=max_length, decision_threshold=decision_threshold, extra=extra,
                           head_ensemble=head_ensemble)
     # No copies of a float32 CPU head: the file is streamed from the tensors themselves.
     tensors = {k: v.detach().to("cpu", torch.float32) for k, v in head_state.items()}
@@ -225,12 +225,13 @@ def describe_size(sizes: dict[str, int]) -> str:
     return ", ".join(f"{name} {mb(n)}" for name, n in sizes.items() if name != "total") + f"; {mb(sizes['total'])} in all"
 
 
-def set_default_threshold(folder, threshold: float) -> None:
+def set_default_threshold(folder, decision_threshold: float) -> None:
     """Set the decision threshold of the guard in `folder`: `inference.default_threshold` in its
-    config and, when present, `threshold` in its best_model.pkl, so the two files agree."""
-    threshold = float(threshold)
+    config and, when present, `threshold` in its best_model.pkl (the formats' names), so the two
+    files agree."""
+    threshold = float(decision_threshold)
     if not (0.0 <= threshold <= 1.0):
-        raise SirenError(f"threshold {threshold} must be in [0, 1]")
+        raise SirenError(f"decision_threshold {threshold} must be in [0, 1]")
     config = load_guard_config(folder)
     config["inference"]["default_threshold"] = threshold
     pkl = Path(folder) / BEST_MODEL_NAME

@@ -315,10 +315,22 @@ def _custom_code_error(model: str, source: BackboneSource, err: Exception) -> Si
                       "unless asked: if you trust its authors, pass --trust_remote_code")
 
 
-def backbone_config(model: str, *, revision: str | None = None, trust_remote_code: bool = False):
+def _trust_remote_code(value: bool | None) -> bool:
+    """`value`, or the YAML's trust_remote_code when None (siren.config imports this module, so
+    it is imported here, at call time)."""
+    if value is not None:
+        return bool(value)
+    from siren.config import default
+
+    return bool(default("trust_remote_code"))
+
+
+def backbone_config(model: str, *, revision: str | None = None, trust_remote_code: bool | None = None):
     """The backbone's transformers config (reads config.json only, no weights): layers and
-    hidden size can be checked before anything heavy loads."""
+    hidden size can be checked before anything heavy loads. trust_remote_code None: the config's."""
     from transformers import AutoConfig
+
+    trust_remote_code = _trust_remote_code(trust_remote_code)
 
     source = resolve(model)
     hub_revision = (revision or source.revision) if source.kind == "hub" else None
@@ -394,12 +406,15 @@ def _load_local_weights(folder: Path, torch_dtype):
 
 
 def load_backbone(model: str, *, device: str | None = None, dtype: str | None = None, revision: str | None = None,
-                  trust_remote_code: bool = False) -> Backbone:
+                  trust_remote_code: bool | None = None) -> Backbone:
     """Load the base model (AutoModel: no LM head) and tokenizer, frozen, in eval mode.
 
     revision: a Hub revision that overrides the registry's (ignored for local folders).
+    trust_remote_code None: configs/defaults.yaml's.
     """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    trust_remote_code = _trust_remote_code(trust_remote_code)
 
     source = resolve(model)
     hub_revision = (revision or source.revision) if source.kind == "hub" else None

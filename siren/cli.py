@@ -1,9 +1,15 @@
 """`siren` command line: `siren data|backbone|extract|train|eval|score|serve ...`.
 
 Each subcommand lives in its own module, which provides `add_arguments(parser)` and
-`run(args) -> int`, in one pattern: flags default to None and `run` first resolves them
-against `configs/defaults.yaml` (`siren.config.resolve`), then calls named stages; a command
-with actions (`data`, `backbone`) dispatches on `args.action`. Only the module of the chosen
+`run(args) -> int`, in one pattern: the flags of its settings are generated from the config
+keys (`siren.config.add_flags`), default to None, and `run` first resolves them against
+`configs/defaults.yaml` into the command's typed config (`siren.config.from_args`), then
+calls named stages with it; a command with actions (`data`, `backbone`) dispatches on
+`args.action`.
+
+Flag style, one rule: a flag is `--<config key>` in snake_case (the name of the YAML key and,
+upper-cased, of the drivers' shell variable); a yes/no setting `x` is `--x` and its negation
+`--no_x`; a subcommand is a word, or two joined by a hyphen (`eval-stream`). Only the module of the chosen
 subcommand is imported, so `siren data ...` does not pay for importing torch. A SirenError
 is printed as `siren <command>: error: ...` with exit status 2, no traceback.
 """

@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from siren import config
 # The registry (Hub ids, adapters, our columns) is re-exported: `siren.data` is what callers import.
 from siren.dataset_registry import (COLUMNS, OPENAI_CATEGORIES, REGISTRY, SPLITS, DatasetSpec, Row,  # noqa: F401
                                     _check_categories, _frame, adapt_rows, is_eval_only, known_datasets,
@@ -258,14 +259,17 @@ def load_splits(
     name: str,
     *,
     data_dir: str | os.PathLike | None = None,
-    seed: int = 42,
-    val_ratio: float = 0.2,
+    seed: int | None = None,
+    val_ratio: float | None = None,
     max_per_split: int | Sequence[int] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Seeded, stratified, disjoint train/validation/test frames of `name` (only "test" for
     eval-only datasets). Each frame's attrs["derived"] says how the split was obtained.
 
-    max_per_split: one cap for every split, or three (train, validation, test)."""
+    max_per_split: one cap for every split, or three (train, validation, test); seed and
+    val_ratio None: configs/defaults.yaml's."""
+    seed = config.default("seed") if seed is None else seed
+    val_ratio = config.default("val_ratio") if val_ratio is None else val_ratio
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SirenError(f"seed must be a non-negative integer, got {seed!r}")
     if not 0 < val_ratio < 1 - SINGLE_SPLIT_TEST_RATIO:
@@ -323,8 +327,8 @@ def make_splits(
     names: list[str],
     *,
     data_dir: str | os.PathLike | None = None,
-    seed: int = 42,
-    val_ratio: float = 0.2,
+    seed: int | None = None,
+    val_ratio: float | None = None,
     max_per_split: int | Sequence[int] | None = None,
 ) -> dict[str, dict[str, pd.DataFrame]]:
     """{dataset: {split: frame}} for `names`, from load_splits."""
@@ -353,8 +357,8 @@ def make_split_ids(
     names: list[str],
     *,
     data_dir: str | os.PathLike | None = None,
-    seed: int = 42,
-    val_ratio: float = 0.2,
+    seed: int | None = None,
+    val_ratio: float | None = None,
     max_per_split: int | Sequence[int] | None = None,
 ) -> dict[str, dict[str, list[str]]]:
     """{dataset: {split: [ids in split order]}} for `names`, from load_splits."""

@@ -56,9 +56,10 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _splits(args: argparse.Namespace) -> int:
-    from siren.config import resolve
+    from siren import config
 
-    cfg = resolve(args, ["seed", "val_ratio"])  # the training defaults, so the ids match a training run's
+    # the training defaults, so the ids match a training run's
+    cfg = config.load("train", {"seed": args.seed, "val_ratio": args.val_ratio}).as_dict()
     split_ids, rows = {}, []
     for name in args.datasets:
         frames = data.load_splits(

@@ -110,11 +110,11 @@ def score_thresholds(proba: np.ndarray, max_candidates: int = 513) -> np.ndarray
 
 
 def bootstrap_macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_boot: int = 1000,
-                       seed: int = 0) -> np.ndarray:
+                       boot_seed: int = 0) -> np.ndarray:
     """Macro-F1 of ``n_boot`` bootstrap resamples of the rows. (n,), (n,) -> (n_boot,) float64.
 
     Replicate b scores the rows ``rng.integers(0, n, size=(n_boot, n))[b]`` with
-    ``rng = np.random.default_rng(seed)`` (rows drawn with replacement, n of them), so a seed
+    ``rng = np.random.default_rng(boot_seed)`` (rows drawn with replacement, n of them), so a seed
     gives the same replicates. Why: a test set of a few hundred rows (toxic_chat's 300 hold
     about 21 harmful ones) moves macro-F1 by several points when a few rows change, and a
     difference between two guards is only worth reporting beside that spread.
@@ -128,7 +128,7 @@ def bootstrap_macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_boot: int = 100
         raise ValueError("no rows to score")
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    idx = np.random.default_rng(boot_seed).integers(0, n, size=(n_boot, n))
     tb, pb = t[idx], p[idx]                                 # (n_boot, n) each
     tp = (tb & pb).sum(axis=1).astype(np.float64)
     fp = (~tb & pb).sum(axis=1).astype(np.float64)

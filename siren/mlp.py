@@ -178,19 +178,19 @@ def head_layout_keys(n_hidden: int, dropout_rates: list[float]) -> list[str]:
 
 
 @torch.no_grad()
-def logits_of(model: nn.Module, X: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+def logits_of(model: nn.Module, X: torch.Tensor, chunk_rows: int = 4096) -> torch.Tensor:
     was_training = model.training
     model.eval()
-    out = torch.cat([model(X[s:s + batch_size]) for s in range(0, X.shape[0], batch_size)])
+    out = torch.cat([model(X[s:s + chunk_rows]) for s in range(0, X.shape[0], chunk_rows)])
     model.train(was_training)
     return out
 
 
 @torch.no_grad()
-def predict_proba_head(model: nn.Module, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+def predict_proba_head(model: nn.Module, X: np.ndarray, chunk_rows: int = 4096) -> np.ndarray:
     """X (n, k) raw aggregated features -> (n,) float32 P(harmful) = softmax(logits)[:, 1]."""
     Xt = torch.as_tensor(np.asarray(X, dtype=np.float32))
     if Xt.ndim == 1:
         Xt = Xt[None, :]
-    logits = logits_of(model, Xt, batch_size)
+    logits = logits_of(model, Xt, chunk_rows)
     return torch.softmax(logits.float(), dim=1)[:, 1].numpy().astype(np.float32)

@@ -8,6 +8,7 @@ set -euo pipefail
 set -f  # list variables (C_VALUES="200 500 1000") are split into words, never expanded as globs
 
 MODEL="${MODEL:-}"                    # the backbone the guard was trained on, or a guard folder
+GUARD="${GUARD:-}"                    # guard folder; default: the run folder of MODEL
 DATASETS="${DATASETS:-}"              # default: the datasets the guard was trained on
 EXTRA_DATASETS="${EXTRA_DATASETS:-}"  # harmful-only sets report recall, e.g. "advbench harmbench simple_safety_tests"
 DATA_DIR="${DATA_DIR:-}"              # default: the training run's
@@ -16,19 +17,32 @@ DEVICE="${DEVICE:-}"                  # cpu | cuda | cuda:1
 DTYPE="${DTYPE:-}"                    # default: the training run's
 BATCH_SIZE="${BATCH_SIZE:-}"          # extraction: texts per forward at most (the authors' BATCH_SIZE)
 BATCH_TOKENS="${BATCH_TOKENS:-}"      # extraction: padded tokens per length-bucketed batch
-CALIBRATE="${CALIBRATE:-0}"           # 1: set the guard's decision threshold to the one maximising validation F1
+CACHE_DIR="${CACHE_DIR:-}"            # feature cache; default: the training run's
+TRUST_REMOTE_CODE="${TRUST_REMOTE_CODE:-}"  # 1 | 0; default: the training run's
+CALIBRATE="${CALIBRATE:-}"            # 1: set the guard's decision threshold to the one maximising validation F1
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -n "$DATA_DIR" ] && [ -d "$DATA_DIR" ]; then DATA_DIR="$(cd "$DATA_DIR" && pwd)"; fi
 if [ -n "${SIREN_DATA_DIR:-}" ] && [ -d "$SIREN_DATA_DIR" ]; then export SIREN_DATA_DIR="$(cd "$SIREN_DATA_DIR" && pwd)"; fi
 if [ -n "$MODEL" ] && [ -d "$MODEL" ]; then MODEL="$(cd "$MODEL" && pwd)"; fi
+if [ -n "$GUARD" ]; then GUARD="$(realpath -m "$GUARD")"; fi
+if [ -n "$CACHE_DIR" ]; then CACHE_DIR="$(realpath -m "$CACHE_DIR")"; fi
 PY="${SIREN_PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
 
 ARGS=()
 flag() { [ -n "$2" ] && ARGS+=("$1" "$2"); return 0; }
 flags() { [ -n "$2" ] && { read -r -a _v <<< "$2"; ARGS+=("$1" "${_v[@]}"); }; return 0; }
+switch() {  # a yes/no variable -> --name / --no_name
+  case "$2" in
+    "") ;;
+    1|true|yes) ARGS+=("--$1") ;;
+    0|false|no) ARGS+=("--no_$1") ;;
+    *) echo "$3='$2': use 1 or 0" >&2; exit 2 ;;
+  esac
+}
 flag --model "$MODEL"
+flag --guard "$GUARD"
 flags --datasets "$DATASETS"
 flags --extra_datasets "$EXTRA_DATASETS"
 flag --data_dir "$DATA_DIR"
@@ -37,6 +51,8 @@ flag --device "$DEVICE"
 flag --dtype "$DTYPE"
 flag --batch_size "$BATCH_SIZE"
 flag --batch_tokens "$BATCH_TOKENS"
-if [ "$CALIBRATE" = "1" ]; then ARGS+=(--calibrate); fi
+flag --cache_dir "$CACHE_DIR"
+switch trust_remote_code "$TRUST_REMOTE_CODE" TRUST_REMOTE_CODE
+switch calibrate "$CALIBRATE" CALIBRATE
 cd "$ROOT"
 exec "$PY" -m siren eval "${ARGS[@]}" "$@"

@@ -34,7 +34,7 @@ def _state(seed=0, input_dim=5):
 def _save(folder, **over):
     kw = dict(base_model_id="/models/tiny", revision=None, pooling_type="residual_mean", selection=SELECTION,
               layer_weights={0: 0.5, 3: 2.0}, head_state=_state(), layer_dims=DIMS, dropout_rates=RATES,
-              max_length=128, threshold=0.4, extra={"backbone": "tiny", "num_layers": 4, "hidden_size": 32})
+              max_length=128, decision_threshold=0.4, extra={"backbone": "tiny", "num_layers": 4, "hidden_size": 32})
     kw.update(over)
     return save_guard(folder, **kw)
 
@@ -64,7 +64,7 @@ def test_round_trip(tmp_path):
     assert load_guard_config(folder)["inference"]["default_threshold"] == 0.7
     # Saving over an existing folder replaces the two files and keeps others.
     (folder / "notes.txt").write_text("x")
-    _save(folder, threshold=0.3)
+    _save(folder, decision_threshold=0.3)
     assert load_guard_config(folder)["inference"]["default_threshold"] == 0.3
     assert (folder / "notes.txt").read_text() == "x"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers

@@ -18,17 +18,59 @@ def test_unknown_or_mistyped_default_is_an_error(tmp_path, monkeypatch):
     good = config.DEFAULTS_PATH.read_text()
     path = tmp_path / "defaults.yaml"
     monkeypatch.setattr(config, "DEFAULTS_PATH", path)
-    path.write_text(good + "n_trails: 8\n")
-    with pytest.raises(SirenError, match="unknown config key.*'n_trails'"):
-        config.defaults()
-    path.write_text(good.replace("n_folds: 5", "n_folds: five"))
-    with pytest.raises(SirenError, match="n_folds must be int"):
-        config.defaults()
-    path.write_text(good.replace("n_folds: 5", ""))
-    with pytest.raises(SirenError, match="missing key.*n_folds"):
-        config.defaults()
-    with pytest.raises(SirenError, match="unknown config key"):
-        config.resolve(object(), ["thresholds"])
+    cases = [
+        (good + "n_trails: 8\n", "unknown config key.*'n_trails'"),
+        (good.replace("n_folds: 5", "n_folds: five"), "n_folds must be an integer >= 2 or null, got 'five'"),
+        (good.replace("n_folds: 5", "n_folds: 1"), "n_folds must be an integer >= 2 or null, got 1"),
+        (good.replace("pruner: halving", "pruner: hyperband"),
+         "pruner must be one of median, halving, none, got 'hyperband'"),
+        (good.replace("n_folds: 5", ""), "missing key.*n_folds"),
+        (good.replace("  port: 8000", "  port: 8000\n  n_trials: 3"), "serve: unknown config key.*'n_trials'"),
+        (good.replace("  max_items: 64", "  max_items: 0"), "max_items must be an integer >= 1, got 0"),
+    ]
+    for text, error in cases:
+        path.write_text(text)
+        with pytest.raises(SirenError, match=error):
+            config.defaults()
+    path.write_text(good)
+    with pytest.raises(SirenError, match="siren train: unknown config key.*'thresholds'"):
+        config.load("train", {"thresholds": [0.9]})
+
+
+def test_each_command_reads_its_section_over_the_top_level():
+    assert config.load("train").batch_size is None and config.load("score").batch_size == 32
+    assert config.load("train").decision_threshold == 0.5 and config.load("serve").decision_threshold is None
+    assert config.load("eval-stream").split == "thinking_loc" and config.load("eval-think").split == "thinking"
+    assert config.load("serve", {"max_items": 3}).max_items == 3
+    with pytest.raises(SirenError, match=r"siren serve: port must be an integer >= 1 and <= 65535"):
+        config.load("serve", {"port": 0})
+    with pytest.raises(SirenError, match="decision_threshold must be a number >= 0 and <= 1 or null, got nan"):
+        config.load("score", {"decision_threshold": float("nan")})
+    train = config.load("train", base={"n_trials": 3, "model": None, "host": "x"})   # a run's settings
+    assert train.n_trials == 3 and train.model == config.default("model") and not hasattr(train, "host")
+    assert train.as_dict()["pruner"] == "halving" and type(train).__name__ == "TrainConfig"
+
+
+def test_flags_come_from_the_keys_with_their_defaults_in_the_help(capsys):
+    from siren.cli import build_parser
+    from siren.config_keys import KEYS
+
+    for command in config.COMMANDS:
+        parser = build_parser(only=command)
+        flags = {a.dest for a in parser._subparsers._group_actions[0].choices[command]._actions}
+        assert set(config.keys_of(command)) <= flags, command
+    assert {c for k in KEYS for c in k.commands} == set(config.COMMANDS)
+    args = build_parser(only="train").parse_args(["train", "--no_scale_by_layer_weight", "--patience", "3"])
+    cfg = config.from_args("train", args)
+    assert cfg.scale_by_layer_weight is False and cfg.patience == 3 and cfg.n_trials == 32
+    bad = build_parser(only="train").parse_args(["train", "--pruner", "hyperband"])
+    with pytest.raises(SirenError, match="--pruner must be one of median, halving, none, got 'hyperband'"):
+        config.from_args("train", bad)
+    with pytest.raises(SystemExit):
+        build_parser(only="serve").parse_args(["serve", "--model", "m", "--help"])
+    out = capsys.readouterr().out
+    assert "--decision_threshold" in out and "(default: the guard's)" in out and "(default: 8000)" in out
+    assert "--threshold " not in out
 
 
 def test_model_kind_and_slug(tmp_path, monkeypatch):

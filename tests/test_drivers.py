@@ -1,38 +1,103 @@
-"""The paper's shell drivers forward exactly the flags whose variables are set (and nothing
-else, so configs/defaults.yaml decides the rest); every flag they emit is one the CLI takes."""
+"""The shell drivers forward exactly the flags whose variables are set (and nothing else, so
+configs/defaults.yaml decides the rest); every flag they emit is one the CLI takes; their
+variables are the config keys of their command (siren/config_keys.py), both ways."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from siren import config
 from siren.cli import build_parser
+from siren.config_keys import BY_NAME
 
 REPO = Path(__file__).resolve().parent.parent
-TRAIN_VARS = ["MODEL", "DATASETS", "DATA_DIR", "MAX_PER_SPLIT", "SEED", "VAL_RATIO", "POOLING_TYPES", "DEVICE", "DTYPE",
-              "BATCH_SIZE", "BATCH_TOKENS", "C_VALUES", "PROBE_TOL", "PROBE_C_RULE", "SELECTION_THRESHOLDS", "N_TRIALS", "N_FOLDS", "N_JOBS",
-              "HEAD_BATCH_SIZE", "DECISION_THRESHOLD", "STORAGE", "STUDY_NAME"]
-EVAL_VARS = ["MODEL", "DATASETS", "EXTRA_DATASETS", "DATA_DIR", "MAX_PER_SPLIT", "DEVICE", "DTYPE", "BATCH_SIZE",
-             "BATCH_TOKENS", "CALIBRATE"]
-
-
 def _run(script: str, tmp_path: Path, env_vars: dict, *extra: str) -> list[str]:
     """Run a driver with SIREN_PYTHON pointing at a stub that records its argv; returns it."""
     stub, record = tmp_path / "python", tmp_path / "argv"
     stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{record}"\necho "$SIREN_DATA_DIR" > "{record}.env"\n')
     stub.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k not in TRAIN_VARS + EVAL_VARS + ["SIREN_DATA_DIR"]}
+    every = {v for script, _ in DRIVERS for v in driver_variables(script)}
+    env = {k: v for k, v in os.environ.items() if k not in every | {"SIREN_DATA_DIR"}}
     env.update(env_vars, SIREN_PYTHON=str(stub))
     proc = subprocess.run(["bash", str(REPO / script), *extra], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return record.read_text().splitlines()
 
 
-@pytest.mark.parametrize("script, command", [("train/run_general_siren.sh", "train"),
-                                             ("test/eval_general_siren.sh", "eval")])
+DRIVERS = [("train/run_general_siren.sh", "train"), ("test/eval_general_siren.sh", "eval"),
+           ("test/streaming/run_streaming_siren.sh", "eval-stream"),
+           ("test/generalization/eval_gen_siren.sh", "eval-think"), ("scripts/report.sh", "report")]
+# Variables of a driver that are not flags of its command, and why.
+DRIVER_ONLY = {"scripts/report.sh": {"MODEL"}}   # finds RUN and the paper's guard model of a backbone
+# Variables with a default in the driver, and why (every other one is empty unless set).
+DRIVER_DEFAULTS = {"scripts/report.sh": {"MODEL", "GUARDS", "EXTRA_DATASETS"}}   # "default": a choice the driver makes
+VARIABLE = re.compile(r'^([A-Z][A-Z0-9_]*)="\$\{\1(:?-)([^}]*)\}"', re.M)
+
+
+def driver_variables(script: str) -> dict[str, str]:
+    """{variable: its default in the driver} of the settings block at the top of `script`."""
+    return {m[1]: m[3] for m in VARIABLE.finditer((REPO / script).read_text())}
+
+
+@pytest.mark.parametrize("script, command", DRIVERS)
+def test_driver_variables_are_the_keys_of_their_command(script, command):
+    variables = driver_variables(script)
+    keys = {BY_NAME[k].variable: k for k in config.keys_of(command)}
+    assert set(variables) - DRIVER_ONLY.get(script, set()) == set(keys), (
+        f"{script}: not a key of siren {command}: {sorted(set(variables) - set(keys))}; "
+        f"a key without a variable: {sorted(set(keys) - set(variables))}")
+    defaults = {v for v, d in variables.items() if d}
+    assert defaults == DRIVER_DEFAULTS.get(script, set()), f"{script}: a second default of {sorted(defaults)}"
+
+
+def _sample(key) -> list[str]:
+    """A valid value of `key` as driver words, different from its default where possible."""
+    if key.type is bool:
+        return ["1"]
+    if key.choices:
+        return [str(key.choices[-1])]
+    if key.type is str:
+        return ["x1", "x2"] if key.list else [f"v-{key.name}"]
+    low = key.min if key.min is not None else 1
+    value = int(low) + 3 if key.type is int else round(float(low) + 0.25, 2)
+    if key.max is not None:
+        value = min(value, key.max)
+    return [str(value), str(value)] if key.list else [str(value)]
+
+
+@pytest.mark.parametrize("script, command", DRIVERS)
+def test_every_variable_reaches_its_key(tmp_path, script, command):
+    """Each variable set -> the command's parsed config holds that value for its key."""
+    env, want = {}, {}
+    for name in config.keys_of(command):
+        key = BY_NAME[name]
+        words = _sample(key)
+        env[key.variable] = " ".join(words)
+        typed = [key.type(w) if key.type is not bool else True for w in words]
+        want[name] = typed if key.list else typed[0]
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "results.json").write_text("{}")
+    if command == "report":
+        env.update(RUN=str(run_dir), GUARDS="g1 g2", EXTRA_DATASETS="x1 x2")
+        want.update(run=str(run_dir), guards=["g1", "g2"], extra_datasets=["x1", "x2"])
+    argv = _run(script, tmp_path, env)
+    assert argv[:3] == ["-m", "siren", command]
+    cfg = config.from_args(command, build_parser(only=command).parse_args(argv[2:]))
+    for name, value in want.items():
+        got = getattr(cfg, name)
+        if isinstance(value, str) and value.startswith(("v-", "x")) and got != value:
+            assert os.path.basename(str(got)) == value, name   # a path the driver made absolute
+        else:
+            assert got == value, name
+
+
+@pytest.mark.parametrize("script, command", DRIVERS[:4])
 def test_nothing_set_passes_no_flag(tmp_path, script, command):
     assert _run(script, tmp_path, {}) == ["-m", "siren", command]
 
@@ -73,13 +138,13 @@ def test_eval_driver_forwards_each_set_variable(tmp_path):
 
 def test_unset_flags_take_the_yaml_defaults(monkeypatch, tmp_path):
     """With no flag, training's config is exactly configs/defaults.yaml (no second default anywhere)."""
-    from siren import config
-    from siren.pipeline.train import TRAIN_KEYS, resolve_config
+    from siren.pipeline.train import resolve_config
 
     monkeypatch.delenv("SIREN_DATA_DIR", raising=False)
-    cfg = resolve_config(build_parser(only="train").parse_args(["train"]))
+    cfg = resolve_config(build_parser(only="train").parse_args(["train"])).as_dict()
     yaml = config.defaults()
-    assert {k: cfg[k] for k in TRAIN_KEYS if k != "out_dir"} == {k: yaml[k] for k in TRAIN_KEYS if k != "out_dir"}
+    keys = [k for k in config.keys_of("train") if k != "out_dir"]
+    assert {k: cfg[k] for k in keys} == {k: yaml[k] for k in keys}
     assert cfg["out_dir"] == str(config.output_dir(yaml["model"]))
 
 

@@ -127,7 +127,7 @@ def test_train_eval_score_end_to_end(tiny_llama_dir, tiny_data, tmp_path, capsys
             continue
         fs = load_features(_cache_folder(cache, ds, "test", config["siren_module"]["pooling_type"]))
         reps.append(bootstrap_macro_f1(fs.y, predict_proba_head(head, guard_features_from_cache(config, fs.X))
-                                       >= calibrated, n_boot=report["bootstrap"]["resamples"], seed=seed + k))
+                                       >= calibrated, n_boot=report["bootstrap"]["resamples"], boot_seed=seed + k))
         assert report["datasets"][ds]["f1_ci95"] == pytest.approx(list(percentile_interval(reps[-1])), abs=1e-12)
     assert report["average"]["f1_ci95"] == pytest.approx(list(percentile_interval(np.mean(reps, axis=0))), abs=1e-12)
     assert report["average"]["f1_ci95"][0] <= report["average"]["f1"] <= report["average"]["f1_ci95"][1]

@@ -153,7 +153,7 @@ def test_ensure_features_reuses_and_reextracts(tiny_llama_dir, tmp_path, monkeyp
     cache = tmp_path / "cache"
     bb = load_backbone(str(tiny_llama_dir), device="cpu", dtype="float32")
     counter = _Counter(bb.model)
-    kw = dict(data_dir=data, cache_dir=cache, batch_tokens=256, max_length=64)
+    kw = dict(data_dir=data, cache_dir=cache, batch_tokens=256, max_length=64, pooling_types=("residual_mean",))
     got = _ensure(str(tiny_llama_dir), ["toxic_chat", "advbench"], backbone=bb, **kw)
     # Eval-only advbench has only test; toxic_chat gets a carved validation split.
     assert set(got) == {("toxic_chat", s, "residual_mean") for s in ("train", "validation", "test")} | {
@@ -191,8 +191,8 @@ def test_ensure_features_reuses_and_reextracts(tiny_llama_dir, tmp_path, monkeyp
     m = json.loads((folder / MANIFEST).read_text())
     (folder / MANIFEST).write_text(json.dumps({**m, "pooling_type": "mlp_mean"}))
     counter.calls = 0
-    both = _ensure(str(tiny_llama_dir), ["toxic_chat"], splits=("test",),
-                           pooling_types=("residual_mean", "mlp_mean"), backbone=bb, **kw)
+    both = _ensure(str(tiny_llama_dir), ["toxic_chat"], splits=("test",), backbone=bb,
+                   **{**kw, "pooling_types": ("residual_mean", "mlp_mean")})
     assert counter.calls > 0 and load_features(folder).manifest["pooling_type"] == "residual_mean"
     assert both[("toxic_chat", "test", "mlp_mean")] == cache_path(cache, str(tiny_llama_dir), "toxic_chat", "test",
                                                                  "mlp_mean")
@@ -216,7 +216,7 @@ def test_ensure_features_reuses_and_reextracts(tiny_llama_dir, tmp_path, monkeyp
 def test_resume_after_sigkill_is_byte_identical(tiny_llama_dir, tmp_path):
     data = _write_data(tmp_path / "data", n_train=30)
     kw = dict(model=str(tiny_llama_dir), datasets=["toxic_chat"], splits=["train"], data_dir=str(data),
-              cache_dir=str(tmp_path / "crash"), batch_tokens=64, max_length=48)
+              cache_dir=str(tmp_path / "crash"), batch_tokens=64, max_length=48, pooling_types=["residual_mean"])
     # Die (SIGKILL) right after writing the 3rd batch, before its checkpoint.
     proc = _run_ensure_subprocess(kw, {"SIREN_EXTRACT_KILL_AFTER_BATCHES": "3", "SIREN_EXTRACT_CHECKPOINT_S": "0"})
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
@@ -271,7 +271,8 @@ def test_torchrun_two_processes_equal_one(tiny_llama_dir, tmp_path):
 def _one_cache(tiny_llama_dir, tmp_path, cache_name: str):
     data = _write_data(tmp_path / "data")
     bb = load_backbone(str(tiny_llama_dir), device="cpu", dtype="float32")
-    kw = dict(splits=("train",), data_dir=data, cache_dir=tmp_path / cache_name, batch_tokens=128, max_length=48)
+    kw = dict(splits=("train",), data_dir=data, cache_dir=tmp_path / cache_name, batch_tokens=128, max_length=48,
+              pooling_types=("residual_mean",))
     return bb, kw, _ensure(str(tiny_llama_dir), ["toxic_chat"], backbone=bb, **kw)[("toxic_chat", "train", "residual_mean")]
 
 
@@ -373,7 +374,8 @@ def test_row_stack_reads_leave_no_cache_pages_resident(tmp_path):
 def test_load_split_stacks_datasets_in_order(tiny_llama_dir, tmp_path):
     data = _write_data(tmp_path / "data")
     folders = ensure_features(str(tiny_llama_dir), ["toxic_chat", "advbench"], splits=("test",), data_dir=data,
-                              cache_dir=tmp_path / "c", batch_tokens=128, max_length=48, device="cpu")
+                              cache_dir=tmp_path / "c", batch_tokens=128, max_length=48, device="cpu",
+                              pooling_types=("residual_mean",))
     split = load_split(folders, ["advbench", "toxic_chat"], "test", "residual_mean")
     parts = [load_features(folders[(d, "test", "residual_mean")]) for d in ("advbench", "toxic_chat")]
     np.testing.assert_array_equal(split.X[:], np.concatenate([p.X for p in parts]))

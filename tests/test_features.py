@@ -93,7 +93,7 @@ def test_subset_of_layers_stops_early_and_matches(tiny_llama_dir):
 
 def test_truncation_and_empty_text(tiny_llama_dir):
     model, tok = _load(tiny_llama_dir)
-    lf = LayerFeatures(model, tok, max_length=5)
+    lf = LayerFeatures(model, tok, pooling_types=("residual_mean",), max_length=5)
     ids = lf.tokenize(["word " * 100, "", "   \n\t"])
     assert len(ids[0]) == 5 and ids[1] == ids[2] and len(ids[1]) >= 1
     out = lf(ids)["residual_mean"]

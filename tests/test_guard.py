@@ -38,7 +38,7 @@ def make_guard(folder, base_dir, *, pooling="residual_mean", layers=(0, 2, 3), p
             p.mul_(3.0)  # spread the scores away from 0.5
     save_guard(folder, base_model_id=str(base_dir), revision=revision, pooling_type=pooling, selection=selection,
                layer_weights=weights, head_state=head.state_dict(), layer_dims=list(layer_dims),
-               dropout_rates=list(dropout_rates), max_length=max_length, threshold=threshold,
+               dropout_rates=list(dropout_rates), max_length=max_length, decision_threshold=threshold,
                extra={"backbone": "tiny", "num_layers": 4, "hidden_size": hidden} if extra is None else extra)
     return folder, head.eval(), selection, weights
 
@@ -175,7 +175,7 @@ def test_score_cli(tmp_path, tiny_llama_dir, capsys, monkeypatch):
     assert set(row) == {"score", "is_harmful", "threshold"}
     assert row["score"] == pytest.approx(guard.score("tell me a joke").score, abs=1e-6)
 
-    assert main(["score", "--model", str(folder), "--prompt", "p", "--response", "r", "--threshold", "0"]) == 0
+    assert main(["score", "--model", str(folder), "--prompt", "p", "--response", "r", "--decision_threshold", "0"]) == 0
     [row] = _lines(capsys)
     assert row["score"] == pytest.approx(guard.score(prompt="p", response="r").score, abs=1e-6)
     assert row["is_harmful"] is True and row["threshold"] == 0.0

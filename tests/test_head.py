@@ -425,9 +425,9 @@ def test_validation_in_row_pieces_gives_the_logits_of_one_product():
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():
         Xv = _Standardised(X, rows, mean, std, torch.bfloat16)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert torch.equal(logits_of(net, Xv, batch_size=_VAL_ROWS), logits_of(net, Xv, batch_size=4096))
+            assert torch.equal(logits_of(net, Xv, chunk_rows=_VAL_ROWS), logits_of(net, Xv, chunk_rows=4096))
     Xv = _Standardised(X, rows, mean, std, torch.float32)
-    whole, pieces = logits_of(net, Xv, batch_size=4096), logits_of(net, Xv, batch_size=_VAL_ROWS)
+    whole, pieces = logits_of(net, Xv, chunk_rows=4096), logits_of(net, Xv, chunk_rows=_VAL_ROWS)
     torch.testing.assert_close(pieces, whole, rtol=1e-6, atol=1e-6)
     assert torch.equal(pieces.argmax(1), whole.argmax(1))
 

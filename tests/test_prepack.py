@@ -255,7 +255,7 @@ def test_guard_computes_an_ensemble_head_block_by_block(tmp_path, tiny_llama_dir
     selection = {l: rng.choice(32, size=5, replace=False) for l in (0, 2, 3)}
     save_guard(tmp_path / "g", base_model_id=str(tiny_llama_dir), revision=None, pooling_type="mlp_mean", selection=selection,
                layer_weights={l: 1.0 for l in selection}, head_state=head.state_dict(), layer_dims=[48, 24],
-               dropout_rates=[0.1, 0.0], max_length=64, threshold=0.5,
+               dropout_rates=[0.1, 0.0], max_length=64, decision_threshold=0.5,
                extra={"backbone": "tiny", "num_layers": 4, "hidden_size": 32})
     guard = SirenGuard.from_pretrained(str(tmp_path / "g"), device="cpu", dtype="float32")
     assert isinstance(guard.head.network[3], BlockDiagonalLinear)

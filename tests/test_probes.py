@@ -22,7 +22,7 @@ def planted_data(n, L=4, d=30, seed=0):
 
 def fit_one(X, y, C, **kw):
     """The probes of one C: a grid of one value (its validation rows are the training rows)."""
-    return fit_probe_grid(X, y, X, y, np.zeros(len(y), np.int64), [C], progress=False, **kw)
+    return fit_probe_grid(X, y, X, y, np.zeros(len(y), np.int64), [C], progress=False, **{"c_rule": "best", **kw})
 
 
 def _objective(Z, y, w, b, C):
@@ -78,7 +78,8 @@ def test_memmap_float16_input_and_warm_start(tmp_path):
     Xm = np.load(path, mmap_mode="r")
     before = np.array(Xm)
     # The same C twice: the second solve is warm-started from the first, already at the optimum.
-    grid = fit_probe_grid(Xm, y, Xm, y, np.zeros(len(y), np.int64), [20.0, 20.0], tol=1e-6, progress=False)
+    grid = fit_probe_grid(Xm, y, Xm, y, np.zeros(len(y), np.int64), [20.0, 20.0], tol=1e-6, c_rule="best",
+                          progress=False)
     np.testing.assert_array_equal(np.array(Xm), before)           # input untouched
     assert grid.n_iter_by_C[1].max() <= 3
     np.testing.assert_allclose(grid.coef, fit_one(X, y, 20.0, tol=1e-6).coef, atol=2e-3)  # fp16 vs fp32 input
@@ -94,6 +95,7 @@ def planted_grid(cs, **kw):
     X, y = planted_data(600, seed=3)
     groups = np.arange(600) % 2
     tr, va = slice(0, 400), slice(400, 600)
+    kw = {"c_rule": "best", "refit": False, "tol": 1e-4, **kw}
     return X, y, fit_probe_grid(X[tr], y[tr], X[va], y[va], groups[va], cs, progress=False, **kw)
 
 
@@ -128,8 +130,8 @@ def test_grid_over_stacked_memmaps_equals_concatenated(tmp_path):
         np.save(tmp_path / f"{name}.npy", part)
     stacked = RowStack([np.load(tmp_path / f"{n}.npy", mmap_mode="r") for n in "ab"])
     g = np.arange(300) % 2
-    a = fit_probe_grid(stacked, y, stacked, y, g, [5.0, 50.0], groups_train=g, progress=False)
-    b = fit_probe_grid(X, y, X, y, g, [5.0, 50.0], groups_train=g, progress=False)
+    a = fit_probe_grid(stacked, y, stacked, y, g, [5.0, 50.0], groups_train=g, c_rule="best", progress=False)
+    b = fit_probe_grid(X, y, X, y, g, [5.0, 50.0], groups_train=g, c_rule="best", progress=False)
     for field in ("coef", "intercept", "mean", "scale", "val_f1", "train_f1", "chosen_C"):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
 

@@ -180,7 +180,7 @@ def test_eval_stream_cli_on_written_loc_rows(tmp_path, tiny_llama_dir):
         assert res["checkpoint_flags"]["0"] == timely
     # every token under Qwen3Guard's 2-consecutive rule: the localisation hits of these rows
     assert main(["eval-stream", "--model", str(folder), "--split", "thinking_loc", "--data_file", str(f),
-                 "--reference_tokenizer", str(tok_dir), "--every", "1", "--debounce", "2", "--threshold", "0.3",
+                 "--reference_tokenizer", str(tok_dir), "--every", "1", "--debounce", "2", "--decision_threshold", "0.3",
                  "--graces", "4", "--out_dir", str(out), "--device", "cpu"]) == 0
     report = json.loads((out / "streaming_results.json").read_text())
     assert report["rule"]["debounce"] == 2

@@ -49,7 +49,7 @@ def test_aggregate_order_and_values():
                          [12 * 0.5, 14 * 0.5, 21 * 2.0, 23 * 2.0]], dtype=np.float32)
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, expected)
-    half = aggregate(X, sel, w, chunk_rows=1, dtype=np.float16)   # training's head input from a float16 cache
+    half = aggregate(X, sel, w, chunk_rows=1, out_dtype=np.float16)   # training's head input from a float16 cache
     assert half.dtype == np.float16
     np.testing.assert_array_equal(half, expected.astype(np.float16))
 
@@ -94,12 +94,12 @@ def test_bootstrap_macro_f1_matches_resampled_sklearn():
     rng = np.random.default_rng(1)
     y = (rng.random(120) < 0.15).astype(int)                 # skewed, like toxic_chat
     p = np.where(rng.random(120) < 0.8, y, 1 - y)            # 80% right
-    reps = bootstrap_macro_f1(y, p, n_boot=200, seed=7)
+    reps = bootstrap_macro_f1(y, p, n_boot=200, boot_seed=7)
     idx = np.random.default_rng(7).integers(0, 120, size=(200, 120))   # the documented draws
     sk = [f1_score(y[i], p[i], average="macro", labels=[0, 1], zero_division=0) for i in idx]
     np.testing.assert_allclose(reps, sk, atol=1e-12)
-    np.testing.assert_array_equal(reps, bootstrap_macro_f1(y, p, n_boot=200, seed=7))   # seeded
-    assert not np.array_equal(reps, bootstrap_macro_f1(y, p, n_boot=200, seed=8))
+    np.testing.assert_array_equal(reps, bootstrap_macro_f1(y, p, n_boot=200, boot_seed=7))   # seeded
+    assert not np.array_equal(reps, bootstrap_macro_f1(y, p, n_boot=200, boot_seed=8))
     lo, hi = percentile_interval(reps)
     assert (lo, hi) == tuple(np.quantile(reps, [0.025, 0.975]))
     assert lo < macro_f1(y, p) < hi and hi - lo > 0.05        # 120 rows: a wide interval

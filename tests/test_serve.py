@@ -22,11 +22,11 @@ from siren.cli import main  # noqa: E402
 from siren.errors import SirenError  # noqa: E402
 from siren.features import join_prompt_response  # noqa: E402
 from siren.runtime.guard import ScoreResult, SirenGuard  # noqa: E402
-from siren.runtime.serve import (DynamicBatcher, ServeLimits, StatelessSession, create_app,  # noqa: E402
+from siren.runtime.serve import (DynamicBatcher, serve_limits, StatelessSession, create_app,  # noqa: E402
                                  open_session, token_pieces)
 from test_guard import TEXTS, make_guard  # noqa: E402
 
-LIMITS = ServeLimits(max_batch_size=32, max_wait_ms=2, max_items=8, max_chars=2000, max_body_bytes=64 * 1024,
+LIMITS = serve_limits(max_batch_size=32, max_wait_ms=2, max_items=8, max_chars=2000, max_body_bytes=64 * 1024,
                      max_queue=64, max_stream_chunks=50, batch_tokens=4096)
 
 
@@ -163,7 +163,7 @@ def test_wrong_method(client):
 
 
 def test_queue_full_gives_503(guard):
-    limits = ServeLimits(max_queue=1, max_wait_ms=0)
+    limits = serve_limits(max_queue=1, max_wait_ms=0)
     app = create_app(guard, model_name="g", limits=limits)
     batcher = app.state.batcher
     gate = threading.Event()
@@ -180,10 +180,10 @@ def test_queue_full_gives_503(guard):
 
 def test_limits_are_checked():
     with pytest.raises(SirenError, match="max_items"):
-        ServeLimits(max_items=0)
+        serve_limits(max_items=0)
     with pytest.raises(SirenError, match="max_wait_ms"):
-        ServeLimits(max_wait_ms=-1)
-    assert ServeLimits.from_defaults(max_items=3).max_items == 3
+        serve_limits(max_wait_ms=-1)
+    assert serve_limits(max_items=3).max_items == 3
 
 
 # ---------------------------------------------------------------- API key
@@ -226,7 +226,7 @@ class CountingGuard:
 
 def test_batcher_groups_queued_requests_and_never_splits_one(guard):
     counting = CountingGuard(guard)
-    batcher = DynamicBatcher(counting, ServeLimits(max_batch_size=4, max_wait_ms=50), default_threshold=0.5)
+    batcher = DynamicBatcher(counting, serve_limits(max_batch_size=4, max_wait_ms=50), default_threshold=0.5)
     sizes = [1, 2, 1, 3, 1, 1, 4]
     texts = [TEXTS[i % len(TEXTS)] for i in range(sum(sizes))]
     futures, start = [], 0
@@ -247,7 +247,7 @@ def test_batcher_groups_queued_requests_and_never_splits_one(guard):
 
 def test_batcher_keeps_calls_in_order(guard):
     counting = CountingGuard(guard)
-    batcher = DynamicBatcher(counting, ServeLimits(max_batch_size=8, max_wait_ms=50), default_threshold=0.5)
+    batcher = DynamicBatcher(counting, serve_limits(max_batch_size=8, max_wait_ms=50), default_threshold=0.5)
     order = []
     f1 = batcher.submit_score(["a"])
     f2 = batcher.submit_call(lambda: order.append(("call", len(counting.calls))))
@@ -264,7 +264,7 @@ def test_batcher_error_goes_to_the_request(guard):
         def score_batch(self, texts, **kw):
             raise SirenError("boom")
 
-    batcher = DynamicBatcher(Broken(guard), ServeLimits(), default_threshold=0.5).start()
+    batcher = DynamicBatcher(Broken(guard), serve_limits(), default_threshold=0.5).start()
     with pytest.raises(SirenError, match="boom"):
         batcher.submit_score(["a"]).result(30)
     assert batcher.submit_call(lambda: 7).result(30) == 7  # the worker is still alive
@@ -422,8 +422,8 @@ def test_concurrent_requests_are_batched(guard):
     n = 12
     texts = [TEXTS[i % len(TEXTS)] for i in range(n)]
     want = [guard.score(t).score for t in texts]
-    for limits, batched in ((ServeLimits(max_batch_size=32, max_wait_ms=400), True),
-                            (ServeLimits(max_batch_size=1, max_wait_ms=0), False)):
+    for limits, batched in ((serve_limits(max_batch_size=32, max_wait_ms=400), True),
+                            (serve_limits(max_batch_size=1, max_wait_ms=0), False)):
         counting.calls.clear()
         with ServerThread(create_app(counting, model_name="g", limits=limits)) as srv, \
                 httpx.Client(base_url=srv.url, timeout=60) as http:
@@ -478,11 +478,11 @@ def test_websocket_over_uvicorn(guard):
 
 def test_cli_serve_errors(guard_dir, capsys):
     assert main(["serve", "--model", str(guard_dir), "--port", "0"]) == 2
-    assert "--port must be between 1 and 65535" in capsys.readouterr().err
+    assert "--port must be an integer >= 1 and <= 65535, got 0" in capsys.readouterr().err
     assert main(["serve", "--model", str(guard_dir), "--max_items", "0"]) == 2
     assert "max_items must be an integer >= 1" in capsys.readouterr().err
-    assert main(["serve", "--model", str(guard_dir), "--threshold", "2"]) == 2
-    assert "--threshold must be between 0 and 1" in capsys.readouterr().err
+    assert main(["serve", "--model", str(guard_dir), "--decision_threshold", "2"]) == 2
+    assert "--decision_threshold must be a number >= 0 and <= 1 or null, got 2.0" in capsys.readouterr().err
 
 
 def test_cli_serve_compile_flag_reaches_the_guard(guard_dir, monkeypatch, capsys):
@@ -507,7 +507,7 @@ def test_cli_serve_compile_flag_reaches_the_guard(guard_dir, monkeypatch, capsys
 
 
 def test_one_megabyte_text_with_default_limits(guard):
-    with TestClient(create_app(guard, model_name="g", limits=ServeLimits())) as c:
+    with TestClient(create_app(guard, model_name="g", limits=serve_limits())) as c:
         r = c.post("/v1/moderations", json={"input": BIG})  # under the 1 MiB body limit, over max_chars
         assert r.status_code == 413
         assert "input has 1,000,000 characters; the limit is 32,768" in r.json()["error"]["message"]

@@ -14,7 +14,7 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 from siren.features import join_prompt_response  # noqa: E402
 from siren.runtime.guard import SirenGuard  # noqa: E402
-from siren.runtime.serve import ServeLimits, create_app, token_pieces  # noqa: E402
+from siren.runtime.serve import serve_limits, create_app, token_pieces  # noqa: E402
 from test_guard import make_guard  # noqa: E402
 from test_serve import ServerThread  # noqa: E402
 
@@ -76,7 +76,7 @@ def test_demo_page_streams_and_marks_the_stop(tmp_path, tiny_llama_dir):
         })""")
 
     shot = tmp_path / "demo.png"
-    with ServerThread(create_app(guard, model_name="tiny-guard", limits=ServeLimits())) as srv:
+    with ServerThread(create_app(guard, model_name="tiny-guard", limits=serve_limits())) as srv:
         got = open_page(srv.url + "/", shot, run)
     assert got["state"] == "done", got["error"]
     assert got["count"] == len(pieces) == len(got["points"])
@@ -130,7 +130,7 @@ def test_demo_page_on_a_phone_shows_both_verdicts(tmp_path, tiny_llama_dir):
         return out
 
     shot = tmp_path / "phone.png"
-    with ServerThread(create_app(guard, model_name="pair-guard", limits=ServeLimits())) as srv:
+    with ServerThread(create_app(guard, model_name="pair-guard", limits=serve_limits())) as srv:
         got = open_page(srv.url + "/", shot, run, viewport=PHONE)
     for key in ("idle", "done"):
         g = got[key]
@@ -162,7 +162,7 @@ def test_demo_page_resets_the_status_on_an_error(tmp_path, tiny_llama_dir):
         page.wait_for_function("document.body.dataset.state === 'error'", timeout=60_000)
         return before, page.evaluate(LAYOUT)
 
-    with ServerThread(create_app(guard, model_name="tiny-guard", limits=ServeLimits())) as srv:
+    with ServerThread(create_app(guard, model_name="tiny-guard", limits=serve_limits())) as srv:
         before, after = open_page(srv.url + "/", tmp_path / "err.png", run, viewport=PHONE)
     assert "stopped after token" in before["status"] and before["flaggedBy"] == "text"
     assert "no answer head" in before["responseText"]

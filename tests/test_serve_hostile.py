@@ -24,11 +24,11 @@ from siren.cli import main  # noqa: E402
 from siren.errors import SirenError  # noqa: E402
 from siren.runtime import serve_net  # noqa: E402
 from siren.runtime.guard import SirenGuard  # noqa: E402
-from siren.runtime.serve import ServeLimits, create_app  # noqa: E402
+from siren.runtime.serve import ServeConfig, create_app, serve_limits  # noqa: E402
 from test_guard import make_guard  # noqa: E402
 from test_serve import free_port  # noqa: E402
 
-LIMITS = ServeLimits(max_batch_size=8, max_wait_ms=1, max_items=8, max_chars=2000, max_body_bytes=64 * 1024,
+LIMITS = serve_limits(max_batch_size=8, max_wait_ms=1, max_items=8, max_chars=2000, max_body_bytes=64 * 1024,
                      max_queue=64, max_stream_chunks=50, batch_tokens=4096, header_timeout_s=2.0,
                      body_timeout_s=1.0, idle_timeout_s=1, max_connections=200, ws_handshake_timeout_s=0.5,
                      max_header_bytes=4096, refusal_log_interval_s=60)
@@ -57,7 +57,7 @@ class Counter(logging.Handler):
 class Server:
     """uvicorn with `serve_net`'s protocol and options, in a thread, on 127.0.0.1."""
 
-    def __init__(self, app, limits: ServeLimits):
+    def __init__(self, app, limits: ServeConfig):
         import uvicorn
 
         self.port = free_port()
@@ -193,13 +193,13 @@ def test_serve_limits_come_from_the_yaml_and_are_checked():
     from siren.config import defaults
 
     yaml_serve = defaults()["serve"]
-    limits = ServeLimits()
+    limits = serve_limits()
     for name in ("header_timeout_s", "max_connections", "ws_handshake_timeout_s", "refusal_log_interval_s"):
         assert getattr(limits, name) == yaml_serve[name]
     for bad in ({"header_timeout_s": 0}, {"body_timeout_s": float("nan")}, {"max_connections": 0},
                 {"ws_handshake_timeout_s": "10"}):
         with pytest.raises(SirenError, match=f"serve limit {next(iter(bad))} must be"):
-            ServeLimits(**bad)
+            serve_limits(**bad)
 
 
 # ---------------------------------------------------------------- the websocket
@@ -284,4 +284,4 @@ def test_serve_passes_the_limits_to_uvicorn(guard_dir, monkeypatch):
     assert main(["serve", "--model", str(guard_dir), "--header_timeout_s", "3.5", "--idle_timeout_s", "2"]) == 0
     [kw] = served
     assert kw["http"].header_timeout == 3.5 and kw["timeout_keep_alive"] == 2
-    assert kw["h11_max_incomplete_event_size"] == dataclasses.asdict(ServeLimits())["max_header_bytes"]
+    assert kw["h11_max_incomplete_event_size"] == dataclasses.asdict(serve_limits())["max_header_bytes"]

@@ -16,12 +16,12 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from siren.runtime.guard import SirenGuard  # noqa: E402
 from siren.runtime.results import ScoreResult, Verdict  # noqa: E402
-from siren.runtime.serve import RequestError, ServeLimits, create_app, parse_moderation, parse_score  # noqa: E402
+from siren.runtime.serve import RequestError, create_app, serve_limits, parse_moderation, parse_score  # noqa: E402
 from siren.runtime.serve_pairs import MODERATION_VERDICTS_FIELD, messages_pair  # noqa: E402
 from siren.runtime.stream_rules import StreamRule  # noqa: E402
 from test_guard import TEXTS, make_guard  # noqa: E402
 
-LIMITS = ServeLimits(max_batch_size=32, max_wait_ms=2, max_items=8, max_chars=2000, max_body_bytes=64 * 1024,
+LIMITS = serve_limits(max_batch_size=32, max_wait_ms=2, max_items=8, max_chars=2000, max_body_bytes=64 * 1024,
                      max_queue=64, max_stream_chunks=50, batch_tokens=4096)
 ANSWER_THRESHOLD = 0.37
 

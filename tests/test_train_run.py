@@ -155,7 +155,7 @@ def test_probe_settings_reach_the_probes(tiny_llama_dir, rows, tmp_path, monkeyp
     assert siren_main(_args(tiny_llama_dir, rows, tmp_path / "a", cache)) == 0
     refit = defaults()["probe_refit"]
     assert siren_main(_args(tiny_llama_dir, rows, tmp_path / "b", cache, "--probe_tol", "1e-7",
-                            "--probe_c_rule", "best", "--no-probe_refit" if refit else "--probe_refit")) == 0
+                            "--probe_c_rule", "best", "--no_probe_refit" if refit else "--probe_refit")) == 0
     assert seen == [(1e-4, "one_se", refit), (1e-7, "best", not refit)]
     config = json.loads((tmp_path / "b" / "results.json").read_text())["config"]
     assert config["probe_tol"] == 1e-7 and config["probe_c_rule"] == "best" and config["probe_refit"] is (not refit)

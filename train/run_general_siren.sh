@@ -19,6 +19,10 @@ VAL_RATIO="${VAL_RATIO:-}"            # validation carved from train where the s
 POOLING_TYPES="${POOLING_TYPES:-}"    # residual_mean and/or mlp_mean
 DEVICE="${DEVICE:-}"                  # cpu | cuda | cuda:1
 DTYPE="${DTYPE:-}"                    # backbone dtype: float32 | bfloat16 | float16; unset: bf16 where the device runs it natively, else fp32
+TRUST_REMOTE_CODE="${TRUST_REMOTE_CODE:-}"  # 1 | 0: run the backbone's own model code (only for backbones you trust)
+MAX_LENGTH="${MAX_LENGTH:-}"          # tokens per text (right truncation)
+CACHE_DTYPE="${CACHE_DTYPE:-}"        # float16 | float32: dtype of the on-disk feature cache
+CACHE_DIR="${CACHE_DIR:-}"            # feature cache; unset: $SIREN_CACHE/features
 BATCH_SIZE="${BATCH_SIZE:-}"          # extraction: texts per forward at most (the authors' BATCH_SIZE)
 BATCH_TOKENS="${BATCH_TOKENS:-}"      # extraction: padded tokens per length-bucketed batch
 C_VALUES="${C_VALUES:-}"              # probe penalty ||w||_1 / C, e.g. "200 500 1000"
@@ -26,9 +30,12 @@ PROBE_TOL="${PROBE_TOL:-}"            # probe stopping tolerance; 1e-6 reaches t
 PROBE_C_RULE="${PROBE_C_RULE:-}"      # each layer's C: best (best validation F1) | one_se (sparsest C within one standard error)
 PROBE_REFIT="${PROBE_REFIT:-}"        # 1 | 0: fit each layer's chosen probe again on train+validation before selecting
 SELECTION_THRESHOLDS="${SELECTION_THRESHOLDS:-}"  # neuron selection: share of a layer's total |w|, e.g. "0.9"
+LAYER_WEIGHT_FLOOR="${LAYER_WEIGHT_FLOOR:-}"  # layer weight: min-max normalised validation F1, floored
 N_TRIALS="${N_TRIALS:-}"              # Optuna trials
 N_FOLDS="${N_FOLDS:-}"                # k-fold CV on train+validation
 N_JOBS="${N_JOBS:-}"                  # parallel trials in this process
+MAX_EPOCHS="${MAX_EPOCHS:-}"          # head training epochs at most
+PATIENCE="${PATIENCE:-}"              # epochs without CV improvement before a fold stops
 HEAD_BATCH_SIZE="${HEAD_BATCH_SIZE:-}"  # the MLP head's mini-batch
 PRUNER="${PRUNER:-}"                  # head search pruner: median | halving | none
 HEAD_WIDTH_CAP="${HEAD_WIDTH_CAP:-}"  # largest first hidden width the head search tries
@@ -39,12 +46,15 @@ THRESHOLD_FROM_CV="${THRESHOLD_FROM_CV:-}"  # 1 | 0: choose the decision thresho
 DECISION_THRESHOLD="${DECISION_THRESHOLD:-}"  # score >= this is harmful
 STORAGE="${STORAGE:-}"                # Optuna storage shared by workers (sqlite:///x.db, x.journal, RDB URL)
 STUDY_NAME="${STUDY_NAME:-}"
+OUT_DIR="${OUT_DIR:-}"                # unset: train/probes/optuna/${MODEL}_general
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Relative paths are meant from where the user stands, not from the repo root we cd into.
 if [ -n "$DATA_DIR" ] && [ -d "$DATA_DIR" ]; then DATA_DIR="$(cd "$DATA_DIR" && pwd)"; fi
 if [ -n "${SIREN_DATA_DIR:-}" ] && [ -d "$SIREN_DATA_DIR" ]; then export SIREN_DATA_DIR="$(cd "$SIREN_DATA_DIR" && pwd)"; fi
 if [ -n "$MODEL" ] && [ -d "$MODEL" ]; then MODEL="$(cd "$MODEL" && pwd)"; fi
+if [ -n "$CACHE_DIR" ]; then CACHE_DIR="$(realpath -m "$CACHE_DIR")"; fi
+if [ -n "$OUT_DIR" ]; then OUT_DIR="$(realpath -m "$OUT_DIR")"; fi
 PY="${SIREN_PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
 
@@ -60,33 +70,41 @@ flag --val_ratio "$VAL_RATIO"
 flags --pooling_types "$POOLING_TYPES"
 flag --device "$DEVICE"
 flag --dtype "$DTYPE"
+flag --max_length "$MAX_LENGTH"
+flag --cache_dtype "$CACHE_DTYPE"
+flag --cache_dir "$CACHE_DIR"
 flag --batch_size "$BATCH_SIZE"
 flag --batch_tokens "$BATCH_TOKENS"
 flags --c_values "$C_VALUES"
 flag --probe_tol "$PROBE_TOL"
 flag --probe_c_rule "$PROBE_C_RULE"
 flags --selection_thresholds "$SELECTION_THRESHOLDS"
+flag --layer_weight_floor "$LAYER_WEIGHT_FLOOR"
 flag --n_trials "$N_TRIALS"
 flag --n_folds "$N_FOLDS"
 flag --n_jobs "$N_JOBS"
+flag --max_epochs "$MAX_EPOCHS"
+flag --patience "$PATIENCE"
 flag --head_batch_size "$HEAD_BATCH_SIZE"
 flag --pruner "$PRUNER"
 flag --head_width_cap "$HEAD_WIDTH_CAP"
 flag --head_dtype "$HEAD_DTYPE"
 flag --final_head "$FINAL_HEAD"
-switch() {  # a yes/no variable -> --name / --no-name
+switch() {  # a yes/no variable -> --name / --no_name
   case "$2" in
     "") ;;
     1|true|yes) ARGS+=("--$1") ;;
-    0|false|no) ARGS+=("--no-$1") ;;
+    0|false|no) ARGS+=("--no_$1") ;;
     *) echo "$3='$2': use 1 or 0" >&2; exit 2 ;;
   esac
 }
 switch scale_by_layer_weight "$SCALE_BY_LAYER_WEIGHT" SCALE_BY_LAYER_WEIGHT
 switch threshold_from_cv "$THRESHOLD_FROM_CV" THRESHOLD_FROM_CV
 switch probe_refit "$PROBE_REFIT" PROBE_REFIT
+switch trust_remote_code "$TRUST_REMOTE_CODE" TRUST_REMOTE_CODE
 flag --decision_threshold "$DECISION_THRESHOLD"
 flag --storage "$STORAGE"
 flag --study_name "$STUDY_NAME"
+flag --out_dir "$OUT_DIR"
 cd "$ROOT"
 exec "$PY" -m siren train "${ARGS[@]}" "$@"

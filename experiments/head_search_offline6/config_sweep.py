@@ -221,7 +221,7 @@ def main(argv=None) -> int:
 
     import torch
     from bench_train import holdout_split, probe_holdout_mismatch
-    from siren.config import defaults
+    from siren.config import load
     from siren.metrics import best_threshold, macro_f1, mean_group_macro_f1
     from siren.mlp import predict_proba_head
     from siren.pipeline.head import ensemble_heads, fit_head
@@ -229,7 +229,7 @@ def main(argv=None) -> int:
     from siren.pipeline.tune import cv_folds
 
     torch.manual_seed(a.seed)
-    d = defaults()
+    d = load("train")
     bf16 = head_bf16(d)
     data = np.load(a.aggregated)
     Z, y, g, colw = data["Z"], data["y"], data["g"], data["colw"]
@@ -260,10 +260,10 @@ def main(argv=None) -> int:
         oof = np.full(len(ys), np.nan)   # each search row's score from the fold head that did not train on it
         for f, (tr, va) in enumerate(folds):
             model, hist = fit_head(Zs, ys, rows=tr, **params, seed=a.seed + i * 1000 + f,
-                                   max_epochs=a.max_epochs, patience=d["patience"],
-                                   batch_size=d["head_batch_size"], X_val=Zs, y_val=ys, groups_val=gs,
+                                   max_epochs=a.max_epochs, patience=d.patience,
+                                   batch_size=d.head_batch_size, X_val=Zs, y_val=ys, groups_val=gs,
                                    val_rows=va, fused=True, bf16=bf16,
-                                   column_scale=colw if d["scale_by_layer_weight"] else None, groups=gs,
+                                   column_scale=colw if d.scale_by_layer_weight else None, groups=gs,
                                    balance=a.balance)
             oof[va] = predict_proba_head(model, Zs[va])
             pred = (oof[va] >= 0.5).astype(np.int64)

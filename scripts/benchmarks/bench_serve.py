@@ -222,11 +222,11 @@ def main(argv=None) -> int:
                 print(f"[bench_serve] {r['n_errors']} failed requests, e.g. {r['errors']}", flush=True)
 
     from siren.runtime.guard import SirenGuard
-    from siren.runtime.serve import ServeLimits, resolve_batch_tokens
+    from siren.runtime.serve import serve_limits, resolve_batch_tokens
 
     ours = SirenGuard.from_pretrained(guard_dir, device="cpu")
     dtype = next(ours.backbone.model.parameters()).dtype
-    batch_tokens = resolve_batch_tokens(ServeLimits.from_defaults(), ours)  # as the server does
+    batch_tokens = resolve_batch_tokens(serve_limits(), ours)  # as the server does
     print(f"[bench_serve] in-process: ours (backbone {dtype}, batch_tokens {batch_tokens}) ...", flush=True)
     ours_s, ours_scores = in_process(lambda b: ours.score_batch(b, batch_size=args.max_batch_size,
                                                                 batch_tokens=batch_tokens), texts, args.max_batch_size)

@@ -64,7 +64,7 @@ class RunData:
     scored in addition (their test split is drawn with the run's seed and caps).
     """
 
-    def __init__(self, run_dir, *, extra_datasets=(), cache_dir=None, device=None, batch_tokens=None):
+    def __init__(self, run_dir, *, extra_datasets=None, cache_dir=None, device=None, batch_tokens=None):
         from siren import config as cfgmod
         from siren import data
         from siren.artifact import load_guard_config
@@ -76,14 +76,15 @@ class RunData:
         self.results = json.loads((self.run_dir / "results.json").read_text())
         self.cfg = dict(self.results["config"])
         self.guard_config = load_guard_config(self.run_dir)
-        defaults = cfgmod.defaults()
+        # the run's settings; those a run from before they existed does not record: configs/defaults.yaml's
+        self.train_cfg = cfgmod.load("train", base=self.cfg)
         self.model = self.cfg["model"]
-        self.seed = int(self.cfg.get("seed", defaults["seed"]))
+        self.seed = self.train_cfg.seed
         self.datasets = list(self.cfg["datasets"])
-        self.extras = [d for d in extra_datasets if d not in self.datasets]
+        self.extras = [d for d in extra_datasets or [] if d not in self.datasets]
         self.rep = self.guard_config["siren_module"]["pooling_type"]
         self.split_kw = dict(data_dir=self.cfg.get("data_dir"), seed=self.seed,
-                             val_ratio=self.cfg.get("val_ratio", defaults["val_ratio"]),
+                             val_ratio=self.train_cfg.val_ratio,
                              max_per_split=self.cfg.get("max_per_split"))
         self.cache_dir = cache_dir or self.cfg.get("cache_dir")
         self.device = device or self.cfg.get("device")
@@ -108,10 +109,9 @@ class RunData:
         from siren.pipeline.cache import load_features
         from siren.pipeline.extract import ensure_features
 
-        defaults_dtype = self.cfg.get("cache_dtype", "float16")
         paths = ensure_features(self.model, self.datasets + self.extras, pooling_types=[self.rep],
                                 cache_dir=self.cache_dir, batch_tokens=self.batch_tokens, dtype=self.cfg.get("dtype"),
-                                device=self.device, cache_dtype=defaults_dtype, max_length=self.max_length,
+                                device=self.device, cache_dtype=self.train_cfg.cache_dtype, max_length=self.max_length,
                                 **self.split_kw)
         for (name, split), s in self.splits.items():
             folder = paths[(name, split, self.rep)]
@@ -340,8 +340,7 @@ def _head_on(Z: np.ndarray, y: np.ndarray, g: np.ndarray, run: RunData, seed: in
     from siren import config as cfgmod
     from siren.pipeline.train import final_head, search_head
 
-    cfg = {**cfgmod.defaults(), **{k: v for k, v in run.cfg.items() if v is not None},
-           "n_trials": n_trials, "n_folds": n_folds, "storage": None}
+    cfg = cfgmod.load("train", {"n_trials": n_trials, "n_folds": n_folds}, base=run.cfg).replace(storage=None)
     tuned = search_head(cfg, Z, y, g, seed, scale=scale)
     head, _, epochs = final_head(cfg, tuned, Z, y, seed, scale=scale)
     return head, tuned, epochs
@@ -397,8 +396,11 @@ def fit_uniform_weights(run: RunData, probes: Probes, seed: int, n_trials: int, 
 
     start = time.perf_counter()
     chosen = run.results.get("chosen", {})
-    threshold = float(chosen.get("selection_threshold", chosen.get("threshold", 0.9)))
-    selection = select_neurons(np.asarray(probes.grid.coef), threshold)
+    # "threshold": the key of runs from before it was named selection_threshold
+    selection_threshold = chosen.get("selection_threshold", chosen.get("threshold"))
+    if selection_threshold is None:
+        selection_threshold = run.train_cfg.selection_thresholds[0]
+    selection = select_neurons(np.asarray(probes.grid.coef), float(selection_threshold))
     run_selection, _ = _run_selection(run)
     same = (sorted(selection) == sorted(run_selection)
             and all(np.array_equal(selection[l], run_selection[l]) for l in selection))
@@ -409,7 +411,7 @@ def fit_uniform_weights(run: RunData, probes: Probes, seed: int, n_trials: int, 
     k = sum(len(v) for v in selection.values())
     return System("uniform_weights", "features", seconds, k, _n_params(head), layers=sorted(selection),
                   proba_features=lambda X: predict_proba_head(head, aggregate(X, selection, ones)).astype(np.float64),
-                  notes=[f"SIREN's selection (threshold {threshold:g}; same neurons as the run: {same}), "
+                  notes=[f"SIREN's selection (selection threshold {float(selection_threshold):g}; same neurons as the run: {same}), "
                          f"every layer weighted 1.0; CV F1 {tuned.best_value:.3f}"],
                   info={"same_selection_as_run": bool(same), "cv_f1": tuned.best_value, "head": tuned.best_params,
                         "final_epochs": epochs})

@@ -25,8 +25,8 @@ def _int_at_least(value, name: str, minimum: int, hint: str = "") -> None:
 
 def _threshold(value) -> None:
     if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1):
-        raise SirenError(f"--threshold {value!r} must be a number in [0, 1] (a text is harmful when its score "
-                         ">= the threshold), e.g. 0.5")
+        raise SirenError(f"--decision_threshold {value!r} must be a number in [0, 1] (a text is harmful when its "
+                         "score >= the decision threshold), e.g. 0.5")
 
 
 def _data_file(value) -> None:
@@ -47,7 +47,7 @@ def check_out_file(value, name: str = "--out") -> None:
 
 
 def check_stream_args(args) -> None:
-    """`siren eval-stream`'s values, before any row or the guard is read."""
+    """`siren eval-stream`'s values (its EvalStreamConfig, or parsed flags), before any row or the guard is read."""
     from siren.checks import check_out_dir
 
     if args.source == "qwen3guardtest" and args.split not in LOC_SPLITS:
@@ -67,13 +67,25 @@ def check_stream_args(args) -> None:
         _int_at_least(g, "a --graces value", 1, ", tokens after the unsafe sentence (e.g. 32 64 128 256)")
     if len(set(graces)) != len(graces):
         raise SirenError(f"--graces {' '.join(map(str, graces))} repeats a value: give each once")
-    _threshold(args.threshold)
+    _threshold(args.decision_threshold)
+    _int_at_least(args.min_answer_tokens, "--min_answer_tokens", 0)
+    if args.ema is not None and not (isinstance(args.ema, (int, float)) and not isinstance(args.ema, bool)
+                                     and 0 < args.ema <= 1):
+        raise SirenError(f"--ema {args.ema!r} must be an EMA alpha in (0, 1] (1: the raw scores; leave it out for "
+                         "the guard's stream rule)")
+    if args.target_false_alarm is not None and not (isinstance(args.target_false_alarm, (int, float))
+                                                    and math.isfinite(args.target_false_alarm)
+                                                    and 0 <= args.target_false_alarm <= 1):
+        raise SirenError(f"--target_false_alarm {args.target_false_alarm!r} must be a share in [0, 1], e.g. 0.1")
+    _int_at_least(args.val_limit, "--val_limit", 1, " (leave it out for all safe validation streams)")
+    if args.val_data_file is not None and not Path(args.val_data_file).is_file():
+        raise SirenError(f"--val_data_file {args.val_data_file} is not a file: pass SIREN-ready JSONL rows")
     if args.out_dir is not None:
         check_out_dir(args.out_dir)
 
 
 def check_think_args(args) -> None:
-    """`siren eval-think`'s values, before any row or the guard is read."""
+    """`siren eval-think`'s values (its EvalThinkConfig, or parsed flags), before any row or the guard is read."""
     from siren.evaluation.qwen3guardtest import SPLITS
 
     if args.split not in SPLITS:
@@ -83,7 +95,7 @@ def check_think_args(args) -> None:
     _int_at_least(args.limit, "--limit", 1, " (leave it out for all rows)")
     _int_at_least(args.batch_size, "--batch_size", 1)
     _int_at_least(args.batch_tokens, "--batch_tokens", 1)
-    _threshold(args.threshold)
+    _threshold(args.decision_threshold)
     check_out_file(args.out)
 
 

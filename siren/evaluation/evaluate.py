@@ -39,32 +39,23 @@ AVERAGED = ("f1", "harmful_f1", "accuracy", "precision", "recall", "roc_auc", "p
 BOOTSTRAP_RESAMPLES = 1000   # per dataset, for the 95% intervals of macro-F1 (f1_ci95)
 
 
+# Settings an evaluation takes from the training run's results.json when no flag gives them.
+FROM_RUN = ("datasets", "data_dir", "max_per_split", "batch_size", "batch_tokens", "dtype", "device", "cache_dir",
+            "trust_remote_code")
+
+
 def add_arguments(p) -> None:
-    p.add_argument("--model", help="backbone the guard was trained on (default: configs/defaults.yaml), or a guard folder")
-    p.add_argument("--guard", help="guard folder (default: train/probes/optuna/{MODEL}_general)")
-    p.add_argument("--datasets", nargs="+", help="default: the training datasets")
-    p.add_argument("--extra_datasets", nargs="*", help="more test sets, e.g. xstest advbench harmbench")
-    p.add_argument("--data_dir", help="default: the training run's, else $SIREN_DATA_DIR, else the Hub")
-    p.add_argument("--max_per_split", nargs="+", type=int, help="default: the training run's")
-    p.add_argument("--calibrate", action="store_true", help="pick and store the threshold that maximises val F1")
-    p.add_argument("--batch_size", type=int, help="extraction: texts per forward at most")
-    p.add_argument("--batch_tokens", type=int, help="extraction: padded tokens per forward")
-    p.add_argument("--dtype", help="backbone dtype (default: the training run's)")
-    p.add_argument("--device")
-    p.add_argument("--cache_dir")
-    p.add_argument("--trust_remote_code", action="store_const", const=True, help="run the backbone's own model code (only for backbones whose authors you trust)")
+    cfgmod.add_flags(p, "eval", default_note={k: "the training run's" for k in FROM_RUN})
 
 
 def run(args) -> int:
     from siren import checks
 
     # Checked before any data or backbone loads.
-    checks.check_device(args.device)
-    checks.check_dtype(args.dtype)
-    if args.batch_tokens is not None:
-        checks.check_positive_int(args.batch_tokens, "--batch_tokens")
-    if args.cache_dir is not None:
-        checks.check_writable_dir(args.cache_dir, "--cache_dir")
+    cfg = cfgmod.from_args("eval", args)
+    checks.check_device(cfg.device)
+    if cfg.cache_dir is not None:
+        checks.check_writable_dir(cfg.cache_dir, "--cache_dir")
     report = evaluate(args)
     print_table(report)
     return 0
@@ -90,14 +81,13 @@ def read_training_config(folder: Path) -> dict:
     return results["config"]
 
 
-def pick_cache_dir(args, trained: dict) -> Path:
+def pick_cache_dir(cfg) -> Path:
     from siren.pipeline.cache import default_cache_dir
 
-    chosen = args.cache_dir if args.cache_dir is not None else trained.get("cache_dir")
-    return Path(chosen).expanduser() if chosen else default_cache_dir()
+    return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
 
 
-def backbone_dims(model: str, trust_remote_code: bool = False) -> tuple[int, int] | None:
+def backbone_dims(model: str, trust_remote_code: bool) -> tuple[int, int] | None:
     """(layers, hidden size) from the backbone's config, without its weights; None when the
     config cannot be read here (e.g. a Hub id offline). Custom-code backbones are refused."""
     from siren.backbones import backbone_config
@@ -145,37 +135,33 @@ def evaluate(args) -> dict:
     from siren.runtime.guard import check_backbone
     from siren.runtime.loading import local_guard
 
-    args.model = args.model or cfgmod.defaults()["model"]
-    if args.extra_datasets is None:
-        args.extra_datasets = list(cfgmod.defaults()["extra_datasets"])
-    folder = local_guard(args.guard or args.model, "siren eval")   # the one resolver: siren.config.find_guard
+    given = cfgmod.given(args, "eval")
+    named = given.get("guard") or given.get("model") or cfgmod.default("model", "eval")
+    folder = local_guard(named, "siren eval")   # the one resolver: siren.config.find_guard
     config = load_guard_config(folder)
     trained = read_training_config(folder)
+    # flags, else the training run's settings, else configs/defaults.yaml
+    cfg = cfgmod.load("eval", given, base={k: trained.get(k) for k in FROM_RUN})
+    train_cfg = cfgmod.load("train", base=trained)   # seed, val_ratio, cache_dtype of the run
     model = trained.get("model") or config.get("siren", {}).get("backbone") or config["base_model"]["model_id"]
     checks.check_writable_dir(folder, "guard folder (eval_results.json is written there)")
-    checks.check_writable_dir(pick_cache_dir(args, trained), "--cache_dir")
+    checks.check_writable_dir(pick_cache_dir(cfg), "--cache_dir")
     # The checks `siren score` makes when it loads the backbone, made here from its config alone
     # (no weights); if the config cannot be read (an offline Hub id), on the cached features.
-    trust_remote_code = bool(args.trust_remote_code or trained.get("trust_remote_code"))
-    dims = backbone_dims(model, trust_remote_code)
+    dims = backbone_dims(model, cfg.trust_remote_code)
     if dims is not None:
         check_backbone(config, SimpleNamespace(num_layers=dims[0], hidden_size=dims[1]), str(folder))
-    datasets = list(args.datasets or trained.get("datasets") or [])
-    if not datasets and not args.extra_datasets:
+    datasets = list(cfg.datasets or [])
+    if not datasets and not cfg.extra_datasets:
         raise SirenError("no datasets to evaluate: pass --datasets (the guard folder has no results.json)")
-    extras = [d for d in args.extra_datasets if d not in datasets]
+    extras = [d for d in cfg.extra_datasets if d not in datasets]
     everything = datasets + extras
     unknown = [d for d in everything if d not in data.known_datasets()]
     if unknown:
         raise SirenError(f"unknown dataset(s) {unknown}: known are {', '.join(data.known_datasets())}")
 
-    def pick(name, default=None):
-        value = getattr(args, name, None)
-        return value if value is not None else trained.get(name, default)
-
-    defaults = cfgmod.defaults()
-    split_kw = dict(data_dir=pick("data_dir"), seed=trained.get("seed", defaults["seed"]),
-                    val_ratio=trained.get("val_ratio", defaults["val_ratio"]), max_per_split=pick("max_per_split"))
+    split_kw = dict(data_dir=cfg.data_dir, seed=train_cfg.seed, val_ratio=train_cfg.val_ratio,
+                    max_per_split=cfg.max_per_split)
     rep = config["siren_module"]["pooling_type"]
     _, selection, weight_of = selection_from_config(config)
     L = dims[0] if dims is not None else int(config.get("siren", {}).get("num_layers") or max(selection) + 1)
@@ -187,16 +173,14 @@ def evaluate(args) -> dict:
 
     start = time.perf_counter()
     train_datasets = [d for d in datasets if not data.is_eval_only(d)]
-    if args.calibrate and not train_datasets:
+    if cfg.calibrate and not train_datasets:
         raise SirenError("--calibrate needs datasets with a validation split (the training datasets)")
     # One call: the backbone is loaded at most once, and only if some cache is missing or stale.
-    paths = ensure_features(model, everything, splits=("validation", "test") if args.calibrate else ("test",),
-                            pooling_types=[rep], cache_dir=pick("cache_dir"),
-                            batch_tokens=pick("batch_tokens", defaults["batch_tokens"]),
-                            batch_size=pick("batch_size", defaults["batch_size"]), dtype=pick("dtype"),
-                            device=pick("device"), cache_dtype=trained.get("cache_dtype", defaults["cache_dtype"]),
-                            max_length=int(config["inference"]["max_length"]),
-                            trust_remote_code=trust_remote_code, **split_kw)
+    paths = ensure_features(model, everything, splits=("validation", "test") if cfg.calibrate else ("test",),
+                            pooling_types=[rep], cache_dir=cfg.cache_dir, batch_tokens=cfg.batch_tokens,
+                            batch_size=cfg.batch_size, dtype=cfg.dtype, device=cfg.device,
+                            cache_dtype=train_cfg.cache_dtype, max_length=int(config["inference"]["max_length"]),
+                            trust_remote_code=cfg.trust_remote_code, **split_kw)
 
     def scores_of(key):
         fs = load_features(paths[key])
@@ -206,7 +190,7 @@ def evaluate(args) -> dict:
                 np.asarray(fs.ids))
 
     calibration, source = None, "the guard's inference.default_threshold"
-    if args.calibrate:
+    if cfg.calibrate:
         pairs = [scores_of((d, "validation", rep))[:2] for d in train_datasets]
         from siren.metrics import best_threshold, score_thresholds
 
@@ -230,7 +214,7 @@ def evaluate(args) -> dict:
         entry["harmful_only"] = bool(y.min() == 1)
         if "f1" in entry:   # both classes present: how far resampling the test rows moves macro-F1
             replicates[name] = bootstrap_macro_f1(y, s >= threshold, n_boot=BOOTSTRAP_RESAMPLES,
-                                                  seed=split_kw["seed"] + k)
+                                                  boot_seed=split_kw["seed"] + k)
             entry["f1_ci95"] = list(percentile_interval(replicates[name]))
         per_dataset[name] = entry
         if y.min() != y.max():
@@ -255,7 +239,7 @@ def evaluate(args) -> dict:
                       "method": "percentile interval of macro-F1 over resamples (with replacement) of each "
                                 "dataset's test rows, dataset k drawn with seed + k; the average's interval from "
                                 "the mean of the datasets' replicates"},
-        "config": {"datasets": datasets, "extra_datasets": extras, **split_kw},
+        "config": {**cfg.as_dict(), "datasets": datasets, "extra_datasets": extras, **split_kw},
         "seconds": round(time.perf_counter() - start, 2),
         "note": "offline copies are not the paper's splits: numbers are not comparable with the paper's table"
         if split_kw["data_dir"] or os.environ.get("SIREN_DATA_DIR") else None,

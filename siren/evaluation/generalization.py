@@ -55,64 +55,54 @@ def group_metrics(y: np.ndarray, pred: np.ndarray, groups: np.ndarray) -> dict:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", required=True, help="guard folder, backbone name (its trained guard) or Hub id")
-    p.add_argument("--split", default="thinking", help="Qwen3GuardTest split (default thinking)")
-    p.add_argument("--data_file", help="a local copy of Qwen3GuardTest's thinking.jsonl (default: the Hub)")
-    p.add_argument("--with_prompt", action="store_true",
-                   help="score prompt + newline + response (default: the response alone, as the authors)")
-    p.add_argument("--threshold", type=float, help="decision threshold (default: the guard's)")
-    p.add_argument("--limit", type=int, help="a seeded sample of this many rows (default: all)")
-    p.add_argument("--seed", type=int, help="sampling seed (default: configs/defaults.yaml's)")
-    p.add_argument("--out", help="output JSON (default: <guard folder>/think_eval_results.json)")
-    p.add_argument("--device")
-    p.add_argument("--dtype")
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--batch_tokens", type=int, default=16384)
+    from siren import config as cfgmod
+
+    cfgmod.add_flags(p, "eval-think")
 
 
 def run(args) -> int:
+    from siren import config as cfgmod
     from siren.evaluation.eval_checks import check_think_args
 
-    check_think_args(args)      # every value before the evaluation, not after it
-    report = evaluate_thinking(args)
+    cfg = cfgmod.from_args("eval-think", args)
+    check_think_args(cfg)       # every value before the evaluation, not after it
+    report = evaluate_thinking(cfg)
     print_table(report)
     return 0
 
 
-def evaluate_thinking(args) -> dict:
-    from siren import config as cfgmod
+def evaluate_thinking(cfg) -> dict:
+    """Score Qwen3GuardTest's thinking rows of an EvalThinkConfig with its guard; writes and returns the report."""
     from siren.evaluation import qwen3guardtest as q3
     from siren.evaluation.streaming import sample
     from siren.features import join_prompt_response
     from siren.fileio import atomic_write_json
     from siren.runtime.loading import open_guard
 
-    seed = cfgmod.defaults()["seed"] if args.seed is None else args.seed
-    rows, dropped = q3.thinking_rows(q3.load_rows(args.split, data_file=args.data_file))
-    rows = sample(rows, args.limit, seed)
+    rows, dropped = q3.thinking_rows(q3.load_rows(cfg.split, data_file=cfg.data_file))
+    rows = sample(rows, cfg.limit, cfg.seed)
     if not rows:
-        raise SirenError(f"no Safe/Unsafe rows from the GLM, Qwen3 or Deepseek groups in split {args.split!r}")
-    folder, guard = open_guard(args.model, device=args.device, dtype=args.dtype)
-    threshold = guard.default_threshold if args.threshold is None else float(args.threshold)
-    texts = [join_prompt_response(r["prompt"], r["response"]) if args.with_prompt else r["response"] for r in rows]
+        raise SirenError(f"no Safe/Unsafe rows from the GLM, Qwen3 or Deepseek groups in split {cfg.split!r}")
+    folder, guard = open_guard(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    threshold = guard.default_threshold if cfg.decision_threshold is None else float(cfg.decision_threshold)
+    texts = [join_prompt_response(r["prompt"], r["response"]) if cfg.with_prompt else r["response"] for r in rows]
     start = time.perf_counter()
-    scores = guard.predict_proba(texts, batch_size=args.batch_size, batch_tokens=args.batch_tokens)
+    scores = guard.predict_proba(texts, batch_size=cfg.batch_size, batch_tokens=cfg.batch_tokens)
     seconds = time.perf_counter() - start
     y = np.array([r["label"] for r in rows])
     metrics = group_metrics(y, (scores >= threshold).astype(np.int64), np.array([r["group"] for r in rows]))
     order = [g for g in q3.GROUPS if g in metrics["groups"]]
     report = {
         "guard": str(folder),
-        "threshold": threshold,
-        "config": {"split": args.split, "data_file": args.data_file, "with_prompt": args.with_prompt,
-                   "limit": args.limit, "seed": seed, "max_length": guard.max_length},
+        "decision_threshold": threshold,
+        "config": cfg.as_dict() | {"max_length": guard.max_length},
         "left_out": dropped,
         "results": [{"group": g, **metrics["groups"][g]} for g in order],
         "averages": metrics["average"],
         "all": metrics["all"],
         "seconds": round(seconds, 1),
     }
-    out = Path(args.out) if args.out else Path(folder) / "think_eval_results.json"
+    out = Path(cfg.out) if cfg.out else Path(folder) / "think_eval_results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, report)
     report["out"] = str(out)

@@ -37,6 +37,7 @@ from typing import Sequence
 
 import numpy as np
 
+from siren import config
 from siren.errors import SirenError
 
 __all__ = ["GuardSpec", "GUARD_FAMILIES", "spec_for", "parse_qwen3guard", "parse_llama_guard", "build_messages",
@@ -146,8 +147,10 @@ def _cut(tokenizer, content: str, max_length: int) -> str:
     return content if len(ids) <= max_length else tokenizer.decode(ids[:max_length])
 
 
-def build_prompt(tokenizer, messages: list[dict], family: GuardFamily, max_length: int = 512) -> str:
-    """Messages -> the text the guard continues: its chat template + the family's verdict prefix."""
+def build_prompt(tokenizer, messages: list[dict], family: GuardFamily, max_length: int | None = None) -> str:
+    """Messages -> the text the guard continues: its chat template + the family's verdict prefix.
+    max_length: tokens per message at most (None: the config's max_length)."""
+    max_length = config.default("max_length") if max_length is None else max_length
     cut = [{**m, "content": _cut(tokenizer, m["content"], max_length)} for m in messages]
     text = tokenizer.apply_chat_template(cut, tokenize=False, add_generation_prompt=True)
     return text + family.verdict_prefix
@@ -186,11 +189,12 @@ class GuardOutput:
 class GuardScorer:
     """Scores rows with a causal-LM guard. model: a *ForCausalLM; tokenizer with a chat template."""
 
-    def __init__(self, model, tokenizer, family: GuardFamily, *, max_length: int = 512, whitespace_steps: int = 2):
+    def __init__(self, model, tokenizer, family: GuardFamily, *, max_length: int | None = None,
+                 whitespace_steps: int = 2):
         if not getattr(tokenizer, "chat_template", None):
             raise SirenError("the guard's tokenizer has no chat template; a guard model must ship its own")
         self.model, self.tokenizer, self.family = model, tokenizer, family
-        self.max_length = int(max_length)
+        self.max_length = int(config.default("max_length") if max_length is None else max_length)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if self.pad_id is None:
             raise SirenError("the guard's tokenizer has neither a pad nor an eos token")
@@ -245,8 +249,10 @@ class GuardScorer:
                     break
         return out
 
-    def score(self, rows: Sequence[dict], batch_size: int = 8) -> GuardOutput:
-        """rows: dicts with prompt/response (or text) -> GuardOutput, in input order."""
+    def score(self, rows: Sequence[dict], batch_size: int | None = None) -> GuardOutput:
+        """rows: dicts with prompt/response (or text) -> GuardOutput, in input order (batch_size
+        None: `siren report`'s guard_batch_size)."""
+        batch_size = config.default("guard_batch_size", "report") if batch_size is None else batch_size
         import torch
 
         prompts = self.prompts(rows)

@@ -40,28 +40,15 @@ THRESHOLD = 0.5
 
 
 def add_arguments(p) -> None:
-    from siren.evaluation.baselines import SYSTEMS
+    from siren import config as cfgmod
 
-    p.add_argument("--run", required=True, help="trained run folder (results.json + splits.json + guard)")
-    p.add_argument("--out", help="report folder (default: reports/<run folder name> under the current directory)")
-    p.add_argument("--systems", nargs="+", default=list(SYSTEMS), help=f"default: all of {' '.join(SYSTEMS)}")
-    p.add_argument("--guards", nargs="*", default=[],
-                   help="guard models: registry names (qwen3guard-0.6b, llama-guard3-1b, ...) or NAME=FOLDER")
-    p.add_argument("--extra_datasets", nargs="*", default=[], help="harmful-only test sets, e.g. advbench harmbench")
-    p.add_argument("--n_trials", type=int, help="head search trials for the MLP systems (default: the run's)")
-    p.add_argument("--n_folds", type=int, help="default: the run's")
-    p.add_argument("--all_neurons_limit", type=int, default=4096,
-                   help="all_neurons_mlp uses all L*d features up to this many, else a random subset of SIREN's size")
-    p.add_argument("--latency_texts", type=int, default=32, help="test texts timed in batches of 32 (the first 8 at batch 1)")
-    p.add_argument("--guard_batch_size", type=int, default=8)
-    p.add_argument("--device", help="cpu, cuda ... (default: the run's)")
-    p.add_argument("--guard_device", help="default: cuda if available")
-    p.add_argument("--cache_dir", help="feature cache (default: the run's)")
-    p.add_argument("--batch_tokens", type=int)
+    cfgmod.add_flags(p, "report", required=("run",))
 
 
 def run(args) -> int:
-    report = build_report(args)
+    from siren import config as cfgmod
+
+    report = build_report(cfgmod.from_args("report", args))
     print_summary(report)
     return 0
 
@@ -153,19 +140,21 @@ def git_commit() -> str:
 
 # --------------------------------------------------------------------------- the report
 
-def build_report(args) -> dict:
-    """Fit and score every system on the run's split ids, write the report folder; returns the report."""
-    from siren.evaluation.baselines import RunData, Unavailable, fit_systems
+def build_report(cfg) -> dict:
+    """The comparison report of a ReportConfig's run: fit and score every system on the run's split
+    ids, write the report folder; returns the report."""
+    from siren.evaluation.baselines import SYSTEMS, RunData, Unavailable, fit_systems
 
     started = time.perf_counter()
-    run = RunData(args.run, extra_datasets=args.extra_datasets, cache_dir=args.cache_dir, device=args.device,
-                  batch_tokens=args.batch_tokens)
-    out_dir = Path(args.out) if args.out else Path("reports") / run.run_dir.resolve().name
+    run = RunData(cfg.run, extra_datasets=cfg.extra_datasets, cache_dir=cfg.cache_dir, device=cfg.device,
+                  batch_tokens=cfg.batch_tokens)
+    out_dir = Path(cfg.out) if cfg.out else Path("reports") / run.run_dir.resolve().name
     out_dir.mkdir(parents=True, exist_ok=True)
-    n_trials = int(args.n_trials or run.cfg["n_trials"])
-    n_folds = int(args.n_folds or run.cfg["n_folds"])
+    n_trials = int(cfg.n_trials or run.train_cfg.n_trials)
+    n_folds = int(cfg.n_folds or run.train_cfg.n_folds)
+    systems_wanted = cfg.systems or list(SYSTEMS)
     everything = run.datasets + run.extras
-    needs_features = any(s != "tfidf_lr" and s != "profanity_check" for s in args.systems)
+    needs_features = any(s != "tfidf_lr" and s != "profanity_check" for s in systems_wanted)
     t = time.perf_counter()
     if needs_features:
         run.ensure_features()
@@ -173,11 +162,11 @@ def build_report(args) -> dict:
 
     rng = np.random.default_rng(run.seed)
     pool = [r for d in run.datasets for r in run.splits[(d, "test")].rows]
-    sample = [pool[i] for i in rng.choice(len(pool), size=min(args.latency_texts, len(pool)), replace=False)]
+    sample = [pool[i] for i in rng.choice(len(pool), size=min(cfg.latency_texts, len(pool)), replace=False)]
     sample_texts = [r["text"] for r in sample]
 
-    systems = fit_systems(run, args.systems, seed=run.seed, n_trials=n_trials, n_folds=n_folds,
-                          all_neurons_limit=args.all_neurons_limit)
+    systems = fit_systems(run, systems_wanted, seed=run.seed, n_trials=n_trials, n_folds=n_folds,
+                          all_neurons_limit=cfg.all_neurons_limit)
     feature_latency = FeatureLatency(run, sample_texts)
     entries, curves, all_scores = {}, {}, {}
     for system in systems:
@@ -186,13 +175,14 @@ def build_report(args) -> dict:
             continue
         entries[system.name], curves[system.name], all_scores[system.name] = score_system(
             system, run, everything, sample_texts, feature_latency)
-    for arg in args.guards:
-        entries.update(score_guard(arg, run, everything, sample, args, curves))
+    for arg in cfg.guards:
+        entries.update(score_guard(arg, run, everything, sample, cfg, curves))
 
     report = {
         "run": str(run.run_dir),
         "name": out_dir.name,
         **setup_record(run, needs_features, n_trials, n_folds),
+        "config": cfg.as_dict(),
         "latency_texts": len(sample_texts),
         "latency_tokens": feature_latency.tokens,
         "systems": entries,
@@ -286,7 +276,7 @@ def setup_record(run, needs_features: bool, n_trials: int, n_folds: int) -> dict
         "run_config": {k: run.cfg.get(k) for k in ("c_values", "probe_tol", "probe_c_rule", "probe_refit",
                                                    "selection_thresholds", "pooling_types", "n_trials", "n_folds",
                                                    "max_epochs", "patience", "max_length")},
-        "threshold": THRESHOLD,
+        "decision_threshold": THRESHOLD,
     }
 
 
@@ -296,7 +286,7 @@ def _torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def score_guard(arg: str, run, everything: list[str], sample: list[dict], args, curves: dict) -> dict:
+def score_guard(arg: str, run, everything: list[str], sample: list[dict], cfg, curves: dict) -> dict:
     """Score every test row with one guard model -> {system name: entry} (one per reading)."""
     from siren.evaluation.guard_models import GuardScorer, load_guard_model, spec_for
 
@@ -305,12 +295,12 @@ def score_guard(arg: str, run, everything: list[str], sample: list[dict], args, 
     names = {m: f"guard:{spec.name}" + (f" ({m})" if len(modes) > 1 else "") for m in modes}
     print(f"[siren] report: guard {spec.name} ({spec.model_id}) ...", flush=True)
     try:
-        model, tokenizer = load_guard_model(spec, device=args.guard_device)
+        model, tokenizer = load_guard_model(spec, device=cfg.guard_device)
     except SirenError as err:
         return {n: {"status": "unavailable", "reason": str(err)} for n in names.values()}
     scorer = GuardScorer(model, tokenizer, spec.family, max_length=run.max_length)
     start = time.perf_counter()
-    outputs = {d: scorer.score(run.splits[(d, "test")].rows, batch_size=args.guard_batch_size) for d in everything}
+    outputs = {d: scorer.score(run.splits[(d, "test")].rows, batch_size=cfg.guard_batch_size) for d in everything}
     seconds = time.perf_counter() - start
     latency = {f"batch_{b}": time_per_text(lambda rows, b=b: scorer.score(rows, batch_size=b), sample, b)
                for b in (1, 32)}

@@ -83,7 +83,7 @@ def setup_lines(report: dict) -> list[str]:
         + ", ".join(f"{d} {n}" for d, n in report["test_rows"].items()),
         f"- **Seed**: {report['seed']}; head search for the MLP systems: {report['n_trials']} trials x "
         f"{report['n_folds']} folds (the run's settings: {json.dumps(report['run_config'])})",
-        f"- **Decision rule**: P(harmful) >= {report['threshold']} (guard models: their parsed verdict)",
+        f"- **Decision rule**: P(harmful) >= {report.get('decision_threshold', report.get('threshold'))} (guard models: their parsed verdict)",
         f"- **Code**: git commit {report['git_commit']}",
         f"- **Machine**: {report['machine']}; report written {report['created']} in {report['seconds']:.0f} s",
     ]

@@ -16,9 +16,10 @@ A stream is a response read token by token (tokens of the guard's own tokenizer)
 `every` tokens the guard scores the response so far: with an answer head, the answer's verdict
 (`--verdict response`: the answer's tokens pooled with the prompt in context), else the whole
 text's score (the response alone, or prompt + newline + response with `--with_prompt`).
-A `StreamRule` (threshold, k-consecutive debounce, minimum answer tokens, optional EMA;
-`siren.runtime.stream_rules`) decides where a stream is flagged; its defaults are the guard's
-own stream rule, else configs/defaults.yaml's `stream_*` keys. `--target_false_alarm` picks
+A `StreamRule` (decision threshold, k-consecutive debounce, minimum answer tokens, optional EMA;
+`siren.runtime.stream_rules`) decides where a stream is flagged; what the config leaves null
+(`debounce`, `min_answer_tokens`, `ema` of section eval_stream) comes from the guard's own stream
+rule, else from configs/defaults.yaml's top level. `--target_false_alarm` picks
 the threshold on safe validation streams (`--val_data_file` / `--val_ids_split`), never on the
 evaluated ones. `score_prefixes` takes the scores through the guard's streaming session when
 the runtime has one (`guard.stream(prompt=...)` returning an object with `.feed`), else
@@ -125,7 +126,7 @@ def open_session(guard, prompt: str | None, threshold: float | None):
         params = {}
     try:
         if "rule" in params:  # the runtime with answer verdicts: stream(prompt, *, rule=StreamRule)
-            thr = getattr(guard, "default_threshold", 0.5) if threshold is None else threshold
+            thr = guard.default_threshold if threshold is None else threshold
             session = stream(prompt=prompt, rule=StreamRule(float(thr), 1, 0, None))
         else:
             session = stream(prompt=prompt, debounce=1, threshold=threshold)
@@ -142,10 +143,18 @@ def verdict_score(result, verdict: str) -> float:
     return float(result.score)
 
 
-def score_prefixes(guard, response: str, prompt: str | None = None, *, every: int = 1,
+def _default(key: str, value):
+    """`value`, or `siren eval-stream`'s default of `key` (configs/defaults.yaml) when None."""
+    from siren import config as cfgmod
+
+    return cfgmod.default(key, "eval-stream") if value is None else value
+
+
+def score_prefixes(guard, response: str, prompt: str | None = None, *, every: int | None = None,
                    extra_positions: Iterable[int] = (), max_tokens: int | None = None,
                    threshold: float | None = None, use_session: bool | None = None,
-                   batch_size: int = 32, batch_tokens: int = 16384, verdict: str = "text") -> ScoreTrace:
+                   batch_size: int | None = None, batch_tokens: int | None = None,
+                   verdict: str | None = None) -> ScoreTrace:
     """Score the response after every `every` of its tokens (and at `extra_positions`).
 
     The score at position p is the guard's score of prompt + "\\n" + response[:char_ends[p-1]]
@@ -156,14 +165,19 @@ def score_prefixes(guard, response: str, prompt: str | None = None, *, every: in
     max_tokens: stop after this many response tokens (None: the whole response).
     verdict: "text" scores the whole text as above; "response" the answer's verdict (the guard's
     answer head on the answer's tokens, with the prompt in context: `session.feed(...).response`,
-    or `guard.score_pairs` statelessly).
+    or `guard.score_pairs` statelessly); "auto": response when the guard has an answer head, else
+    text. every / verdict None: `siren eval-stream`'s defaults (configs/defaults.yaml);
+    batch_size / batch_tokens None: the guard's (no cap; padded tokens by device).
     """
     from siren.features import join_prompt_response
 
     ends = token_char_ends(guard.backbone.tokenizer, response)
     n = len(ends) if max_tokens is None else min(len(ends), int(max_tokens))
     ends = ends[:n]
-    positions = stream_positions(n, every, extra_positions)
+    positions = stream_positions(n, _default("every", every), extra_positions)
+    verdict = _default("verdict", verdict)
+    if verdict == "auto":
+        verdict = "response" if getattr(guard, "has_answer_head", False) else "text"
     session = None
     if use_session is not False:
         session = open_session(guard, prompt, threshold)
@@ -259,85 +273,43 @@ def sample(records: list, limit: int | None, seed: int) -> list:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", required=True, help="guard folder, backbone name (its trained guard) or Hub id")
-    p.add_argument("--source", choices=("qwen3guardtest", "jsonl"), default="qwen3guardtest",
-                   help="qwen3guardtest: the Hub benchmark (or --data_file, a local copy of one of its JSONL "
-                        "files); jsonl: SIREN-ready rows with prompt/response/label in --data_file")
-    p.add_argument("--split", default="thinking_loc", help="Qwen3GuardTest split: thinking_loc | response_loc")
-    p.add_argument("--data_file", help="local JSONL (Qwen3GuardTest's columns, or SIREN-ready rows)")
-    p.add_argument("--reference_tokenizer", default=None,
-                   help="tokenizer of Qwen3GuardTest's input_ids (default: Qwen/Qwen3-0.6B)")
-    p.add_argument("--ids_from", help="splits.json: keep only the ids it lists for --ids_dataset/--ids_split")
-    p.add_argument("--ids_dataset", help="dataset name inside --ids_from")
-    p.add_argument("--ids_split", default="test", help="split inside --ids_from (default test)")
-    p.add_argument("--limit", type=int, help="a seeded sample of this many streams (default: all)")
-    p.add_argument("--seed", type=int, help="sampling seed (default: configs/defaults.yaml's)")
-    p.add_argument("--every", type=int, default=1,
-                   help="score after every k response tokens (default 1; 0: only the authors' checkpoints)")
-    p.add_argument("--max_tokens", type=int, help="read at most this many response tokens per stream")
-    p.add_argument("--graces", type=int, nargs="+", default=list(GRACES), help="tokens after the unsafe sentence")
-    p.add_argument("--verdict", choices=("auto", "response", "text"), default="auto",
-                   help="response: the answer's verdict (answer head, prompt in context); text: the whole text's "
-                        "(today's score); auto (default): response when the guard has an answer head")
-    p.add_argument("--threshold", type=float, help="decision threshold (default: the guard's, for the verdict used)")
-    p.add_argument("--debounce", type=int,
-                   help="flag after this many consecutive scores >= threshold "
-                        "(default: the guard's stream rule, else configs/defaults.yaml, else 1)")
-    p.add_argument("--min_answer_tokens", type=int,
-                   help="never flag before this many answer tokens (default as --debounce, else 0)")
-    p.add_argument("--ema", type=float,
-                   help="smooth scores with this EMA alpha in (0, 1] (default as --debounce, else raw)")
-    p.add_argument("--target_false_alarm", type=float,
-                   help="pick the lowest threshold flagging at most this share of the safe validation streams "
-                        "(needs --val_data_file or --val_ids_split; overrides --threshold; default with a validation "
-                        "source: configs/defaults.yaml's stream_target_false_alarm)")
-    p.add_argument("--val_data_file", help="SIREN-ready JSONL of validation streams (default: --data_file)")
-    p.add_argument("--val_ids_split", help="split inside --ids_from whose streams are the validation streams")
-    p.add_argument("--val_limit", type=int, help="a seeded sample of this many safe validation streams")
-    p.add_argument("--with_prompt", action="store_true",
-                   help="text verdict: score prompt + newline + response so far (default: the response alone, as "
-                        "the authors); the response verdict always reads the prompt as context")
-    p.add_argument("--stateless", action="store_true", help="never use the runtime's streaming session")
-    p.add_argument("--out_dir", help="default: <guard folder>/streaming_<split or data file name>")
-    p.add_argument("--save_traces", action="store_true", help="also write every score to traces.jsonl")
-    p.add_argument("--device")
-    p.add_argument("--dtype")
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--batch_tokens", type=int, default=2048, help="padded tokens per forward (stateless path)")
+    from siren import config as cfgmod
+
+    cfgmod.add_flags(p, "eval-stream")
 
 
-def load_records(args) -> list[StreamRecord]:
-    if args.source == "jsonl":
-        if not args.data_file:
+def load_records(cfg) -> list[StreamRecord]:
+    if cfg.source == "jsonl":
+        if not cfg.data_file:
             raise SirenError("--source jsonl needs --data_file (SIREN-ready rows with prompt, response, label)")
-        return records_from_jsonl(args.data_file, ids=_ids(args, args.ids_split))
+        return records_from_jsonl(cfg.data_file, ids=_ids(cfg, cfg.ids_split))
     from siren.evaluation import qwen3guardtest as q3
 
-    rows = q3.load_rows(args.split, data_file=args.data_file)
-    return q3.loc_records(rows, q3.reference_tokenizer(args.reference_tokenizer))
+    rows = q3.load_rows(cfg.split, data_file=cfg.data_file)
+    return q3.loc_records(rows, q3.reference_tokenizer(cfg.reference_tokenizer))
 
 
-def _ids(args, split: str) -> list[str] | None:
-    if not args.ids_from:
+def _ids(cfg, split: str) -> list[str] | None:
+    if not cfg.ids_from:
         return None
-    if not args.ids_dataset:
+    if not cfg.ids_dataset:
         raise SirenError("--ids_from needs --ids_dataset (the dataset name inside splits.json)")
-    return split_ids(args.ids_from, args.ids_dataset, split)
+    return split_ids(cfg.ids_from, cfg.ids_dataset, split)
 
 
-def validation_records(args, test_ids: set[str]) -> list[StreamRecord]:
+def validation_records(cfg, test_ids: set[str]) -> list[StreamRecord]:
     """The safe validation streams a target false-alarm rate is met on (never the evaluated ones)."""
-    if not (args.val_data_file or args.val_ids_split):
+    if not (cfg.val_data_file or cfg.val_ids_split):
         raise SirenError("--target_false_alarm picks the threshold on validation streams: give --val_data_file "
                          "or --val_ids_split (with --ids_from), never the test streams")
-    if args.val_ids_split and not args.ids_from:
+    if cfg.val_ids_split and not cfg.ids_from:
         raise SirenError("--val_ids_split needs --ids_from (the splits.json listing it)")
-    path = args.val_data_file or (args.data_file if args.source == "jsonl" else None)
+    path = cfg.val_data_file or (cfg.data_file if cfg.source == "jsonl" else None)
     if path is None:
         raise SirenError("Qwen3GuardTest's *_loc splits hold no safe streams: give --val_data_file (SIREN-ready rows)")
-    ids = _ids(args, args.val_ids_split) if args.val_ids_split else None
+    ids = _ids(cfg, cfg.val_ids_split) if cfg.val_ids_split else None
     records = [r for r in records_from_jsonl(path, ids=ids) if r.label == 0]
-    if path == args.data_file and test_ids & {r.id for r in records}:
+    if path == cfg.data_file and test_ids & {r.id for r in records}:
         raise SirenError("the validation streams overlap the evaluated ones: pick the threshold on another split "
                          "(--val_ids_split) or file (--val_data_file)")
     if not records:
@@ -345,28 +317,30 @@ def validation_records(args, test_ids: set[str]) -> list[StreamRecord]:
     return records
 
 
-def stream_setup(args, guard) -> tuple[str, StreamRule, str]:
-    """(verdict, rule, where the threshold came from): flags on the command line win, then the
-    guard's own stream rule (answer head), then configs/defaults.yaml, then today's behaviour."""
+def stream_setup(cfg, guard) -> tuple[str, StreamRule, str]:
+    """(verdict, rule, where the threshold came from) of an EvalStreamConfig: a value it sets wins,
+    then (null) the guard's own stream rule (answer verdict), then configs/defaults.yaml's
+    top-level debounce / min_answer_tokens / ema."""
     from siren import config as cfgmod
 
     has_head = bool(getattr(guard, "has_answer_head", False))
-    verdict = ("response" if has_head else "text") if args.verdict == "auto" else args.verdict
+    verdict = ("response" if has_head else "text") if cfg.verdict == "auto" else cfg.verdict
     if verdict == "response" and not has_head:
         raise SirenError("--verdict response needs a guard with an answer head (siren.answer_head in its "
                          "siren_config.json); use --verdict text")
     saved = {}
     if verdict == "response":
         saved = dict(((guard.config.get("siren") or {}).get("answer_head") or {}).get("stream") or {})
-    cfg = cfgmod.defaults()
     rule = {}
-    for key, fallback in (("debounce", 1), ("min_answer_tokens", 0), ("ema", None)):
-        given = getattr(args, key)
-        rule[key] = given if given is not None else saved.get(key, cfg.get(f"stream_{key}", fallback))
+    for key in ("debounce", "min_answer_tokens", "ema"):
+        value = getattr(cfg, key)
+        if value is None:
+            value = saved[key] if key in saved else cfgmod.default(key)
+        rule[key] = value
     if rule["ema"] is not None and rule["ema"] == 1.0:
         rule["ema"] = None  # alpha 1 is the raw score
-    if args.threshold is not None:
-        threshold, source = float(args.threshold), "--threshold"
+    if cfg.decision_threshold is not None:
+        threshold, source = float(cfg.decision_threshold), "--decision_threshold"
     elif verdict == "response" and getattr(guard, "answer_threshold", None) is not None:
         threshold, source = float(guard.answer_threshold), "the guard's answer threshold"
     else:
@@ -374,80 +348,78 @@ def stream_setup(args, guard) -> tuple[str, StreamRule, str]:
     return verdict, StreamRule(threshold, int(rule["debounce"]), int(rule["min_answer_tokens"]), rule["ema"]), source
 
 
-def score_records(guard, records: list[StreamRecord], args, verdict: str, threshold: float, what: str) -> list:
+def score_records(guard, records: list[StreamRecord], cfg, verdict: str, threshold: float, what: str) -> list:
     """ScoreTraces of `records` (the authors' checkpoints always among the scored positions)."""
     start, traces = time.perf_counter(), []
     for i, rec in enumerate(records):
         extra = ()
         if rec.unsafe_start is not None and rec.unsafe_end is not None:
-            ends = token_char_ends(guard.backbone.tokenizer, rec.response)[:args.max_tokens]
+            ends = token_char_ends(guard.backbone.tokenizer, rec.response)[:cfg.max_tokens]
             if len(ends):
                 _, p_end = span_token_bounds(ends, rec.unsafe_start, rec.unsafe_end)
-                extra = tuple(checkpoints(p_end, len(ends), args.graces).values())
-        prompt = rec.prompt if verdict == "response" or args.with_prompt else None
-        traces.append(score_prefixes(guard, rec.response, prompt, every=args.every, extra_positions=extra,
-                                     max_tokens=args.max_tokens, threshold=threshold,
-                                     use_session=False if args.stateless else None, batch_size=args.batch_size,
-                                     batch_tokens=args.batch_tokens, verdict=verdict))
+                extra = tuple(checkpoints(p_end, len(ends), cfg.graces).values())
+        prompt = rec.prompt if verdict == "response" or cfg.with_prompt else None
+        traces.append(score_prefixes(guard, rec.response, prompt, every=cfg.every, extra_positions=extra,
+                                     max_tokens=cfg.max_tokens, threshold=threshold,
+                                     use_session=False if cfg.stateless else None, batch_size=cfg.batch_size,
+                                     batch_tokens=cfg.batch_tokens, verdict=verdict))
         if (i + 1) % 10 == 0 or i + 1 == len(records):
             print(f"[siren] streamed {i + 1}/{len(records)} {what} ({time.perf_counter() - start:.0f} s)", flush=True)
     return traces
 
 
 def run(args) -> int:
-    check_stream_args(args)     # every value before hours of streaming, not after
-    report = evaluate_streams(args)
+    from siren import config as cfgmod
+
+    cfg = cfgmod.from_args("eval-stream", args)
+    check_stream_args(cfg)      # every value before hours of streaming, not after
+    report = evaluate_streams(cfg)
     print_summary(report)
     return 0
 
 
-def evaluate_streams(args) -> dict:
-    from siren import config as cfgmod
+def evaluate_streams(cfg) -> dict:
+    """Stream every record of an EvalStreamConfig through its guard; writes and returns the report."""
     from siren.fileio import atomic_write_json, atomic_write_text
     from siren.runtime.loading import open_guard
 
-    seed = cfgmod.defaults()["seed"] if args.seed is None else args.seed
-    records = sample(load_records(args), args.limit, seed)
+    seed = cfg.seed
+    records = sample(load_records(cfg), cfg.limit, seed)
     if not records:
         raise SirenError("no streams to evaluate")
     val = None
-    target = args.target_false_alarm
-    if target is None and (args.val_data_file or args.val_ids_split):
-        target = cfgmod.defaults().get("stream_target_false_alarm")  # a validation source alone: the default target
-        if target is None:
-            raise SirenError("validation streams were given but no target: pass --target_false_alarm (e.g. 0.1)")
+    target = cfg.target_false_alarm
+    if target is None and (cfg.val_data_file or cfg.val_ids_split):
+        raise SirenError("validation streams were given but no target: pass --target_false_alarm (e.g. 0.1)")
     if target is not None:
-        val = sample(validation_records(args, {r.id for r in records}), args.val_limit, seed)
-    folder, guard = open_guard(args.model, device=args.device, dtype=args.dtype)
-    verdict, rule, thr_source = stream_setup(args, guard)
-    name = args.split if args.source == "qwen3guardtest" else Path(args.data_file).stem
-    out_dir = Path(args.out_dir) if args.out_dir else Path(folder) / f"streaming_{name}"
+        val = sample(validation_records(cfg, {r.id for r in records}), cfg.val_limit, seed)
+    folder, guard = open_guard(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    verdict, rule, thr_source = stream_setup(cfg, guard)
+    name = cfg.split if cfg.source == "qwen3guardtest" else Path(cfg.data_file).stem
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(folder) / f"streaming_{name}"
     out_dir.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
     if val is not None:
-        val_traces = score_records(guard, val, args, verdict, rule.threshold, "safe validation streams")
+        val_traces = score_records(guard, val, cfg, verdict, rule.threshold, "safe validation streams")
         threshold = threshold_for_false_alarm([(t.positions, t.scores) for t in val_traces if len(t.scores)],
                                               rule, float(target))
         rule = rule.with_threshold(threshold)
         thr_source = f"validation: false alarms <= {target:g} on {len(val)} safe streams"
-    traces = score_records(guard, records, args, verdict, rule.threshold, "streams")
+    traces = score_records(guard, records, cfg, verdict, rule.threshold, "streams")
     used_session = {t.used_session for t in traces}
-    results = [stream_result(rec, t, rule=rule, graces=args.graces) for rec, t in zip(records, traces)]
+    results = [stream_result(rec, t, rule=rule, graces=cfg.graces) for rec, t in zip(records, traces)]
     seconds = time.perf_counter() - start
-    summary = summarize(results, args.graces)
+    summary = summarize(results, cfg.graces)
     report = {
         "guard": str(folder),
-        "threshold": rule.threshold,
+        "decision_threshold": rule.threshold,
         "threshold_source": thr_source,
         "verdict": verdict,
         "rule": rule_dict(rule),
-        "config": {k: getattr(args, k) for k in ("source", "split", "data_file", "ids_from", "ids_dataset",
-                                                 "ids_split", "limit", "every", "max_tokens", "graces",
-                                                 "with_prompt", "reference_tokenizer", "target_false_alarm",
-                                                 "val_data_file", "val_ids_split", "val_limit")}
-        | {"seed": seed, "max_length": guard.max_length, "debounce": rule.debounce, "target_false_alarm": target}
-        | ({"split": None, "reference_tokenizer": None} if args.source == "jsonl" else {}),
+        "config": cfg.as_dict() | {"max_length": guard.max_length, "debounce": rule.debounce,
+                                   "min_answer_tokens": rule.min_answer_tokens, "ema": rule.ema}
+        | ({"split": None, "reference_tokenizer": None} if cfg.source == "jsonl" else {}),
         "scoring": "session" if used_session == {True} else "stateless" if used_session == {False} else "mixed",
         "seconds": round(seconds, 1),
         "summary": summary,
@@ -455,7 +427,7 @@ def evaluate_streams(args) -> dict:
         "streams": results,
     }
     atomic_write_json(out_dir / "streaming_results.json", report)
-    if args.save_traces:
+    if cfg.save_traces:
         atomic_write_text(out_dir / "traces.jsonl", "".join(
             json.dumps({"id": r.id, "label": r.label, "positions": t.positions.tolist(),
                         "scores": [None if not np.isfinite(s) else round(float(s), 6) for s in t.scores]}) + "\n"
@@ -476,7 +448,7 @@ def print_summary(report: dict) -> None:
 
     r = report["rule"]
     print(f"\nstreams {s['n_streams']} (harmful {s['n_harmful']}, safe {s['n_safe']}), {report['verdict']} verdict, "
-          f"threshold {report['threshold']:.3g} ({report['threshold_source']}), debounce {r['debounce']}, "
+          f"threshold {report['decision_threshold']:.3g} ({report['threshold_source']}), debounce {r['debounce']}, "
           f"min answer tokens {r['min_answer_tokens']}, ema {r['ema']}; scored by the {report['scoring']} path "
           f"in {report['seconds']} s")
     if "detection_rate" in s:

@@ -227,19 +227,18 @@ def load_targets(datasets, split: str, ids: np.ndarray, groups: np.ndarray, taxo
     return Y, M
 
 
-def fit_run_categories(cfg: dict, split_kw: dict, Z: np.ndarray, ids: np.ndarray, groups: np.ndarray,
-                       n_train: int) -> CategoryModel | None:
+def fit_run_categories(mode: str, datasets: list[str], seed: int, split_kw: dict, Z: np.ndarray, ids: np.ndarray,
+                       groups: np.ndarray, n_train: int) -> CategoryModel | None:
     """The training run's category head (config key `category_head`: auto = fit when the
     training rows carry categories, off = never). Z (n, k): the selected features of the train
     rows (first n_train) then the validation rows, as the binary head's search reads them."""
     from siren.categories import load_taxonomy
     from siren.errors import SirenError
 
-    mode = cfg.get("category_head") or "auto"
     if mode not in ("auto", "off"):
         raise SirenError(f"category_head must be auto or off, got {mode!r}")
     taxonomy = load_taxonomy()
-    datasets = list(cfg["datasets"])
+    datasets = list(datasets)
     if mode == "off" or not any(taxonomy.annotates(d) for d in datasets):
         return None
     tr, va = slice(0, n_train), slice(n_train, len(ids))
@@ -248,4 +247,4 @@ def fit_run_categories(cfg: dict, split_kw: dict, Z: np.ndarray, ids: np.ndarray
         log("category head: no training row carries categories; none trained")
         return None
     Yv, Mv = load_targets(datasets, "validation", ids[va], groups[va], taxonomy, split_kw)
-    return fit_category_model(Z[tr], Yt, Mt, Z[va], Yv, Mv, taxonomy, seed=int(cfg["seed"]))
+    return fit_category_model(Z[tr], Yt, Mt, Z[va], Yv, Mv, taxonomy, seed=int(seed))

@@ -62,7 +62,7 @@ def run(args) -> int:
     for layer, w in weight_of.items():
         weights[layer] = w
     Z = np.concatenate([aggregate(train.X, selection, weights), aggregate(val.X, selection, weights)])
-    model = fit_run_categories({"category_head": "auto", "datasets": datasets, "seed": cfg["seed"]}, split_kw, Z,
+    model = fit_run_categories("auto", datasets, cfg["seed"], split_kw, Z,
                                np.concatenate([train.ids, val.ids]), np.concatenate([train.groups, val.groups]),
                                len(train))
     if model is None:

@@ -33,7 +33,9 @@ from typing import Mapping
 
 import numpy as np
 
+from siren import config
 from siren.errors import SirenError
+from siren.features import default_batch_tokens
 from siren.fileio import atomic_save_npy, atomic_write_json, file_lock, fsync_dir
 from siren.log import log
 from siren.pipeline import distributed
@@ -45,15 +47,6 @@ from siren.pipeline.cache import (CACHE_DTYPES, FEATURES, IDS, LABELS, MANIFEST,
 CHECKPOINT_SECONDS = float(os.environ.get("SIREN_EXTRACT_CHECKPOINT_S", "5"))
 # Test hook: SIGKILL this process right after writing (and before checkpointing) this many batches.
 _KILL_AFTER_ENV = "SIREN_EXTRACT_KILL_AFTER_BATCHES"
-# Padded tokens per batch. On CPU, big batches are no faster (smollm2-135m on 2 cores: ~same
-# tokens/s at 4k and 16k) but cost activation memory (+400 MiB at 16k) and padding: on 512
-# mixed texts, padded/real is 1.10 at 2048, 1.20 at 4096, 1.67 at 16384 (it falls as n grows:
-# 1.02 at 2048 for 4096 texts). GPUs want bigger batches.
-CPU_BATCH_TOKENS, GPU_BATCH_TOKENS = 2048, 16384
-
-
-def default_batch_tokens(device) -> int:
-    return GPU_BATCH_TOKENS if str(device).startswith("cuda") else CPU_BATCH_TOKENS
 
 
 # --------------------------------------------------------------------------- row files and progress
@@ -270,7 +263,7 @@ def _merge_shards(folder: Path, batches: list[np.ndarray], world: int, shape, dt
 
 
 def extract_texts(features, texts, out_dir, *, manifest: dict, labels, ids, batch_tokens: int | None = None,
-                  batch_size: int | None = None, cache_dtype: str = "float16", progress_desc: str | None = None) -> None:
+                  batch_size: int | None = None, cache_dtype: str | None = None, progress_desc: str | None = None) -> None:
     """Compute every pooling type of `features` for `texts` in one forward per batch and write one
     finished cache folder per pooling type.
 
@@ -280,8 +273,10 @@ def extract_texts(features, texts, out_dir, *, manifest: dict, labels, ids, batc
     manifest: the caller's part of the manifest (backbone, model_id, revision, dataset, split);
         the fields derived from the arguments (see `cache.key_manifest`) are added here.
     batch_tokens: padded tokens per batch (None: 2048 on CPU, 16384 on GPU); batch_size: texts
-        per batch at most (None: no cap). Under torchrun, every rank calls this with the same arguments.
+        per batch at most (None: no cap); cache_dtype None: the config's. Under torchrun, every rank
+        calls this with the same arguments.
     """
+    cache_dtype = config.default("cache_dtype") if cache_dtype is None else cache_dtype
     if cache_dtype not in CACHE_DTYPES:
         raise SirenError(f"unknown cache dtype {cache_dtype!r}: use float16 or float32")
     reps = tuple(features.pooling_types)
@@ -350,10 +345,10 @@ def _stale_folders(cache_dir, model: str, wanted: dict[str, dict], world: int, q
 
 
 def ensure_features(model: str, datasets: list[str], *, splits=("train", "validation", "test"),
-                    pooling_types=("residual_mean",), data_dir=None, seed=42, val_ratio=0.2, max_per_split=None,
+                    pooling_types=None, data_dir=None, seed=None, val_ratio=None, max_per_split=None,
                     cache_dir=None, batch_tokens=None, batch_size=None, dtype=None, device=None,
-                    cache_dtype="float16", max_length=512, backbone=None,
-                    trust_remote_code: bool = False, cached_only: bool = False) -> dict[tuple[str, str, str], CacheEntry]:
+                    cache_dtype=None, max_length=None, backbone=None,
+                    trust_remote_code: bool | None = None, cached_only: bool = False) -> dict[tuple[str, str, str], CacheEntry]:
     """(dataset, split, pooling type) -> finished cache folder, extracting what is missing, stale
     or damaged.
 
@@ -361,13 +356,18 @@ def ensure_features(model: str, datasets: list[str], *, splits=("train", "valida
     given `backbone` is used). Splits a dataset does not have (eval-only sets have only
     "test") are skipped. Under torchrun every rank calls this; ranks share the work.
     cached_only: extract nothing (a cheap check: no backbone is loaded); what would be extracted
-    comes back with status "missing".
+    comes back with status "missing". A setting left None is the config's (`siren extract`'s).
     """
     from siren.backbones import resolve, resolve_dtype
     from siren.data import load_splits
     from siren.features import check_pooling_types
 
-    pooling_types = check_pooling_types(pooling_types)
+    given = dict(pooling_types=pooling_types, seed=seed, val_ratio=val_ratio, cache_dtype=cache_dtype,
+                 max_length=max_length, trust_remote_code=trust_remote_code)
+    cfg = config.load("extract", {k: v for k, v in given.items() if v is not None})
+    pooling_types = check_pooling_types(cfg.pooling_types)
+    seed, val_ratio, cache_dtype, max_length = cfg.seed, cfg.val_ratio, cfg.cache_dtype, cfg.max_length
+    trust_remote_code = cfg.trust_remote_code
     if cache_dtype not in CACHE_DTYPES:
         raise SirenError(f"unknown cache dtype {cache_dtype!r}: use float16 or float32")
     rank, world, local_rank = distributed.init()
@@ -421,63 +421,36 @@ def ensure_features(model: str, datasets: list[str], *, splits=("train", "valida
 
 # --------------------------------------------------------------------------- CLI: siren extract
 
-CLI_KEYS = ["model", "datasets", "data_dir", "max_per_split", "seed", "val_ratio", "pooling_types", "batch_size",
-            "batch_tokens", "dtype", "cache_dtype", "max_length", "cache_dir", "device", "trust_remote_code"]
-
-
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", help="registry name, local Hugging Face folder or Hub id")
-    parser.add_argument("--datasets", nargs="+", help="dataset names (see `siren data list`)")
     parser.add_argument("--splits", nargs="+", choices=["train", "validation", "test"],
                         help="default: train validation test")
-    parser.add_argument("--data_dir", help="folder of <dataset>/<split>.jsonl (default: $SIREN_DATA_DIR, else the Hub)")
-    parser.add_argument("--max_per_split", nargs="+", type=int, help="cap rows per split and dataset (seeded, stratified): one number, or three for train validation test")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--val_ratio", type=float)
-    parser.add_argument("--pooling_types", nargs="+", choices=["residual_mean", "mlp_mean"])
-    parser.add_argument("--batch_size", type=int, help="texts per forward at most")
-    parser.add_argument("--batch_tokens", type=int,
-                        help=f"padded tokens per batch (default: {CPU_BATCH_TOKENS} on CPU, {GPU_BATCH_TOKENS} on GPU)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                        help="the backbone's dtype (default: auto, bfloat16 where the device runs it natively, else float32)")
-    parser.add_argument("--cache_dtype", choices=sorted(CACHE_DTYPES))
-    parser.add_argument("--max_length", type=int)
-    parser.add_argument("--cache_dir", help="default: $SIREN_CACHE/features")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    parser.add_argument("--trust_remote_code", action="store_const", const=True, help="run the backbone's own model code (only for backbones whose authors you trust)")
+    config.add_flags(parser, "extract")
 
 
 def run(args) -> int:
-    from siren import config as cfgmod
-
     from siren import checks
     from siren.pipeline.cache import default_cache_dir
 
-    cfg = cfgmod.resolve(args, CLI_KEYS)  # the training defaults, so `siren train` reuses these caches
+    cfg = config.from_args("extract", args)  # the training defaults, so `siren train` reuses these caches
     if args.datasets is None:
-        cfg["datasets"] = cfgmod.default_datasets(cfg["data_dir"])
+        cfg = cfg.replace(datasets=config.default_datasets(cfg.data_dir))
     # Every value checked before data or the backbone loads.
-    checks.check_max_length(cfg["max_length"])
-    checks.check_device(cfg["device"])
-    checks.check_dtype(cfg["dtype"])
-    for key in ("batch_tokens", "batch_size"):
-        if cfg[key] is not None:
-            checks.check_positive_int(cfg[key], f"--{key}")
-    checks.check_writable_dir(cfg["cache_dir"] or default_cache_dir(), "--cache_dir")
+    checks.check_device(cfg.device)
+    checks.check_writable_dir(cfg.cache_dir or default_cache_dir(), "--cache_dir")
     start = time.time()
     entries = extract(cfg, splits=tuple(args.splits or ("train", "validation", "test")))
     print_entries(entries, time.time() - start)
     return 0
 
 
-def extract(cfg: dict, splits) -> list[CacheEntry]:
-    """ensure_features for a resolved config; ends the process group; entries on rank 0 only."""
-    entries = ensure_features(cfg["model"], cfg["datasets"], splits=splits, pooling_types=tuple(cfg["pooling_types"]),
-                              data_dir=cfg["data_dir"], seed=cfg["seed"], val_ratio=cfg["val_ratio"],
-                              max_per_split=cfg["max_per_split"], cache_dir=cfg["cache_dir"],
-                              batch_tokens=cfg["batch_tokens"], batch_size=cfg["batch_size"], dtype=cfg["dtype"],
-                              device=cfg["device"], cache_dtype=cfg["cache_dtype"], max_length=cfg["max_length"],
-                              trust_remote_code=bool(cfg["trust_remote_code"]))
+def extract(cfg, splits) -> list[CacheEntry]:
+    """ensure_features for an ExtractConfig; ends the process group; entries on rank 0 only."""
+    entries = ensure_features(cfg.model, cfg.datasets, splits=splits, pooling_types=tuple(cfg.pooling_types),
+                              data_dir=cfg.data_dir, seed=cfg.seed, val_ratio=cfg.val_ratio,
+                              max_per_split=cfg.max_per_split, cache_dir=cfg.cache_dir,
+                              batch_tokens=cfg.batch_tokens, batch_size=cfg.batch_size, dtype=cfg.dtype,
+                              device=cfg.device, cache_dtype=cfg.cache_dtype, max_length=cfg.max_length,
+                              trust_remote_code=cfg.trust_remote_code)
     rank, world = distributed.rank_world()
     distributed.shutdown(world)
     return list(entries.values()) if rank == 0 else []

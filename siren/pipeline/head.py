@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from siren.config import command_defaults
 from siren.metrics import mean_group_macro_f1
 
 from siren.mlp import MLPHead, logits_of
@@ -239,8 +240,8 @@ class _Standardised:
 
 
 def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rates: list[float],
-             lr: float, seed: int, max_epochs: int = 200, batch_size: int = 256,
-             patience: int = 20, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
+             lr: float, seed: int, max_epochs: int | None = None, batch_size: int | None = None,
+             patience: int | None = None, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
              groups_val: np.ndarray | None = None,
              on_epoch: Callable[[int, float], None] | None = None,
              weight_decay: float = 1e-4, fused: bool = True, bf16: bool = False,
@@ -283,8 +284,13 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
 
     Returns (model in eval mode, taking raw features; history dict with ``val_f1`` list,
     ``train_loss`` list, ``best_epoch`` (1-based, number of epochs of the kept state),
-    ``best_val_f1``, ``mean``, ``std``).
+    ``best_val_f1``, ``mean``, ``std``). max_epochs, batch_size (head_batch_size), patience
+    None: configs/defaults.yaml's.
     """
+    defaults = command_defaults("train")
+    max_epochs = defaults["max_epochs"] if max_epochs is None else max_epochs
+    batch_size = defaults["head_batch_size"] if batch_size is None else batch_size
+    patience = defaults["patience"] if patience is None else patience
     X = X if isinstance(X, np.ndarray) else np.asarray(X, dtype=np.float32)
     y = np.asarray(y).reshape(-1).astype(np.int64)
     if rows is not None:
@@ -405,7 +411,7 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
         if not has_val:
             continue
         with autocast():
-            logits = logits_of(kept, Xv, batch_size=_VAL_ROWS)
+            logits = logits_of(kept, Xv, chunk_rows=_VAL_ROWS)
         f1 = mean_group_macro_f1(yv, logits.argmax(dim=1).numpy(), gv)
         history["val_f1"].append(f1)
         score = f1 if stop_on == "f1" else -float(

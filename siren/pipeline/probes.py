@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from siren.config import command_defaults
 from siren.metrics import mean_group_macro_f1_columns
 from siren.pipeline.cache import RowStack
 
@@ -105,10 +106,10 @@ def _standardise_stats(Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, scale
 
 
-def _lipschitz(Z: torch.Tensor, n_iter: int = 30, seed: int = 0) -> torch.Tensor:
+def _lipschitz(Z: torch.Tensor, n_iter: int = 30, init_seed: int = 0) -> torch.Tensor:
     """Upper estimate of the gradient's Lipschitz constant per layer. Z (Lc, n, d) centred."""
     Lc, n, d = Z.shape
-    g = torch.Generator(device="cpu").manual_seed(seed)
+    g = torch.Generator(device="cpu").manual_seed(init_seed)
     v = torch.randn(Lc, d, 1, generator=g).to(Z.device)
     v = v / v.norm(dim=1, keepdim=True)
     lam = torch.zeros(Lc, device=Z.device)
@@ -145,8 +146,8 @@ def _fista(Z: torch.Tensor, y: torch.Tensor, C: float | torch.Tensor, w0: torch.
         g_w = torch.bmm(r[:, None, :], Za).squeeze(1)                 # (La, d)
         g_b = r.sum(dim=1)
         v = y_w - step[:, None] * g_w
-        thr = (step * lam)[:, None]
-        nx_w = torch.sign(v) * torch.clamp(v.abs() - thr, min=0.0)   # prox of ||.||_1 / C
+        shrink = (step * lam)[:, None]
+        nx_w = torch.sign(v) * torch.clamp(v.abs() - shrink, min=0.0)   # prox of ||.||_1 / C
         nx_b = y_b - step * g_b
         # stopping: size of the prox-gradient step from y, relative to the iterate
         diff = torch.maximum((nx_w - y_w).abs().amax(dim=1), (nx_b - y_b).abs())
@@ -250,7 +251,7 @@ class ProbeGrid:
 
 
 def one_se_choice(y_val: np.ndarray, pred: np.ndarray, groups_val: np.ndarray, *,
-                  resamples: int = ONE_SE_RESAMPLES, seed: int = ONE_SE_SEED) -> np.ndarray:
+                  resamples: int = ONE_SE_RESAMPLES, resample_seed: int = ONE_SE_SEED) -> np.ndarray:
     """The "one_se" rule. pred (m, n_val, L) bool: each C's (smallest first) validation
     predictions -> (L,) index of the chosen C per layer: the smallest C whose validation F1 is
     at least the best C's minus the standard deviation of the best C's F1 over ``resamples``
@@ -260,7 +261,7 @@ def one_se_choice(y_val: np.ndarray, pred: np.ndarray, groups_val: np.ndarray, *
     best = np.argmax(f1, axis=0)
     cols = np.arange(L)
     best_pred = pred[best, :, cols].T      # (n_val, L): each layer's best C's predictions
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(resample_seed)
     boot = np.zeros((resamples, L))
     for r in range(resamples):             # only the best C's F1 needs a standard error
         idx = rng.integers(0, nv, nv)
@@ -270,8 +271,8 @@ def one_se_choice(y_val: np.ndarray, pred: np.ndarray, groups_val: np.ndarray, *
 
 
 def fit_probe_grid(X_train, y_train, X_val, y_val, groups_val, c_values,
-                   *, groups_train=None, tol: float = DEFAULT_TOL, max_iter: int = 20000,
-                   c_rule: str = "best", refit: bool = False, device: str | torch.device = "cpu",
+                   *, groups_train=None, tol: float | None = None, max_iter: int = 20000,
+                   c_rule: str | None = None, refit: bool | None = None, probe_device: str | torch.device = "cpu",
                    progress: bool = True) -> ProbeGrid:
     """Fit the probes for every C and keep, per layer, one by ``c_rule`` (see C_RULES).
 
@@ -283,7 +284,12 @@ def fit_probe_grid(X_train, y_train, X_val, y_val, groups_val, c_values,
     train_f1 use the paper's metric too (one group if omitted). ``refit``: then fit each
     layer's chosen probe again, at its C, on the train and validation rows together (from
     zero, with their own standardisation), and return those weights (see ProbeGrid.refit).
+    tol, c_rule, refit None: configs/defaults.yaml's probe_tol, probe_c_rule, probe_refit.
     """
+    defaults = command_defaults("train")
+    tol = defaults["probe_tol"] if tol is None else tol
+    c_rule = defaults["probe_c_rule"] if c_rule is None else c_rule
+    refit = defaults["probe_refit"] if refit is None else refit
     if c_rule not in C_RULES:
         raise ValueError(f"c_rule must be one of {C_RULES}, got {c_rule!r}")
     cs = np.array(sorted(float(c) for c in c_values), dtype=np.float64)
@@ -294,6 +300,7 @@ def fit_probe_grid(X_train, y_train, X_val, y_val, groups_val, c_values,
     y_va = np.asarray(y_val).reshape(-1)
     g_va = np.asarray(groups_val).reshape(-1)
     g_tr = np.zeros(n, np.int64) if groups_train is None else np.asarray(groups_train).reshape(-1)
+    device = probe_device
     yt = torch.as_tensor(y_tr, dtype=torch.float32, device=device)
 
     m = len(cs)

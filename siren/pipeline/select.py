@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from siren.config import command_defaults
 from siren.pipeline.cache import release_pages
 
 __all__ = ["select_neurons", "layer_weights", "aggregate", "n_selected"]
@@ -50,11 +51,13 @@ def n_selected(selection: dict[int, np.ndarray]) -> int:
     return int(sum(len(v) for v in selection.values()))
 
 
-def layer_weights(val_f1: np.ndarray, floor: float = 0.1) -> np.ndarray:
-    """Layer weights from the probes' validation F1: min-max normalised, floored.
+def layer_weights(val_f1: np.ndarray, floor: float | None = None) -> np.ndarray:
+    """Layer weights from the probes' validation F1: min-max normalised, floored (floor None:
+    configs/defaults.yaml's layer_weight_floor).
 
     val_f1 (L,) -> (L,) float64 in [floor, 1]. If every layer scores the same, all get 1.0.
     """
+    floor = command_defaults("train")["layer_weight_floor"] if floor is None else floor
     f = np.asarray(val_f1, dtype=np.float64).reshape(-1)
     lo, hi = float(f.min()), float(f.max())
     if hi - lo <= 0.0:
@@ -63,19 +66,19 @@ def layer_weights(val_f1: np.ndarray, floor: float = 0.1) -> np.ndarray:
 
 
 def aggregate(X, selection: dict[int, np.ndarray], weights: np.ndarray,
-              chunk_rows: int = 512, dtype=np.float32) -> np.ndarray:
+              chunk_rows: int = 512, out_dtype=np.float32) -> np.ndarray:
     """The head's input: selected neurons of each selected layer, times the layer's weight.
 
     X (n, L, d) array or memmap (any float dtype); selection {layer: indices}; weights (L,)
-    -> (n, k) `dtype` with k = total selected, layers ascending, neurons in listed order.
+    -> (n, k) `out_dtype` with k = total selected, layers ascending, neurons in listed order.
     Reads X in row chunks (each read once, all layers together: a (chunk_rows, L, d) block,
     18 MiB for smollm2-135m in float16) so that a memmap is never loaded whole. The product
-    is taken in float32 (as the runtime does) and then stored as `dtype`.
+    is taken in float32 (as the runtime does) and then stored as `out_dtype`.
     """
     layers = sorted(int(l) for l in selection)
     widths = [len(selection[l]) for l in layers]
     n = X.shape[0]
-    out = np.empty((n, sum(widths)), dtype=dtype)
+    out = np.empty((n, sum(widths)), dtype=out_dtype)
     w = np.asarray(weights, dtype=np.float64)
     for start in range(0, n, chunk_rows):
         stop = min(start + chunk_rows, n)

@@ -43,11 +43,6 @@ from siren.fileio import atomic_write_json, file_lock, fsync_dir, jsonable, stag
 from siren.log import log
 from siren.memory import trim
 
-TRAIN_KEYS = ["model", "datasets", "data_dir", "max_per_split", "seed", "val_ratio", "pooling_types", "c_values", "probe_tol",
-              "probe_c_rule", "probe_refit", "selection_thresholds", "n_trials", "n_folds", "n_jobs", "storage", "study_name", "batch_size",
-              "batch_tokens", "dtype", "device", "cache_dtype", "cache_dir", "max_length", "max_epochs", "patience",
-              "head_batch_size", "decision_threshold", "out_dir", "layer_weight_floor", "trust_remote_code", "pruner",
-              "head_width_cap", "head_dtype", "final_head", "scale_by_layer_weight", "threshold_from_cv", "category_head"]
 # Files a run writes whose names do not depend on its settings, plus those an evaluation adds:
 # when a new run lands in a folder, the ones it did not write are removed (they describe another guard).
 RUN_FILES = ("splits.json", "siren_config.json", "siren.safetensors", "best_model.pkl", "results.json", "layers.png",
@@ -55,53 +50,7 @@ RUN_FILES = ("splits.json", "siren_config.json", "siren.safetensors", "best_mode
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", help="backbone: registry name, local folder or Hub id")
-    p.add_argument("--datasets", nargs="+", help="training datasets (siren data list; default: the paper's that are available)")
-    p.add_argument("--data_dir", help="SIREN-ready JSONL folder (default: $SIREN_DATA_DIR, else the Hub)")
-    p.add_argument("--max_per_split", nargs="+", type=int, help="cap rows per split and dataset (seeded, stratified): one number, or three for train validation test")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--val_ratio", type=float)
-    p.add_argument("--pooling_types", nargs="+", help="residual_mean and/or mlp_mean")
-    p.add_argument("--c_values", nargs="+", type=float, help="probe C grid (penalty ||w||_1 / C)")
-    p.add_argument("--probe_tol", type=float,
-                   help="probe stopping tolerance (step size relative to the weights); 1e-6 reaches the optimum")
-    p.add_argument("--probe_c_rule",
-                   help="each layer's probe C: best (best validation F1) | one_se (the sparsest C within one standard error of the best)")
-    p.add_argument("--probe_refit", action=argparse.BooleanOptionalAction,
-                   help="fit each layer's chosen probe again on train+validation before selecting its neurons")
-    p.add_argument("--selection_thresholds", nargs="+", type=float,
-                   help="neuron selection: share of a layer's total |w| its kept neurons reach")
-    p.add_argument("--n_trials", type=int)
-    p.add_argument("--n_folds", type=int)
-    p.add_argument("--n_jobs", type=int, help="parallel Optuna trials in this process")
-    p.add_argument("--storage", help="Optuna storage: SQLite/journal file or RDB URL, shared by workers")
-    p.add_argument("--study_name")
-    p.add_argument("--batch_size", type=int, help="extraction: texts per forward at most")
-    p.add_argument("--batch_tokens", type=int, help="extraction: padded tokens per forward")
-    p.add_argument("--dtype", help="backbone dtype: float32, bfloat16 or float16 (default: auto, bf16 where the device runs it natively, else fp32)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--trust_remote_code", action="store_const", const=True,
-                   help="run the backbone's own model code (only for backbones whose authors you trust)")
-    p.add_argument("--cache_dtype", choices=["float16", "float32"])
-    p.add_argument("--cache_dir", help="feature cache (default: $SIREN_CACHE/features)")
-    p.add_argument("--max_length", type=int)
-    p.add_argument("--max_epochs", type=int)
-    p.add_argument("--patience", type=int)
-    p.add_argument("--head_batch_size", type=int, help="MLP head mini-batch size")
-    p.add_argument("--pruner", choices=["median", "halving", "none"], help="Optuna pruner of the head search")
-    p.add_argument("--head_width_cap", type=int, help="largest first hidden width the head search tries")
-    p.add_argument("--head_dtype", choices=["auto", "float32", "bfloat16"],
-                   help="head training dtype (auto: bf16 where the device runs it natively)")
-    p.add_argument("--final_head", choices=["refit", "ensemble"],
-                   help="refit the best configuration on train+validation, or average its CV fold heads")
-    p.add_argument("--scale_by_layer_weight", action=argparse.BooleanOptionalAction,
-                   help="multiply each standardised head input by its layer's weight")
-    p.add_argument("--decision_threshold", type=float, help="score >= this is harmful (stored in the guard)")
-    p.add_argument("--threshold_from_cv", action=argparse.BooleanOptionalAction,
-                   help="choose the decision threshold on the search's out-of-fold scores instead")
-    p.add_argument("--category_head", choices=["auto", "off"],
-                   help="harm-category head: auto (when the training rows carry categories) or off")
-    p.add_argument("--out_dir", help="default: train/probes/optuna/{MODEL}_general")
+    cfgmod.add_flags(p, "train")
 
 
 def run(args) -> int:
@@ -109,31 +58,29 @@ def run(args) -> int:
     from siren.pipeline.cache import default_cache_dir
 
     cfg = resolve_config(args)
-    if cfg["category_head"] not in (None, "auto", "off"):
-        raise SirenError(f"category_head must be auto or off, got {cfg['category_head']!r}")
     # Every value checked before data or the backbone loads (N_FOLDS again once the classes are known).
     checks.check_training_values(
-        c_values=cfg["c_values"], probe_tol=cfg["probe_tol"], probe_c_rule=cfg["probe_c_rule"], selection_thresholds=cfg["selection_thresholds"],
-        n_trials=cfg["n_trials"], n_folds=cfg["n_folds"], max_length=cfg["max_length"], device=cfg["device"], dtype=cfg["dtype"],
-        storage=cfg["storage"], out_dir=cfg["out_dir"], cache_dir=cfg["cache_dir"] or default_cache_dir(),
-        positive={k: cfg[k] for k in ("max_epochs", "patience", "head_batch_size", "batch_size", "n_jobs",
+        c_values=cfg.c_values, probe_tol=cfg.probe_tol, probe_c_rule=cfg.probe_c_rule, selection_thresholds=cfg.selection_thresholds,
+        n_trials=cfg.n_trials, n_folds=cfg.n_folds, max_length=cfg.max_length, device=cfg.device, dtype=cfg.dtype,
+        storage=cfg.storage, out_dir=cfg.out_dir, cache_dir=cfg.cache_dir or default_cache_dir(),
+        positive={k: getattr(cfg, k) for k in ("max_epochs", "patience", "head_batch_size", "batch_size", "n_jobs",
                                       "batch_tokens", "head_width_cap")})
     results = train(cfg)
     print_summary(results)
     return 0
 
 
-def resolve_config(args) -> dict:
-    """defaults.yaml overridden by the flags given; `datasets` and `out_dir` filled in."""
-    cfg = cfgmod.resolve(args, TRAIN_KEYS)
+def resolve_config(args):
+    """The TrainConfig: defaults.yaml overridden by the flags given; `datasets` and `out_dir` filled in."""
+    cfg = cfgmod.from_args("train", args)
     if getattr(args, "datasets", None) is None:
-        cfg["datasets"] = cfgmod.default_datasets(cfg["data_dir"])
-    cfg["out_dir"] = str(Path(cfg["out_dir"]) if cfg["out_dir"] else cfgmod.output_dir(cfg["model"]))
-    if cfg["decision_threshold"] is not None:  # here, not when the guard is saved hours later (a YAML .nan too)
+        cfg = cfg.replace(datasets=cfgmod.default_datasets(cfg.data_dir))
+    cfg = cfg.replace(out_dir=str(Path(cfg.out_dir) if cfg.out_dir else cfgmod.output_dir(cfg.model)))
+    if cfg.decision_threshold is not None:  # here, not when the guard is saved hours later (a YAML .nan too)
         from siren.checks import check_decision_threshold
 
-        check_decision_threshold(cfg["decision_threshold"], "DECISION_THRESHOLD (--decision_threshold, or "
-                                                            "decision_threshold in configs/defaults.yaml)")
+        check_decision_threshold(cfg.decision_threshold, "DECISION_THRESHOLD (--decision_threshold, or "
+                                                         "decision_threshold in configs/defaults.yaml)")
     return cfg
 
 
@@ -230,7 +177,7 @@ def write_splits(path: Path, datasets: list[str], split_kw: dict, n_folds: int) 
                                 for name, parts in frames.items()})
 
 
-def extract_features(cfg: dict, split_kw: dict) -> dict:
+def extract_features(cfg, split_kw: dict) -> dict:
     """Stage `extract`: {(dataset, split, pooling type): cache entry}.
 
     In one process, caches that must be extracted are extracted in a spawned child process:
@@ -244,26 +191,26 @@ def extract_features(cfg: dict, split_kw: dict) -> dict:
     from siren.pipeline import distributed
     from siren.pipeline.extract import ensure_features
 
-    kw = dict(pooling_types=cfg["pooling_types"], cache_dir=cfg["cache_dir"], batch_tokens=cfg["batch_tokens"],
-              batch_size=cfg["batch_size"], dtype=cfg["dtype"], device=cfg["device"], cache_dtype=cfg["cache_dtype"],
-              max_length=cfg["max_length"], trust_remote_code=bool(cfg["trust_remote_code"]), **split_kw)
+    kw = dict(pooling_types=cfg.pooling_types, cache_dir=cfg.cache_dir, batch_tokens=cfg.batch_tokens,
+              batch_size=cfg.batch_size, dtype=cfg.dtype, device=cfg.device, cache_dtype=cfg.cache_dtype,
+              max_length=cfg.max_length, trust_remote_code=bool(cfg.trust_remote_code), **split_kw)
     if distributed.rank_world()[1] > 1:
-        return ensure_features(cfg["model"], cfg["datasets"], **kw)
-    cached = ensure_features(cfg["model"], cfg["datasets"], cached_only=True, **kw)
+        return ensure_features(cfg.model, cfg.datasets, **kw)
+    cached = ensure_features(cfg.model, cfg.datasets, cached_only=True, **kw)
     if all(e.status == "cached" for e in cached.values()):
         return cached           # nothing to extract: no child, no backbone
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(ensure_features, cfg["model"], cfg["datasets"], **kw).result()
+        return pool.submit(ensure_features, cfg.model, cfg.datasets, **kw).result()
 
 
-def fit_probes(cfg: dict, train_split, val_split):
+def fit_probes(cfg, train_split, val_split):
     """Stage `probes`: the probe grid over the cached (memory-mapped) features, never copied whole."""
     from siren.pipeline.probes import fit_probe_grid
 
     return fit_probe_grid(train_split.X, train_split.y, val_split.X, val_split.y, val_split.groups,
-                          [float(c) for c in cfg["c_values"]], groups_train=train_split.groups,
-                          tol=float(cfg["probe_tol"]), c_rule=cfg["probe_c_rule"],
-                          refit=bool(cfg["probe_refit"]))
+                          [float(c) for c in cfg.c_values], groups_train=train_split.groups,
+                          tol=float(cfg.probe_tol), c_rule=cfg.probe_c_rule,
+                          refit=bool(cfg.probe_refit))
 
 
 @dataclass
@@ -291,36 +238,36 @@ class Candidate:
         self.tuned.oof_proba = None
 
 
-def tune_candidates(cfg: dict, pooling: str, grid, train_split, val_split, seed: int,
+def tune_candidates(cfg, pooling: str, grid, train_split, val_split, seed: int,
                     spill_dir=None) -> list[Candidate]:
     """Stage `optuna`: per selection threshold, select neurons and tune the head by CV on
     train+validation. Only the selected neurons are gathered (row chunks of the memmaps), so
     memory is bounded by n x k, not n x L x d; fold heads wait in `spill_dir` (see tune_head)."""
     from siren.pipeline.select import aggregate, layer_weights, select_neurons
 
-    weights = layer_weights(np.asarray(grid.val_f1), floor=cfg["layer_weight_floor"])
+    weights = layer_weights(np.asarray(grid.val_f1), floor=cfg.layer_weight_floor)
     y = np.concatenate([train_split.y, val_split.y])
     groups = np.concatenate([train_split.groups, val_split.groups])
     out = []
-    for thr in cfg["selection_thresholds"]:
-        selection = select_neurons(np.asarray(grid.coef), float(thr))
+    for selection_threshold in cfg.selection_thresholds:
+        selection = select_neurons(np.asarray(grid.coef), float(selection_threshold))
         if not selection:
-            raise SirenError(f"{pooling}: no probe kept a non-zero weight at C in {list(cfg['c_values'])}, so no "
+            raise SirenError(f"{pooling}: no probe kept a non-zero weight at C in {list(cfg.c_values)}, so no "
                              "neuron is selected; use larger C_VALUES (a weaker L1 penalty)")
         # Stored in the cache's dtype (float16 by default): a float16 cache's values times a layer
         # weight <= 1 fit float16, and the head trains on bf16 inputs anyway; half the memory.
         dtype = np.result_type(train_split.X.dtype, np.float16)
-        Z = np.concatenate([aggregate(train_split.X, selection, weights, dtype=dtype),
-                            aggregate(val_split.X, selection, weights, dtype=dtype)])
-        study = f"{cfg['study_name']}-{pooling}-t{thr}" if cfg.get("study_name") else None
+        Z = np.concatenate([aggregate(train_split.X, selection, weights, out_dtype=dtype),
+                            aggregate(val_split.X, selection, weights, out_dtype=dtype)])
+        study = f"{cfg.study_name}-{pooling}-t{selection_threshold}" if cfg.study_name else None
         tuned = search_head(cfg, Z, y, groups, seed, scale=column_scale(cfg, selection, weights), study_name=study,
                             spill_dir=spill_dir)
-        log(f"{pooling} selection threshold {thr}: {Z.shape[1]} neurons, CV F1 {tuned.best_value:.4f}")
-        out.append(Candidate(pooling, float(thr), selection, weights, tuned, Z, y, groups, n_neurons=int(Z.shape[1])))
+        log(f"{pooling} selection threshold {selection_threshold}: {Z.shape[1]} neurons, CV F1 {tuned.best_value:.4f}")
+        out.append(Candidate(pooling, float(selection_threshold), selection, weights, tuned, Z, y, groups, n_neurons=int(Z.shape[1])))
     return out
 
 
-def head_bf16(cfg: dict) -> bool:
+def head_bf16(cfg) -> bool:
     """Whether the head trains under bf16 autocast. It trains on the CPU, so ``null``/auto: no
     without bf16 instructions, else whichever of bf16 and fp32 a short timed probe of head-sized
     training steps found faster (``siren.dtype_auto``: measured once per machine, cached)."""
@@ -328,21 +275,21 @@ def head_bf16(cfg: dict) -> bool:
     from siren.backbones import cache_root, native_bf16_cpu
     from siren.pipeline.head import measure_head
 
-    dtype = cfg.get("head_dtype")
+    dtype = cfg.head_dtype
     if dtype in (None, "", "auto"):
         return native_bf16_cpu() and dtype_auto.decide("head", "cpu", measure_head, cache_root()) == "bfloat16"
     return dtype in ("bfloat16", "bf16")
 
 
-def column_scale(cfg: dict, selection: dict, weights: np.ndarray) -> np.ndarray | None:
+def column_scale(cfg, selection: dict, weights: np.ndarray) -> np.ndarray | None:
     """(k,) each head input's layer weight, in the aggregation order, or None when
     ``scale_by_layer_weight`` is off."""
-    if not cfg.get("scale_by_layer_weight"):
+    if not cfg.scale_by_layer_weight:
         return None
     return np.concatenate([np.full(len(selection[l]), float(weights[l])) for l in sorted(int(l) for l in selection)])
 
 
-def search_head(cfg: dict, Z: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, *,
+def search_head(cfg, Z: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, *,
                 scale: np.ndarray | None = None, study_name: str | None = None, spill_dir=None):
     """The head search of a run's config on inputs Z (n, k), labels y (n,), dataset index
     groups (n,); scale (k,) or None: see ``column_scale``; spill_dir: where fold heads wait
@@ -350,14 +297,14 @@ def search_head(cfg: dict, Z: np.ndarray, y: np.ndarray, groups: np.ndarray, see
     baselines call this too, so they get the same search and budget."""
     from siren.pipeline.tune import tune_head
 
-    return tune_head(Z, y, groups, n_trials=cfg["n_trials"], n_folds=cfg["n_folds"], seed=seed,
-                     storage=cfg.get("storage"), study_name=study_name, n_jobs=cfg.get("n_jobs") or 1,
-                     max_epochs=cfg["max_epochs"], patience=cfg["patience"], batch_size=cfg["head_batch_size"],
-                     pruner=cfg["pruner"], width_cap=cfg["head_width_cap"], bf16=head_bf16(cfg),
+    return tune_head(Z, y, groups, n_trials=cfg.n_trials, n_folds=cfg.n_folds, seed=seed,
+                     storage=cfg.storage, study_name=study_name, n_jobs=cfg.n_jobs,
+                     max_epochs=cfg.max_epochs, patience=cfg.patience, batch_size=cfg.head_batch_size,
+                     pruner=cfg.pruner, width_cap=cfg.head_width_cap, bf16=head_bf16(cfg),
                      column_scale=scale, spill_dir=spill_dir)
 
 
-def final_head(cfg: dict, tuned, Z: np.ndarray, y: np.ndarray, seed: int, *, scale: np.ndarray | None = None):
+def final_head(cfg, tuned, Z: np.ndarray, y: np.ndarray, seed: int, *, scale: np.ndarray | None = None):
     """Stage `final_head`. ``final_head: ensemble``: the mean of the best configuration's CV
     fold heads (one head of K times the width, no training; each fold head early-stopped on
     rows it did not see). ``refit`` (or when another worker ran the best trial, so its fold
@@ -367,30 +314,30 @@ def final_head(cfg: dict, tuned, Z: np.ndarray, y: np.ndarray, seed: int, *, sca
     from siren.pipeline.head import ensemble_heads, fit_head
 
     params = tuned.best_params
-    epochs = max(1, int(round(tuned.best_epochs or cfg["max_epochs"])))
-    if cfg.get("final_head") == "ensemble" and tuned.fold_heads:
+    epochs = max(1, int(round(tuned.best_epochs or cfg.max_epochs)))
+    if cfg.final_head == "ensemble" and tuned.fold_heads:
         return ensemble_heads(tuned.fold_heads), {"train_loss": []}, epochs
     head, history = fit_head(Z, y, layer_dims=params["layer_dims"], dropout_rates=params["dropout_rates"],
-                             lr=params["lr"], seed=seed, max_epochs=epochs, batch_size=cfg["head_batch_size"],
+                             lr=params["lr"], seed=seed, max_epochs=epochs, batch_size=cfg.head_batch_size,
                              bf16=head_bf16(cfg), column_scale=scale)
     return head, history, epochs
 
 
-def decision_threshold(cfg: dict, best: Candidate) -> tuple[float, str]:
+def decision_threshold(cfg, best: Candidate) -> tuple[float, str]:
     """(threshold, source). ``threshold_from_cv``: the threshold that maximises the mean
     macro-F1 of the best configuration's out-of-fold scores (each row scored by the fold
     head that did not train on it; train+validation rows only). Else the configured one."""
     from siren.metrics import best_threshold
 
     oof = best.tuned.oof_proba
-    if cfg.get("threshold_from_cv") and oof is not None:
-        thr, score = best_threshold(best.y, oof, best.groups)
-        log(f"decision threshold {thr:.2f} from the CV out-of-fold scores (mean macro-F1 {score:.4f} there)")
-        return thr, "cv"
-    return float(cfg["decision_threshold"]), "config"
+    if cfg.threshold_from_cv and oof is not None:
+        threshold, score = best_threshold(best.y, oof, best.groups)
+        log(f"decision threshold {threshold:.2f} from the CV out-of-fold scores (mean macro-F1 {score:.4f} there)")
+        return threshold, "cv"
+    return float(cfg.decision_threshold), "config"
 
 
-def test_f1(cfg: dict, folders: dict, best: Candidate, head, threshold: float) -> dict[str, float]:
+def test_f1(cfg, folders: dict, best: Candidate, head, threshold: float) -> dict[str, float]:
     """Stage `test`: macro-F1 per dataset at the decision threshold."""
     from siren.metrics import macro_f1
     from siren.mlp import predict_proba_head
@@ -398,22 +345,22 @@ def test_f1(cfg: dict, folders: dict, best: Candidate, head, threshold: float) -
     from siren.pipeline.select import aggregate
 
     out = {}
-    for name in cfg["datasets"]:
+    for name in cfg.datasets:
         split = load_split(folders, [name], "test", best.pooling_type)
         proba = predict_proba_head(head, aggregate(split.X, best.selection, best.weights))
         out[name] = macro_f1(split.y, (proba >= threshold).astype(np.int64))
     return out
 
 
-def fit_categories(cfg: dict, split_kw: dict, best: Candidate, ids: tuple[np.ndarray, np.ndarray]):
+def fit_categories(cfg, split_kw: dict, best: Candidate, ids: tuple[np.ndarray, np.ndarray]):
     """Stage `categories`: the harm-category head on the best candidate's inputs (train rows
     first, then validation), or None (siren.pipeline.categories.fit_run_categories)."""
     from siren.pipeline.categories import fit_run_categories
 
-    return fit_run_categories(cfg, split_kw, best.Z, np.concatenate(ids), best.groups, len(ids[0]))
+    return fit_run_categories(cfg.category_head, cfg.datasets, cfg.seed, split_kw, best.Z, np.concatenate(ids), best.groups, len(ids[0]))
 
 
-def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate], grid, head, history,
+def save_run(work: Path, cfg, best: Candidate, candidates: list[Candidate], grid, head, history,
              final_epochs: int, test: dict[str, float], seconds: dict[str, float], threshold: float,
              threshold_source: str) -> dict:
     """Stage `save`: the guard, best_model.pkl, results.json and layers.png into `work`."""
@@ -422,37 +369,37 @@ def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate]
     from siren.backbones import resolve as resolve_backbone
     from siren.backbones import resolve_device, resolve_dtype
 
-    source = resolve_backbone(cfg["model"])
+    source = resolve_backbone(cfg.model)
     params, pooling, selection = best.tuned.best_params, best.pooling_type, best.selection
     selected_layers = sorted(int(l) for l in selection)
     layer_weight_map = {int(l): float(best.weights[l]) for l in selected_layers}
-    forward_dtype = str(resolve_dtype(cfg["dtype"], resolve_device(cfg["device"]), cfg["model"])).removeprefix("torch.")
+    forward_dtype = str(resolve_dtype(cfg.dtype, resolve_device(cfg.device), cfg.model)).removeprefix("torch.")
     coef = np.asarray(grid.coef)
     head_state, n_heads = head_tensors(head)   # a fold ensemble: its K heads, each weight once
     save_guard(work, base_model_id=source.model_id, revision=source.revision if source.kind == "hub" else None,
                pooling_type=pooling, selection=selection, layer_weights=layer_weight_map,
                head_state=head_state,
                layer_dims=list(head.layer_dims), dropout_rates=list(head.dropout_rates),
-               max_length=cfg["max_length"], threshold=threshold,
-               extra={"backbone": cfg["model"], "dtype": forward_dtype, "num_layers": int(coef.shape[0]),
+               max_length=cfg.max_length, decision_threshold=threshold,
+               extra={"backbone": cfg.model, "dtype": forward_dtype, "num_layers": int(coef.shape[0]),
                       "hidden_size": int(coef.shape[1]), "pooling_type": pooling,
-                      "selection_threshold": best.selection_threshold, "seed": int(cfg["seed"]),
-                      "train_datasets": list(cfg["datasets"])}, head_ensemble=n_heads)
+                      "selection_threshold": best.selection_threshold, "seed": int(cfg.seed),
+                      "train_datasets": list(cfg.datasets)}, head_ensemble=n_heads)
     test_avg = float(np.mean(list(test.values())))
     base_model = {"model_id": source.model_id, "revision": source.revision, "kind": source.kind}
     save_best_model_pkl(work / "best_model.pkl", best_model_payload(
-        work, model=cfg["model"], base_model=base_model,
+        work, model=cfg.model, base_model=base_model,
         metrics={"cv_f1": float(best.tuned.best_value), "test_f1": test, "test_f1_average": test_avg}))
     sizes = folder_size(work)
     log(f"guard folder size: {describe_size(sizes)}")
     n_per_layer = {int(l): int(len(idx)) for l, idx in sorted(selection.items())}
     results = {
-        "model": cfg["model"],
+        "model": cfg.model,
         "base_model": base_model,
-        "config": cfg,
+        "config": cfg.as_dict(),
         "chosen": {"pooling_type": pooling, "selection_threshold": best.selection_threshold, "head": params,
                    "final_epochs": final_epochs, "cv_f1": float(best.tuned.best_value),
-                   "final_head": cfg.get("final_head"), "saved_layer_dims": list(head.layer_dims)},
+                   "final_head": cfg.final_head, "saved_layer_dims": list(head.layer_dims)},
         "decision_threshold": float(threshold),
         "decision_threshold_source": threshold_source,
         "candidates": [{"pooling_type": c.pooling_type, "selection_threshold": c.selection_threshold,
@@ -472,32 +419,32 @@ def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate]
         "timings_s": {k: round(v, 2) for k, v in seconds.items()},
         "peak_rss_gib": round(_peak_rss_gib(), 3),
         "note": "offline copies are not the paper's splits: numbers are not comparable with the paper's table"
-        if cfg.get("data_dir") or os.environ.get("SIREN_DATA_DIR") else None,
+        if cfg.data_dir or os.environ.get("SIREN_DATA_DIR") else None,
     }
     atomic_write_json(work / "results.json", jsonable(results))
-    plot_layers(work / "layers.png", grid, n_per_layer, title=f"{cfg['model']} · {pooling}")
+    plot_layers(work / "layers.png", grid, n_per_layer, title=f"{cfg.model} · {pooling}")
     return results
 
 
-def train(cfg: dict) -> dict:
+def train(cfg) -> dict:
     """Run every stage for a resolved config (`resolve_config`); returns the results dict also
     written to results.json, plus `out_dir`."""
     from siren.pipeline.cache import load_split
 
-    datasets = list(cfg["datasets"])
+    datasets = list(cfg.datasets)
     check_datasets(datasets)
-    out_dir = Path(cfg["out_dir"])
-    seed = int(cfg["seed"])
+    out_dir = Path(cfg.out_dir)
+    seed = int(cfg.seed)
     stage = _Stages()
-    split_kw = dict(data_dir=cfg["data_dir"], seed=seed, val_ratio=cfg["val_ratio"], max_per_split=cfg["max_per_split"])
+    split_kw = dict(data_dir=cfg.data_dir, seed=seed, val_ratio=cfg.val_ratio, max_per_split=cfg.max_per_split)
 
     with staging_folder(out_dir) as work:
         with stage("splits"):
-            write_splits(work / "splits.json", datasets, split_kw, cfg["n_folds"])
+            write_splits(work / "splits.json", datasets, split_kw, cfg.n_folds)
         with stage("extract"):
             folders = extract_features(cfg, split_kw)
         candidates, grids, best = [], {}, None
-        for pooling in cfg["pooling_types"]:
+        for pooling in cfg.pooling_types:
             train_split = load_split(folders, datasets, "train", pooling)
             val_split = load_split(folders, datasets, "validation", pooling)
             ids = (train_split.ids, val_split.ids)     # the same rows for every pooling type

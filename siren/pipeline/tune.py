@@ -59,6 +59,7 @@ from optuna.trial import TrialState
 from sklearn.model_selection import StratifiedKFold
 from tqdm.auto import tqdm
 
+from siren.config import command_defaults
 from siren.mlp import predict_proba_head
 from siren.pipeline.head import _row_chunks, fit_head
 from siren.memory import trim
@@ -151,15 +152,16 @@ class _SurplusTrial(Exception):
     """This trial's number is past the cap (another worker asked at the same time)."""
 
 
-def width_bounds(input_dim: int, width_cap: int = 2048) -> tuple[int, int]:
-    """(low, high) of the first hidden width, both multiples of 64 apart."""
+def width_bounds(input_dim: int, width_cap: int | None = None) -> tuple[int, int]:
+    """(low, high) of the first hidden width, both multiples of 64 apart (width_cap None: head_width_cap's default)."""
+    width_cap = command_defaults("train")["head_width_cap"] if width_cap is None else width_cap
     cap = min(2 * int(input_dim), int(width_cap))
     low = 256 if cap >= 256 else 64
     high = low + max(0, (cap - low) // 64) * 64
     return low, high
 
 
-def suggest_head_params(trial: optuna.Trial, input_dim: int, width_cap: int = 2048
+def suggest_head_params(trial: optuna.Trial, input_dim: int, width_cap: int | None = None
                         ) -> dict[str, Any]:
     """Sample one head configuration from the paper's space (see module docstring)."""
     n_layers = trial.suggest_int("n_layers", 2, 3)
@@ -249,10 +251,10 @@ def make_pruner(kind: str, *, startup_trials: int, warmup_epochs: int) -> optuna
 
 def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int,
               n_folds: int, seed: int, storage: str | None = None,
-              study_name: str | None = None, n_jobs: int = 1, max_epochs: int = 200,
-              patience: int = 20, batch_size: int = 256, pruner: str = "median",
+              study_name: str | None = None, n_jobs: int | None = None, max_epochs: int | None = None,
+              patience: int | None = None, batch_size: int | None = None, pruner: str | None = None,
               pruner_startup_trials: int = 4, pruner_warmup_epochs: int = 5,
-              width_cap: int = 2048, fused: bool = True, bf16: bool = False,
+              width_cap: int | None = None, fused: bool = True, bf16: bool = False,
               column_scale: np.ndarray | None = None, balance: str = "label",
               stop_on: str = "f1", ema: float | None = None, input_dropout: float = 0.0,
               sampler_startup_trials: int | None = None, progress: bool = True,
@@ -266,7 +268,14 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
     ``n_trials`` is the study-wide total (shared with other workers when ``storage`` is
     set); this call runs trials until the study holds that many. Returns the study's
     summary (also when this worker ran none because the study was already full).
+    n_jobs, max_epochs, patience, batch_size (head_batch_size), pruner, width_cap (head_width_cap)
+    None: configs/defaults.yaml's.
     """
+    d = command_defaults("train")
+    n_jobs, max_epochs, patience, batch_size, pruner, width_cap = (
+        d[key] if value is None else value
+        for key, value in (("n_jobs", n_jobs), ("max_epochs", max_epochs), ("patience", patience),
+                           ("head_batch_size", batch_size), ("pruner", pruner), ("head_width_cap", width_cap)))
     X = np.asarray(X)
     if X.dtype not in (np.float16, np.float32):
         X = X.astype(np.float32)

@@ -57,7 +57,7 @@ def parse_answer_head(config: dict, source: str) -> AnswerHeadSpec | None:
     unknown = set(stream) - {"debounce", "min_answer_tokens", "ema"}
     if unknown:
         raise SirenError(f"{where}.stream has unknown keys {sorted(unknown)}: use debounce, min_answer_tokens, ema")
-    rule = StreamRule(threshold, stream.get("debounce", 1), stream.get("min_answer_tokens", 0), stream.get("ema"))
+    rule = StreamRule(threshold, stream.get("debounce"), stream.get("min_answer_tokens"), stream.get("ema"))  # absent: the YAML's
     weights, mlp = entry.get("weights"), entry.get("mlp")
     if shared and (weights is not None or mlp is not None):
         raise SirenError(f"{where} is shared with the main head, so its weights and mlp must be null")

@@ -80,8 +80,9 @@ class GuardFeatures:
         return self.select(self.layer_features.span_means(batch, spans, whole=whole)[self.pooling_type])
 
     @torch.inference_mode()
-    def features(self, texts: Sequence[str], *, batch_size: int = 32, batch_tokens: int = 16384) -> np.ndarray:
-        """(n, input_dim) float32 over each whole text, length-bucketed, in input order."""
+    def features(self, texts: Sequence[str], *, batch_size: int, batch_tokens: int) -> np.ndarray:
+        """(n, input_dim) float32 over each whole text, length-bucketed, in input order
+        (the guard resolves the batching: `SirenGuard.batching`)."""
         texts = list(texts)
         out = np.zeros((len(texts), self.input_dim), dtype=np.float32)
         if not texts:

@@ -50,7 +50,8 @@ from siren.artifact import (CONFIG_NAME, WEIGHTS_NAME, build_head, check_fits, l
 from siren.checks import check_decision_threshold
 from siren.backbones import Backbone, load_backbone, native_bf16_cpu, registry
 from siren.errors import SirenError
-from siren.features import answer_spans, join_prompt_response, length_batches
+from siren.config import command_defaults as config_defaults
+from siren.features import answer_spans, default_batch_tokens, join_prompt_response, length_batches
 from siren.runtime.answer_head import load_answer_head, parse_answer_head
 from siren.runtime.extractor import GuardFeatures
 from siren.runtime.generation import GuardedGeneration
@@ -125,11 +126,11 @@ def _backbone_model_id(config: dict) -> str:
     return model_id
 
 
-def check_backbone(config: dict, backbone: Backbone, source: str = "guard") -> None:
+def check_backbone(config: dict, backbone: Backbone, where: str | None = None) -> None:
     """The artifact must fit the backbone: layers < L, neurons < d, and our recorded L/d if present."""
     L, d = backbone.num_layers, backbone.hidden_size
     extra = config.get("siren") or {}
-    where = f"{source} (base model {config['base_model']['model_id']})"
+    where = f"{where or 'guard'} (base model {config['base_model']['model_id']})"
     if "num_layers" in extra and int(extra["num_layers"]) != L:
         raise SirenError(f"{where}: the guard was trained on a backbone with {extra['num_layers']} layers, "
                          f"the loaded backbone has {L}: wrong backbone")
@@ -142,11 +143,12 @@ def check_backbone(config: dict, backbone: Backbone, source: str = "guard") -> N
 class SirenGuard:
     """A frozen backbone + selected neurons + MLP head. Build with `from_pretrained`."""
 
-    def __init__(self, config: dict, head: torch.nn.Module, backbone: Backbone, *, source: str = "guard",
+    def __init__(self, config: dict, head: torch.nn.Module, backbone: Backbone, *, where: str | None = None,
                  answer_head: torch.nn.Module | None = None, categories=None):
         """answer_head: the answer head's MLP when the folder has a separate one (`from_pretrained`
         loads it); a shared answer head (`shared: true` in the config) reuses `head`. categories:
         the harm-category head (`siren.categories.CategoryModel`) or None."""
+        source = where or "guard"
         check_backbone(config, backbone, source)
         # The harm-category head (siren.categories.CategoryModel) or None: ScoreResult.categories
         # and category_scores are filled from it, over the categories it was trained on.
@@ -194,9 +196,9 @@ class SirenGuard:
     # ------------------------------------------------------------ loading
 
     @classmethod
-    def from_pretrained(cls, folder_or_hub_id: str, *, device=None, dtype=None, trust_remote_code: bool = False,
+    def from_pretrained(cls, folder_or_hub_id: str, *, device=None, dtype=None, trust_remote_code: bool | None = None,
                         backbone: Backbone | None = None, prepack: bool | None = None,
-                        compile: bool = False) -> "SirenGuard":
+                        compile: bool | None = None) -> "SirenGuard":
         """Load a guard folder (ours or `llm-siren`'s format) or a Hub repo holding one.
 
         device: "cpu", "cuda", ... (default: cuda if available). dtype: backbone dtype (default:
@@ -210,7 +212,11 @@ class SirenGuard:
         faster one text at a time, scores equal to float rounding; it compiles here, before
         returning (one to two minutes on a 2-core CPU), so it suits a long-running process (`siren
         serve --compile`). It replaces prepacking (the two cannot be combined).
+        trust_remote_code, compile None: configs/defaults.yaml's (`siren serve`'s).
         """
+        defaults = config_defaults("serve")
+        trust_remote_code = defaults["trust_remote_code"] if trust_remote_code is None else trust_remote_code
+        compile = defaults["compile"] if compile is None else compile
         if compile and prepack:
             raise SirenError("compile=True and prepack=True cannot be combined: the compiler packs the "
                              "weights its own way; drop prepack (or compile)")
@@ -234,7 +240,7 @@ class SirenGuard:
                              "prepacked (siren.runtime.prepack): pass a backbone loaded without prepack=True")
         if prepack:
             prepack_linears(backbone.model)
-        guard = cls(config, head, backbone, source=str(config_path), answer_head=answer_head,
+        guard = cls(config, head, backbone, where=str(config_path), answer_head=answer_head,
                     categories=_load_categories(folder_or_hub_id, config_path, int(config["mlp"]["input_dim"])))
         if prepack:
             prepack_head(guard.head)
@@ -268,8 +274,20 @@ class SirenGuard:
     def _features_of_ids(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
         return self.extractor(batch)
 
-    def features(self, texts: Sequence[str], *, batch_size: int = 32, batch_tokens: int = 16384) -> np.ndarray:
-        """(n, input_dim) float32: the weighted selected-neuron features the head reads."""
+    def batching(self, batch_size: int | None, batch_tokens: int | None, n: int) -> tuple[int, int]:
+        """(texts, padded tokens) per forward for `n` texts: the values given, else `siren score`'s
+        defaults (configs/defaults.yaml; a null batch_tokens follows the device)."""
+        defaults = config_defaults("score")
+        batch_size = batch_size or defaults["batch_size"] or n or 1
+        batch_tokens = batch_tokens or defaults["batch_tokens"] or default_batch_tokens(self.device)
+        return max(1, int(batch_size)), int(batch_tokens)
+
+    def features(self, texts: Sequence[str], *, batch_size: int | None = None,
+                 batch_tokens: int | None = None) -> np.ndarray:
+        """(n, input_dim) float32: the weighted selected-neuron features the head reads.
+        batch_size, batch_tokens None: `siren score`'s defaults (configs/defaults.yaml)."""
+        texts = list(texts)
+        batch_size, batch_tokens = self.batching(batch_size, batch_tokens, len(texts))
         return self.extractor.features(texts, batch_size=batch_size, batch_tokens=batch_tokens)
 
     @staticmethod
@@ -302,7 +320,8 @@ class SirenGuard:
         return [ScoreResult(float(p), bool(p >= threshold), threshold, categories=c, category_scores=cs)
                 for p, (c, cs) in zip(probs, cats)]
 
-    def predict_proba(self, texts: Sequence[str], *, batch_size: int = 32, batch_tokens: int = 16384) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[str], *, batch_size: int | None = None,
+                      batch_tokens: int | None = None) -> np.ndarray:
         """(n,) harmful-class probabilities."""
         return self.proba_from_features(self.features(texts, batch_size=batch_size, batch_tokens=batch_tokens))
 
@@ -321,7 +340,7 @@ class SirenGuard:
                 raise SirenError(f"{where} holds a lone surrogate ({t[err.start]!r} at character {err.start}): "
                                  "give valid Unicode text") from None
 
-    def score_batch(self, texts: Sequence[str], *, batch_size: int = 32, batch_tokens: int = 16384,
+    def score_batch(self, texts: Sequence[str], *, batch_size: int | None = None, batch_tokens: int | None = None,
                     threshold: float | None = None) -> list[ScoreResult]:
         """Score texts (length-bucketed batches); results in input order."""
         texts = list(texts)
@@ -346,7 +365,7 @@ class SirenGuard:
         return ids, starts, prompt_len
 
     def score_pairs(self, pairs: Sequence[tuple[str | None, str | None]], *, threshold: float | None = None,
-                    batch_size: int = 32, batch_tokens: int = 16384) -> list[ScoreResult]:
+                    batch_size: int | None = None, batch_tokens: int | None = None) -> list[ScoreResult]:
         """Score (prompt, response) pairs, batched, in input order: the whole text's verdict, `.prompt`
         when a prompt is given, `.response` when a response is given and the guard has an answer
         head (None if it is empty or truncated away). One forward per batch serves all three pools."""
@@ -360,6 +379,7 @@ class SirenGuard:
         if not pairs:
             return []
         ids, starts, prompt_len = self._pair_tokens(pairs)
+        batch_size, batch_tokens = self.batching(batch_size, batch_tokens, len(pairs))
         z = np.zeros((len(pairs), 3, self.input_dim), dtype=np.float32)  # whole text, prompt, answer
         for idx in length_batches([len(x) for x in ids], batch_tokens, max_batch_size=max(1, int(batch_size)),
                                   fill=False):
@@ -383,11 +403,12 @@ class SirenGuard:
 
     @torch.inference_mode()
     def answer_features(self, pairs: Sequence[tuple[str | None, str | None]], *, cuts: Sequence[int] = (),
-                        batch_tokens: int = 16384):
+                        batch_tokens: int | None = None):
         """The answer head's input: (n, input_dim) float32 over each answer's tokens, and with `cuts`
         also (n, len(cuts), input_dim) over its first t tokens per cut (NaN rows where an answer is
         empty or shorter than a cut). One forward per batch, the runtime's own pooling."""
         pairs = [tuple(pair) for pair in pairs]
+        _, batch_tokens = self.batching(None, batch_tokens, len(pairs))
         ids, starts = answer_spans(self.backbone.tokenizer, pairs, self.max_length) if pairs else ([], [])
         answer = np.full((len(pairs), self.input_dim), np.nan, dtype=np.float32)
         prefix = np.full((len(pairs), len(cuts), self.input_dim), np.nan, dtype=np.float32)

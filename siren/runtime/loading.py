@@ -30,9 +30,15 @@ def local_guard(model: str, what: str = "this command") -> Path:
     return Path(found)
 
 
-def open_guard(model: str, *, device=None, dtype=None, trust_remote_code: bool = False, compile: bool = False):
-    """(where the guard was found, the loaded `SirenGuard`)."""
+def open_guard(model: str, *, device=None, dtype=None, trust_remote_code: bool | None = None,
+               compile: bool | None = None):
+    """(where the guard was found, the loaded `SirenGuard`); trust_remote_code and compile None:
+    `siren serve`'s settings in configs/defaults.yaml."""
+    from siren.config import default
     from siren.runtime.guard import SirenGuard
+
+    trust_remote_code = default("trust_remote_code", "serve") if trust_remote_code is None else trust_remote_code
+    compile = default("compile", "serve") if compile is None else compile
 
     folder = resolve_guard(model)
     guard = SirenGuard.from_pretrained(folder, device=device, dtype=dtype, trust_remote_code=trust_remote_code,

@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import sys
 
-from siren.checks import check_decision_threshold, check_device, check_dtype
+from siren import config
+from siren.checks import check_device
 from siren.errors import SirenError
 
 JSONL_CHUNK = 1024  # lines scored per round (the guard batches within it), then written out
@@ -27,19 +28,11 @@ JSONL_CHUNK = 1024  # lines scored per round (the guard batches within it), then
 
 def add_arguments(parser) -> None:
     parser.add_argument("text", nargs="?", help="the text to score (or use --prompt/--response, or --jsonl)")
-    parser.add_argument("--model", required=True,
-                        help="guard folder, backbone name (train/probes/optuna/<M>_general) or Hub id")
     parser.add_argument("--prompt", help="prompt (joined with the response by a newline)")
     parser.add_argument("--response", help="response")
     parser.add_argument("--jsonl", action="store_true",
                         help='read {"text"} or {"prompt","response"} lines on stdin, write one result line each')
-    parser.add_argument("--decision_threshold", "--threshold", dest="threshold", type=float,
-                        help="score >= this is harmful (default: the guard's)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--dtype", help="backbone dtype (default: the one the guard was trained with, else auto: bfloat16 where the device runs it natively, else float32)")
-    parser.add_argument("--batch_size", type=int, default=32, help="texts per forward at most (default 32)")
-    parser.add_argument("--batch_tokens", type=int, default=16384, help="padded tokens per forward at most")
-    parser.add_argument("--trust_remote_code", action="store_true")
+    config.add_flags(parser, "score", required=("model",))
 
 
 def _check_chars(value: str, where: str) -> None:
@@ -104,29 +97,25 @@ def run(args) -> int:
         raise SirenError("give a text or --prompt/--response, not both")
     if not args.jsonl and args.text is None and args.prompt is None and args.response is None:
         raise SirenError("nothing to score: give a text, --prompt/--response, or --jsonl with lines on stdin")
-    if args.batch_size < 1 or args.batch_tokens < 1:
-        raise SirenError("--batch_size and --batch_tokens must be >= 1")
     # Checked before the guard and its backbone load: a bad value costs nothing.
-    if args.threshold is not None:
-        args.threshold = check_decision_threshold(args.threshold, "--decision_threshold")
-    check_device(args.device)
-    check_dtype(args.dtype)
+    cfg = config.from_args("score", args)
+    check_device(cfg.device)
     for name in ("text", "prompt", "response"):
         if getattr(args, name) is not None:
             _check_chars(getattr(args, name), "the text" if name == "text" else f"--{name}")
 
     from siren.runtime.loading import open_guard
 
-    _, guard = open_guard(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    _, guard = open_guard(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     if not args.jsonl:
-        _emit(guard.score(args.text, prompt=args.prompt, response=args.response, threshold=args.threshold))
+        _emit(guard.score(args.text, prompt=args.prompt, response=args.response, threshold=cfg.decision_threshold))
         return 0
 
     pending: list[str] = []
 
     def flush() -> None:
-        for result in guard.score_batch(pending, batch_size=args.batch_size, batch_tokens=args.batch_tokens,
-                                        threshold=args.threshold):
+        for result in guard.score_batch(pending, batch_size=cfg.batch_size, batch_tokens=cfg.batch_tokens,
+                                        threshold=cfg.decision_threshold):
             _emit(result)
         sys.stdout.flush()
         pending.clear()

@@ -60,12 +60,15 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Callable, Sequence
 
 from siren.categories import category_fields, moderation_result, untrained_categories
+from siren.config import config_class, from_args, load as load_config
+from siren.config import add_flags as add_config_flags
 from siren.errors import SirenError, check_unicode
+from siren.features import default_batch_tokens
 from siren.fileio import jsonable
 from siren.runtime.serve_pairs import moderation_verdicts, stop_threshold, stream_output
 
@@ -80,65 +83,13 @@ CATEGORY = "harmful"
 
 # ---------------------------------------------------------------- limits
 
-@dataclass(frozen=True)
-class ServeLimits:
-    """Server settings. Defaults: `configs/defaults.yaml`, key `serve` (see `from_defaults`)."""
-
-    max_batch_size: int = 32        # texts per score_batch call at most (1: no dynamic batching)
-    max_wait_ms: float = 5.0        # how long the worker keeps collecting after the first request
-    max_items: int = 64             # texts per request
-    max_chars: int = 32768          # characters per text (a streamed prompt + response counts as one)
-    max_body_bytes: int = 1 << 20   # request body
-    max_queue: int = 1024           # requests waiting for the worker; beyond: 503
-    max_stream_chunks: int = 8192   # chunks per streaming session
-    batch_tokens: int | None = None  # padded tokens per forward inside score_batch; None: 2048 on CPU, 16384 on GPU
-    # What a hostile client can hold (siren/runtime/serve_net.py). Defaults only in
-    # configs/defaults.yaml: None here means "the YAML's value", filled in by __post_init__.
-    header_timeout_s: float = None  # type: ignore[assignment]
-    body_timeout_s: float = None  # type: ignore[assignment]
-    idle_timeout_s: float = None  # type: ignore[assignment]
-    max_connections: int = None  # type: ignore[assignment]
-    max_header_bytes: int = None  # type: ignore[assignment]
-    ws_handshake_timeout_s: float = None  # type: ignore[assignment]
-    refusal_log_interval_s: float = None  # type: ignore[assignment]
-
-    def __post_init__(self):
-        from_yaml = [f.name for f in fields(self) if f.name in _YAML_ONLY and getattr(self, f.name) is None]
-        if from_yaml:
-            from siren.config import defaults
-
-            serve = defaults().get("serve") or {}
-            for name in from_yaml:
-                object.__setattr__(self, name, serve.get(name))
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "batch_tokens" and value is None:
-                continue
-            if f.name == "max_wait_ms":
-                if not value >= 0:
-                    raise SirenError(f"serve limit max_wait_ms must be >= 0, got {value}")
-            elif f.name.endswith("_s"):
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
-                    raise SirenError(f"serve limit {f.name} must be a number of seconds > 0, got {value!r} "
-                                     f"(configs/defaults.yaml serve.{f.name} or --{f.name})")
-            elif isinstance(value, bool) or not (isinstance(value, int) and value >= 1):
-                raise SirenError(f"serve limit {f.name} must be an integer >= 1, got {value!r}")
-
-    @classmethod
-    def from_defaults(cls, **overrides) -> "ServeLimits":
-        """configs/defaults.yaml's `serve` section, overridden by every non-None keyword."""
-        from siren.config import defaults
-
-        base = dict(defaults().get("serve") or {})
-        unknown = set(base) - {f.name for f in fields(cls)}
-        if unknown:
-            raise SirenError(f"configs/defaults.yaml: unknown serve settings {sorted(unknown)}")
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**base)
+ServeConfig = config_class("serve")
 
 
-_YAML_ONLY = ("header_timeout_s", "body_timeout_s", "idle_timeout_s", "max_connections", "max_header_bytes",
-              "ws_handshake_timeout_s", "refusal_log_interval_s")
+def serve_limits(**overrides) -> ServeConfig:
+    """`siren serve`'s settings (`siren.config`'s ServeConfig: dynamic batching, request limits,
+    host, port, ...): configs/defaults.yaml's, overridden by each non-None keyword; checked."""
+    return load_config("serve", overrides)
 
 
 class RequestError(Exception):
@@ -154,12 +105,10 @@ class RequestError(Exception):
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
-def resolve_batch_tokens(limits: ServeLimits, guard) -> int:
-    """limits.batch_tokens, else the rule of configs/defaults.yaml's batch_tokens: small batches
-    on CPU (activations that stay in cache), large ones on GPU."""
-    if limits.batch_tokens is not None:
-        return limits.batch_tokens
-    return 16384 if str(getattr(guard, "device", "cpu")).startswith("cuda") else 2048
+def resolve_batch_tokens(limits: ServeConfig, guard) -> int:
+    """limits.batch_tokens, else the rule of a null batch_tokens: small batches on CPU
+    (activations that stay in cache), large ones on GPU."""
+    return limits.batch_tokens or default_batch_tokens(getattr(guard, "device", "cpu"))
 
 
 class ServerBusy(RequestError):
@@ -195,7 +144,7 @@ class DynamicBatcher:
     run in arrival order between batches.
     """
 
-    def __init__(self, guard, limits: ServeLimits, *, default_threshold: float, threads: int | None = None):
+    def __init__(self, guard, limits: ServeConfig, *, default_threshold: float, threads: int | None = None):
         self.guard = guard
         self.threads = threads
         self.batch_tokens = resolve_batch_tokens(limits, guard)
@@ -293,11 +242,12 @@ class DynamicBatcher:
             return
         start = 0
         for job in batch:
-            thr = self.default_threshold if job.threshold is None else job.threshold
+            threshold = self.default_threshold if job.threshold is None else job.threshold
             mine = results[start:start + len(job.texts)]
             start += len(job.texts)
             # only the verdict moves with a request's own threshold; categories have their own
-            job.future.set_result([dataclasses.replace(r, is_harmful=bool(r.score >= thr), threshold=thr) for r in mine])
+            job.future.set_result([dataclasses.replace(r, is_harmful=bool(r.score >= threshold), threshold=threshold)
+                                   for r in mine])
 
 
 # ---------------------------------------------------------------- streaming sessions
@@ -310,8 +260,10 @@ class StatelessSession:
     {"chunk": index of the chunk that completed the run, "char": response length at that point}.
     """
 
-    def __init__(self, guard, prompt: str | None = None, *, debounce: int = 1, threshold: float | None = None):
-        self.guard, self.prompt, self.debounce, self.threshold = guard, prompt, int(debounce), threshold
+    def __init__(self, guard, prompt: str | None = None, *, debounce: int | None = None,
+                 threshold: float | None = None):
+        self.guard, self.prompt, self.threshold = guard, prompt, threshold
+        self.debounce = int(load_config("serve").debounce if debounce is None else debounce)
         self.response = ""
         self.chunks = 0
         self._run = 0
@@ -332,10 +284,10 @@ class StatelessSession:
         return result
 
 
-def open_session(guard, prompt: str | None = None, *, debounce: int | None = 1, threshold: float | None = None):
+def open_session(guard, prompt: str | None = None, *, debounce: int | None = None, threshold: float | None = None):
     """The guard's incremental session if it has one (`guard.stream(prompt=, rule=)`, or the older
     `guard.stream(prompt=, debounce=, threshold=)`, returning an object with `.feed`), else a
-    `StatelessSession`. debounce None: the guard's saved stream rule (else 1)."""
+    `StatelessSession`. debounce None: the guard's saved stream rule (else the config's)."""
     from siren.runtime.serve_pairs import session_rule
 
     stream = getattr(guard, "stream", None)
@@ -349,7 +301,7 @@ def open_session(guard, prompt: str | None = None, *, debounce: int | None = 1, 
         session = stream(prompt=prompt, rule=session_rule(guard, thr, debounce), threshold=threshold)
         if hasattr(session, "feed"):
             return session
-    debounce = 1 if debounce is None else debounce
+    debounce = load_config("serve").debounce if debounce is None else debounce
     if stream is not None and not takes_rule:
         try:
             inspect.signature(stream).bind(prompt=prompt, debounce=debounce, threshold=threshold)
@@ -369,7 +321,7 @@ def _type_name(value) -> str:
         type(value), "number" if isinstance(value, (int, float)) else type(value).__name__)
 
 
-def _check_text(text: str, where: str, limits: ServeLimits) -> str:
+def _check_text(text: str, where: str, limits: ServeConfig) -> str:
     try:
         check_unicode(text, where)
     except SirenError as err:
@@ -381,7 +333,7 @@ def _check_text(text: str, where: str, limits: ServeLimits) -> str:
     return text
 
 
-def _check_count(n: int, where: str, limits: ServeLimits) -> None:
+def _check_count(n: int, where: str, limits: ServeConfig) -> None:
     if n == 0:
         raise RequestError(400, f"{where} is an empty list: give at least one text", param=where, code="empty_input")
     if n > limits.max_items:
@@ -409,12 +361,12 @@ def _pair_error(message: str, param: str | None = None) -> RequestError:
     return RequestError(400, message, param=param)
 
 
-def _check_item(item, where: str, limits: ServeLimits):
+def _check_item(item, where: str, limits: ServeConfig):
     _check_text(item.text, where, limits)  # a pair's whole text: prompt + "\n" + response
     return item
 
 
-def parse_moderation(body, limits: ServeLimits) -> list:
+def parse_moderation(body, limits: ServeConfig) -> list:
     """OpenAI's `input`: a string, a list of strings, or a list of {"type": "text", "text"} parts;
     also pairs ({"prompt", "response"} or {"messages"} items, or a top-level "messages") -> [Item]."""
     from siren.runtime.serve_pairs import Item, parse_item
@@ -448,7 +400,7 @@ def parse_moderation(body, limits: ServeLimits) -> list:
     return texts
 
 
-def parse_score(body, limits: ServeLimits) -> tuple[list, float | None]:
+def parse_score(body, limits: ServeConfig) -> tuple[list, float | None]:
     """{"text"} | {"prompt", "response"} | {"messages"} | {"items": [those]}, with an optional
     "threshold" -> ([Item], threshold)."""
     from siren.runtime.serve_pairs import parse_item
@@ -498,7 +450,7 @@ def _page() -> str:
     return resources.files("siren.runtime").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
-def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, threshold: float | None = None,
+def create_app(guard, *, model_name: str, limits: ServeConfig | None = None, threshold: float | None = None,
                api_key: str | None = None, threads: int | None = None):
     """The FastAPI app around one loaded guard. The worker thread starts and stops with the app
     (its lifespan); `app.state.batcher` is the `DynamicBatcher`. threads: torch threads of the
@@ -510,7 +462,7 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.requests import ClientDisconnect
 
-    limits = limits or ServeLimits()
+    limits = limits or serve_limits()
     check_api_key_setting(api_key)
     default_threshold = float(guard.default_threshold if threshold is None else threshold)
     batcher = DynamicBatcher(guard, limits, default_threshold=default_threshold, threads=threads)
@@ -571,8 +523,8 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
         except (UnicodeDecodeError, ValueError, RecursionError) as err:
             raise RequestError(400, f"the body is not valid JSON: {err}", code="invalid_json") from None
 
-    async def score(texts: list[str], thr: float | None):
-        future = batcher.submit_score(texts, thr)
+    async def score(texts: list[str], threshold: float | None):
+        future = batcher.submit_score(texts, threshold)
         try:
             return await asyncio.wrap_future(future)
         except SirenError as err:
@@ -780,28 +732,9 @@ def token_pieces(tokenizer, text: str) -> list[str]:
 # ---------------------------------------------------------------- command line
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="guard folder, backbone name (train/probes/optuna/<M>_general) or Hub id")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--model_name", help="the model id clients see (default: the guard folder's name)")
-    parser.add_argument("--threshold", type=float, help="decision threshold (default: the guard's)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--dtype", help="backbone dtype (default: the one the guard was trained with)")
-    parser.add_argument("--trust_remote_code", action="store_true")
-    parser.add_argument("--compile", action="store_true",
-                        help="score lone requests through a torch.compile'd forward: faster one text at a time, "
-                             "scores equal to float rounding; compiles at start-up (one to two minutes on a 2-core CPU; "
-                             "a C++ compiler is needed on CPU)")
-    for f in fields(ServeLimits):
-        parser.add_argument(f"--{f.name}", type=float if f.name == "max_wait_ms" or f.name.endswith("_s") else int,
-                            help=f"(default: configs/defaults.yaml serve.{f.name})")
-    parser.add_argument("--threads", type=int,
-                        help="torch threads for scoring (default: torch's, one per core). On a busy machine "
-                             "fewer threads than cores can lower latency: the event loop needs a core too")
+    add_config_flags(parser, "serve", required=("model",))
     parser.add_argument("--no_batching", action="store_true",
                         help="score every request alone (same as --max_batch_size 1 --max_wait_ms 0)")
-    parser.add_argument("--log_level", default="info", help="uvicorn log level")
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -824,42 +757,35 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def run(args) -> int:
-    overrides = {f.name: getattr(args, f.name) for f in fields(ServeLimits)}
+    cfg = from_args("serve", args)
     if args.no_batching:
-        overrides.update(max_batch_size=1, max_wait_ms=0.0)
-    limits = ServeLimits.from_defaults(**overrides)
-    if not 0 < args.port < 65536:
-        raise SirenError(f"--port must be between 1 and 65535, got {args.port}")
-    if args.threads is not None and args.threads < 1:
-        raise SirenError(f"--threads must be >= 1, got {args.threads}")
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise SirenError(f"--threshold must be between 0 and 1, got {args.threshold}")
+        cfg = cfg.replace(max_batch_size=1, max_wait_ms=0.0)
     api_key = os.environ.get(API_KEY_ENV) or None
     check_api_key_setting(api_key)      # before the backbone loads
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning("binding to %s without %s: anyone who can reach this address can use the guard",
-                    args.host, API_KEY_ENV)
+                    cfg.host, API_KEY_ENV)
     try:
         import uvicorn
     except ImportError as err:
         raise SirenError("siren serve needs fastapi and uvicorn: pip install -r requirements.txt") from err
-    check_port_free(args.host, args.port)
+    check_port_free(cfg.host, cfg.port)
 
     from pathlib import Path
 
     from siren.runtime.loading import open_guard
 
-    if args.compile:
+    if cfg.compile:
         print("[siren serve] loading and compiling the single-text forward (one to two minutes on a 2-core CPU)",
               flush=True)
-    folder, guard = open_guard(args.model, device=args.device, dtype=args.dtype,
-                               trust_remote_code=args.trust_remote_code, compile=args.compile)
-    name = args.model_name or (Path(folder).resolve().name if Path(folder).is_dir() else folder)
-    app = create_app(guard, model_name=name, limits=limits, threshold=args.threshold, api_key=api_key,
-                     threads=args.threads)
-    print(f"[siren serve] {name} on http://{args.host}:{args.port}/  (max_batch_size {limits.max_batch_size}, "
-          f"max_wait_ms {limits.max_wait_ms:g}, API key {'required' if api_key else 'off'})", flush=True)
+    folder, guard = open_guard(cfg.model, device=cfg.device, dtype=cfg.dtype,
+                               trust_remote_code=cfg.trust_remote_code, compile=cfg.compile)
+    name = cfg.model_name or (Path(folder).resolve().name if Path(folder).is_dir() else folder)
+    app = create_app(guard, model_name=name, limits=cfg, threshold=cfg.decision_threshold, api_key=api_key,
+                     threads=cfg.threads)
+    print(f"[siren serve] {name} on http://{cfg.host}:{cfg.port}/  (max_batch_size {cfg.max_batch_size}, "
+          f"max_wait_ms {cfg.max_wait_ms:g}, API key {'required' if api_key else 'off'})", flush=True)
     from siren.runtime.serve_net import uvicorn_options
 
-    uvicorn.run(app, **uvicorn_options(limits, host=args.host, port=args.port, log_level=args.log_level))
+    uvicorn.run(app, **uvicorn_options(cfg, host=cfg.host, port=cfg.port, log_level=cfg.log_level))
     return 0

@@ -106,9 +106,10 @@ class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with header/body deadlines and a connection cap (class attributes,
     set per server by `protocol_class`)."""
 
-    header_timeout = 10.0
-    body_timeout = 30.0
-    max_connections = 1000
+    # Set per server by `protocol_class` from the serve config (configs/defaults.yaml's `serve:`).
+    header_timeout: float
+    body_timeout: float
+    max_connections: int
 
     def connection_made(self, transport):
         self._deadline, self._phase = None, None

@@ -140,5 +140,5 @@ def session_rule(guard, threshold: float, debounce: int | None):
     from siren.runtime.stream_rules import StreamRule
 
     saved = saved_stream_rule(guard)
-    return StreamRule(float(threshold), int(debounce if debounce is not None else saved.get("debounce", 1)),
-                      int(saved.get("min_answer_tokens", 0)), saved.get("ema"))
+    return StreamRule(float(threshold), debounce if debounce is not None else saved.get("debounce"),
+                      saved.get("min_answer_tokens"), saved.get("ema"))  # None: configs/defaults.yaml's

@@ -104,7 +104,8 @@ class FlagPoint:
 class Debounce:
     """Flag after `k` consecutive scores >= threshold; remember where the run began. Sticky."""
 
-    def __init__(self, k: int, threshold: float):
+    def __init__(self, k: int | None, threshold: float):
+        k = config.default("debounce") if k is None else k   # None: configs/defaults.yaml's debounce
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise SirenError(f"debounce must be a whole number >= 1 (consecutive scores), got {k!r}")
         self.k = k

@@ -43,11 +43,18 @@ from siren.errors import SirenError
 @dataclass(frozen=True)
 class StreamRule:
     threshold: float  # score >= threshold counts as unsafe
-    debounce: int = 1  # flag after this many consecutive unsafe scores (>= 1)
-    min_answer_tokens: int = 0  # never flag before this many answer tokens were read (>= 0)
+    debounce: int | None = None  # flag after this many consecutive unsafe scores (>= 1); None: configs/defaults.yaml's
+    min_answer_tokens: int | None = None  # never flag before this many answer tokens were read (>= 0); None: the YAML's
     ema: float | None = None  # None: raw scores; alpha in (0, 1]: smoothed
 
     def __post_init__(self) -> None:
+        if self.debounce is None or self.min_answer_tokens is None:  # the one place defaults live
+            from siren.config import default
+
+            if self.debounce is None:
+                object.__setattr__(self, "debounce", default("debounce"))
+            if self.min_answer_tokens is None:
+                object.__setattr__(self, "min_answer_tokens", default("min_answer_tokens"))
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
                 or not math.isfinite(self.threshold):
             raise SirenError(f"stream rule threshold must be a finite number, got {self.threshold!r}")

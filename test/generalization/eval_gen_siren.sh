@@ -1,32 +1,53 @@
 #!/usr/bin/env bash
 # Reasoning-trace evaluation of a trained guard on Qwen3GuardTest's `thinking` split, per
 # source-model group (GLM, Qwen3, Deepseek): macro-F1, accuracy, precision, recall
-# -> <guard folder>/think_eval_results.json. Variables can be overridden from the environment, e.g.
+# -> <guard folder>/think_eval_results.json. Variables can be overridden from the environment; an
+# unset or empty variable passes no flag, so configs/defaults.yaml (section eval_think) decides. E.g.
 #   MODEL=qwen3-4b bash test/generalization/eval_gen_siren.sh
 #   MODEL=path/to/guard DATA_FILE=~/data/Qwen3GuardTest/thinking.jsonl bash test/generalization/eval_gen_siren.sh
 set -euo pipefail
 set -f  # list variables (C_VALUES="200 500 1000") are split into words, never expanded as globs
 
-MODEL="${MODEL:-smollm2-135m}"        # a guard folder, or the backbone whose trained guard to read
-SPLIT="${SPLIT:-thinking}"            # Qwen3GuardTest split
+MODEL="${MODEL:-}"                    # a guard folder, or the backbone whose trained guard to read
+SPLIT="${SPLIT:-}"                    # Qwen3GuardTest split
 DATA_FILE="${DATA_FILE:-}"            # local copy of thinking.jsonl (the Hub's columns); empty: the Hub
-WITH_PROMPT="${WITH_PROMPT:-0}"       # 1: score prompt + response; 0: the response alone (the authors)
-THRESHOLD="${THRESHOLD:-}"            # empty: the guard's
+WITH_PROMPT="${WITH_PROMPT:-}"        # 1: score prompt + response; 0: the response alone (the authors)
+DECISION_THRESHOLD="${DECISION_THRESHOLD:-}"  # score >= this is harmful; empty: the guard's
 LIMIT="${LIMIT:-}"                    # a seeded sample of this many rows; empty: all
+SEED="${SEED:-}"
 OUT="${OUT:-}"                        # empty: <guard folder>/think_eval_results.json
-DEVICE="${DEVICE:-auto}"              # auto | cpu | cuda
-BATCH_TOKENS="${BATCH_TOKENS:-16384}" # padded tokens per forward (2048 suits a CPU)
+DEVICE="${DEVICE:-}"                  # auto | cpu | cuda
+DTYPE="${DTYPE:-}"                    # backbone dtype; empty: the one the guard was trained with
+BATCH_SIZE="${BATCH_SIZE:-}"          # texts per forward at most
+BATCH_TOKENS="${BATCH_TOKENS:-}"      # padded tokens per forward; empty: 2048 on CPU, 16384 on GPU
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-[ -d "$MODEL" ] && MODEL="$(cd "$MODEL" && pwd)"
+if [ -n "$MODEL" ] && [ -d "$MODEL" ]; then MODEL="$(cd "$MODEL" && pwd)"; fi
+for v in DATA_FILE OUT; do [ -n "${!v}" ] && printf -v "$v" '%s' "$(realpath -m "${!v}")"; done
 PY="${SIREN_PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
 
-ARGS=(--model "$MODEL" --split "$SPLIT" --device "$DEVICE" --batch_tokens "$BATCH_TOKENS")
-[ -n "$DATA_FILE" ] && ARGS+=(--data_file "$(realpath "$DATA_FILE")")
-[ "$WITH_PROMPT" = "1" ] && ARGS+=(--with_prompt)
-[ -n "$THRESHOLD" ] && ARGS+=(--threshold "$THRESHOLD")
-[ -n "$LIMIT" ] && ARGS+=(--limit "$LIMIT")
-[ -n "$OUT" ] && ARGS+=(--out "$(realpath -m "$OUT")")
+ARGS=()
+flag() { [ -n "$2" ] && ARGS+=("$1" "$2"); return 0; }
+switch() {  # a yes/no variable -> --name / --no_name
+  case "$2" in
+    "") ;;
+    1|true|yes) ARGS+=("--$1") ;;
+    0|false|no) ARGS+=("--no_$1") ;;
+    *) echo "$3='$2': use 1 or 0" >&2; exit 2 ;;
+  esac
+}
+flag --model "$MODEL"
+flag --split "$SPLIT"
+flag --data_file "$DATA_FILE"
+switch with_prompt "$WITH_PROMPT" WITH_PROMPT
+flag --decision_threshold "$DECISION_THRESHOLD"
+flag --limit "$LIMIT"
+flag --seed "$SEED"
+flag --out "$OUT"
+flag --device "$DEVICE"
+flag --dtype "$DTYPE"
+flag --batch_size "$BATCH_SIZE"
+flag --batch_tokens "$BATCH_TOKENS"
 cd "$ROOT"
 exec "$PY" -m siren eval-think "${ARGS[@]}" "$@"
