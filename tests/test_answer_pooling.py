@@ -74,7 +74,7 @@ def test_answer_means_equal_direct_computation(tiny_dir, cuts):
 
 def test_whole_span_equals_the_batch_features(tiny_llama_dir):
     model, tok = _load(tiny_llama_dir)
-    lf = LayerFeatures(model, tok, max_length=64)
+    lf = LayerFeatures(model, tok, pooling_types=("residual_mean",), max_length=64)
     ids, _ = answer_spans(tok, PAIRS, max_length=64)
     spans = [[(0, len(row)), (0, 0)] for row in ids]
     means = lf.span_means(ids, spans)["residual_mean"]
@@ -88,7 +88,7 @@ def test_whole_span_equals_the_batch_features(tiny_llama_dir):
 
 def test_encode_answers_in_input_order(tiny_llama_dir):
     model, tok = _load(tiny_llama_dir)
-    lf = LayerFeatures(model, tok, max_length=64)
+    lf = LayerFeatures(model, tok, pooling_types=("residual_mean",), max_length=64)
     answer, prefix = lf.encode_answers(PAIRS, cuts=(2,), batch_tokens=40)
     for i, pair in enumerate(PAIRS):
         one, one_prefix = lf.encode_answers([pair], cuts=(2,))
