@@ -1,7 +1,7 @@
 """Screenshot of the `siren serve` demo page with a real guard, in headless Chromium.
 
     .venv/bin/python scripts/screenshot_demo.py --guard train/probes/optuna/smollm2-135m_general \\
-        --out reports/serve_demo.png [--prompt P --response R] [--threshold T]
+        --out reports/serve_demo.png [--prompt P --response R] [--threshold T] [--width 390 --height 844]
 
 Starts `siren serve` on 127.0.0.1 (a free port), opens the page in Debian's `chromium` through
 Playwright, streams the response token by token, waits for the end, saves a PNG, prints what the
@@ -38,6 +38,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threshold", type=float, help="default: the guard's")
     ap.add_argument("--threads", type=int, help="torch threads of the server (siren serve --threads)")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
+    ap.add_argument("--width", type=int, default=1280, help="viewport width in CSS pixels (390: a phone)")
+    ap.add_argument("--height", type=int, default=640)
+    ap.add_argument("--full_page", action="store_true", help="capture the whole page, not only the viewport")
     ap.add_argument("--timeout_s", type=float, default=600)
     args = ap.parse_args(argv)
 
@@ -66,7 +69,7 @@ def main(argv=None) -> int:
                 time.sleep(0.5)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS, headless=True)
-            page = browser.new_page(viewport={"width": 1280, "height": 640})
+            page = browser.new_page(viewport={"width": args.width, "height": args.height})
             page.goto(url + "/")
             page.wait_for_function("document.body.dataset.state === 'idle'", timeout=30_000)
             page.fill("#prompt", args.prompt)
@@ -79,11 +82,14 @@ def main(argv=None) -> int:
                                    timeout=args.timeout_s * 1000)
             shown = page.evaluate("""() => ({state: document.body.dataset.state,
                 status: document.getElementById('status').textContent,
+                prompt_verdict: (document.querySelector('#verdict-prompt .vvalue') || {}).textContent,
+                answer_verdict: (document.querySelector('#verdict-response .vvalue') || {}).textContent,
+                scroll_width: document.documentElement.scrollWidth,
                 error: document.getElementById('error').textContent,
                 stopped: document.body.dataset.stopped})""")
             out = Path(args.out)
             out.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(out))
+            page.screenshot(path=str(out), full_page=args.full_page)
             browser.close()
     finally:
         server.terminate()

@@ -10,6 +10,7 @@ from siren.cli import main
 from siren.errors import SirenError
 from siren.evaluation import qwen3guardtest as q3
 from siren.evaluation.generalization import binary_metrics, group_metrics
+from siren.evaluation.streaming import token_char_ends
 from siren.runtime.guard import SirenGuard
 from test_guard import make_guard
 from tiny_models import make_tokenizer
@@ -172,13 +173,31 @@ def test_eval_stream_cli_on_written_loc_rows(tmp_path, tiny_llama_dir):
     guard = SirenGuard.from_pretrained(str(folder), device="cpu")
     for row, res in zip(rows, report["streams"]):
         rec = q3.loc_record(row, tok)
-        from siren.evaluation.streaming import token_char_ends
-
         ends = token_char_ends(guard.backbone.tokenizer, rec.response)
         p_end = res["unsafe_end_token"]
         assert rec.response[:ends[p_end - 1]].endswith(rec.response[rec.unsafe_start:rec.unsafe_end])
         timely = guard.score(rec.response[:ends[p_end - 1]]).score >= 0.5  # response alone, as the authors
         assert res["checkpoint_flags"]["0"] == timely
+    # every token under Qwen3Guard's 2-consecutive rule: the localisation hits of these rows
+    assert main(["eval-stream", "--model", str(folder), "--split", "thinking_loc", "--data_file", str(f),
+                 "--reference_tokenizer", str(tok_dir), "--every", "1", "--debounce", "2", "--threshold", "0.3",
+                 "--graces", "4", "--out_dir", str(out), "--device", "cpu"]) == 0
+    report = json.loads((out / "streaming_results.json").read_text())
+    assert report["rule"]["debounce"] == 2
+    exact, within = [], []
+    for row, res in zip(rows, report["streams"]):
+        rec = q3.loc_record(row, tok)
+        ends = token_char_ends(guard.backbone.tokenizer, rec.response)
+        scores = [guard.score(rec.response[:e]).score for e in ends]
+        unsafe = [s >= 0.3 for s in scores]
+        flag = next((i + 1 for i in range(1, len(unsafe)) if unsafe[i] and unsafe[i - 1]), None)
+        assert res["flag_position"] == flag
+        start, end = res["unsafe_start_token"], res["unsafe_end_token"]
+        exact.append(flag is not None and start <= flag <= end)
+        within.append(flag is not None and flag <= end + 128)
+    s = report["summary"]
+    assert s["loc_exact_hit"] == pytest.approx(np.mean(exact))
+    assert s["loc_hit_within_128"] == pytest.approx(np.mean(within))
 
 
 def test_shell_drivers_pass_their_variables(tmp_path, tiny_llama_dir):

@@ -26,13 +26,13 @@ pytestmark = pytest.mark.skipif(not (os.path.isfile(CHROMIUM) or shutil.which("c
                                 reason="chromium not installed (bash scripts/setup.sh --browser)")
 
 
-def open_page(url: str, screenshot, run):
+def open_page(url: str, screenshot, run, viewport=None):
     """Launch Chromium, load `url`, call run(page), screenshot to `screenshot`."""
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM if os.path.isfile(CHROMIUM) else shutil.which("chromium"),
                                     args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            page = browser.new_page(viewport=viewport or {"width": 1280, "height": 720})
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(url)
@@ -89,3 +89,82 @@ def test_demo_page_streams_and_marks_the_stop(tmp_path, tiny_llama_dir):
     assert got["struck"] == "".join(pieces[first + 1:])
     assert got["answer"].replace("■ stopped", "") == response
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+PHONE = {"width": 390, "height": 844}
+LAYOUT = """() => {
+    const box = (id) => { const r = document.getElementById(id).getBoundingClientRect();
+                          return {left: r.left, right: r.right, width: r.width, height: r.height}; };
+    return {scrollWidth: document.documentElement.scrollWidth, clientWidth: document.documentElement.clientWidth,
+            prompt: box('verdict-prompt'), response: box('verdict-response'),
+            promptText: document.querySelector('#verdict-prompt .vvalue').textContent,
+            responseText: document.querySelector('#verdict-response .vvalue').textContent,
+            stopper: document.getElementById('verdict-response').classList.contains('stopper'),
+            status: document.getElementById('status').textContent,
+            flaggedBy: document.getElementById('status').dataset.flaggedBy,
+            message: document.getElementById('threshold-msg').textContent,
+            error: document.getElementById('error').textContent, state: document.body.dataset.state};
+}"""
+
+
+def test_demo_page_on_a_phone_shows_both_verdicts(tmp_path, tiny_llama_dir):
+    """390 x 844: no horizontal scroll, both verdict boxes on screen, the threshold checked in the
+    page, and with an answer head the stop said to come from the answer's verdict."""
+    from test_serve_pairs import PairGuard
+
+    folder, *_ = make_guard(tmp_path / "guard", tiny_llama_dir)
+    guard = PairGuard(SirenGuard.from_pretrained(str(folder), device="cpu"), debounce=1)
+
+    def run(page):
+        out = {"idle": page.evaluate(LAYOUT)}
+        for bad in ("1.5", "0", "1"):
+            page.fill("#threshold", bad)
+            page.click("#run")
+            out[bad] = page.evaluate(LAYOUT)
+        page.fill("#threshold", "0.01")  # every answer score is over it: the answer's verdict stops the stream
+        page.fill("#delay", "0")
+        page.click("#run")
+        page.wait_for_function("document.body.dataset.state === 'done' || document.body.dataset.state === 'error'",
+                               timeout=60_000)
+        out["done"] = page.evaluate(LAYOUT)
+        return out
+
+    shot = tmp_path / "phone.png"
+    with ServerThread(create_app(guard, model_name="pair-guard", limits=ServeLimits())) as srv:
+        got = open_page(srv.url + "/", shot, run, viewport=PHONE)
+    for key in ("idle", "done"):
+        g = got[key]
+        assert g["scrollWidth"] <= PHONE["width"], (key, g["scrollWidth"])  # no horizontal scroll
+        for box in (g["prompt"], g["response"]):
+            assert box["width"] > 100 and box["height"] > 20 and 0 <= box["left"] and box["right"] <= PHONE["width"]
+    for bad in ("1.5", "0", "1"):
+        assert "between 0 and 1" in got[bad]["message"] and got[bad]["state"] == "invalid"
+    done = got["done"]
+    assert done["state"] == "done", done["error"]
+    assert done["message"] == ""
+    assert done["flaggedBy"] == "response" and "by the answer’s verdict" in done["status"]
+    assert done["stopper"] and done["responseText"].startswith("harmful")
+    assert done["promptText"].startswith(("harmful", "safe"))
+
+
+def test_demo_page_resets_the_status_on_an_error(tmp_path, tiny_llama_dir):
+    folder, *_ = make_guard(tmp_path / "guard", tiny_llama_dir)
+    guard = SirenGuard.from_pretrained(str(folder), device="cpu")
+
+    def run(page):
+        page.fill("#delay", "0")
+        page.fill("#threshold", "0.01")
+        page.click("#run")
+        page.wait_for_function("document.body.dataset.state === 'done'", timeout=60_000)
+        before = page.evaluate(LAYOUT)
+        page.fill("#response", "")  # an empty answer is an error
+        page.click("#run")
+        page.wait_for_function("document.body.dataset.state === 'error'", timeout=60_000)
+        return before, page.evaluate(LAYOUT)
+
+    with ServerThread(create_app(guard, model_name="tiny-guard", limits=ServeLimits())) as srv:
+        before, after = open_page(srv.url + "/", tmp_path / "err.png", run, viewport=PHONE)
+    assert "stopped after token" in before["status"] and before["flaggedBy"] == "text"
+    assert "no answer head" in before["responseText"]
+    assert after["error"] and after["status"].startswith("Not streamed") and after["flaggedBy"] == ""
+    assert after["promptText"] == after["responseText"] == "–"

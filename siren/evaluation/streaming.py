@@ -7,27 +7,26 @@ Reads: a trained guard folder; streams from either the Qwen3GuardTest `thinking_
 or SIREN-ready JSONL rows (`prompt`, `response`, `label`, e.g. the offline beavertails copy),
 optionally restricted to the ids a `splits.json` lists for one dataset and split.
 
-Writes, to `--out_dir`: `streaming_results.json` (the resolved configuration, the summary
-metrics and one record per stream), `detection_delay.png` and, with `--save_traces`,
-`traces.jsonl` (every score taken, so other thresholds can be read off without a backbone).
+Writes, to `--out_dir`: `streaming_results.json` (the resolved configuration and rule, the
+summary metrics, the threshold trade-off curve and one record per stream),
+`detection_delay.png`, `tradeoff.png` and, with `--save_traces`, `traces.jsonl` (every score
+taken, so other rules can be read off without a backbone).
 
 A stream is a response read token by token (tokens of the guard's own tokenizer). After every
-`every` tokens the guard scores the response so far (with the prompt in front when
-`--with_prompt`); a stream is flagged at the first position where `debounce` consecutive
-scores reach the threshold. `score_prefixes` takes the scores through the guard's streaming
-session when the runtime has one (`guard.stream(prompt=...)` returning an object with
-`.feed`), else through the stateless guard, batching the prefixes of one response.
+`every` tokens the guard scores the response so far: with an answer head, the answer's verdict
+(`--verdict response`: the answer's tokens pooled with the prompt in context), else the whole
+text's score (the response alone, or prompt + newline + response with `--with_prompt`).
+A `StreamRule` (threshold, k-consecutive debounce, minimum answer tokens, optional EMA;
+`siren.runtime.stream_rules`) decides where a stream is flagged; its defaults are the guard's
+own stream rule, else configs/defaults.yaml's `stream_*` keys. `--target_false_alarm` picks
+the threshold on safe validation streams (`--val_data_file` / `--val_ids_split`), never on the
+evaluated ones. `score_prefixes` takes the scores through the guard's streaming session when
+the runtime has one (`guard.stream(prompt=...)` returning an object with `.feed`), else
+through the stateless guard, batching the prefixes of one response.
 
-Metrics (`summarize`), positions counted in response tokens:
-- harmful streams: detection rate (flagged anywhere in the stream) and tokens-to-detection;
-- safe streams: false-alarm rate (flagged anywhere) and tokens-to-false-alarm;
-- streams with an annotated first unsafe sentence (Qwen3GuardTest's `*_loc` splits): timely
-  recall (flagged by the end of that sentence), cumulative recall at +32/+64/+128/+256 tokens
-  after it, the detection delay relative to its end, binned as Qwen3Guard's evaluation does
-  (ahead / hit / 1-32 / 33-64 / 65-128 / 129-256 / >256 / missed), and the authors' checkpoint
-  recall (the prefix ending at the sentence end, or +32 ... +256 tokens after it, scored
-  harmful at one of those checkpoints only; the checkpoints are always among the scored
-  positions).
+Metrics and plots: `siren.evaluation.stream_metrics` (detection, false alarms, the streaming
+tax, tokens-to-detection, the authors' timely / cumulative / checkpoint recall, Qwen3Guard's
+localisation hits, the trade-off curve).
 """
 
 from __future__ import annotations
@@ -41,9 +40,10 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from siren.errors import SirenError
-
-GRACES = (32, 64, 128, 256)  # tokens after the end of the first unsafe sentence
-DELAY_BINS = ("ahead", "hit", "1-32", "33-64", "65-128", "129-256", ">256", "missed")
+from siren.evaluation.stream_metrics import (DELAY_BINS, GRACES, checkpoints, delay_bin,  # noqa: F401 (re-exported)
+                                            first_flag, plot_delays, plot_tradeoff, rule_dict, span_token_bounds,
+                                            stream_result, summarize, tradeoff_curve)
+from siren.runtime.stream_rules import StreamRule, threshold_for_false_alarm
 
 
 @dataclass
@@ -110,23 +110,41 @@ def stream_positions(n_tokens: int, every: int, extra: Iterable[int] = ()) -> np
 def open_session(guard, prompt: str | None, threshold: float | None):
     """The runtime's constant-cost streaming session for `prompt`, or None where the runtime has none.
 
-    A session is what `guard.stream(prompt=..., debounce=1, threshold=...)` returns when that
-    object has a `.feed(chunk)` method; debounce 1 so that every feed returns a fresh score
-    (debouncing is applied here, on the scores, by `first_flag`)."""
+    A session is what `guard.stream(prompt=...)` returns when that object has a `.feed(chunk)`
+    method, opened so that it never stops on its own (rule / debounce 1: every feed returns a
+    fresh score; the rule is applied here, on the scores, by `stream_result`)."""
+    import inspect
+
     stream = getattr(guard, "stream", None)
     if stream is None:
         return None
     try:
-        session = stream(prompt=prompt, debounce=1, threshold=threshold)
+        params = inspect.signature(stream).parameters
+    except (TypeError, ValueError):
+        params = {}
+    try:
+        if "rule" in params:  # the runtime with answer verdicts: stream(prompt, *, rule=StreamRule)
+            thr = getattr(guard, "default_threshold", 0.5) if threshold is None else threshold
+            session = stream(prompt=prompt, rule=StreamRule(float(thr), 1, 0, None))
+        else:
+            session = stream(prompt=prompt, debounce=1, threshold=threshold)
     except TypeError:  # an older runtime: stream(chunks, ...) is a generator over whole chunks
         return None
     return session if callable(getattr(session, "feed", None)) else None
 
 
+def verdict_score(result, verdict: str) -> float:
+    """The score a stream is judged on: the answer's verdict ("response"; NaN when the answer
+    pool is empty, e.g. truncated away) or the whole text's ("text")."""
+    if verdict == "response":
+        return float("nan") if result.response is None else float(result.response.score)
+    return float(result.score)
+
+
 def score_prefixes(guard, response: str, prompt: str | None = None, *, every: int = 1,
                    extra_positions: Iterable[int] = (), max_tokens: int | None = None,
                    threshold: float | None = None, use_session: bool | None = None,
-                   batch_size: int = 32, batch_tokens: int = 16384) -> ScoreTrace:
+                   batch_size: int = 32, batch_tokens: int = 16384, verdict: str = "text") -> ScoreTrace:
     """Score the response after every `every` of its tokens (and at `extra_positions`).
 
     The score at position p is the guard's score of prompt + "\\n" + response[:char_ends[p-1]]
@@ -135,6 +153,9 @@ def score_prefixes(guard, response: str, prompt: str | None = None, *, every: in
     `guard.score_batch`, length-bucketed), None takes the session when there is one. Both give
     the same scores; the session reads each token once instead of re-reading the prefix.
     max_tokens: stop after this many response tokens (None: the whole response).
+    verdict: "text" scores the whole text as above; "response" the answer's verdict (the guard's
+    answer head on the answer's tokens, with the prompt in context: `session.feed(...).response`,
+    or `guard.score_pairs` statelessly).
     """
     from siren.features import join_prompt_response
 
@@ -154,185 +175,18 @@ def score_prefixes(guard, response: str, prompt: str | None = None, *, every: in
         out, read = [], 0
         for p in positions:
             end = int(ends[p - 1])
-            out.append(float(session.feed(response[read:end]).score))
+            out.append(verdict_score(session.feed(response[read:end]), verdict))
             read = end
         scores = np.array(out, dtype=np.float64)
+    elif verdict == "response":
+        pairs = [(prompt, response[:int(ends[p - 1])]) for p in positions]
+        results = guard.score_pairs(pairs, batch_size=batch_size, batch_tokens=batch_tokens, threshold=threshold)
+        scores = np.array([verdict_score(r, verdict) for r in results], dtype=np.float64)
     else:
         texts = [join_prompt_response(prompt, response[:int(ends[p - 1])]) for p in positions]
         results = guard.score_batch(texts, batch_size=batch_size, batch_tokens=batch_tokens, threshold=threshold)
         scores = np.array([r.score for r in results], dtype=np.float64)
     return ScoreTrace(positions, scores, n, ends, used_session=session is not None)
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def first_flag(positions: np.ndarray, scores: np.ndarray, threshold: float, debounce: int = 1) -> int | None:
-    """The position at which the stream is flagged: the last of the first `debounce` consecutive
-    scores >= threshold. positions, scores (m,) -> int, or None if never flagged."""
-    if debounce < 1:
-        raise SirenError(f"debounce must be >= 1, got {debounce}")
-    run = 0
-    for p, s in zip(positions, scores):
-        run = run + 1 if s >= threshold else 0
-        if run >= debounce:
-            return int(p)
-    return None
-
-
-def span_token_bounds(char_ends: np.ndarray, start_char: int, end_char: int) -> tuple[int, int]:
-    """(p_start, p_end) in response tokens for the character span [start_char, end_char):
-    p_start = the prefix length whose last token is the first to reach into the span, p_end =
-    the shortest prefix covering the whole span. Both in [1, n]; char_ends (n,) ascending."""
-    n = len(char_ends)
-    if n == 0:
-        raise SirenError("an empty response has no unsafe span")
-    p_start = int(np.searchsorted(char_ends, start_char, side="right")) + 1
-    p_end = int(np.searchsorted(char_ends, end_char, side="left")) + 1
-    p_end = min(max(p_end, 1), n)
-    return min(max(p_start, 1), p_end), p_end
-
-
-def delay_bin(flag: int | None, p_start: int, p_end: int) -> str:
-    """Qwen3Guard's latency bins: flagged before the unsafe sentence starts ("ahead"), while
-    reading it ("hit"), 1-32 ... >256 tokens after its end, or never ("missed")."""
-    if flag is None:
-        return "missed"
-    if flag < p_start:
-        return "ahead"
-    if flag <= p_end:
-        return "hit"
-    d = flag - p_end
-    for hi, name in ((32, "1-32"), (64, "33-64"), (128, "65-128"), (256, "129-256")):
-        if d <= hi:
-            return name
-    return ">256"
-
-
-def checkpoints(p_end: int, n_tokens: int, graces: Sequence[int] = GRACES) -> dict[int, int]:
-    """The authors' checkpoint positions: {0: p_end, g: min(n, p_end + g) for g in graces}."""
-    return {0: p_end, **{int(g): min(n_tokens, p_end + int(g)) for g in graces}}
-
-
-def stream_result(record: StreamRecord, trace: ScoreTrace, threshold: float, *, debounce: int = 1,
-                  graces: Sequence[int] = GRACES) -> dict:
-    """One stream's outcome: flag position, scores summary and, when annotated, the span metrics."""
-    flag = first_flag(trace.positions, trace.scores, threshold, debounce)
-    out = {"id": record.id, "label": int(record.label), "n_tokens": int(trace.n_tokens),
-           "n_scored": int(len(trace.positions)), "flag_position": flag,
-           "max_score": float(trace.scores.max()) if len(trace.scores) else None,
-           "final_score": float(trace.scores[-1]) if len(trace.scores) else None}
-    if record.source is not None:
-        out["source"] = record.source
-    if record.unsafe_start is not None and record.unsafe_end is not None and trace.n_tokens:
-        p_start, p_end = span_token_bounds(trace.char_ends, record.unsafe_start, record.unsafe_end)
-        score_at = dict(zip(trace.positions.tolist(), trace.scores.tolist()))
-        cps = checkpoints(p_end, trace.n_tokens, graces)
-        missing = [p for p in cps.values() if p not in score_at]
-        if missing:
-            raise SirenError(f"stream {record.id}: checkpoint positions {missing} were not scored "
-                             "(pass them as extra_positions)")
-        out.update({"unsafe_start_token": p_start, "unsafe_end_token": p_end,
-                    "delay": None if flag is None else flag - p_end,
-                    "delay_bin": delay_bin(flag, p_start, p_end),
-                    "checkpoint_flags": {str(g): bool(score_at[p] >= threshold) for g, p in cps.items()}})
-    return out
-
-
-def _stats(values: Sequence[float]) -> dict:
-    """Count, mean and quantiles of a list of numbers (None fields when empty)."""
-    v = np.asarray(values, dtype=np.float64)
-    if len(v) == 0:
-        return {"n": 0, "mean": None, "median": None, "p25": None, "p75": None, "p90": None, "max": None}
-    q = np.percentile(v, [25, 50, 75, 90])
-    return {"n": int(len(v)), "mean": float(v.mean()), "median": float(q[1]), "p25": float(q[0]),
-            "p75": float(q[2]), "p90": float(q[3]), "max": float(v.max())}
-
-
-def summarize(results: Sequence[dict], graces: Sequence[int] = GRACES) -> dict:
-    """Aggregate `stream_result` dicts: detection / false-alarm rates, tokens-to-detection, and
-    for annotated harmful streams timely, cumulative and checkpoint recall and the delay bins."""
-    harmful = [r for r in results if r["label"] == 1]
-    safe = [r for r in results if r["label"] == 0]
-    out: dict = {"n_streams": len(results), "n_harmful": len(harmful), "n_safe": len(safe)}
-    if harmful:
-        hits = [r["flag_position"] for r in harmful if r["flag_position"] is not None]
-        out["detection_rate"] = len(hits) / len(harmful)
-        out["tokens_to_detection"] = _stats(hits)
-        out["detected_share_of_stream"] = _stats([r["flag_position"] / r["n_tokens"] for r in harmful
-                                                  if r["flag_position"] is not None])
-    if safe:
-        alarms = [r["flag_position"] for r in safe if r["flag_position"] is not None]
-        out["false_alarm_rate"] = len(alarms) / len(safe)
-        out["tokens_to_false_alarm"] = _stats(alarms)
-    located = [r for r in harmful if "unsafe_end_token" in r]
-    if located:
-        m = len(located)
-
-        def flagged_by(r, limit):
-            return r["flag_position"] is not None and r["flag_position"] <= limit
-
-        out["n_located"] = m
-        out["timely_recall"] = sum(flagged_by(r, r["unsafe_end_token"]) for r in located) / m
-        out["cumulative_recall"] = {str(g): sum(flagged_by(r, r["unsafe_end_token"] + g) for r in located) / m
-                                    for g in graces}
-        keys = ["0"] + [str(g) for g in graces]
-        out["checkpoint_recall"] = {k: sum(any(r["checkpoint_flags"][j] for j in keys[:i + 1]) for r in located) / m
-                                    for i, k in enumerate(keys)}
-        out["delay_bins"] = {b: sum(r["delay_bin"] == b for r in located) for b in DELAY_BINS}
-        out["delay"] = _stats([r["delay"] for r in located if r["delay"] is not None])
-    return out
-
-
-# --------------------------------------------------------------------------- plot
-
-
-def plot_delays(path: str | Path, results: Sequence[dict], threshold: float, title: str = "") -> None:
-    """Two panels: the distribution of the detection delay (relative to the end of the first
-    unsafe sentence where annotated, else tokens-to-detection from the response start), and the
-    share of harmful / safe streams flagged after t response tokens."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from siren.fileio import save_figure
-
-    harmful = [r for r in results if r["label"] == 1]
-    safe = [r for r in results if r["label"] == 0]
-    located = [r for r in harmful if "unsafe_end_token" in r]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    if located:
-        counts = [sum(r["delay_bin"] == b for r in located) for b in DELAY_BINS]
-        left.bar(range(len(DELAY_BINS)), counts, color=["#4c72b0"] * 7 + ["#c44e52"])
-        left.set_xticks(range(len(DELAY_BINS)), DELAY_BINS, rotation=30, ha="right")
-        left.set_xlabel("detection delay after the end of the first unsafe sentence (tokens)")
-        left.set_ylabel("harmful streams")
-    else:
-        hits = [r["flag_position"] for r in harmful if r["flag_position"] is not None]
-        missed = len(harmful) - len(hits)
-        if hits:
-            bins = np.unique(np.geomspace(1, max(hits) + 1, 16).astype(int))
-            left.hist(hits, bins=bins, color="#4c72b0", label=f"detected ({len(hits)})")
-            left.set_xscale("log")
-        left.set_xlabel("tokens-to-detection (response tokens read when flagged)")
-        left.set_ylabel("harmful streams")
-        left.set_title(f"missed: {missed} of {len(harmful)}", fontsize=9)
-        left.legend(fontsize=8)
-    longest = max([r["n_tokens"] for r in results] or [1])
-    t = np.arange(0, longest + 1)
-    for group, name, color in ((harmful, "harmful: detected", "#4c72b0"), (safe, "safe: false alarm", "#c44e52")):
-        if group:
-            flags = np.array([r["flag_position"] if r["flag_position"] is not None else np.inf for r in group])
-            right.step(t, [(flags <= x).mean() for x in t], where="post", color=color, label=f"{name} ({len(group)})")
-    right.set_xlabel("response tokens read")
-    right.set_ylabel("share of streams flagged")
-    right.set_ylim(0, 1.02)
-    right.legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"{title} · threshold {threshold:.3g}".strip(" ·"), fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- data
@@ -416,10 +270,27 @@ def add_arguments(p) -> None:
                    help="score after every k response tokens (default 1; 0: only the authors' checkpoints)")
     p.add_argument("--max_tokens", type=int, help="read at most this many response tokens per stream")
     p.add_argument("--graces", type=int, nargs="+", default=list(GRACES), help="tokens after the unsafe sentence")
-    p.add_argument("--threshold", type=float, help="decision threshold (default: the guard's)")
-    p.add_argument("--debounce", type=int, default=1, help="flag after this many consecutive scores >= threshold")
+    p.add_argument("--verdict", choices=("auto", "response", "text"), default="auto",
+                   help="response: the answer's verdict (answer head, prompt in context); text: the whole text's "
+                        "(today's score); auto (default): response when the guard has an answer head")
+    p.add_argument("--threshold", type=float, help="decision threshold (default: the guard's, for the verdict used)")
+    p.add_argument("--debounce", type=int,
+                   help="flag after this many consecutive scores >= threshold "
+                        "(default: the guard's stream rule, else configs/defaults.yaml, else 1)")
+    p.add_argument("--min_answer_tokens", type=int,
+                   help="never flag before this many answer tokens (default as --debounce, else 0)")
+    p.add_argument("--ema", type=float,
+                   help="smooth scores with this EMA alpha in (0, 1] (default as --debounce, else raw)")
+    p.add_argument("--target_false_alarm", type=float,
+                   help="pick the lowest threshold flagging at most this share of the safe validation streams "
+                        "(needs --val_data_file or --val_ids_split; overrides --threshold; default with a validation "
+                        "source: configs/defaults.yaml's stream_target_false_alarm)")
+    p.add_argument("--val_data_file", help="SIREN-ready JSONL of validation streams (default: --data_file)")
+    p.add_argument("--val_ids_split", help="split inside --ids_from whose streams are the validation streams")
+    p.add_argument("--val_limit", type=int, help="a seeded sample of this many safe validation streams")
     p.add_argument("--with_prompt", action="store_true",
-                   help="score prompt + newline + response so far (default: the response alone, as the authors)")
+                   help="text verdict: score prompt + newline + response so far (default: the response alone, as "
+                        "the authors); the response verdict always reads the prompt as context")
     p.add_argument("--stateless", action="store_true", help="never use the runtime's streaming session")
     p.add_argument("--out_dir", help="default: <guard folder>/streaming_<split or data file name>")
     p.add_argument("--save_traces", action="store_true", help="also write every score to traces.jsonl")
@@ -433,16 +304,88 @@ def load_records(args) -> list[StreamRecord]:
     if args.source == "jsonl":
         if not args.data_file:
             raise SirenError("--source jsonl needs --data_file (SIREN-ready rows with prompt, response, label)")
-        ids = None
-        if args.ids_from:
-            if not args.ids_dataset:
-                raise SirenError("--ids_from needs --ids_dataset (the dataset name inside splits.json)")
-            ids = split_ids(args.ids_from, args.ids_dataset, args.ids_split)
-        return records_from_jsonl(args.data_file, ids=ids)
+        return records_from_jsonl(args.data_file, ids=_ids(args, args.ids_split))
     from siren.evaluation import qwen3guardtest as q3
 
     rows = q3.load_rows(args.split, data_file=args.data_file)
     return q3.loc_records(rows, q3.reference_tokenizer(args.reference_tokenizer))
+
+
+def _ids(args, split: str) -> list[str] | None:
+    if not args.ids_from:
+        return None
+    if not args.ids_dataset:
+        raise SirenError("--ids_from needs --ids_dataset (the dataset name inside splits.json)")
+    return split_ids(args.ids_from, args.ids_dataset, split)
+
+
+def validation_records(args, test_ids: set[str]) -> list[StreamRecord]:
+    """The safe validation streams a target false-alarm rate is met on (never the evaluated ones)."""
+    if not (args.val_data_file or args.val_ids_split):
+        raise SirenError("--target_false_alarm picks the threshold on validation streams: give --val_data_file "
+                         "or --val_ids_split (with --ids_from), never the test streams")
+    if args.val_ids_split and not args.ids_from:
+        raise SirenError("--val_ids_split needs --ids_from (the splits.json listing it)")
+    path = args.val_data_file or (args.data_file if args.source == "jsonl" else None)
+    if path is None:
+        raise SirenError("Qwen3GuardTest's *_loc splits hold no safe streams: give --val_data_file (SIREN-ready rows)")
+    ids = _ids(args, args.val_ids_split) if args.val_ids_split else None
+    records = [r for r in records_from_jsonl(path, ids=ids) if r.label == 0]
+    if path == args.data_file and test_ids & {r.id for r in records}:
+        raise SirenError("the validation streams overlap the evaluated ones: pick the threshold on another split "
+                         "(--val_ids_split) or file (--val_data_file)")
+    if not records:
+        raise SirenError(f"{path}: no safe validation streams (label 0) to meet a false-alarm target on")
+    return records
+
+
+def stream_setup(args, guard) -> tuple[str, StreamRule, str]:
+    """(verdict, rule, where the threshold came from): flags on the command line win, then the
+    guard's own stream rule (answer head), then configs/defaults.yaml, then today's behaviour."""
+    from siren import config as cfgmod
+
+    has_head = bool(getattr(guard, "has_answer_head", False))
+    verdict = ("response" if has_head else "text") if args.verdict == "auto" else args.verdict
+    if verdict == "response" and not has_head:
+        raise SirenError("--verdict response needs a guard with an answer head (siren.answer_head in its "
+                         "siren_config.json); use --verdict text")
+    saved = {}
+    if verdict == "response":
+        saved = dict(((guard.config.get("siren") or {}).get("answer_head") or {}).get("stream") or {})
+    cfg = cfgmod.defaults()
+    rule = {}
+    for key, fallback in (("debounce", 1), ("min_answer_tokens", 0), ("ema", None)):
+        given = getattr(args, key)
+        rule[key] = given if given is not None else saved.get(key, cfg.get(f"stream_{key}", fallback))
+    if rule["ema"] is not None and rule["ema"] == 1.0:
+        rule["ema"] = None  # alpha 1 is the raw score
+    if args.threshold is not None:
+        threshold, source = float(args.threshold), "--threshold"
+    elif verdict == "response" and getattr(guard, "answer_threshold", None) is not None:
+        threshold, source = float(guard.answer_threshold), "the guard's answer threshold"
+    else:
+        threshold, source = float(guard.default_threshold), "the guard's threshold"
+    return verdict, StreamRule(threshold, int(rule["debounce"]), int(rule["min_answer_tokens"]), rule["ema"]), source
+
+
+def score_records(guard, records: list[StreamRecord], args, verdict: str, threshold: float, what: str) -> list:
+    """ScoreTraces of `records` (the authors' checkpoints always among the scored positions)."""
+    start, traces = time.perf_counter(), []
+    for i, rec in enumerate(records):
+        extra = ()
+        if rec.unsafe_start is not None and rec.unsafe_end is not None:
+            ends = token_char_ends(guard.backbone.tokenizer, rec.response)[:args.max_tokens]
+            if len(ends):
+                _, p_end = span_token_bounds(ends, rec.unsafe_start, rec.unsafe_end)
+                extra = tuple(checkpoints(p_end, len(ends), args.graces).values())
+        prompt = rec.prompt if verdict == "response" or args.with_prompt else None
+        traces.append(score_prefixes(guard, rec.response, prompt, every=args.every, extra_positions=extra,
+                                     max_tokens=args.max_tokens, threshold=threshold,
+                                     use_session=False if args.stateless else None, batch_size=args.batch_size,
+                                     batch_tokens=args.batch_tokens, verdict=verdict))
+        if (i + 1) % 10 == 0 or i + 1 == len(records):
+            print(f"[siren] streamed {i + 1}/{len(records)} {what} ({time.perf_counter() - start:.0f} s)", flush=True)
+    return traces
 
 
 def run(args) -> int:
@@ -461,55 +404,61 @@ def evaluate_streams(args) -> dict:
     records = sample(load_records(args), args.limit, seed)
     if not records:
         raise SirenError("no streams to evaluate")
+    val = None
+    target = args.target_false_alarm
+    if target is None and (args.val_data_file or args.val_ids_split):
+        target = cfgmod.defaults().get("stream_target_false_alarm")  # a validation source alone: the default target
+        if target is None:
+            raise SirenError("validation streams were given but no target: pass --target_false_alarm (e.g. 0.1)")
+    if target is not None:
+        val = sample(validation_records(args, {r.id for r in records}), args.val_limit, seed)
     folder = resolve_guard(args.model)
     guard = SirenGuard.from_pretrained(folder, device=args.device, dtype=args.dtype)
-    threshold = guard.default_threshold if args.threshold is None else float(args.threshold)
+    verdict, rule, thr_source = stream_setup(args, guard)
     name = args.split if args.source == "qwen3guardtest" else Path(args.data_file).stem
     out_dir = Path(args.out_dir) if args.out_dir else Path(folder) / f"streaming_{name}"
     out_dir.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
-    results, traces, used_session = [], [], set()
-    for i, rec in enumerate(records):
-        extra = ()
-        if rec.unsafe_start is not None and rec.unsafe_end is not None:
-            # the authors' checkpoints must be scored whatever `every` is
-            ends = token_char_ends(guard.backbone.tokenizer, rec.response)
-            if args.max_tokens is not None:
-                ends = ends[:args.max_tokens]
-            if len(ends):
-                _, p_end = span_token_bounds(ends, rec.unsafe_start, rec.unsafe_end)
-                extra = tuple(checkpoints(p_end, len(ends), args.graces).values())
-        trace = score_prefixes(guard, rec.response, rec.prompt if args.with_prompt else None, every=args.every,
-                               extra_positions=extra, max_tokens=args.max_tokens, threshold=threshold,
-                               use_session=False if args.stateless else None, batch_size=args.batch_size,
-                               batch_tokens=args.batch_tokens)
-        used_session.add(trace.used_session)
-        results.append(stream_result(rec, trace, threshold, debounce=args.debounce, graces=args.graces))
-        if args.save_traces:
-            traces.append({"id": rec.id, "label": rec.label, "positions": trace.positions.tolist(),
-                           "scores": [round(float(s), 6) for s in trace.scores]})
-        if (i + 1) % 10 == 0 or i + 1 == len(records):
-            print(f"[siren] streamed {i + 1}/{len(records)} ({time.perf_counter() - start:.0f} s)", flush=True)
+    if val is not None:
+        val_traces = score_records(guard, val, args, verdict, rule.threshold, "safe validation streams")
+        threshold = threshold_for_false_alarm([(t.positions, t.scores) for t in val_traces if len(t.scores)],
+                                              rule, float(target))
+        rule = rule.with_threshold(threshold)
+        thr_source = f"validation: false alarms <= {target:g} on {len(val)} safe streams"
+    traces = score_records(guard, records, args, verdict, rule.threshold, "streams")
+    used_session = {t.used_session for t in traces}
+    results = [stream_result(rec, t, rule=rule, graces=args.graces) for rec, t in zip(records, traces)]
     seconds = time.perf_counter() - start
     summary = summarize(results, args.graces)
     report = {
         "guard": str(folder),
-        "threshold": threshold,
+        "threshold": rule.threshold,
+        "threshold_source": thr_source,
+        "verdict": verdict,
+        "rule": rule_dict(rule),
         "config": {k: getattr(args, k) for k in ("source", "split", "data_file", "ids_from", "ids_dataset",
                                                  "ids_split", "limit", "every", "max_tokens", "graces",
-                                                 "debounce", "with_prompt", "reference_tokenizer")}
-        | {"seed": seed, "max_length": guard.max_length}
+                                                 "with_prompt", "reference_tokenizer", "target_false_alarm",
+                                                 "val_data_file", "val_ids_split", "val_limit")}
+        | {"seed": seed, "max_length": guard.max_length, "debounce": rule.debounce, "target_false_alarm": target}
         | ({"split": None, "reference_tokenizer": None} if args.source == "jsonl" else {}),
         "scoring": "session" if used_session == {True} else "stateless" if used_session == {False} else "mixed",
         "seconds": round(seconds, 1),
         "summary": summary,
+        "tradeoff": tradeoff_curve(results),
         "streams": results,
     }
     atomic_write_json(out_dir / "streaming_results.json", report)
     if args.save_traces:
-        atomic_write_text(out_dir / "traces.jsonl", "".join(json.dumps(t) + "\n" for t in traces))
-    plot_delays(out_dir / "detection_delay.png", results, threshold, title=f"SIREN streaming · {name}")
+        atomic_write_text(out_dir / "traces.jsonl", "".join(
+            json.dumps({"id": r.id, "label": r.label, "positions": t.positions.tolist(),
+                        "scores": [None if not np.isfinite(s) else round(float(s), 6) for s in t.scores]}) + "\n"
+            for r, t in zip(records, traces)))
+    plot_delays(out_dir / "detection_delay.png", results, rule.threshold, title=f"SIREN streaming · {name}")
+    point = (summary.get("false_alarm_rate"), summary.get("detection_rate"))
+    plot_tradeoff(out_dir / "tradeoff.png", report["tradeoff"], point,
+                  title=f"SIREN streaming · {name} · {verdict} verdict, debounce {rule.debounce}")
     report["out_dir"] = str(out_dir)
     return report
 
@@ -520,19 +469,26 @@ def print_summary(report: dict) -> None:
     def pct(x):
         return "-" if x is None else f"{100 * x:.1f}%"
 
-    print(f"\nstreams {s['n_streams']} (harmful {s['n_harmful']}, safe {s['n_safe']}), threshold "
-          f"{report['threshold']:.3g}, scored by the {report['scoring']} path in {report['seconds']} s")
+    r = report["rule"]
+    print(f"\nstreams {s['n_streams']} (harmful {s['n_harmful']}, safe {s['n_safe']}), {report['verdict']} verdict, "
+          f"threshold {report['threshold']:.3g} ({report['threshold_source']}), debounce {r['debounce']}, "
+          f"min answer tokens {r['min_answer_tokens']}, ema {r['ema']}; scored by the {report['scoring']} path "
+          f"in {report['seconds']} s")
     if "detection_rate" in s:
         t = s["tokens_to_detection"]
-        print(f"detection rate {pct(s['detection_rate'])}; tokens-to-detection median {t['median']}, "
+        print(f"detection rate {pct(s['detection_rate'])} (finished answers {pct(s['finished_detection_rate'])}); "
+              f"tokens-to-detection median {t['median']}, "
               f"mean {t['mean'] if t['mean'] is None else round(t['mean'], 1)}, p90 {t['p90']}")
     if "false_alarm_rate" in s:
         t = s["tokens_to_false_alarm"]
-        print(f"false-alarm rate {pct(s['false_alarm_rate'])}; tokens-to-false-alarm median {t['median']}")
+        print(f"false-alarm rate {pct(s['false_alarm_rate'])} (finished answers {pct(s['finished_false_alarm_rate'])}, "
+              f"streaming tax {s['streaming_tax_points']:+.1f} points); tokens-to-false-alarm median {t['median']}")
     if "timely_recall" in s:
         cum = ", ".join(f"+{g}: {pct(v)}" for g, v in s["cumulative_recall"].items())
         cps = ", ".join(f"+{g}: {pct(v)}" for g, v in s["checkpoint_recall"].items())
         print(f"timely recall {pct(s['timely_recall'])}; cumulative recall {cum}")
         print(f"checkpoint recall (the authors' protocol) {cps}")
+        print(f"localisation: exact hit {pct(s['loc_exact_hit'])}, "
+              f"hit within 128 tokens {pct(s['loc_hit_within_128'])}")
         print("delay bins " + ", ".join(f"{k} {v}" for k, v in s["delay_bins"].items()))
-    print(f"results: {report['out_dir']}/streaming_results.json, plot detection_delay.png")
+    print(f"results: {report['out_dir']}/streaming_results.json, plots detection_delay.png, tradeoff.png")

@@ -7,11 +7,16 @@ Endpoints (errors come back as `{"error": {"message", "type", "param", "code"}}`
     GET  /                 the live demo page (siren/runtime/static/index.html)
     GET  /healthz          {"status": "ok", "model", "threshold", "max_length", "queued", "batches"}
     GET  /v1/models        OpenAI list shape, one entry: the served guard
-    POST /v1/moderations   OpenAI moderation shape: {"input": str | [str], "model"?}
+    POST /v1/moderations   OpenAI moderation shape: {"input": str | [str | {"prompt", "response"} |
+                           {"messages"}], "model"?} or {"messages": [chat turns]}
                            -> {"id", "model", "results": [{"flagged", "categories": {"harmful"},
-                               "category_scores": {"harmful"}}]}
-    POST /v1/score         {"text"} | {"prompt", "response"} | {"items": [those]}, "threshold"?
-                           -> {"model", "results": [{"score", "is_harmful", "threshold"}]}
+                               "category_scores": {"harmful"}, "siren"?: {"prompt", "response"}}]}
+    POST /v1/score         {"text"} | {"prompt", "response"} | {"messages"} | {"items": [those]},
+                           "threshold"?
+                           -> {"model", "results": [{"score", "is_harmful", "threshold",
+                               "prompt"?, "response"?}]}
+                           A pair gets both verdicts: the prompt's and the answer's (answer head),
+                           beside the whole text's; which chat turn is which: `siren.runtime.serve_pairs`.
     POST /v1/tokenize      {"text"} -> {"pieces": [str]}: the backbone's tokens as text pieces that
                            concatenate back to the text (the demo page feeds them one by one)
     WS   /v1/stream        a streaming session, see `stream_endpoint`
@@ -54,6 +59,7 @@ from typing import Any, Callable, Sequence
 
 from siren.errors import SirenError
 from siren.fileio import jsonable
+from siren.runtime.serve_pairs import moderation_verdicts, stop_threshold, stream_output
 
 log = logging.getLogger("siren.serve")
 
@@ -290,11 +296,24 @@ class StatelessSession:
         return result
 
 
-def open_session(guard, prompt: str | None = None, *, debounce: int = 1, threshold: float | None = None):
-    """The guard's incremental session if it has one (`guard.stream(prompt=, debounce=, threshold=)`
-    returning an object with `.feed`), else a `StatelessSession`."""
+def open_session(guard, prompt: str | None = None, *, debounce: int | None = 1, threshold: float | None = None):
+    """The guard's incremental session if it has one (`guard.stream(prompt=, rule=)`, or the older
+    `guard.stream(prompt=, debounce=, threshold=)`, returning an object with `.feed`), else a
+    `StatelessSession`. debounce None: the guard's saved stream rule (else 1)."""
+    from siren.runtime.serve_pairs import session_rule
+
     stream = getattr(guard, "stream", None)
-    if stream is not None:
+    try:
+        takes_rule = stream is not None and "rule" in inspect.signature(stream).parameters
+    except (TypeError, ValueError):
+        takes_rule = False
+    if takes_rule:  # the two-verdict runtime: the rule decides on the answer's verdict
+        thr = stop_threshold(guard, threshold, getattr(guard, "default_threshold", 0.5))
+        session = stream(prompt=prompt, rule=session_rule(guard, thr, debounce))
+        if hasattr(session, "feed"):
+            return session
+    debounce = 1 if debounce is None else debounce
+    if stream is not None and not takes_rule:
         try:
             inspect.signature(stream).bind(prompt=prompt, debounce=debounce, threshold=threshold)
         except TypeError:
@@ -345,14 +364,29 @@ def parse_threshold(body: dict) -> float | None:
     return float(value)
 
 
-def parse_moderation(body, limits: ServeLimits) -> list[str]:
-    """OpenAI's `input`: a string, a list of strings, or a list of {"type": "text", "text"} parts."""
+def _pair_error(message: str, param: str | None = None) -> RequestError:
+    return RequestError(400, message, param=param)
+
+
+def _check_item(item, where: str, limits: ServeLimits):
+    _check_text(item.text, where, limits)  # a pair's whole text: prompt + "\n" + response
+    return item
+
+
+def parse_moderation(body, limits: ServeLimits) -> list:
+    """OpenAI's `input`: a string, a list of strings, or a list of {"type": "text", "text"} parts;
+    also pairs ({"prompt", "response"} or {"messages"} items, or a top-level "messages") -> [Item]."""
+    from siren.runtime.serve_pairs import Item, parse_item
+
     body = _check_object(body, 'like {"input": "some text"}')
+    if "messages" in body and "input" not in body:
+        return [_check_item(parse_item({"messages": body["messages"]}, "the body", _pair_error, _type_name),
+                            "messages", limits)]
     if "input" not in body:
         raise RequestError(400, "missing field 'input': a string or a list of strings", param="input")
     raw = body["input"]
     if isinstance(raw, str):
-        return [_check_text(raw, "input", limits)]
+        return [Item(_check_text(raw, "input", limits))]
     if not isinstance(raw, list):
         raise RequestError(400, f"'input' must be a string or a list of strings, got a JSON {_type_name(raw)}",
                            param="input")
@@ -364,15 +398,19 @@ def parse_moderation(body, limits: ServeLimits) -> list[str]:
             item = item["text"]
         elif isinstance(item, dict) and item.get("type") == "image_url":
             raise RequestError(400, f"{where} is an image: this guard scores text only", param=where)
+        elif isinstance(item, dict) and ({"prompt", "response", "messages"} & set(item)):
+            texts.append(_check_item(parse_item(item, where, _pair_error, _type_name), where, limits))
+            continue
         if not isinstance(item, str):
             raise RequestError(400, f"{where} must be a string, got a JSON {_type_name(item)}", param=where)
-        texts.append(_check_text(item, where, limits))
+        texts.append(Item(_check_text(item, where, limits)))
     return texts
 
 
-def parse_score(body, limits: ServeLimits) -> tuple[list[str], float | None]:
-    """{"text"} | {"prompt", "response"} | {"items": [those]}, with an optional "threshold"."""
-    from siren.features import join_prompt_response
+def parse_score(body, limits: ServeLimits) -> tuple[list, float | None]:
+    """{"text"} | {"prompt", "response"} | {"messages"} | {"items": [those]}, with an optional
+    "threshold" -> ([Item], threshold)."""
+    from siren.runtime.serve_pairs import parse_item
 
     body = _check_object(body, 'like {"text": "..."} or {"prompt": "...", "response": "..."}')
     threshold = parse_threshold(body)
@@ -384,24 +422,10 @@ def parse_score(body, limits: ServeLimits) -> tuple[list[str], float | None]:
         where = [f"items[{i}]" for i in range(len(items))]
     else:
         items, where = [body], ["the body"]
-    texts = []
+    out = []
     for item, at in zip(items, where):
-        if not isinstance(item, dict):
-            raise RequestError(400, f"{at} must be an object with \"text\" or \"prompt\"/\"response\", "
-                                    f"got a JSON {_type_name(item)}", param=at)
-        has_pair = "prompt" in item or "response" in item
-        if "text" in item and has_pair:
-            raise RequestError(400, f"{at}: give \"text\" or \"prompt\"/\"response\", not both", param=at)
-        if not has_pair and "text" not in item:
-            raise RequestError(400, f"{at} has no \"text\", \"prompt\" or \"response\" field", param=at)
-        keys = ["text"] if "text" in item else [k for k in ("prompt", "response") if k in item]
-        for k in keys:
-            if item[k] is not None and not isinstance(item[k], str):
-                raise RequestError(400, f"{at}: field {k!r} must be a string, got a JSON {_type_name(item[k])}",
-                                   param=f"{at}.{k}")
-        text = (item["text"] or "") if "text" in item else join_prompt_response(item.get("prompt"), item.get("response"))
-        texts.append(_check_text(text, at, limits))
-    return texts, threshold
+        out.append(_check_item(parse_item(item, at, _pair_error, _type_name), at, limits))
+    return out, threshold
 
 
 def check_api_key(expected: str | None, authorization: str | None) -> None:
@@ -496,6 +520,25 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
         except SirenError as err:
             raise RequestError(400, str(err)) from None
 
+    async def score_items(items: list, thr: float | None):
+        """Texts through the dynamic batcher; pairs, when the guard gives both verdicts
+        (`score_pairs`), in one call on the worker thread. Results in input order."""
+        pairs = [i for i, item in enumerate(items) if item.pair is not None] if hasattr(guard, "score_pairs") else []
+        rest = [i for i in range(len(items)) if i not in set(pairs)]
+        out = [None] * len(items)
+        if pairs:
+            use = default_threshold if thr is None else thr
+            job = batcher.submit_call(lambda: guard.score_pairs([items[i].pair for i in pairs], threshold=use))
+            try:
+                for i, r in zip(pairs, await asyncio.wrap_future(job)):
+                    out[i] = r
+            except SirenError as err:
+                raise RequestError(400, str(err)) from None
+        if rest:
+            for i, r in zip(rest, await score([items[i].text for i in rest], thr)):
+                out[i] = r
+        return out
+
     @app.get("/", response_class=HTMLResponse)
     async def page():
         return HTMLResponse(_page())
@@ -516,22 +559,23 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
     async def moderations(request: Request):
         authorize(request)
         body = await read_json(request)
-        texts = parse_moderation(body, limits)
+        items = parse_moderation(body, limits)
         wanted = body.get("model")
         if wanted is not None and wanted != model_name and wanted not in OPENAI_MODERATION_MODELS:
             raise RequestError(404, f"model {wanted!r} is not served here; this server serves {model_name!r} "
                                     f"(or leave 'model' out)", param="model", code="model_not_found")
-        results = await score(texts, None)
+        results = await score_items(items, None)
         return {"id": f"modr-{uuid.uuid4().hex}", "model": model_name,
                 "results": [{"flagged": r.is_harmful, "categories": {CATEGORY: r.is_harmful},
                              "category_scores": {CATEGORY: r.score},
-                             "category_applied_input_types": {CATEGORY: ["text"]}} for r in results]}
+                             "category_applied_input_types": {CATEGORY: ["text"]}} | moderation_verdicts(r)
+                            for r in results]}
 
     @app.post("/v1/score")
     async def score_endpoint(request: Request):
         authorize(request)
-        texts, thr = parse_score(await read_json(request), limits)
-        results = await score(texts, thr)
+        items, thr = parse_score(await read_json(request), limits)
+        results = await score_items(items, thr)
         return {"model": model_name, "results": [r.to_dict() for r in results]}
 
     @app.post("/v1/tokenize")
@@ -549,10 +593,16 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
     async def stream_endpoint(ws: WebSocket):
         """Protocol (JSON text messages):
         1. client: {"prompt"?: str, "threshold"?: number, "debounce"?: int >= 1, "api_key"?: str}
-           (the key may instead come as an Authorization header); server: {"ready": true, "threshold", "model"}
+           (the key may instead come as an Authorization header); server: {"ready": true, "threshold",
+           "model", "incremental", "answer_head"}. `threshold` is the stop decision's: the client's, else
+           the answer head's, else the server's; debounce left out: the guard's saved stream rule.
         2. client: {"chunk": str}, any number of times; server, after each:
-           {"index", "score", "is_harmful", "threshold", "flagged", "flagged_at", "flagged_chunk"}
-           (`flagged_chunk`: index of the chunk after which the session first reported a flag)
+           {"index", "score", "is_harmful", "threshold", "flagged", "flagged_at", "flagged_chunk",
+            "prompt", "response", "flagged_by"}
+           (`score`...: the whole text's verdict; `prompt` / `response`: the request's and the answer's
+           verdicts, null when absent; `flagged_by`: "response" or "text", which verdict stopped the
+           stream, null while not flagged; `flagged_chunk`: index of the chunk after which the session
+           first reported a flag)
         3. client: {"end": true}; server: {"done": true, "chunks", "flagged_chunk", "flagged_at"}, then closes.
         A bad message gets {"error": {...}} and the socket is closed (1008 auth, 1009 too big, 1007 otherwise).
         """
@@ -584,10 +634,9 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
             prompt = start.get("prompt")
             if prompt is not None and not isinstance(prompt, str):
                 raise RequestError(400, f"'prompt' must be a string, got a JSON {_type_name(prompt)}", param="prompt")
-            thr = parse_threshold(start)
-            thr = default_threshold if thr is None else thr
-            debounce = start.get("debounce", 1)
-            if isinstance(debounce, bool) or not isinstance(debounce, int) or debounce < 1:
+            thr = stop_threshold(guard, parse_threshold(start), default_threshold)
+            debounce = start.get("debounce")
+            if debounce is not None and (isinstance(debounce, bool) or not isinstance(debounce, int) or debounce < 1):
                 raise RequestError(400, f"'debounce' must be an integer >= 1, got {json.dumps(debounce)}",
                                    param="debounce")
             chars = len(prompt or "")
@@ -595,7 +644,8 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
             session = await asyncio.wrap_future(batcher.submit_call(
                 lambda: open_session(guard, prompt, debounce=debounce, threshold=thr)))
             await ws.send_json({"ready": True, "threshold": thr, "model": model_name,
-                                "incremental": not isinstance(session, StatelessSession)})
+                                "incremental": not isinstance(session, StatelessSession),
+                                "answer_head": bool(getattr(guard, "has_answer_head", False))})
             index, flagged_chunk = 0, None
             while True:
                 msg = await receive()
@@ -621,7 +671,8 @@ def create_app(guard, *, model_name: str, limits: ServeLimits | None = None, thr
                     flagged_chunk = index
                 await ws.send_json({"index": index, "score": float(result.score), "is_harmful": bool(result.is_harmful),
                                     "threshold": float(result.threshold), "flagged": flagged_at is not None,
-                                    "flagged_at": jsonable(flagged_at), "flagged_chunk": flagged_chunk})
+                                    "flagged_at": jsonable(flagged_at), "flagged_chunk": flagged_chunk}
+                                   | stream_output(result, session))
                 index += 1
         except WebSocketDisconnect:
             return

@@ -23,7 +23,13 @@ SEED="${SEED:-}"                      # empty: configs/defaults.yaml's
 EVERY="${EVERY:-1}"                   # score after every k response tokens; 0: only the authors' checkpoints
 MAX_TOKENS="${MAX_TOKENS:-}"          # read at most this many response tokens per stream; empty: all
 THRESHOLD="${THRESHOLD:-}"            # empty: the guard's
-DEBOUNCE="${DEBOUNCE:-1}"             # flag after this many consecutive scores >= threshold
+DEBOUNCE="${DEBOUNCE:-}"              # flag after this many consecutive scores >= threshold; empty: the guard's rule / defaults
+MIN_ANSWER_TOKENS="${MIN_ANSWER_TOKENS:-}"  # never flag before this many answer tokens; empty: as DEBOUNCE
+EMA="${EMA:-}"                        # EMA alpha in (0, 1] over the scores; empty: as DEBOUNCE
+VERDICT="${VERDICT:-auto}"            # auto | response (the answer head) | text (the whole text)
+TARGET_FALSE_ALARM="${TARGET_FALSE_ALARM:-}"  # pick the threshold for this false-alarm rate on validation streams
+VAL_IDS_SPLIT="${VAL_IDS_SPLIT:-}"    # split inside IDS_FROM holding the validation streams (e.g. validation)
+VAL_DATA_FILE="${VAL_DATA_FILE:-}"    # or a SIREN-ready JSONL of validation streams
 WITH_PROMPT="${WITH_PROMPT:-0}"       # 1: score prompt + response so far; 0: the response alone (the authors)
 SAVE_TRACES="${SAVE_TRACES:-0}"       # 1: also write every score to traces.jsonl
 OUT_DIR="${OUT_DIR:-}"                # empty: <guard folder>/streaming_<split or data file name>
@@ -34,7 +40,13 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PY="${SIREN_PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
 
-ARGS=(--model "$MODEL" --source "$SOURCE" --split "$SPLIT" --every "$EVERY" --debounce "$DEBOUNCE" --device "$DEVICE")
+ARGS=(--model "$MODEL" --source "$SOURCE" --split "$SPLIT" --every "$EVERY" --verdict "$VERDICT" --device "$DEVICE")
+[ -n "$DEBOUNCE" ] && ARGS+=(--debounce "$DEBOUNCE")
+[ -n "$MIN_ANSWER_TOKENS" ] && ARGS+=(--min_answer_tokens "$MIN_ANSWER_TOKENS")
+[ -n "$EMA" ] && ARGS+=(--ema "$EMA")
+[ -n "$TARGET_FALSE_ALARM" ] && ARGS+=(--target_false_alarm "$TARGET_FALSE_ALARM")
+[ -n "$VAL_IDS_SPLIT" ] && ARGS+=(--val_ids_split "$VAL_IDS_SPLIT")
+[ -n "$VAL_DATA_FILE" ] && ARGS+=(--val_data_file "$(realpath "$VAL_DATA_FILE")")
 [ -n "$DATA_FILE" ] && ARGS+=(--data_file "$(realpath "$DATA_FILE")")
 [ -n "$REFERENCE_TOKENIZER" ] && ARGS+=(--reference_tokenizer "$REFERENCE_TOKENIZER")
 [ -n "$IDS_FROM" ] && ARGS+=(--ids_from "$(realpath "$IDS_FROM")" --ids_dataset "$IDS_DATASET" --ids_split "$IDS_SPLIT")
