@@ -1,0 +1,157 @@
+"""Shared pieces of the streaming-verdicts experiment: pools on disk, projection onto a guard's
+selected features, stream rules evaluated in bulk, logistic answer heads."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DATASETS = ("beavertails", "safe_rlhf")
+
+
+@dataclass
+class Pools:
+    """One (dataset, split) of pools.py's output: float16 memmaps (m, L*d) and row info."""
+
+    root: Path
+    rows: dict
+    dim: int
+
+    @classmethod
+    def open(cls, root: Path) -> "Pools":
+        meta = json.loads((root / "meta.json").read_text())
+        return cls(root, json.loads((root / "rows.json").read_text()), int(meta["dim"]))
+
+    def raw(self, kind: str) -> np.ndarray:
+        path = self.root / f"{kind}.f16"
+        n = path.stat().st_size // (2 * self.dim)
+        return np.memmap(path, dtype=np.float16, mode="r", shape=(n, self.dim))
+
+    @property
+    def y(self) -> np.ndarray:
+        return np.asarray(self.rows["label"], dtype=np.int64)
+
+
+class Projection:
+    """A guard's head input from all-layer pools: column l*d + neuron, times the layer weight,
+    in the order `SirenGuard._features_of_ids` builds it (layers ascending, neurons as listed)."""
+
+    def __init__(self, config: dict, hidden: int):
+        from siren.artifact import selection_from_config
+
+        layers, neurons, weights = selection_from_config(config)
+        self.index = np.concatenate([l * hidden + neurons[l] for l in layers])
+        self.scale = np.concatenate([np.full(len(neurons[l]), weights[l], np.float32) for l in layers])
+
+    def __call__(self, X: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        out = np.empty((len(X), len(self.index)), dtype=np.float32)
+        for s in range(0, len(X), chunk):
+            out[s:s + chunk] = np.asarray(X[s:s + chunk])[:, self.index].astype(np.float32) * self.scale
+        return out
+
+
+# ----------------------------------------------------------------- streams under a rule
+
+def smooth(scores: np.ndarray, ema: float | None) -> np.ndarray:
+    if not ema or ema >= 1:
+        return scores
+    out = np.empty_like(scores)
+    s = None
+    for i, x in enumerate(scores):
+        s = x if s is None else ema * x + (1 - ema) * s
+        out[i] = s
+    return out
+
+
+def peak(positions: np.ndarray, scores: np.ndarray, debounce: int, min_tokens: int, ema: float | None):
+    """(peak, raise index per threshold not needed): the largest threshold at which the stream
+    flags: max over runs of `debounce` consecutive (smoothed) scores, the run ending at or after
+    `min_tokens`, of the run's minimum. -inf when no run fits. Flagged at threshold t iff peak >= t."""
+    s = smooth(np.asarray(scores, dtype=np.float64), ema)
+    if len(s) < debounce:
+        return -np.inf
+    windows = np.lib.stride_tricks.sliding_window_view(s, debounce).min(axis=1)  # run ending at i+k-1
+    ends = np.asarray(positions)[debounce - 1:]
+    ok = ends >= min_tokens
+    return float(windows[ok].max()) if ok.any() else -np.inf
+
+
+def flag_position(positions: np.ndarray, scores: np.ndarray, threshold: float, debounce: int,
+                  min_tokens: int, ema: float | None) -> int | None:
+    """Answer tokens read when the stream is stopped (the debounce run's last score), or None."""
+    s = smooth(np.asarray(scores, dtype=np.float64), ema)
+    run = 0
+    for p, x in zip(positions, s):
+        run = run + 1 if x >= threshold else 0
+        if run >= debounce and p >= min_tokens:
+            return int(p)
+    return None
+
+
+def threshold_for_fa(safe_peaks: np.ndarray, target: float) -> float:
+    """The smallest threshold (on a 0.001 grid) at which at most `target` of the safe streams flag."""
+    grid = np.round(np.arange(0.0, 1.0005, 0.001), 3)
+    fa = (safe_peaks[None, :] >= grid[:, None]).mean(axis=1)
+    ok = np.nonzero(fa <= target)[0]
+    return float(grid[ok[0]]) if len(ok) else 1.0
+
+
+def stream_summary(streams, y: np.ndarray, final_scores: np.ndarray, threshold: float, debounce: int,
+                   min_tokens: int, ema: float | None) -> dict:
+    """streams: [(positions, scores)] per row; y (n,); final_scores (n,) finished answers' scores."""
+    flags = [flag_position(p, s, threshold, debounce, min_tokens, ema) for p, s in streams]
+    flagged = np.array([f is not None for f in flags])
+    final = final_scores >= threshold
+    delays = np.array([f for f, yy in zip(flags, y) if f is not None and yy == 1], dtype=float)
+    fa, fa_final = float(flagged[y == 0].mean()), float(final[y == 0].mean())
+    return {"threshold": threshold, "debounce": debounce, "min_answer_tokens": min_tokens, "ema": ema,
+            "false_alarm": fa, "detection": float(flagged[y == 1].mean()),
+            "false_alarm_finished": fa_final, "detection_finished": float(final[y == 1].mean()),
+            "streaming_tax": fa - fa_final,
+            "ttd_median": float(np.median(delays)) if len(delays) else None,
+            "ttd_p90": float(np.percentile(delays, 90)) if len(delays) else None,
+            "n_safe": int((y == 0).sum()), "n_harmful": int((y == 1).sum())}
+
+
+def curve(streams, y: np.ndarray, debounce: int, min_tokens: int, ema: float | None) -> dict:
+    """False alarms vs detection over thresholds: {threshold: [...], false_alarm: [...], detection: [...]}."""
+    peaks = np.array([peak(p, s, debounce, min_tokens, ema) for p, s in streams])
+    grid = np.round(np.arange(0.0, 1.0005, 0.005), 3)
+    fl = peaks[None, :] >= grid[:, None]
+    return {"threshold": grid.tolist(), "false_alarm": fl[:, y == 0].mean(1).tolist(),
+            "detection": fl[:, y == 1].mean(1).tolist()}
+
+
+def detection_at_fa(streams, y, target: float, debounce: int, min_tokens: int, ema) -> tuple[float, float]:
+    """(threshold for `target` stream false alarms, detection there)."""
+    peaks = np.array([peak(p, s, debounce, min_tokens, ema) for p, s in streams])
+    thr = threshold_for_fa(peaks[y == 0], target)
+    return thr, float((peaks[y == 1] >= thr).mean())
+
+
+# ----------------------------------------------------------------- logistic answer heads
+
+class Logistic:
+    """Standardised L2 logistic regression; `head_state()` folds the standardisation into one
+    Linear(k, 2) in the guard's Sequential layout (softmax(logits)[1] == sigmoid(w.x + b))."""
+
+    def __init__(self, C: float = 0.1, seed: int = 0):
+        self.C, self.seed = C, seed
+
+    def fit(self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> "Logistic":
+        from sklearn.linear_model import LogisticRegression
+
+        self.mean_ = X.mean(0)
+        self.std_ = X.std(0) + 1e-6
+        lr = LogisticRegression(C=self.C, max_iter=300, class_weight="balanced", random_state=self.seed)
+        lr.fit((X - self.mean_) / self.std_, y, sample_weight=w)
+        self.coef_ = lr.coef_[0] / self.std_
+        self.intercept_ = float(lr.intercept_[0] - self.coef_ @ self.mean_)
+        return self
+
+    def proba(self, X: np.ndarray) -> np.ndarray:
+        z = np.asarray(X, dtype=np.float64) @ self.coef_ + self.intercept_
+        return 1.0 / (1.0 + np.exp(-z))
