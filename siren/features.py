@@ -101,6 +101,49 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]
     return [list(ids) for ids in enc["input_ids"]]
 
 
+def answer_char_start(prompt: str | None, response: str | None) -> int | None:
+    """Where the answer starts in `normalize_text(join_prompt_response(prompt, response))`: at its
+    normalised response's first character, i.e. `len(normalize_text(prompt)) + 1` (after the
+    joining "\\n") unless whitespace at the boundary collapsed, and 0 without a prompt. None when
+    the response is empty after normalisation (no answer to pool)."""
+    answer = normalize_text(response)
+    if answer == EMPTY_TEXT:
+        return None
+    joined = normalize_text(join_prompt_response(prompt, response))
+    # Normalisation works inside the response as it does alone (no chat marker holds "\n", and
+    # whitespace collapses the same): so the joined text ends with the normalised response.
+    if joined.endswith(answer):
+        return len(joined) - len(answer)
+    return min(len(normalize_text(prompt)) + 1, len(joined)) if prompt else 0  # not expected: the contract's rule
+
+
+def answer_spans(tokenizer, pairs: Sequence[tuple[str | None, str | None]],
+                 max_length: int) -> tuple[list[list[int]], list[int]]:
+    """(prompt, response) pairs -> (token ids of the normalised joined text, right-truncated at
+    max_length; per row the index of its first answer token).
+
+    A token belongs to the answer when it ends after the answer's first character (so a token
+    straddling the boundary, and a trailing special token, count as answer); the answer's tokens are
+    ids[start:]. start == len(ids) when there is no answer token (empty response, or truncated
+    away): the answer pool is empty. Needs a fast tokenizer (character offsets).
+    """
+    pairs = list(pairs)
+    normed = [normalize_text(join_prompt_response(p, r)) for p, r in pairs]
+    if not getattr(tokenizer, "is_fast", False):
+        raise SirenError("answer pooling needs a fast tokenizer (character offsets): load the backbone's "
+                         "tokenizer with use_fast=True")
+    enc = tokenizer(normed, truncation=True, max_length=max_length, padding=False, return_offsets_mapping=True)
+    ids_out, starts = [], []
+    for (prompt, response), ids, offsets in zip(pairs, enc["input_ids"], enc["offset_mapping"]):
+        a = answer_char_start(prompt, response)
+        start = len(ids)
+        if a is not None:
+            start = next((i for i, (_lo, hi) in enumerate(offsets) if hi > a), len(ids))
+        ids_out.append(list(ids))
+        starts.append(start)
+    return ids_out, starts
+
+
 # Batch widths come from a fixed ladder (multiples of WIDTH_QUANTUM, each rung about
 # WIDTH_STEP above the last), so extraction sees a few dozen distinct (rows, width) shapes
 # instead of hundreds. Measured on three offline-six datasets (smollm2-135m, bf16, 2 cores;
@@ -274,6 +317,32 @@ class LayerFeatures:
         width = max(batch_width([len(ids) for ids in batch]), width or 0)
         if self._compiled is not None and b == 1 and len(batch[0]) == width >= 2:
             return self._compiled_call(batch[0])
+        mask, kw = self._inputs(batch, padding_side, width)
+        left = padding_side != "right"
+        # No padding (one text, or texts of one length): no mask and default positions give the
+        # same vectors, and let attention take its plain causal path instead of building a 4D
+        # mask every call (most of the per-call overhead when scoring one short text).
+        unpadded = "attention_mask" not in kw
+        # (b, T, 1): which positions are real tokens, as a bool for where() (left padding) or as
+        # 0/1 float32 to multiply by (right padding); not needed when every position is real
+        keep = None if unpadded else mask.unsqueeze(-1).bool() if left else mask.unsqueeze(-1).to(torch.float32)
+        counts = mask.sum(dim=1, keepdim=True).to(torch.float32)  # (b, 1)
+
+        def reduce(h: torch.Tensor) -> torch.Tensor:  # (b, T, d) -> (b, d) masked mean
+            if unpadded:  # every position counts: the same float32 sums, without the mask's copy
+                summed = h.sum(dim=1, dtype=torch.float32)
+            elif left:    # where() rather than multiply: left-padded positions may hold inf/nan
+                summed = torch.where(keep, h, torch.zeros((), dtype=h.dtype, device=h.device)).sum(dim=1, dtype=torch.float32)
+            else:       # right padding: every position is finite; the same sum, about 2x faster
+                summed = (h.float() * keep).sum(dim=1)
+            return summed / counts
+
+        return self._by_pooling(self._hooked(kw, reduce))
+
+    def _inputs(self, batch: Sequence[Sequence[int]], padding_side: str, width: int) -> tuple[torch.Tensor, dict]:
+        """(attention mask (b, width) on the device, the forward's keyword arguments): padded ids,
+        and the mask and positions unless every row fills the width."""
+        b = len(batch)
         input_ids = torch.full((b, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((b, width), dtype=torch.long)
         for i, ids in enumerate(batch):
@@ -283,29 +352,20 @@ class LayerFeatures:
         # Positions count real tokens only, so left padding gives the same vectors as right padding.
         position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
         input_ids, mask, position_ids = (t.to(self.device) for t in (input_ids, mask, position_ids))
-        left = padding_side != "right"
-        # No padding (one text, or texts of one length): no mask and default positions give the
-        # same vectors, and let attention take its plain causal path instead of building a 4D
-        # mask every call (most of the per-call overhead when scoring one short text).
-        unpadded = all(len(ids) == width for ids in batch)
-        # (b, T, 1): which positions are real tokens, as a bool for where() (left padding) or as
-        # 0/1 float32 to multiply by (right padding); not needed when every position is real
-        keep = None if unpadded else mask.unsqueeze(-1).bool() if left else mask.unsqueeze(-1).to(torch.float32)
-        counts = mask.sum(dim=1, keepdim=True).to(torch.float32)  # (b, 1)
+        if all(len(ids) == width for ids in batch):
+            return mask, dict(input_ids=input_ids, use_cache=False)
+        return mask, dict(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
+
+    def _hooked(self, kw: dict, reduce) -> list[torch.Tensor]:
+        """Run the backbone with `kw` up to the deepest needed module; `reduce(h)` of each needed
+        module's output (b, T, d), in `_modules()` order."""
         wanted = self._modules()
-        pooled: list[torch.Tensor | None] = [None] * len(wanted)   # (b, d) per module, in `wanted` order
+        pooled: list[torch.Tensor | None] = [None] * len(wanted)
         remaining = [len(wanted)]
 
         def make_hook(i: int):
             def hook(_module, _inputs, output):
-                h = output[0] if isinstance(output, tuple) else output  # (b, T, d)
-                if unpadded:  # every position counts: the same float32 sums, without the mask's copy
-                    summed = h.sum(dim=1, dtype=torch.float32)
-                elif left:    # where() rather than multiply: left-padded positions may hold inf/nan
-                    summed = torch.where(keep, h, torch.zeros((), dtype=h.dtype, device=h.device)).sum(dim=1, dtype=torch.float32)
-                else:       # right padding: every position is finite; the same sum, about 2x faster
-                    summed = (h.float() * keep).sum(dim=1)
-                pooled[i] = summed / counts
+                pooled[i] = reduce(output[0] if isinstance(output, tuple) else output)
                 remaining[0] -= 1
                 if remaining[0] == 0:
                     raise _Stop
@@ -313,8 +373,6 @@ class LayerFeatures:
             return hook
 
         handles = [module.register_forward_hook(make_hook(i)) for i, (_rep, _l, module) in enumerate(wanted)]
-        kw = dict(input_ids=input_ids, use_cache=False) if unpadded else dict(
-            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
         try:
             self.model(**kw)
         except _Stop:
@@ -325,7 +383,73 @@ class LayerFeatures:
         missing = [(rep, l) for (rep, l, _module), v in zip(wanted, pooled) if v is None]
         if missing:
             raise SirenError(f"hooks did not fire for {missing[:3]}...: unsupported backbone layout")
-        return self._by_pooling(pooled)
+        return pooled
+
+    @torch.inference_mode()
+    def span_means(self, batch: Sequence[Sequence[int]], spans: Sequence[Sequence[tuple[int, int]]],
+                   width: int | None = None) -> dict[str, torch.Tensor]:
+        """Masked means over token spans, one forward: batch as in `__call__` (right padding); spans:
+        per row the same number S of [lo, hi) index ranges into that row's ids. Returns {pooling
+        type: (b, S, len(layers), d) float32 on CPU}, NaN for an empty span. (0, len(ids)) gives
+        `__call__`'s vector to float32 round-off (the sums run in another order)."""
+        b = len(batch)
+        n_spans = {len(row) for row in spans}
+        if len(spans) != b or len(n_spans) != 1:
+            raise SirenError(f"span_means: give the same number of spans for each of the {b} rows")
+        width = max(batch_width([len(ids) for ids in batch]), width or 0)
+        mask, kw = self._inputs(batch, "right", width)
+        select = torch.zeros((b, n_spans.pop(), width), dtype=torch.float32)  # (b, S, T) 0/1
+        for i, row in enumerate(spans):
+            for j, (lo, hi) in enumerate(row):
+                select[i, j, max(0, int(lo)):min(int(hi), len(batch[i]))] = 1.0
+        counts = select.sum(dim=2, keepdim=True)  # (b, S, 1); 0 -> NaN means
+        select, counts = select.to(self.device), counts.to(self.device)
+        real = mask.bool().unsqueeze(-1)
+
+        def reduce(h: torch.Tensor) -> torch.Tensor:  # (b, T, d) -> (b, S, d)
+            hf = h.float().masked_fill(~real, 0.0)  # padded positions may hold anything: zero them
+            return torch.bmm(select, hf) / counts
+
+        pooled = self._hooked(kw, reduce)
+        out = {rep: [None] * len(self.layers) for rep in self.pooling_types}
+        slot = {l: i for i, l in enumerate(self.layers)}
+        for (rep, layer, _module), v in zip(self._modules(), pooled):
+            out[rep][slot[layer]] = v
+        return {rep: torch.stack(vs, dim=2).cpu() for rep, vs in out.items()}
+
+    def answer_means(self, batch: Sequence[Sequence[int]], starts: Sequence[int], cuts: Sequence[int] = (),
+                     width: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The answer's pool and its prefixes' pools, one forward (see `answer_spans` for ids/starts).
+
+        Returns ({pooling type: (b, len(layers), d)} over ids[start:], {pooling type: (b, len(cuts),
+        len(layers), d)} over ids[start:start + t] for t in cuts); NaN where a row has no answer
+        token, or fewer than t answer tokens read (a prefix is never padded with the text after it).
+        """
+        cuts = [int(t) for t in cuts]
+        if any(t < 1 for t in cuts):
+            raise SirenError(f"answer cuts must be whole numbers >= 1 (answer tokens), got {cuts}")
+        spans = []
+        for ids, s in zip(batch, starts):
+            n = len(ids)
+            spans.append([(s, n)] + [(s, s + t) if s + t <= n else (0, 0) for t in cuts])
+        means = self.span_means(batch, spans, width=width)
+        return ({rep: v[:, 0] for rep, v in means.items()}, {rep: v[:, 1:] for rep, v in means.items()})
+
+    def encode_answers(self, pairs: Sequence[tuple[str | None, str | None]], cuts: Sequence[int] = (),
+                       batch_tokens: int = 16384) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(prompt, response) pairs -> `answer_means` for all rows, length-bucketed, in input order:
+        ({pooling type: (n, len(layers), d)}, {pooling type: (n, len(cuts), len(layers), d)}) float32."""
+        ids, starts = answer_spans(self.tokenizer, pairs, self.max_length)
+        d = int(self.model.config.hidden_size)
+        n, L = len(ids), len(self.layers)
+        answer = {rep: np.full((n, L, d), np.nan, dtype=np.float32) for rep in self.pooling_types}
+        prefix = {rep: np.full((n, len(cuts), L, d), np.nan, dtype=np.float32) for rep in self.pooling_types}
+        for idx in length_batches([len(x) for x in ids], batch_tokens):
+            a, p = self.answer_means([ids[i] for i in idx], [starts[i] for i in idx], cuts)
+            for rep in self.pooling_types:
+                answer[rep][idx] = a[rep].numpy()
+                prefix[rep][idx] = p[rep].numpy()
+        return answer, prefix
 
     def _by_pooling(self, pooled: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """(b, d) vectors in `_modules()` order -> {pooling type: (b, len(layers), d) on CPU}."""
