@@ -55,48 +55,32 @@ class Projection:
 
 # ----------------------------------------------------------------- streams under a rule
 
-def smooth(scores: np.ndarray, ema: float | None) -> np.ndarray:
-    if not ema or ema >= 1:
-        return scores
-    out = np.empty_like(scores)
-    s = None
-    for i, x in enumerate(scores):
-        s = x if s is None else ema * x + (1 - ema) * s
-        out[i] = s
-    return out
+def rule_of(threshold: float, debounce: int, min_tokens: int, ema: float | None):
+    from siren.runtime.stream_rules import StreamRule
+
+    return StreamRule(float(threshold), int(debounce), int(min_tokens), ema)
 
 
-def peak(positions: np.ndarray, scores: np.ndarray, debounce: int, min_tokens: int, ema: float | None):
-    """(peak, raise index per threshold not needed): the largest threshold at which the stream
-    flags: max over runs of `debounce` consecutive (smoothed) scores, the run ending at or after
-    `min_tokens`, of the run's minimum. -inf when no run fits. Flagged at threshold t iff peak >= t."""
-    s = smooth(np.asarray(scores, dtype=np.float64), ema)
-    if len(s) < debounce:
-        return -np.inf
-    windows = np.lib.stride_tricks.sliding_window_view(s, debounce).min(axis=1)  # run ending at i+k-1
-    ends = np.asarray(positions)[debounce - 1:]
-    ok = ends >= min_tokens
-    return float(windows[ok].max()) if ok.any() else -np.inf
+def peaks_of(streams, debounce: int, min_tokens: int, ema: float | None) -> np.ndarray:
+    """Per stream the highest threshold at which the rule flags it (siren.runtime.stream_rules)."""
+    from siren.runtime.stream_rules import stream_peak
+
+    rule = rule_of(0.5, debounce, min_tokens, ema)
+    return np.array([stream_peak(p, s, rule) for p, s in streams])
 
 
-def flag_position(positions: np.ndarray, scores: np.ndarray, threshold: float, debounce: int,
-                  min_tokens: int, ema: float | None) -> int | None:
-    """Answer tokens read when the stream is stopped (the debounce run's last score), or None."""
-    s = smooth(np.asarray(scores, dtype=np.float64), ema)
-    run = 0
-    for p, x in zip(positions, s):
-        run = run + 1 if x >= threshold else 0
-        if run >= debounce and p >= min_tokens:
-            return int(p)
-    return None
+def flag_position(positions, scores, threshold, debounce, min_tokens, ema) -> int | None:
+    """Answer tokens read when the rule stops the stream (its run's last observation), or None."""
+    from siren.runtime.stream_rules import first_flag
+
+    i = first_flag(positions, scores, rule_of(threshold, debounce, min_tokens, ema))
+    return None if i is None else int(positions[i])
 
 
-def threshold_for_fa(safe_peaks: np.ndarray, target: float) -> float:
-    """The smallest threshold (on a 0.001 grid) at which at most `target` of the safe streams flag."""
-    grid = np.round(np.arange(0.0, 1.0005, 0.001), 3)
-    fa = (safe_peaks[None, :] >= grid[:, None]).mean(axis=1)
-    ok = np.nonzero(fa <= target)[0]
-    return float(grid[ok[0]]) if len(ok) else 1.0
+def threshold_for_fa(streams_safe, target: float, debounce: int, min_tokens: int, ema) -> float:
+    from siren.runtime.stream_rules import threshold_for_false_alarm
+
+    return threshold_for_false_alarm(streams_safe, rule_of(0.5, debounce, min_tokens, ema), target)
 
 
 def stream_summary(streams, y: np.ndarray, final_scores: np.ndarray, threshold: float, debounce: int,
@@ -118,7 +102,7 @@ def stream_summary(streams, y: np.ndarray, final_scores: np.ndarray, threshold: 
 
 def curve(streams, y: np.ndarray, debounce: int, min_tokens: int, ema: float | None) -> dict:
     """False alarms vs detection over thresholds: {threshold: [...], false_alarm: [...], detection: [...]}."""
-    peaks = np.array([peak(p, s, debounce, min_tokens, ema) for p, s in streams])
+    peaks = peaks_of(streams, debounce, min_tokens, ema)
     grid = np.round(np.arange(0.0, 1.0005, 0.005), 3)
     fl = peaks[None, :] >= grid[:, None]
     return {"threshold": grid.tolist(), "false_alarm": fl[:, y == 0].mean(1).tolist(),
@@ -127,9 +111,9 @@ def curve(streams, y: np.ndarray, debounce: int, min_tokens: int, ema: float | N
 
 def detection_at_fa(streams, y, target: float, debounce: int, min_tokens: int, ema) -> tuple[float, float]:
     """(threshold for `target` stream false alarms, detection there)."""
-    peaks = np.array([peak(p, s, debounce, min_tokens, ema) for p, s in streams])
-    thr = threshold_for_fa(peaks[y == 0], target)
-    return thr, float((peaks[y == 1] >= thr).mean())
+    thr = threshold_for_fa([s for s, yy in zip(streams, y) if yy == 0], target, debounce, min_tokens, ema)
+    peaks = peaks_of([s for s, yy in zip(streams, y) if yy == 1], debounce, min_tokens, ema)
+    return thr, float((peaks >= thr).mean())
 
 
 # ----------------------------------------------------------------- logistic answer heads

@@ -160,3 +160,162 @@ class MainHead:
         from siren.mlp import predict_proba_head
 
         return predict_proba_head(self.head, X).astype(np.float64)
+
+
+# ----------------------------------------------------------------- rule, final head, test
+
+RULE_GRID = [(k, m, e) for k in (1, 2, 3) for m in (0, 8, 16) for e in (None, 0.5)]
+
+
+def choose_rule(streams, y, target: float) -> tuple[list, dict]:
+    """Every rule of RULE_GRID at its threshold for `target` false alarms on the out-of-fold
+    streams; the chosen one has the highest detection (ties: the earlier, simpler rule)."""
+    table = []
+    for k, m, e in RULE_GRID:
+        thr, det = detection_at_fa(streams, y, target, k, m, e)
+        table.append({"debounce": k, "min_answer_tokens": m, "ema": e, "threshold": thr, "detection": det})
+    best = max(table, key=lambda r: (round(r["detection"], 4), -table.index(r)))
+    return table, best
+
+
+def side_by_side(T: dict, answer_head, main_head, rule: dict, base_threshold: float) -> dict:
+    """Test rows: finished-answer F1 and streams of the answer verdict and today's guard."""
+    n, y, g = len(T["y"]), T["y"], T["g"]
+    a_final = answer_head.proba(T["answer"])
+    a_streams = streams_of(answer_head.proba(T["answer_pref"]), T["pref_row"], T["pref_t"], n)
+    w_final = main_head.proba(T["whole"])
+    w_streams = streams_of(main_head.proba(T["whole_pref"]), T["pref_row"], T["pref_t"], n)
+    r_streams = streams_of(main_head.proba(T["resp_pref"]), T["resp_row"], T["resp_t"], n)
+    r_final = np.array([s[-1] if len(s) else 0.0 for _p, s in r_streams])
+    thr = rule["threshold"]
+    out = {"finished_f1": {}}
+    for name, scores, t in (("answer_verdict", a_final, thr), ("answer_verdict_at_0.5", a_final, 0.5),
+                            ("today_whole_text", w_final, base_threshold)):
+        pred = (scores >= t).astype(int)
+        out["finished_f1"][name] = {ds: macro_f1(y[g == i], pred[g == i]) for i, ds in enumerate(DATASETS)}
+        out["finished_f1"][name]["average"] = float(np.mean(list(out["finished_f1"][name].values())))
+    sub = {}
+    for i, ds in list(enumerate(DATASETS)) + [(None, "both")]:
+        m = np.ones(n, bool) if i is None else g == i
+        pick = lambda st: [s for s, k in zip(st, m) if k]  # noqa: E731
+        sub[ds] = {
+            "answer_verdict": stream_summary(pick(a_streams), y[m], a_final[m], thr, rule["debounce"],
+                                             rule["min_answer_tokens"], rule["ema"]),
+            "today_with_prompt": stream_summary(pick(w_streams), y[m], w_final[m], base_threshold, 1, 0, None),
+            "today_answer_alone": stream_summary(pick(r_streams), y[m], r_final[m], base_threshold, 1, 0, None),
+        }
+    out["streams"] = sub
+    out["curves"] = {"answer_verdict": curve(a_streams, y, rule["debounce"], rule["min_answer_tokens"], rule["ema"]),
+                     "answer_verdict_debounce1": curve(a_streams, y, 1, 0, None),
+                     "today_with_prompt": curve(w_streams, y, 1, 0, None),
+                     "today_answer_alone": curve(r_streams, y, 1, 0, None)}
+    return out
+
+
+def plot(path: Path, res: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 5))
+    styles = {"answer_verdict": ("answer verdict, chosen rule", "tab:green"),
+              "answer_verdict_debounce1": ("answer verdict, debounce 1", "tab:olive"),
+              "today_with_prompt": ("today: prompt + answer prefix", "tab:red"),
+              "today_answer_alone": ("today: answer prefix alone", "tab:orange")}
+    for key, (label, color) in styles.items():
+        c = res["test"]["curves"][key]
+        ax.plot(c["false_alarm"], c["detection"], color=color, label=label)
+    for key, color in (("answer_verdict", "tab:green"), ("today_with_prompt", "tab:red"),
+                       ("today_answer_alone", "tab:orange")):
+        s = res["test"]["streams"]["both"][key]
+        ax.plot([s["false_alarm"]], [s["detection"]], "o", color=color)
+    ax.axvline(0.15, ls=":", color="gray")
+    ax.axhline(0.80, ls=":", color="gray")
+    ax.set_xlabel("false alarms: safe test streams flagged")
+    ax.set_ylabel("detection: harmful test streams flagged")
+    ax.set_title("beavertails + safe_rlhf test streams (every 4 answer tokens)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def merge(a: dict, b: dict) -> dict:
+    """Rows of split a then split b (prefix row indices shifted)."""
+    n = len(a["y"])
+    out = {k: np.concatenate([a[k], b[k] + (n if k == "pref_row" else 0)]) for k in a if k in b}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--pools", required=True)
+    p.add_argument("--guard", required=True)
+    p.add_argument("--features", required=True, help="the guard's feature cache of the backbone (prompt-level rows)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--folds", type=int, default=3)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--variants", nargs="*", type=int, help="indices into VARIANTS (default: all)")
+    a = p.parse_args()
+    from siren.artifact import load_guard_config, load_head
+
+    started = time.time()
+    config = load_guard_config(a.guard)
+    hidden = int(config["siren"]["hidden_size"])
+    proj, main_head = Projection(config, hidden), MainHead(load_head(a.guard))
+    kinds = ("answer", "answer_pref")
+    D = merge(load_split(a, proj, "train", kinds), load_split(a, proj, "validation", kinds))
+    extra = prompt_level_rows(a, proj)
+    print(f"loaded {len(D['y'])} train+validation response rows ({len(D['pref_row'])} prefixes), "
+          f"{len(extra[1])} prompt-level rows, k={D['answer'].shape[1]} in {time.time() - started:.0f} s", flush=True)
+    table, runs = [], {}
+    for i in (a.variants if a.variants else range(len(VARIANTS))):
+        v = VARIANTS[i]
+        r = cv_variant(D, v, main_head, extra, a.folds, a.seed)
+        runs[i] = r
+        row = {"variant": v["name"], **{k: r[k] for k in ("cv_f1_finished", "cv_detection_at_15fa", "cv_threshold_15fa")}}
+        table.append(row)
+        print(f"{row['variant']:50s} CV F1 {row['cv_f1_finished']:.4f}  detection at 15% stream FA "
+              f"{row['cv_detection_at_15fa']:.3f} (thr {row['cv_threshold_15fa']:.3f})  [{time.time() - started:.0f} s]", flush=True)
+    # The product's aim is the stream: detection at the target false-alarm rate first, then finished F1.
+    best_i = max(runs, key=lambda i: (runs[i]["cv_detection_at_15fa"] + runs[i]["cv_f1_finished"]))
+    v = VARIANTS[best_i]
+    streams = streams_of(runs[best_i]["oof_pref"], D["pref_row"], D["pref_t"], len(D["y"]))
+    rules, rule = choose_rule(streams, D["y"], TARGET_FA)
+    print(f"chosen: {v['name']}; rule {rule}", flush=True)
+    head = main_head if v["head"] == "shared" else Logistic(C=v.get("C", 0.05), seed=a.seed).fit(*training_set(D, np.arange(len(D["y"])), v, extra))
+    T = load_split(a, proj, "test", ("answer", "answer_pref", "whole", "whole_pref", "resp_pref"))
+    base_thr = float(config["inference"]["default_threshold"])
+    res = {"config": {"guard_input_dim": int(D["answer"].shape[1]), "folds": a.folds, "seed": a.seed,
+                      "target_false_alarm": TARGET_FA, "every": 4, "guard_threshold": base_thr},
+           "cv_table": table, "chosen_variant": v, "rule_table": rules, "rule": rule}
+    res["test"] = side_by_side(T, head, main_head, rule, base_thr)
+    ev = Path(a.guard) / "eval_results.json"
+    if ev.is_file():
+        e = json.loads(ev.read_text())
+        res["today_eval"] = {"f1": e.get("f1"), "average_f1": e.get("average_f1")}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(res, indent=1, default=float))
+    plot(out / "tradeoff.png", res)
+    print_report(res)
+
+
+def print_report(res: dict) -> None:
+    f1 = res["test"]["finished_f1"]
+    print("\nfinished answers, test macro-F1:")
+    for name, d in f1.items():
+        print(f"  {name:24s} " + "  ".join(f"{k} {v:.4f}" for k, v in d.items()))
+    print("\nstreams (test, both datasets):")
+    for name, s in res["test"]["streams"]["both"].items():
+        if s is None:
+            continue
+        print(f"  {name:20s} thr {s['threshold']:.3f} k{s['debounce']} min{s['min_answer_tokens']} ema {s['ema']}: "
+              f"FA {s['false_alarm']:.3f} (finished {s['false_alarm_finished']:.3f}, tax {s['streaming_tax']:+.3f}) "
+              f"detection {s['detection']:.3f} (finished {s['detection_finished']:.3f}) "
+              f"ttd median {s['ttd_median']} p90 {s['ttd_p90']}")
+
+
+if __name__ == "__main__":
+    main()
