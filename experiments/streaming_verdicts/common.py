@@ -118,24 +118,5 @@ def detection_at_fa(streams, y, target: float, debounce: int, min_tokens: int, e
 
 # ----------------------------------------------------------------- logistic answer heads
 
-class Logistic:
-    """Standardised L2 logistic regression; `head_state()` folds the standardisation into one
-    Linear(k, 2) in the guard's Sequential layout (softmax(logits)[1] == sigmoid(w.x + b))."""
-
-    def __init__(self, C: float = 0.1, seed: int = 0):
-        self.C, self.seed = C, seed
-
-    def fit(self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> "Logistic":
-        from sklearn.linear_model import LogisticRegression
-
-        self.mean_ = X.mean(0)
-        self.std_ = X.std(0) + 1e-6
-        lr = LogisticRegression(C=self.C, max_iter=300, class_weight="balanced", random_state=self.seed)
-        lr.fit((X - self.mean_) / self.std_, y, sample_weight=w)
-        self.coef_ = lr.coef_[0] / self.std_
-        self.intercept_ = float(lr.intercept_[0] - self.coef_ @ self.mean_)
-        return self
-
-    def proba(self, X: np.ndarray) -> np.ndarray:
-        z = np.asarray(X, dtype=np.float64) @ self.coef_ + self.intercept_
-        return 1.0 / (1.0 + np.exp(-z))
+# The product's head (siren/pipeline/answer.py): the experiment fits exactly what `siren train` fits.
+from siren.pipeline.answer import LogisticHead as Logistic  # noqa: E402,F401

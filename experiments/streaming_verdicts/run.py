@@ -89,7 +89,8 @@ def training_set(D: dict, rows: np.ndarray, v: dict, extra) -> tuple:
     """(X, y, w) of a variant: finished answers of `rows`, their prefixes at v["cuts"] labelled
     with the answer's label, harmful prefixes weighted by v["harm"] ("same" | "ramp<T>": weight
     min(1, t/T) | "drop<T>": left out below T tokens), and optionally prompt-level rows."""
-    X, y, w = [D["answer"][rows]], [D["y"][rows]], [np.ones(len(rows))]
+    pool = v.get("pool", "answer")   # "whole": train on the whole-text pools (today's training), score answers
+    X, y, w = [D[pool][rows]], [D["y"][rows]], [np.ones(len(rows))]
     if v["cuts"]:
         keep = np.isin(D["pref_row"], rows) & np.isin(D["pref_t"], v["cuts"])
         t, lab = D["pref_t"][keep], D["y"][D["pref_row"][keep]]
@@ -128,8 +129,10 @@ def cv_variant(D: dict, v: dict, main_head, extra, k: int, seed: int) -> dict:
         tr, te = np.nonzero(fold != f)[0], np.nonzero(fold == f)[0]
         if v["head"] == "shared":
             model = main_head
+        elif v["head"] == "mlp":
+            model = SmallMLP(v.get("width", 128), v.get("epochs", 20), seed).fit(*training_set(D, tr, v, extra))
         else:
-            model = Logistic(C=v.get("C", 0.05), seed=seed).fit(*training_set(D, tr, v, extra))
+            model = Logistic(C=v.get("C", C), seed=seed).fit(*training_set(D, tr, v, extra))
         final[te] = model.proba(D["answer"][te])
         pm = np.isin(D["pref_row"], te)
         pref[pm] = model.proba(D["answer_pref"][pm])
@@ -139,17 +142,46 @@ def cv_variant(D: dict, v: dict, main_head, extra, k: int, seed: int) -> dict:
             "cv_detection_at_15fa": det, "cv_threshold_15fa": thr, "oof_final": final, "oof_pref": pref}
 
 
+C = 3e-4   # the logistic heads' inverse L2 strength (standardised inputs): best of 1e-4..1e-2 on CV
 VARIANTS = [
-    {"name": "shared (main head on the answer pool)", "head": "shared", "cuts": [], "harm": "same"},
-    {"name": "answer LR, finished answers", "head": "lr", "cuts": [], "harm": "same"},
+    {"name": "shared: main head on the answer pool (main head saw these rows)", "head": "shared", "cuts": [], "harm": "same"},
+    {"name": "LR on whole-text pools + prompt-level rows, scores answers", "head": "lr", "cuts": [], "harm": "same",
+     "prompt_rows": True, "pool": "whole"},
+    {"name": "answer LR", "head": "lr", "cuts": [], "harm": "same"},
     {"name": "answer LR + prompt-level rows", "head": "lr", "cuts": [], "harm": "same", "prompt_rows": True},
-    {"name": "answer LR, cuts 16/32/64, same label", "head": "lr", "cuts": [16, 32, 64], "harm": "same"},
-    {"name": "answer LR, cuts 16/32/64, harmful ramp t/32", "head": "lr", "cuts": [16, 32, 64], "harm": "ramp32"},
-    {"name": "answer LR, cuts 8..128, harmful ramp t/32", "head": "lr", "cuts": [8, 16, 24, 32, 48, 64, 96, 128],
-     "harm": "ramp32"},
-    {"name": "answer LR, cuts 8..128, harmful < 16 left out", "head": "lr", "cuts": [8, 16, 24, 32, 48, 64, 96, 128],
-     "harm": "drop16"},
+    {"name": "MLP(128) answer + prompt-level rows", "head": "mlp", "cuts": [], "harm": "same", "prompt_rows": True},
+    {"name": "answer LR + prompt rows, cuts 16/32/64, same label", "head": "lr", "cuts": [16, 32, 64], "harm": "same",
+     "prompt_rows": True},
+    {"name": "answer LR + prompt rows, cuts 16/32/64, harmful ramp t/32", "head": "lr", "cuts": [16, 32, 64],
+     "harm": "ramp32", "prompt_rows": True},
+    {"name": "answer LR + prompt rows, cuts 8/16/32/64, harmful ramp t/32", "head": "lr", "cuts": [8, 16, 32, 64],
+     "harm": "ramp32", "prompt_rows": True},
+    {"name": "answer LR + prompt rows, cuts 8..128, harmful ramp t/32", "head": "lr",
+     "cuts": [8, 16, 24, 32, 48, 64, 96, 128], "harm": "ramp32", "prompt_rows": True},
+    {"name": "answer LR + prompt rows, cuts 8/16/32/64, harmful < 16 left out", "head": "lr", "cuts": [8, 16, 32, 64],
+     "harm": "drop16", "prompt_rows": True},
 ]
+
+
+class SmallMLP:
+    """One hidden layer, the guard's head trainer (siren.pipeline.head.fit_head; label-balanced,
+    fixed epochs); weights only decide which rows count (fit_head has no per-row weights)."""
+
+    def __init__(self, width: int, epochs: int, seed: int):
+        self.width, self.epochs, self.seed = width, epochs, seed
+
+    def fit(self, X, y, w):
+        from siren.pipeline.head import fit_head
+
+        keep = w >= 0.5
+        self.head, _ = fit_head(X[keep], y[keep], layer_dims=[self.width], dropout_rates=[0.2], lr=1e-3,
+                                seed=self.seed, max_epochs=self.epochs, batch_size=256)
+        return self
+
+    def proba(self, X):
+        from siren.mlp import predict_proba_head
+
+        return predict_proba_head(self.head, X).astype(np.float64)
 
 
 class MainHead:
@@ -187,10 +219,13 @@ def side_by_side(T: dict, answer_head, main_head, rule: dict, base_threshold: fl
     w_streams = streams_of(main_head.proba(T["whole_pref"]), T["pref_row"], T["pref_t"], n)
     r_streams = streams_of(main_head.proba(T["resp_pref"]), T["resp_row"], T["resp_t"], n)
     r_final = np.array([s[-1] if len(s) else 0.0 for _p, s in r_streams])
+    s_final = main_head.proba(T["answer"])   # reference: the main head on the answer pool (shared)
+    s_streams = streams_of(main_head.proba(T["answer_pref"]), T["pref_row"], T["pref_t"], n)
     thr = rule["threshold"]
     out = {"finished_f1": {}}
     for name, scores, t in (("answer_verdict", a_final, thr), ("answer_verdict_at_0.5", a_final, 0.5),
-                            ("today_whole_text", w_final, base_threshold)):
+                            ("today_whole_text", w_final, base_threshold),
+                            ("shared_main_head_on_answer", s_final, base_threshold)):
         pred = (scores >= t).astype(int)
         out["finished_f1"][name] = {ds: macro_f1(y[g == i], pred[g == i]) for i, ds in enumerate(DATASETS)}
         out["finished_f1"][name]["average"] = float(np.mean(list(out["finished_f1"][name].values())))
@@ -203,12 +238,14 @@ def side_by_side(T: dict, answer_head, main_head, rule: dict, base_threshold: fl
                                              rule["min_answer_tokens"], rule["ema"]),
             "today_with_prompt": stream_summary(pick(w_streams), y[m], w_final[m], base_threshold, 1, 0, None),
             "today_answer_alone": stream_summary(pick(r_streams), y[m], r_final[m], base_threshold, 1, 0, None),
+            "shared_main_head_on_answer": stream_summary(pick(s_streams), y[m], s_final[m], base_threshold, 1, 0, None),
         }
     out["streams"] = sub
     out["curves"] = {"answer_verdict": curve(a_streams, y, rule["debounce"], rule["min_answer_tokens"], rule["ema"]),
                      "answer_verdict_debounce1": curve(a_streams, y, 1, 0, None),
                      "today_with_prompt": curve(w_streams, y, 1, 0, None),
-                     "today_answer_alone": curve(r_streams, y, 1, 0, None)}
+                     "today_answer_alone": curve(r_streams, y, 1, 0, None),
+                     "shared_main_head_on_answer": curve(s_streams, y, 1, 0, None)}
     return out
 
 
@@ -222,7 +259,8 @@ def plot(path: Path, res: dict) -> None:
     styles = {"answer_verdict": ("answer verdict, chosen rule", "tab:green"),
               "answer_verdict_debounce1": ("answer verdict, debounce 1", "tab:olive"),
               "today_with_prompt": ("today: prompt + answer prefix", "tab:red"),
-              "today_answer_alone": ("today: answer prefix alone", "tab:orange")}
+              "today_answer_alone": ("today: answer prefix alone", "tab:orange"),
+              "shared_main_head_on_answer": ("main head on the answer pool (reference)", "tab:blue")}
     for key, (label, color) in styles.items():
         c = res["test"]["curves"][key]
         ax.plot(c["false_alarm"], c["detection"], color=color, label=label)
@@ -264,7 +302,7 @@ def main() -> None:
     config = load_guard_config(a.guard)
     hidden = int(config["siren"]["hidden_size"])
     proj, main_head = Projection(config, hidden), MainHead(load_head(a.guard))
-    kinds = ("answer", "answer_pref")
+    kinds = ("answer", "answer_pref", "whole")
     D = merge(load_split(a, proj, "train", kinds), load_split(a, proj, "validation", kinds))
     extra = prompt_level_rows(a, proj)
     print(f"loaded {len(D['y'])} train+validation response rows ({len(D['pref_row'])} prefixes), "
@@ -279,12 +317,14 @@ def main() -> None:
         print(f"{row['variant']:50s} CV F1 {row['cv_f1_finished']:.4f}  detection at 15% stream FA "
               f"{row['cv_detection_at_15fa']:.3f} (thr {row['cv_threshold_15fa']:.3f})  [{time.time() - started:.0f} s]", flush=True)
     # The product's aim is the stream: detection at the target false-alarm rate first, then finished F1.
-    best_i = max(runs, key=lambda i: (runs[i]["cv_detection_at_15fa"] + runs[i]["cv_f1_finished"]))
+    # The shared head's CV rows are not held out (the main head trained on them): it cannot be chosen on CV.
+    best_i = max((i for i in runs if VARIANTS[i]["head"] != "shared"),
+                 key=lambda i: (runs[i]["cv_detection_at_15fa"] + runs[i]["cv_f1_finished"]))
     v = VARIANTS[best_i]
     streams = streams_of(runs[best_i]["oof_pref"], D["pref_row"], D["pref_t"], len(D["y"]))
     rules, rule = choose_rule(streams, D["y"], TARGET_FA)
     print(f"chosen: {v['name']}; rule {rule}", flush=True)
-    head = main_head if v["head"] == "shared" else Logistic(C=v.get("C", 0.05), seed=a.seed).fit(*training_set(D, np.arange(len(D["y"])), v, extra))
+    head = main_head if v["head"] == "shared" else Logistic(C=v.get("C", C), seed=a.seed).fit(*training_set(D, np.arange(len(D["y"])), v, extra))
     T = load_split(a, proj, "test", ("answer", "answer_pref", "whole", "whole_pref", "resp_pref"))
     base_thr = float(config["inference"]["default_threshold"])
     res = {"config": {"guard_input_dim": int(D["answer"].shape[1]), "folds": a.folds, "seed": a.seed,

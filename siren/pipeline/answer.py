@@ -31,7 +31,7 @@ import numpy as np
 from siren.errors import SirenError
 from siren.log import log
 
-ANSWER_KEYS = ["answer_head", "answer_cuts", "answer_ramp_tokens", "answer_c", "stream_debounce",
+ANSWER_KEYS = ["answer_head", "answer_cuts", "answer_ramp_tokens", "answer_harmful_min_tokens", "answer_c", "answer_prompt_rows", "stream_debounce",
                "stream_min_answer_tokens", "stream_ema", "stream_target_false_alarm"]
 ANSWER_WEIGHTS_NAME = "answer_head.safetensors"
 STREAM_EVERY = 4            # validation streams are scored every 4 answer tokens (and at the last one)
@@ -146,24 +146,34 @@ class LogisticHead:
         return {"network.0.weight": w.contiguous(), "network.0.bias": b}
 
 
-def training_set(A, P, points, y, rows, cuts, ramp: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def training_set(A, P, points, y, rows, cuts, ramp: float | None, extra=None,
+                 harmful_min: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(X, y, w) of `rows`: finished answers, and their prefixes at `cuts` answer tokens (a cut
     past an answer's end is left out) with the answer's label; a harmful prefix of t tokens
-    weighs min(1, t / ramp), a safe one 1."""
+    weighs min(1, t / ramp) (1 when ramp is None) and is left out when t < harmful_min (its
+    first tokens are often still harmless); a safe prefix weighs 1. extra: None or (X (m, k), y (m,)) more rows of weight 1
+    (the prompt-level rows' text pools)."""
     X, Y, W = [A[rows]], [y[rows]], [np.ones(len(rows))]
+    if extra is not None and len(extra[1]):
+        X.append(np.asarray(extra[0], dtype=np.float32))
+        Y.append(np.asarray(extra[1], dtype=np.int64))
+        W.append(np.ones(len(extra[1])))
     for i in rows:
         keep = [j for j, t in enumerate(points[i]) if t in cuts]
         if keep:
             t = np.asarray(points[i])[keep]
             X.append(P[i][keep].astype(np.float32))
             Y.append(np.full(len(keep), y[i]))
-            W.append(np.minimum(1.0, t / ramp) if y[i] == 1 else np.ones(len(keep)))
+            w = np.ones(len(keep))
+            if y[i] == 1:
+                w = np.where(t < harmful_min, 0.0, np.minimum(1.0, t / ramp) if ramp else 1.0)
+            W.append(w)
     X, Y, W = np.concatenate(X), np.concatenate(Y), np.concatenate(W)
-    ok = np.isfinite(X).all(axis=1)
+    ok = np.isfinite(X).all(axis=1) & (W > 0)
     return X[ok], Y[ok], W[ok]
 
 
-def oof_streams(cfg: dict, A, P, points, y, g, seed: int, n_folds: int = 3) -> tuple[list, np.ndarray]:
+def oof_streams(cfg: dict, A, P, points, y, g, seed: int, extra=None, n_folds: int = 3) -> tuple[list, np.ndarray]:
     """Out-of-fold streams: each row's prefixes scored by the head of the folds that did not
     train on it. Returns ([(positions, scores)] per row, finished-answer scores (n,))."""
     from sklearn.model_selection import StratifiedKFold
@@ -174,7 +184,8 @@ def oof_streams(cfg: dict, A, P, points, y, g, seed: int, n_folds: int = 3) -> t
     n_folds = max(2, min(n_folds, int(np.bincount(strata).min())))
     for tr, te in StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(A, strata):
         head = LogisticHead(cfg["answer_c"], seed).fit(*training_set(A, P, points, y, tr, set(cfg["answer_cuts"]),
-                                                                     cfg["answer_ramp_tokens"]))
+                                                                     cfg["answer_ramp_tokens"], extra,
+                                                                     int(cfg.get("answer_harmful_min_tokens") or 0)))
         final[te] = head.proba(A[te])
         for i in te:
             streams[i] = (np.asarray(points[i]), head.proba(P[i].astype(np.float32)))
@@ -229,7 +240,7 @@ def check_answer_config(cfg: dict) -> None:
     if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in cuts):
         raise SirenError(f"answer_cuts must be answer-token counts >= 1, got {cfg['answer_cuts']!r}")
     for key in ("answer_ramp_tokens", "answer_c"):
-        if not (isinstance(cfg.get(key), (int, float)) and cfg[key] > 0):
+        if not (isinstance(cfg.get(key), (int, float)) and cfg[key] > 0) and not (key == "answer_ramp_tokens" and cfg.get(key) is None):
             raise SirenError(f"{key} must be a number > 0, got {cfg.get(key)!r}")
     t = cfg.get("stream_target_false_alarm")
     if not (isinstance(t, (int, float)) and 0 <= t <= 1):
@@ -241,14 +252,21 @@ def check_answer_config(cfg: dict) -> None:
 
 
 def fit_answer_stage(cfg: dict, selection: dict, weights: np.ndarray, pooling: str, split_kw: dict,
-                     main_head, seed: int) -> AnswerFit | None:
-    """Stage `answer`: None when `answer_head` is none or no training row has a response."""
+                     main_head, seed: int, text_rows=None) -> AnswerFit | None:
+    """Stage `answer`: None when `answer_head` is none or no training row has a response.
+    text_rows: (Z (n, k), y (n,), dataset index (n,)), the main head's train + validation inputs;
+    with `answer_prompt_rows`, those of datasets without responses join the answer head's rows."""
     if not wanted(cfg):
         return None
     pairs, y, g, _val = response_rows(list(cfg["datasets"]), split_kw)
     if len(pairs) == 0 or len(np.unique(y)) < 2:
         log("answer head: no response-level training rows with both labels: none fitted")
         return None
+    extra = None
+    if cfg.get("answer_prompt_rows") and text_rows is not None:
+        prompt_level = np.setdiff1d(np.arange(len(cfg["datasets"])), np.unique(g))
+        keep = np.isin(text_rows[2], prompt_level)
+        extra = (np.asarray(text_rows[0][keep], dtype=np.float32), np.asarray(text_rows[1][keep]))
     features = _layer_features(cfg, pooling)
     A, P, points = answer_features(features, pairs, selection, weights, pooling)
     del features
@@ -262,14 +280,17 @@ def fit_answer_stage(cfg: dict, selection: dict, weights: np.ndarray, pooling: s
         streams = [(np.asarray(p), predict_proba_head(main_head, x.astype(np.float32))) for p, x in zip(points, P)]
         head = None
     else:
-        streams, _final = oof_streams(cfg, A, P, points, y, g, seed)
-        head = LogisticHead(cfg["answer_c"], seed).fit(*training_set(A, P, points, y, np.arange(len(y)),
-                                                                     set(cfg["answer_cuts"]), cfg["answer_ramp_tokens"]))
+        streams, _final = oof_streams(cfg, A, P, points, y, g, seed, extra)
+        head = LogisticHead(cfg["answer_c"], seed).fit(*training_set(
+            A, P, points, y, np.arange(len(y)), set(cfg["answer_cuts"]), cfg["answer_ramp_tokens"], extra,
+            int(cfg.get("answer_harmful_min_tokens") or 0)))
     rule, table = choose_rule(cfg, streams, y)
     log(f"answer head ({kind}) on {len(y)} response rows: threshold {rule['threshold']:.3f}, debounce "
         f"{rule['debounce']}, min answer tokens {rule['min_answer_tokens']}, ema {rule['ema']}: out-of-fold "
         f"stream false alarms {rule['false_alarm']:.3f}, detection {rule['detection']:.3f}")
-    summary = {"kind": kind, "rows": int(len(y)), "cuts": list(cfg["answer_cuts"]), "ramp_tokens": cfg["answer_ramp_tokens"],
+    summary = {"kind": kind, "rows": int(len(y)), "prompt_level_rows": 0 if extra is None else int(len(extra[1])),
+               "cuts": list(cfg["answer_cuts"]), "ramp_tokens": cfg["answer_ramp_tokens"],
+               "harmful_min_tokens": cfg.get("answer_harmful_min_tokens"),
                "C": cfg["answer_c"], "target_false_alarm": cfg["stream_target_false_alarm"], "chosen": rule,
                "rule_table": table, "chosen_on": "out-of-fold streams of train + validation response rows"}
     return AnswerFit(head.state() if head is not None else None, int(A.shape[1]), float(rule["threshold"]),

@@ -499,7 +499,8 @@ def train(cfg: dict) -> dict:
                                                      scale=column_scale(cfg, best.selection, best.weights))
         threshold, threshold_source = decision_threshold(cfg, best)
         with stage("answer"):   # the answer verdict's head, when training rows hold responses
-            answer = fit_answer_stage(cfg, best.selection, best.weights, best.pooling_type, split_kw, head, seed)
+            answer = fit_answer_stage(cfg, best.selection, best.weights, best.pooling_type, split_kw, head, seed,
+                                      text_rows=(best.Z, best.y, best.groups))
         best.release()      # the saved head is built; its inputs and fold heads are not needed any more
         with stage("test"):
             test = test_f1(cfg, folders, best, head, threshold)
