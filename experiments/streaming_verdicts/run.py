@@ -184,6 +184,28 @@ class SmallMLP:
         return predict_proba_head(self.head, X).astype(np.float64)
 
 
+class SavedHead:
+    """An answer_head.safetensors (one Linear in the guard's layout) as a scorer."""
+
+    def __init__(self, state):
+        self.w = state["network.0.weight"].double().numpy()
+        self.b = state["network.0.bias"].double().numpy()
+
+    def proba(self, X):
+        z = np.asarray(X, dtype=np.float64) @ self.w.T + self.b
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e[:, 1] / e.sum(axis=1)
+
+
+def saved_answer_head(folder: str) -> tuple[SavedHead, dict]:
+    from siren.artifact import load_guard_config, read_safetensors
+
+    entry = load_guard_config(folder)["siren"]["answer_head"]
+    rule = {**entry["stream"], "threshold": float(entry["threshold"]), "source": "the guard folder"}
+    return SavedHead(read_safetensors(Path(folder) / entry["weights"])), rule
+
+
 class MainHead:
     def __init__(self, head):
         self.head = head
@@ -295,6 +317,8 @@ def main() -> None:
     p.add_argument("--folds", type=int, default=3)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--variants", nargs="*", type=int, help="indices into VARIANTS (default: all)")
+    p.add_argument("--answer_guard", help="a guard folder with an answer head (add_answer_head.py / siren train): "
+                                          "its head, threshold and rule are the ones tested")
     a = p.parse_args()
     from siren.artifact import load_guard_config, load_head
 
@@ -325,6 +349,9 @@ def main() -> None:
     rules, rule = choose_rule(streams, D["y"], TARGET_FA)
     print(f"chosen: {v['name']}; rule {rule}", flush=True)
     head = main_head if v["head"] == "shared" else Logistic(C=v.get("C", C), seed=a.seed).fit(*training_set(D, np.arange(len(D["y"])), v, extra))
+    if a.answer_guard:
+        head, rule = saved_answer_head(a.answer_guard)
+        print(f"tested: the answer head of {Path(a.answer_guard).name}; rule {rule}", flush=True)
     T = load_split(a, proj, "test", ("answer", "answer_pref", "whole", "whole_pref", "resp_pref"))
     base_thr = float(config["inference"]["default_threshold"])
     res = {"config": {"guard_input_dim": int(D["answer"].shape[1]), "folds": a.folds, "seed": a.seed,
