@@ -77,15 +77,21 @@ def test_train_writes_a_loadable_answer_head(tiny_llama_dir, rows, tmp_path):
     assert r.response is not None and 0.0 <= r.response.score <= 1.0 and r.prompt is not None
 
 
-def test_answer_head_none_writes_no_answer_head(tiny_llama_dir, rows, tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["none", "shared"])
+def test_answer_head_none_or_shared_writes_no_weights(tiny_llama_dir, rows, tmp_path, monkeypatch, kind):
     from siren import config as cfgmod
 
     base = cfgmod.defaults()
-    monkeypatch.setattr(cfgmod, "defaults", lambda: {**base, "answer_head": "none"})
+    monkeypatch.setattr(cfgmod, "defaults", lambda: {**base, "answer_head": kind})
     out = tmp_path / "guard"
     assert _train(tiny_llama_dir, rows, out, tmp_path / "cache") == 0
-    assert "answer_head" not in json.loads((out / "siren_config.json").read_text())["siren"]
+    entry = json.loads((out / "siren_config.json").read_text())["siren"].get("answer_head")
     assert not (out / "answer_head.safetensors").exists()
+    if kind == "none":
+        assert entry is None
+    else:   # the main head's weights serve the answer pool: only the threshold and rule are stored
+        assert entry["shared"] is True and entry["weights"] is None and entry["mlp"] is None
+        assert 0.0 <= entry["threshold"] <= 1.0
 
 
 def test_logistic_head_state_gives_its_probabilities():
