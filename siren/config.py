@@ -32,6 +32,12 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "scale_by_layer_weight": (bool,), "threshold_from_cv": (bool,),
     "decision_threshold": (float,), "out_dir": (str,), "extra_datasets": (list, str),
     "trust_remote_code": (bool,),
+    # the answer verdict's head and the stream rule (siren.pipeline.answer; issue 37)
+    "answer_head": (str,), "answer_cuts": (list, int), "answer_ramp_tokens": (float,),
+    "answer_harmful_min_tokens": (int,), "answer_c": (float,),
+    "answer_prompt_rows": (bool,),
+    "stream_debounce": (int,), "stream_min_answer_tokens": (int,), "stream_ema": (float,),
+    "stream_target_false_alarm": (float,),
     "serve": (dict,),  # `siren serve` limits; its keys are checked by siren.runtime.serve.ServeLimits
 }
 

@@ -41,15 +41,17 @@ from siren.errors import SirenError
 from siren.fileio import atomic_write_json, file_lock, fsync_dir, jsonable
 from siren.log import log
 from siren.memory import trim
+from siren.pipeline.answer import ANSWER_KEYS, ANSWER_WEIGHTS_NAME
 
 TRAIN_KEYS = ["model", "datasets", "data_dir", "max_per_split", "seed", "val_ratio", "pooling_types", "c_values", "probe_tol",
               "probe_c_rule", "probe_refit", "selection_thresholds", "n_trials", "n_folds", "n_jobs", "storage", "study_name", "batch_size",
               "batch_tokens", "dtype", "device", "cache_dtype", "cache_dir", "max_length", "max_epochs", "patience",
               "head_batch_size", "decision_threshold", "out_dir", "layer_weight_floor", "trust_remote_code", "pruner",
-              "head_width_cap", "head_dtype", "final_head", "scale_by_layer_weight", "threshold_from_cv"]
+              "head_width_cap", "head_dtype", "final_head", "scale_by_layer_weight", "threshold_from_cv",
+              *ANSWER_KEYS]
 # Files a run writes whose names do not depend on its settings, plus those an evaluation adds:
 # when a new run lands in a folder, the ones it did not write are removed (they describe another guard).
-RUN_FILES = ("splits.json", "siren_config.json", "siren.safetensors", "best_model.pkl", "results.json", "layers.png",
+RUN_FILES = ("splits.json", "siren_config.json", "siren.safetensors", ANSWER_WEIGHTS_NAME, "best_model.pkl", "results.json", "layers.png",
              "eval_results.json", "test_scores.jsonl", "roc.png", "f1.png")
 
 
@@ -113,6 +115,9 @@ def run(args) -> int:
         storage=cfg["storage"], out_dir=cfg["out_dir"], cache_dir=cfg["cache_dir"] or default_cache_dir(),
         positive={k: cfg[k] for k in ("max_epochs", "patience", "head_batch_size", "batch_size", "n_jobs",
                                       "batch_tokens", "head_width_cap")})
+    from siren.pipeline.answer import check_answer_config
+
+    check_answer_config(cfg)
     results = train(cfg)
     print_summary(results)
     return 0
@@ -458,6 +463,7 @@ def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate]
 def train(cfg: dict) -> dict:
     """Run every stage for a resolved config (`resolve_config`); returns the results dict also
     written to results.json, plus `out_dir`."""
+    from siren.pipeline.answer import fit_answer_stage, save_answer_head
     from siren.pipeline.cache import load_split
 
     datasets = list(cfg["datasets"])
@@ -492,11 +498,18 @@ def train(cfg: dict) -> dict:
             head, history, final_epochs = final_head(cfg, best.tuned, best.Z, best.y, seed,
                                                      scale=column_scale(cfg, best.selection, best.weights))
         threshold, threshold_source = decision_threshold(cfg, best)
+        with stage("answer"):   # the answer verdict's head, when training rows hold responses
+            answer = fit_answer_stage(cfg, best.selection, best.weights, best.pooling_type, split_kw, head, seed,
+                                      text_rows=(best.Z, best.y, best.groups))
         best.release()      # the saved head is built; its inputs and fold heads are not needed any more
         with stage("test"):
             test = test_f1(cfg, folders, best, head, threshold)
         results = save_run(work, cfg, best, candidates, grids[best.pooling_type], head, history, final_epochs,
                            test, stage.seconds, threshold, threshold_source)
+        if answer is not None:
+            save_answer_head(work, answer)
+            results["answer_head"] = answer.summary
+            atomic_write_json(work / "results.json", jsonable(results))
     results["out_dir"] = str(out_dir)
     return results
 
