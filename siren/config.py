@@ -35,7 +35,7 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     # the answer verdict's head and the stream rule (siren.pipeline.answer; issue 37)
     "answer_head": (str,), "answer_cuts": (list, int), "answer_ramp_tokens": (float,),
     "answer_harmful_min_tokens": (int,), "answer_c": (float,),
-    "answer_prompt_rows": (bool,),
+    "answer_prompt_rows": (bool,), "answer_main_weight": (float,),
     "stream_debounce": (int,), "stream_min_answer_tokens": (int,), "stream_ema": (float,),
     "stream_target_false_alarm": (float,),
     "serve": (dict,),  # `siren serve` limits; its keys are checked by siren.runtime.serve.ServeLimits

@@ -66,6 +66,8 @@ def test_train_writes_a_loadable_answer_head(tiny_llama_dir, rows, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["answer_head"]["kind"] == "logistic" and results["answer_head"]["rows"] > 0
     assert results["answer_head"]["chosen"]["threshold"] == pytest.approx(entry["threshold"])
+    # final_head: ensemble (the default): the blend with the main head is judged on its fold heads
+    assert entry["main_weight"] == 0.5 and results["answer_head"]["main_out_of_fold"] is True
 
     from siren.runtime.guard import SirenGuard
 
@@ -121,10 +123,55 @@ def test_training_set_weights_harmful_prefixes_by_length():
 @pytest.mark.parametrize("key,value,match", [("answer_head", "mlp", "answer_head must be"),
                                              ("answer_cuts", [0], "answer_cuts"),
                                              ("stream_target_false_alarm", 1.5, "stream_target_false_alarm"),
-                                             ("stream_debounce", 0, "debounce")])
+                                             ("stream_debounce", 0, "debounce"),
+                                             ("answer_main_weight", 1.5, "answer_main_weight")])
 def test_bad_answer_config_is_named(key, value, match):
     from siren.config import defaults
 
     cfg = {**defaults(), key: value}
     with pytest.raises(SirenError, match=match):
         check_answer_config(cfg)
+
+
+def _heads(k: int, seed: int):
+    import torch
+
+    from siren.mlp import MLPHead
+
+    torch.manual_seed(seed)
+    heads = [MLPHead(6, [4, 3], [0.0, 0.0]).eval() for _ in range(k)]
+    with torch.no_grad():
+        for h in heads:            # one output bias for all: the ensemble keeps only their mean
+            h.network[-1].bias.copy_(heads[0].network[-1].bias)
+    return heads
+
+
+def test_split_ensemble_gives_back_the_fold_heads():
+    import torch
+
+    from siren.pipeline.head import ensemble_heads, split_ensemble
+
+    heads = _heads(3, 0)
+    parts = split_ensemble(ensemble_heads(heads), 3)
+    x = torch.randn(5, 6)
+    for h, p in zip(heads, parts):
+        torch.testing.assert_close(p(x), h(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="not an ensemble"):
+        split_ensemble(heads[0], 5)
+
+
+def test_main_oof_streams_score_each_row_with_its_folds_head():
+    from siren.mlp import predict_proba_head
+    from siren.pipeline.answer import main_oof_streams
+    from siren.pipeline.head import ensemble_heads
+
+    heads = _heads(2, 1)
+    rng = np.random.default_rng(0)
+    P = [rng.normal(size=(n, 6)).astype(np.float16) for n in (3, 1, 2)]
+    folds = {"a": 1, "b": 0, "c": 1}
+    got = main_oof_streams(ensemble_heads(heads), folds, ["a", "b", "c"], P)
+    for i, rid in enumerate("abc"):
+        want = predict_proba_head(heads[folds[rid]], P[i].astype(np.float32))
+        np.testing.assert_allclose(got[i], want, atol=1e-5)
+    assert main_oof_streams(ensemble_heads(heads), {"a": 0}, ["a", "b"], P[:2]) is None   # a row without a fold
+    assert main_oof_streams(ensemble_heads(heads), None, ["a"], P[:1]) is None

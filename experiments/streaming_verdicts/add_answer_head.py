@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from siren import config as cfgmod  # noqa: E402
 from siren.artifact import load_guard_config, load_head, selection_from_config  # noqa: E402
-from siren.pipeline.answer import ANSWER_KEYS, fit_answer_stage, save_answer_head  # noqa: E402
+from siren.pipeline.answer import ANSWER_KEYS, fit_answer_stage, main_cv_folds, save_answer_head  # noqa: E402
 from siren.pipeline.select import aggregate  # noqa: E402
 
 
@@ -56,11 +56,22 @@ def main() -> None:
             Z.append(aggregate(np.load(folder / "features.npy", mmap_mode="r"), selection, weights))
             y.append(np.load(folder / "labels.npy").astype(np.int64))
             g.append(np.full(len(y[-1]), gi))
+    # the main head's CV folds (train rows of every dataset, then validation rows, as `siren train`
+    # stacks them): with `final_head: ensemble` its fold heads score the answers out of fold
+    ids, yy, gg = [], [], []
+    for split in ("train", "validation"):
+        for gi, ds in enumerate(cfg["datasets"]):
+            folder = Path(a.features) / ds / split / config["siren_module"]["pooling_type"]
+            ids += [str(i) for i in np.load(folder / "ids.npy")]
+            yy.append(np.load(folder / "labels.npy").astype(np.int64))
+            gg.append(np.full(len(yy[-1]), gi))
+    folds = main_cv_folds(ids, np.concatenate(yy), np.concatenate(gg), int(cfg["n_folds"]), int(cfg["seed"])) \
+        if cfg.get("final_head") == "ensemble" else None
     split_kw = dict(data_dir=a.data_dir, seed=int(cfg["seed"]), val_ratio=cfg["val_ratio"],
                     max_per_split=cfg["max_per_split"])
     fit = fit_answer_stage(cfg, selection, weights, config["siren_module"]["pooling_type"], split_kw,
                            load_head(out), int(cfg["seed"]), text_rows=(np.concatenate(Z), np.concatenate(y),
-                                                                         np.concatenate(g)))
+                                                                         np.concatenate(g)), main_folds=folds)
     save_answer_head(out, fit)
     results["answer_head"] = fit.summary
     results["config"].update({k: cfg[k] for k in ANSWER_KEYS})

@@ -199,11 +199,23 @@ class SavedHead:
 
 
 def saved_answer_head(folder: str) -> tuple[SavedHead, dict]:
-    from siren.artifact import load_guard_config, read_safetensors
+    from siren.artifact import load_guard_config, load_head, read_safetensors
 
     entry = load_guard_config(folder)["siren"]["answer_head"]
-    rule = {**entry["stream"], "threshold": float(entry["threshold"]), "source": "the guard folder"}
-    return SavedHead(read_safetensors(Path(folder) / entry["weights"])), rule
+    rule = {**entry["stream"], "threshold": float(entry["threshold"]), "source": "the guard folder",
+            "main_weight": float(entry.get("main_weight", 0.0))}
+    head = SavedHead(read_safetensors(Path(folder) / entry["weights"]))
+    if rule["main_weight"] > 0:   # the runtime's blend: (1 - w) * answer head + w * main head
+        head = Blend(head, MainHead(load_head(folder)), rule["main_weight"])
+    return head, rule
+
+
+class Blend:
+    def __init__(self, answer, main, w: float):
+        self.answer, self.main, self.w = answer, main, float(w)
+
+    def proba(self, X):
+        return (1.0 - self.w) * self.answer.proba(X) + self.w * self.main.proba(X)
 
 
 class MainHead:

@@ -10,7 +10,9 @@ drift; an answer prefix is the first t answer tokens, from the same forward.
 Fits (reports/streaming_verdicts chose these on cross-validation): an L2 logistic head on the
 finished answers plus their prefixes at `answer_cuts` answer tokens, labelled with the
 answer's label; a harmful answer's prefix of t tokens weighs min(1, t / answer_ramp_tokens)
-(its first tokens are often still harmless). The threshold (and the stream rule where
+(its first tokens are often still harmless). With `answer_main_weight` w > 0 the verdict is
+(1 - w) * that head + w * the main head on the same answer pool; the main head's share is judged
+on its own out-of-fold scores (a fold ensemble's head i never saw CV fold i). The threshold (and the stream rule where
 `stream_debounce` / `stream_min_answer_tokens` are null) is chosen on out-of-fold validation
 streams (every `STREAM_EVERY` answer tokens, as the session is scored) for the target false-alarm
 rate on safe streams (`stream_target_false_alarm`).
@@ -31,7 +33,8 @@ import numpy as np
 from siren.errors import SirenError
 from siren.log import log
 
-ANSWER_KEYS = ["answer_head", "answer_cuts", "answer_ramp_tokens", "answer_harmful_min_tokens", "answer_c", "answer_prompt_rows", "stream_debounce",
+ANSWER_KEYS = ["answer_head", "answer_cuts", "answer_ramp_tokens", "answer_harmful_min_tokens", "answer_c", "answer_prompt_rows",
+               "answer_main_weight", "stream_debounce",
                "stream_min_answer_tokens", "stream_ema", "stream_target_false_alarm"]
 ANSWER_WEIGHTS_NAME = "answer_head.safetensors"
 STREAM_EVERY = 4            # validation streams are scored every 4 answer tokens (and at the last one)
@@ -47,15 +50,16 @@ class AnswerFit:
     threshold: float
     rule: dict
     summary: dict = field(default_factory=dict)
+    main_weight: float = 0.0     # the verdict = (1 - w) * this head + w * the main head (answer pools)
 
 
 # ----------------------------------------------------------------- rows and features
 
-def response_rows(datasets: list[str], split_kw: dict) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
-    """(pairs, labels (n,), dataset index (n,), is_validation (n,)) of the rows with a response."""
+def response_rows(datasets: list[str], split_kw: dict) -> tuple[list, np.ndarray, np.ndarray, np.ndarray, list]:
+    """(pairs, labels (n,), dataset index (n,), is_validation (n,), row ids) of the rows with a response."""
     from siren import data
 
-    pairs, y, g, val = [], [], [], []
+    pairs, y, g, val, ids = [], [], [], [], []
     for gi, name in enumerate(datasets):
         frames = data.load_splits(name, **split_kw)
         for split in ("train", "validation"):
@@ -67,7 +71,8 @@ def response_rows(datasets: list[str], split_kw: dict) -> tuple[list, np.ndarray
             y += f["label"].astype(int).tolist()
             g += [gi] * len(f)
             val += [split == "validation"] * len(f)
-    return pairs, np.asarray(y, np.int64), np.asarray(g, np.int64), np.asarray(val, bool)
+            ids += f["id"].astype(str).tolist()
+    return pairs, np.asarray(y, np.int64), np.asarray(g, np.int64), np.asarray(val, bool), ids
 
 
 def stream_points(n_answer: int, max_tokens: int) -> list[int]:
@@ -239,6 +244,9 @@ def check_answer_config(cfg: dict) -> None:
     cuts = cfg.get("answer_cuts") or []
     if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in cuts):
         raise SirenError(f"answer_cuts must be answer-token counts >= 1, got {cfg['answer_cuts']!r}")
+    w = cfg.get("answer_main_weight")
+    if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1):
+        raise SirenError(f"answer_main_weight must be a number in [0, 1] (0: the answer head alone), got {w!r}")
     for key in ("answer_ramp_tokens", "answer_c"):
         if not (isinstance(cfg.get(key), (int, float)) and cfg[key] > 0) and not (key == "answer_ramp_tokens" and cfg.get(key) is None):
             raise SirenError(f"{key} must be a number > 0, got {cfg.get(key)!r}")
@@ -251,14 +259,53 @@ def check_answer_config(cfg: dict) -> None:
     StreamRule(0.5, 1 if deb is None else deb, 0 if mint is None else mint, cfg.get("stream_ema"))  # its checks
 
 
+def main_cv_folds(ids, y: np.ndarray, groups: np.ndarray, n_folds: int, seed: int) -> dict:
+    """{row id: CV fold} of the main head's search (`siren.pipeline.tune.cv_folds` over its
+    train + validation rows, in the order they were stacked)."""
+    from siren.pipeline.tune import cv_folds
+
+    fold = np.zeros(len(y), dtype=np.int64)
+    for f, (_tr, held) in enumerate(cv_folds(np.asarray(y), np.asarray(groups), int(n_folds), int(seed))):
+        fold[held] = f
+    return dict(zip((str(i) for i in ids), fold.tolist()))
+
+
+def main_oof_streams(main_head, main_folds: dict | None, ids: list, P: list) -> list | None:
+    """Per row the main head's out-of-fold scores of its answer prefixes: the main head is a CV
+    fold ensemble (`final_head: ensemble`), and its head i never trained on fold i's rows. None
+    when there are no folds, a row has none, or the head is not an ensemble of that many heads."""
+    from siren.mlp import predict_proba_head
+    from siren.pipeline.head import split_ensemble
+
+    if not main_folds or any(i not in main_folds for i in ids):
+        return None
+    try:
+        heads = split_ensemble(main_head, max(main_folds.values()) + 1)
+    except (ValueError, AttributeError):
+        return None
+    fold = np.array([main_folds[i] for i in ids])
+    out: list = [None] * len(ids)
+    for f, head in enumerate(heads):
+        rows = np.nonzero(fold == f)[0]
+        if not len(rows):
+            continue
+        scores = predict_proba_head(head, np.concatenate([P[i] for i in rows]).astype(np.float32)).astype(np.float64)
+        for i, part in zip(rows, np.split(scores, np.cumsum([len(P[i]) for i in rows])[:-1])):
+            out[i] = part
+    return out
+
+
 def fit_answer_stage(cfg: dict, selection: dict, weights: np.ndarray, pooling: str, split_kw: dict,
-                     main_head, seed: int, text_rows=None) -> AnswerFit | None:
+                     main_head, seed: int, text_rows=None, main_folds: dict | None = None) -> AnswerFit | None:
     """Stage `answer`: None when `answer_head` is none or no training row has a response.
     text_rows: (Z (n, k), y (n,), dataset index (n,)), the main head's train + validation inputs;
-    with `answer_prompt_rows`, those of datasets without responses join the answer head's rows."""
+    with `answer_prompt_rows`, those of datasets without responses join the answer head's rows.
+    main_folds: {row id: CV fold} when the main head is that CV's fold ensemble (`main_cv_folds`):
+    then the shared head and the blend with the main head (`answer_main_weight`) are judged on
+    out-of-fold scores; without it, a blend is not fitted and `shared` is judged in-sample."""
     if not wanted(cfg):
         return None
-    pairs, y, g, _val = response_rows(list(cfg["datasets"]), split_kw)
+    pairs, y, g, _val, ids = response_rows(list(cfg["datasets"]), split_kw)
     if len(pairs) == 0 or len(np.unique(y)) < 2:
         log("answer head: no response-level training rows with both labels: none fitted")
         return None
@@ -272,15 +319,23 @@ def fit_answer_stage(cfg: dict, selection: dict, weights: np.ndarray, pooling: s
     del features
     ok = np.nonzero(np.isfinite(A).all(axis=1))[0]   # answers truncated away have no pool
     A, y, g = A[ok], y[ok], g[ok]
-    P, points = [P[i] for i in ok], [points[i] for i in ok]
+    P, points, ids = [P[i] for i in ok], [points[i] for i in ok], [str(ids[i]) for i in ok]
     kind = str(cfg["answer_head"])
+    w = float(cfg.get("answer_main_weight") or 0.0) if kind == "logistic" else 0.0
+    main = main_oof_streams(main_head, main_folds, ids, P) if (kind == "shared" or w > 0) else None
+    if w > 0 and main is None:
+        log("answer head: no out-of-fold main head (final_head is not a fold ensemble): answer_main_weight 0")
+        w = 0.0
     if kind == "shared":
         from siren.mlp import predict_proba_head
 
-        streams = [(np.asarray(p), predict_proba_head(main_head, x.astype(np.float32))) for p, x in zip(points, P)]
+        streams = [(np.asarray(p), main[i] if main is not None else predict_proba_head(main_head, x.astype(np.float32)))
+                   for i, (p, x) in enumerate(zip(points, P))]
         head = None
     else:
         streams, _final = oof_streams(cfg, A, P, points, y, g, seed, extra)
+        if w > 0:
+            streams = [(p, (1.0 - w) * s + w * m) for (p, s), m in zip(streams, main)]
         head = LogisticHead(cfg["answer_c"], seed).fit(*training_set(
             A, P, points, y, np.arange(len(y)), set(cfg["answer_cuts"]), cfg["answer_ramp_tokens"], extra,
             int(cfg.get("answer_harmful_min_tokens") or 0)))
@@ -291,10 +346,11 @@ def fit_answer_stage(cfg: dict, selection: dict, weights: np.ndarray, pooling: s
     summary = {"kind": kind, "rows": int(len(y)), "prompt_level_rows": 0 if extra is None else int(len(extra[1])),
                "cuts": list(cfg["answer_cuts"]), "ramp_tokens": cfg["answer_ramp_tokens"],
                "harmful_min_tokens": cfg.get("answer_harmful_min_tokens"),
-               "C": cfg["answer_c"], "target_false_alarm": cfg["stream_target_false_alarm"], "chosen": rule,
+               "C": cfg["answer_c"], "main_weight": w, "main_out_of_fold": main is not None,
+               "target_false_alarm": cfg["stream_target_false_alarm"], "chosen": rule,
                "rule_table": table, "chosen_on": "out-of-fold streams of train + validation response rows"}
     return AnswerFit(head.state() if head is not None else None, int(A.shape[1]), float(rule["threshold"]),
-                     {k: rule[k] for k in ("debounce", "min_answer_tokens", "ema")}, summary)
+                     {k: rule[k] for k in ("debounce", "min_answer_tokens", "ema")}, summary, w)
 
 
 def _layer_features(cfg: dict, pooling: str):
@@ -317,7 +373,7 @@ def save_answer_head(folder: Path, fit: AnswerFit) -> None:
     config = load_guard_config(folder)
     entry = {"weights": None, "mlp": None, "shared": fit.state is None, "threshold": float(fit.threshold),
              "stream": {"debounce": int(fit.rule["debounce"]), "min_answer_tokens": int(fit.rule["min_answer_tokens"]),
-                        "ema": fit.rule["ema"]}}
+                        "ema": fit.rule["ema"]}, "main_weight": float(fit.main_weight)}
     if fit.state is not None:
         atomic_write_with(folder / ANSWER_WEIGHTS_NAME,
                           lambda tmp: save_file(fit.state, tmp, metadata={"format": "pt"}))

@@ -463,7 +463,7 @@ def save_run(work: Path, cfg: dict, best: Candidate, candidates: list[Candidate]
 def train(cfg: dict) -> dict:
     """Run every stage for a resolved config (`resolve_config`); returns the results dict also
     written to results.json, plus `out_dir`."""
-    from siren.pipeline.answer import fit_answer_stage, save_answer_head
+    from siren.pipeline.answer import fit_answer_stage, main_cv_folds, save_answer_head
     from siren.pipeline.cache import load_split
 
     datasets = list(cfg["datasets"])
@@ -499,8 +499,12 @@ def train(cfg: dict) -> dict:
                                                      scale=column_scale(cfg, best.selection, best.weights))
         threshold, threshold_source = decision_threshold(cfg, best)
         with stage("answer"):   # the answer verdict's head, when training rows hold responses
+            # the saved head is the CV fold ensemble: its fold heads give the answer rows out-of-fold scores
+            ensemble = cfg.get("final_head") == "ensemble" and bool(best.tuned.fold_heads)
+            folds = main_cv_folds(np.concatenate([train_split.ids, val_split.ids]), best.y, best.groups,
+                                  cfg["n_folds"], seed) if ensemble else None
             answer = fit_answer_stage(cfg, best.selection, best.weights, best.pooling_type, split_kw, head, seed,
-                                      text_rows=(best.Z, best.y, best.groups))
+                                      text_rows=(best.Z, best.y, best.groups), main_folds=folds)
         best.release()      # the saved head is built; its inputs and fold heads are not needed any more
         with stage("test"):
             test = test_f1(cfg, folders, best, head, threshold)
