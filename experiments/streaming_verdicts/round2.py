@@ -291,6 +291,16 @@ def main() -> None:
                   f"det@15 {r['detection_15fa']:.3f} thr {r['threshold_15fa']:.3f} tax(mean pool) {r['tax_vs_mean_pool']:+.3f} "
                   f"F1 per fold {np.round(r['f1_per_fold'], 3).tolist()} det per fold {np.round(r['detection_per_fold'], 3).tolist()}",
                   flush=True)
+    # the blend's weight on the main head (w = 0: the answer LR alone, 1: shared), whole-prefix means
+    out["blend_weights"] = []
+    for w in (0.0, 0.25, 0.5, 0.75, 1.0):
+        fin = (1 - w) * scores["lr"][None][0] + w * scores["shared"][None][0]
+        pre = (1 - w) * scores["lr"][None][1] + w * scores["shared"][None][1]
+        r = {"main_weight": w, **metrics(D, fin, pre, windows=False)}
+        out["blend_weights"].append(r)
+        print(f"blend w={w:.2f} F1 {r['f1_finished']:.4f} det@15 {r['detection_15fa']:.3f} thr {r['threshold_15fa']:.3f} "
+              f"F1 per fold {np.round(r['f1_per_fold'], 3).tolist()} det per fold {np.round(r['detection_per_fold'], 3).tolist()}",
+              flush=True)
     today = np.zeros(len(D["y"]))
     for f in range(k):
         te = D["fold"] == f

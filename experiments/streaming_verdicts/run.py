@@ -244,8 +244,9 @@ def choose_rule(streams, y, target: float) -> tuple[list, dict]:
     return table, best
 
 
-def side_by_side(T: dict, answer_head, main_head, rule: dict, base_threshold: float) -> dict:
-    """Test rows: finished-answer F1 and streams of the answer verdict and today's guard."""
+def side_by_side(T: dict, answer_head, main_head, rule: dict, base_threshold: float, previous=None) -> dict:
+    """Test rows: finished-answer F1 and streams of the answer verdict and today's guard;
+    previous: None or (head, rule) of an earlier answer verdict, shown beside them."""
     n, y, g = len(T["y"]), T["y"], T["g"]
     a_final = answer_head.proba(T["answer"])
     a_streams = streams_of(answer_head.proba(T["answer_pref"]), T["pref_row"], T["pref_t"], n)
@@ -263,6 +264,14 @@ def side_by_side(T: dict, answer_head, main_head, rule: dict, base_threshold: fl
         pred = (scores >= t).astype(int)
         out["finished_f1"][name] = {ds: macro_f1(y[g == i], pred[g == i]) for i, ds in enumerate(DATASETS)}
         out["finished_f1"][name]["average"] = float(np.mean(list(out["finished_f1"][name].values())))
+    if previous is not None:
+        p_head, p_rule = previous
+        p_final = p_head.proba(T["answer"])
+        p_streams = streams_of(p_head.proba(T["answer_pref"]), T["pref_row"], T["pref_t"], n)
+        for name, t in (("previous_answer_verdict", p_rule["threshold"]), ("previous_answer_verdict_at_0.5", 0.5)):
+            pred = (p_final >= t).astype(int)
+            out["finished_f1"][name] = {ds: macro_f1(y[g == i], pred[g == i]) for i, ds in enumerate(DATASETS)}
+            out["finished_f1"][name]["average"] = float(np.mean(list(out["finished_f1"][name].values())))
     sub = {}
     for i, ds in list(enumerate(DATASETS)) + [(None, "both")]:
         m = np.ones(n, bool) if i is None else g == i
@@ -274,12 +283,19 @@ def side_by_side(T: dict, answer_head, main_head, rule: dict, base_threshold: fl
             "today_answer_alone": stream_summary(pick(r_streams), y[m], r_final[m], base_threshold, 1, 0, None),
             "shared_main_head_on_answer": stream_summary(pick(s_streams), y[m], s_final[m], base_threshold, 1, 0, None),
         }
+        if previous is not None:
+            sub[ds]["previous_answer_verdict"] = stream_summary(
+                pick(p_streams), y[m], p_final[m], p_rule["threshold"], p_rule["debounce"], p_rule["min_answer_tokens"],
+                p_rule["ema"])
     out["streams"] = sub
     out["curves"] = {"answer_verdict": curve(a_streams, y, rule["debounce"], rule["min_answer_tokens"], rule["ema"]),
                      "answer_verdict_debounce1": curve(a_streams, y, 1, 0, None),
                      "today_with_prompt": curve(w_streams, y, 1, 0, None),
                      "today_answer_alone": curve(r_streams, y, 1, 0, None),
                      "shared_main_head_on_answer": curve(s_streams, y, 1, 0, None)}
+    if previous is not None:
+        out["curves"]["previous_answer_verdict"] = curve(p_streams, y, p_rule["debounce"], p_rule["min_answer_tokens"],
+                                                         p_rule["ema"])
     return out
 
 
@@ -294,12 +310,17 @@ def plot(path: Path, res: dict) -> None:
               "answer_verdict_debounce1": ("answer verdict, debounce 1", "tab:olive"),
               "today_with_prompt": ("today: prompt + answer prefix", "tab:red"),
               "today_answer_alone": ("today: answer prefix alone", "tab:orange"),
-              "shared_main_head_on_answer": ("main head on the answer pool (reference)", "tab:blue")}
+              "shared_main_head_on_answer": ("main head on the answer pool (reference)", "tab:blue"),
+              "previous_answer_verdict": ("first round's answer verdict (answer LR alone)", "tab:purple")}
     for key, (label, color) in styles.items():
+        if key not in res["test"]["curves"]:
+            continue
         c = res["test"]["curves"][key]
         ax.plot(c["false_alarm"], c["detection"], color=color, label=label)
     for key, color in (("answer_verdict", "tab:green"), ("today_with_prompt", "tab:red"),
-                       ("today_answer_alone", "tab:orange")):
+                       ("today_answer_alone", "tab:orange"), ("previous_answer_verdict", "tab:purple")):
+        if key not in res["test"]["streams"]["both"]:
+            continue
         s = res["test"]["streams"]["both"][key]
         ax.plot([s["false_alarm"]], [s["detection"]], "o", color=color)
     ax.axvline(0.15, ls=":", color="gray")
@@ -329,6 +350,7 @@ def main() -> None:
     p.add_argument("--folds", type=int, default=3)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--variants", nargs="*", type=int, help="indices into VARIANTS (default: all)")
+    p.add_argument("--previous_guard", help="an earlier guard folder with an answer head, tested beside --answer_guard")
     p.add_argument("--answer_guard", help="a guard folder with an answer head (add_answer_head.py / siren train): "
                                           "its head, threshold and rule are the ones tested")
     a = p.parse_args()
@@ -369,7 +391,10 @@ def main() -> None:
     res = {"config": {"guard_input_dim": int(D["answer"].shape[1]), "folds": a.folds, "seed": a.seed,
                       "target_false_alarm": TARGET_FA, "every": 4, "guard_threshold": base_thr},
            "cv_table": table, "chosen_variant": v, "rule_table": rules, "rule": rule}
-    res["test"] = side_by_side(T, head, main_head, rule, base_thr)
+    previous = saved_answer_head(a.previous_guard) if a.previous_guard else None
+    res["test"] = side_by_side(T, head, main_head, rule, base_thr, previous)
+    if a.previous_guard:
+        res["previous_rule"] = previous[1]
     ev = Path(a.guard) / "eval_results.json"
     if ev.is_file():
         e = json.loads(ev.read_text())
