@@ -306,8 +306,8 @@ def plot(path: Path, res: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 5))
-    styles = {"answer_verdict": ("answer verdict, chosen rule", "tab:green"),
-              "answer_verdict_debounce1": ("answer verdict, debounce 1", "tab:olive"),
+    styles = {"answer_verdict": ("answer verdict (blend with the main head), chosen rule", "tab:green"),
+              "answer_verdict_debounce1": ("... debounce 1 (the same rule: hidden under it)", "tab:olive"),
               "today_with_prompt": ("today: prompt + answer prefix", "tab:red"),
               "today_answer_alone": ("today: answer prefix alone", "tab:orange"),
               "shared_main_head_on_answer": ("main head on the answer pool (reference)", "tab:blue"),
