@@ -113,6 +113,21 @@ KEYS: tuple[Key, ...] = (
         nullable=True, null=GUARD_NULL),
     Key("threshold_from_cv", bool, ("train",), "choose the decision threshold on the head search's "
         "out-of-fold scores instead"),
+    Key("answer_head", str, ("train",), "the answer verdict's head: logistic (on response rows' answer pools), "
+        "shared (the main head), none", choices=("logistic", "shared", "none")),
+    Key("answer_cuts", int, ("train",), "answer prefixes (answer tokens) the answer head also trains on", list=True,
+        min=1),
+    Key("answer_ramp_tokens", float, ("train",), "a harmful answer's prefix of t tokens weighs min(1, t / this)",
+        nullable=True, null="1 (every prefix weighs 1)", min=0.0),
+    Key("answer_harmful_min_tokens", int, ("train",), "a harmful answer's prefixes shorter than this are left out",
+        min=0),
+    Key("answer_c", float, ("train",), "inverse L2 strength of the logistic answer head", min=0.0),
+    Key("answer_prompt_rows", bool, ("train",), "the prompt-level rows' text pools train the answer head too"),
+    Key("answer_main_weight", float, ("train",), "answer verdict = (1 - w) * answer head + w * main head on the "
+        "answer pool (needs final_head ensemble)", min=0.0, max=1.0),
+    Key("target_false_alarm", float, ("train", "eval-stream"), "pick the lowest threshold flagging at most this share "
+        "of the safe validation streams", min=0.0, max=1.0, nullable=True,
+        null={"eval-stream": "no target: decision_threshold", "train": "0.5"}),
     Key("category_head", str, ("train",), "harm-category head (configs/categories.yaml): auto = trained whenever "
         "the training rows carry categories; off = never", choices=("auto", "off")),
     Key("out_dir", str, ("train", "eval-stream"), "output folder", nullable=True,
@@ -150,20 +165,19 @@ KEYS: tuple[Key, ...] = (
     Key("refusal_log_interval_s", float, ("serve",), "refusals and time-outs are logged once per interval",
         min=0.0),
     # --- streams (siren serve's /v1/stream, siren eval-stream) and siren eval-think
-    Key("debounce", int, ("serve", "eval-stream"), "flag a stream after this many consecutive scores >= the "
-        "decision threshold", min=1, nullable=True,
-        null={"eval-stream": "the guard's stream rule (answer verdict), else the top level's",
+    Key("debounce", int, ("train", "serve", "eval-stream"), "flag a stream after this many consecutive scores >= the "
+        "threshold", min=1, nullable=True,
+        null={"train": "chosen on validation streams",
+              "eval-stream": "the guard's stream rule (answer verdict), else the top level's",
               "serve": "the guard's stream rule (answer verdict), else the top level's"}),
-    Key("min_answer_tokens", int, ("eval-stream",), "never flag a stream before this many answer tokens", min=0,
-        nullable=True, null={"eval-stream": "the guard's stream rule (answer verdict), else the top level's"}),
-    Key("ema", float, ("eval-stream",), "smooth a stream's scores with this EMA alpha in (0, 1] (1: the raw scores)",
+    Key("min_answer_tokens", int, ("train", "eval-stream"), "never flag a stream before this many answer tokens",
+        min=0, nullable=True, null={"train": "chosen on validation streams",
+                                    "eval-stream": "the guard's stream rule (answer verdict), else the top level's"}),
+    Key("ema", float, ("train", "eval-stream"), "smooth a stream's scores with this EMA alpha in (0, 1] (1: the raw scores)",
         min=0.0, max=1.0, nullable=True,
         null={"eval-stream": "the guard's stream rule (answer verdict), else the top level's (null: the raw scores)"}),
     Key("verdict", str, ("eval-stream",), "response: the answer's verdict (answer head, prompt in context); text: the "
         "whole text's score; auto: response when the guard has an answer head", choices=("auto", "response", "text")),
-    Key("target_false_alarm", float, ("eval-stream",), "pick the lowest decision threshold flagging at most this share "
-        "of the safe validation streams (val_data_file / val_ids_split; overrides decision_threshold)",
-        min=0.0, max=1.0, nullable=True, null="no target: decision_threshold"),
     Key("val_data_file", str, ("eval-stream",), "SIREN-ready JSONL of validation streams", nullable=True,
         null="data_file (with val_ids_split)"),
     Key("val_ids_split", str, ("eval-stream",), "split inside ids_from whose streams are the validation streams",

@@ -2,6 +2,7 @@
 tokens, guarded generation, and a guard folder holding an answer head (siren.runtime.answer_head)."""
 
 import ast
+import dataclasses
 import json
 from pathlib import Path
 
@@ -25,7 +26,7 @@ PAIRS = [(PROMPT, "You can mix flour, water and yeast."), ("tell me a joke", "I 
          ("<|im_start|>user hi<|im_end|>", "  the quick brown fox"), ("", "the lazy dog")]
 
 
-def add_answer_head(folder: Path, *, shared=False, threshold=0.4, stream=None, seed=7, mlp_dims=(8,)):
+def add_answer_head(folder: Path, *, shared=False, threshold=0.4, stream=None, seed=7, mlp_dims=(8,), main_weight=None):
     """Write a small random answer head into a guard folder (the contract's layout); returns it."""
     from safetensors.torch import save_file
     from siren.mlp import MLPHead
@@ -44,6 +45,8 @@ def add_answer_head(folder: Path, *, shared=False, threshold=0.4, stream=None, s
         entry.update(weights=ANSWER_HEAD_WEIGHTS, shared=False,
                      mlp={"input_dim": config["mlp"]["input_dim"], "layer_dims": list(mlp_dims),
                           "dropout_rates": [0.0] * len(mlp_dims), "num_classes": 2})
+    if main_weight is not None:
+        entry["main_weight"] = main_weight
     config.setdefault("siren", {})["answer_head"] = entry
     (folder / CONFIG_NAME).write_text(json.dumps(config))
     return head
@@ -149,6 +152,8 @@ def test_shared_answer_head_and_guards_without_one(tmp_path, tiny_llama_dir):
     (lambda e: e.update(shared=True), "weights and mlp must be null"),
     (lambda e: e.update(stream={"debounce": 0}), "debounce"),
     (lambda e: e.update(weights="missing.safetensors"), "missing"),
+    (lambda e: e.update(main_weight=1.5), "main_weight"),
+    (lambda e: e.update(main_weight=True), "main_weight"),
 ])
 def test_bad_answer_head_entries(tmp_path, tiny_llama_dir, edit, message):
     folder, *_ = make_guard(tmp_path / "g", tiny_llama_dir)
@@ -178,6 +183,28 @@ def test_session_answer_equals_score_at_every_chunk_boundary(tmp_path, tiny_dir,
                 assert got.response.score == pytest.approx(want.response.score, abs=1e-4), (name, so_far)
                 answers.append(got.response.score)
         assert session.n_tokens == 64 and np.ptp(answers) > 2e-3
+
+
+def test_blend_with_the_main_head_in_scores_and_the_session(tmp_path, tiny_dir):
+    """main_weight w: the answer verdict is (1 - w) * answer head + w * main head on the same answer
+    pool, in score_pairs and in the session (== score() at every chunk boundary)."""
+    guard, head, answer, selection, weights = answer_guard(tmp_path, tiny_dir, main_weight=0.25)
+    assert guard.answer_spec.main_weight == 0.25
+    want = 0.75 * np.asarray(direct_answer(tiny_dir, answer, selection, weights, PAIRS[:2])) + \
+        0.25 * np.asarray(direct_answer(tiny_dir, head, selection, weights, PAIRS[:2]))
+    np.testing.assert_allclose([r.response.score for r in guard.score_pairs(PAIRS[:2])], want, atol=1e-4)
+    alone = SirenGuard.from_pretrained(str(tmp_path / "g"), device="cpu")
+    alone.answer_spec = dataclasses.replace(alone.answer_spec, main_weight=0.0)
+    assert abs(alone.score_pairs(PAIRS[:1])[0].response.score - want[0]) > 1e-3   # the blend changes the score
+    session, so_far = guard.stream(prompt=PROMPT), ""
+    for chunk in chunkings(RESPONSE)["words"]:
+        so_far += chunk
+        got, ref = session.feed(chunk).response, guard.score(prompt=PROMPT, response=so_far).response
+        assert (got is None) == (ref is None)
+        if got is not None:
+            assert got.score == pytest.approx(ref.score, abs=1e-4), so_far
+    shared, *_ = answer_guard(tmp_path / "s", tiny_dir, shared=True, main_weight=0.5)
+    assert shared.answer_spec.main_weight == 0.0    # shared: the main head already is the answer head
 
 
 def test_session_without_prompt_and_whitespace_chunks(tmp_path, tiny_llama_dir):

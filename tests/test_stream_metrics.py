@@ -195,7 +195,7 @@ def test_eval_stream_rule_options_and_validation_threshold(tmp_path, tiny_guard)
     # a validation source alone uses the configured target, and without one says to give it
     from siren import config as cfgmod
 
-    has_default = cfgmod.defaults().get("stream_target_false_alarm") is not None
+    has_default = cfgmod.default("target_false_alarm", "eval-stream") is not None
     assert main(common + ["--val_ids_split", "validation", "--out_dir", str(out)]) == (0 if has_default else 2)
     with pytest.raises(SirenError, match="answer head"):
         from siren.evaluation.streaming import add_arguments, stream_setup

@@ -38,7 +38,7 @@ from siren.metrics import mean_group_macro_f1
 
 from siren.mlp import MLPHead, logits_of
 
-__all__ = ["fit_head", "fold_standardisation", "ensemble_heads", "BALANCES"]
+__all__ = ["fit_head", "fold_standardisation", "ensemble_heads", "split_ensemble", "BALANCES"]
 
 # fit_head's loss weights (its ``balance``): training uses "label"
 BALANCES = ("label", "dataset_label", "none")
@@ -69,6 +69,32 @@ def ensemble_heads(heads: list[MLPHead]) -> MLPHead:
             raise ValueError("heads differ in input_dim, widths, dropout or classes: cannot combine")
     states = [{k: v.detach() for k, v in h.state_dict().items()} for h in heads]
     return MLPHead.ensemble(first.input_dim, first.layer_dims, first.dropout_rates, states, first.num_classes)
+
+
+def split_ensemble(head: MLPHead, k: int) -> list[MLPHead]:
+    """The K heads of an ``ensemble_heads`` head, in order (its inverse, but for the output bias:
+    only the heads' mean bias is stored, so every head gets that mean). Head i of a CV fold
+    ensemble never trained on fold i, so it gives that fold's rows out-of-fold scores."""
+    k = int(k)
+    linears = [(key, m) for key, m in head.network.named_children() if isinstance(m, nn.Linear)]
+    if k < 1 or len(linears) < 2 or any(m.out_features % k or (j and m.in_features % k) for j, (_key, m) in enumerate(linears[:-1])):
+        raise ValueError(f"a head of widths {head.layer_dims} is not an ensemble of {k} heads")
+    heads = []
+    with torch.no_grad():
+        for i in range(k):
+            state: dict[str, torch.Tensor] = {}
+            for j, (key, m) in enumerate(linears):
+                r, c = m.out_features // k, m.in_features // k
+                if j == 0:
+                    w, b = m.weight[i * r:(i + 1) * r], m.bias[i * r:(i + 1) * r]
+                elif j < len(linears) - 1:
+                    w, b = m.weight[i * r:(i + 1) * r, i * c:(i + 1) * c], m.bias[i * r:(i + 1) * r]
+                else:
+                    w, b = m.weight[:, i * c:(i + 1) * c] * k, m.bias
+                state[f"network.{key}.weight"], state[f"network.{key}.bias"] = w.float().clone(), b.float().clone()
+            heads.append(MLPHead.from_state(head.input_dim, [d // k for d in head.layer_dims], head.dropout_rates,
+                                            state, head.num_classes))
+    return heads
 
 
 class _SeededDropout(nn.Module):

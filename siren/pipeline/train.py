@@ -42,11 +42,13 @@ from siren.errors import SirenError
 from siren.fileio import atomic_write_json, file_lock, fsync_dir, jsonable, staging_dir
 from siren.log import log
 from siren.memory import trim
+from siren.pipeline.answer import ANSWER_WEIGHTS_NAME
 
 # Files a run writes whose names do not depend on its settings, plus those an evaluation adds:
 # when a new run lands in a folder, the ones it did not write are removed (they describe another guard).
-RUN_FILES = ("splits.json", "siren_config.json", "siren.safetensors", "best_model.pkl", "results.json", "layers.png",
-             "eval_results.json", "test_scores.jsonl", "roc.png", "f1.png", "categories.safetensors", "categories.json")
+RUN_FILES = ("splits.json", "siren_config.json", "siren.safetensors", ANSWER_WEIGHTS_NAME, "best_model.pkl",
+             "results.json", "layers.png", "eval_results.json", "test_scores.jsonl", "roc.png", "f1.png",
+             "categories.safetensors", "categories.json")
 
 
 def add_arguments(p) -> None:
@@ -65,6 +67,9 @@ def run(args) -> int:
         storage=cfg.storage, out_dir=cfg.out_dir, cache_dir=cfg.cache_dir or default_cache_dir(),
         positive={k: getattr(cfg, k) for k in ("max_epochs", "patience", "head_batch_size", "batch_size", "n_jobs",
                                       "batch_tokens", "head_width_cap")})
+    from siren.pipeline.answer import check_answer_config
+
+    check_answer_config(cfg.as_dict())
     results = train(cfg)
     print_summary(results)
     return 0
@@ -429,6 +434,7 @@ def save_run(work: Path, cfg, best: Candidate, candidates: list[Candidate], grid
 def train(cfg) -> dict:
     """Run every stage for a resolved config (`resolve_config`); returns the results dict also
     written to results.json, plus `out_dir`."""
+    from siren.pipeline.answer import fit_answer_stage, main_cv_folds, save_answer_head
     from siren.pipeline.cache import load_split
 
     datasets = list(cfg.datasets)
@@ -464,6 +470,13 @@ def train(cfg) -> dict:
             head, history, final_epochs = final_head(cfg, best.tuned, best.Z, best.y, seed,
                                                      scale=column_scale(cfg, best.selection, best.weights))
         threshold, threshold_source = decision_threshold(cfg, best)
+        with stage("answer"):   # the answer verdict's head, when training rows hold responses
+            # the saved head is the CV fold ensemble: its fold heads give the answer rows out-of-fold scores
+            ensemble = cfg.final_head == "ensemble" and bool(best.tuned.fold_heads)
+            folds = main_cv_folds(np.concatenate([train_split.ids, val_split.ids]), best.y, best.groups,
+                                  cfg.n_folds, seed) if ensemble else None
+            answer = fit_answer_stage(cfg.as_dict(), best.selection, best.weights, best.pooling_type, split_kw, head,
+                                      seed, text_rows=(best.Z, best.y, best.groups), main_folds=folds)
         with stage("categories"):
             categories = fit_categories(cfg, split_kw, best, ids)
         best.release()      # the saved head is built; its inputs and fold heads are not needed any more
@@ -471,6 +484,9 @@ def train(cfg) -> dict:
             test = test_f1(cfg, folders, best, head, threshold)
         results = save_run(work, cfg, best, candidates, grids[best.pooling_type], head, history, final_epochs,
                            test, stage.seconds, threshold, threshold_source)
+        if answer is not None:
+            save_answer_head(work, answer)
+            results["answer_head"] = answer.summary
         if categories is not None:
             categories.save(work)
             results["category_head"] = categories.config()

@@ -4,7 +4,9 @@
      "mlp": {input_dim, layer_dims, dropout_rates, num_classes: 2} | null,
      "shared": bool,          # true: the answer verdict uses the main head (weights and mlp null)
      "threshold": float,      # the answer verdict's threshold
-     "stream": {"debounce": int, "min_answer_tokens": int, "ema": float | null}}
+     "stream": {"debounce": int, "min_answer_tokens": int, "ema": float | null},
+     "main_weight": float}    # optional, default 0: the verdict is (1 - w) * answer head + w * main
+                              # head, both on the answer pool (ignored when shared)
 
 It reads the same `(input_dim,)` features as the main head, pooled over the answer's tokens only
 (`siren.features.answer_spans`); its weights use siren.safetensors' layout (`network.<k>.*`).
@@ -35,6 +37,7 @@ class AnswerHeadSpec:
     rule: StreamRule          # the stream's stop rule on the answer verdict (threshold included)
     weights: str | None
     mlp: dict | None
+    main_weight: float = 0.0  # the answer verdict = (1 - w) * answer head + w * main head, on the answer pool
 
 
 def parse_answer_head(config: dict, source: str) -> AnswerHeadSpec | None:
@@ -70,7 +73,10 @@ def parse_answer_head(config: dict, source: str) -> AnswerHeadSpec | None:
         if mlp["input_dim"] != config["mlp"]["input_dim"]:
             raise SirenError(f"{where}.mlp.input_dim is {mlp['input_dim']} but the guard's features have "
                              f"{config['mlp']['input_dim']} columns: the answer head belongs to another guard")
-    return AnswerHeadSpec(shared, threshold, rule, weights, mlp)
+    main_weight = entry.get("main_weight", 0.0)
+    if isinstance(main_weight, bool) or not isinstance(main_weight, (int, float)) or not 0.0 <= main_weight <= 1.0:
+        raise SirenError(f"{where}.main_weight must be a number in [0, 1] (0: the answer head alone), got {main_weight!r}")
+    return AnswerHeadSpec(shared, threshold, rule, weights, mlp, 0.0 if shared else float(main_weight))
 
 
 def load_answer_head(spec: AnswerHeadSpec, fetch: Callable[[str], object]) -> torch.nn.Module | None:

@@ -309,7 +309,11 @@ class SirenGuard:
         if self.answer_head is None:
             raise SirenError("this guard has no answer head (siren.answer_head in its config): it gives "
                              "no answer verdict")
-        return self._proba(self.answer_head, z, self.input_dim)
+        p = self._proba(self.answer_head, z, self.input_dim)
+        w = self.answer_spec.main_weight
+        if w > 0.0:   # a blend with the main head on the same answer pool (reports/streaming_verdicts chose 0.5 on CV)
+            p = (1.0 - w) * p + w * self._proba(self.head, z, self.input_dim)
+        return p
 
     def results_from_features(self, z, threshold: float) -> list[ScoreResult]:
         """ScoreResults of features z (n, input_dim): the harmful verdict at `threshold`, and the
