@@ -213,8 +213,9 @@ def export_llm_siren(folder, out_dir) -> Path:
 
 def folder_size(folder) -> dict[str, int]:
     """Bytes of the guard's files in `folder` (config, weights, best_model.pkl when present) and `total`."""
-    sizes = {name: (Path(folder) / name).stat().st_size for name in (CONFIG_NAME, WEIGHTS_NAME, BEST_MODEL_NAME)
-             if (Path(folder) / name).is_file()}
+    names = (CONFIG_NAME, WEIGHTS_NAME, BEST_MODEL_NAME, "answer_head.safetensors", "categories.safetensors",
+             "categories.json")  # the extra heads' files, when the guard has them
+    sizes = {name: (Path(folder) / name).stat().st_size for name in names if (Path(folder) / name).is_file()}
     return {**sizes, "total": sum(sizes.values())}
 
 

@@ -163,9 +163,11 @@ class CategoryModel:
                  {n: float(p[i]) for i, n in enumerate(self.trained)}) for p in P]
 
     def config(self) -> dict:
+        """categories.json: what the loader needs, plus the fit's record (`info`; a metric that is
+        undefined on these rows, e.g. an AUROC without positives, is written as null)."""
         return {"format_version": FORMAT_VERSION, "taxonomy": list(self.taxonomy), "trained": list(self.trained),
                 "thresholds": {n: float(t) for n, t in zip(self.trained, self.thresholds)},
-                "hidden": self.head.hidden, "input_dim": self.head.input_dim, **self.info}
+                "hidden": self.head.hidden, "input_dim": self.head.input_dim, **_finite(self.info)}
 
     def save(self, folder) -> None:
         """Write categories.safetensors, then categories.json, into `folder` (atomically each)."""
@@ -177,6 +179,17 @@ class CategoryModel:
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.head.state_dict().items()}
         atomic_write_with(folder / HEAD_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
         atomic_write_json(folder / HEAD_CONFIG, self.config())
+
+
+def _finite(value):
+    """`value` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(float(value)):
+        return None
+    return value
 
 
 def _check_head_config(cfg, source: str) -> tuple[list[str], np.ndarray, int, int]:

@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as err:  # set-up not run (e.g. `bash train/run_general_siren.sh` on a bare python3)
         print(f"siren {chosen or ''}: error: {missing_package_message(err)}".replace("  ", " "), file=sys.stderr)
         return 2
+    except SirenError as err:   # the flags' defaults come from configs/defaults.yaml: a bad file is named here
+        print(f"siren {chosen or ''}: error: {err}".replace("  ", " "), file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()

@@ -80,13 +80,9 @@ def test_train_writes_a_loadable_answer_head(tiny_llama_dir, rows, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["none", "shared"])
-def test_answer_head_none_or_shared_writes_no_weights(tiny_llama_dir, rows, tmp_path, monkeypatch, kind):
-    from siren import config as cfgmod
-
-    base = cfgmod.defaults()
-    monkeypatch.setattr(cfgmod, "defaults", lambda: {**base, "answer_head": kind})
+def test_answer_head_none_or_shared_writes_no_weights(tiny_llama_dir, rows, tmp_path, kind):
     out = tmp_path / "guard"
-    assert _train(tiny_llama_dir, rows, out, tmp_path / "cache") == 0
+    assert _train(tiny_llama_dir, rows, out, tmp_path / "cache", "--answer_head", kind) == 0
     entry = json.loads((out / "siren_config.json").read_text())["siren"].get("answer_head")
     assert not (out / "answer_head.safetensors").exists()
     if kind == "none":

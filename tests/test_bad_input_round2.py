@@ -93,9 +93,8 @@ def _disk_full(e: Env, monkeypatch) -> list[str]:
 CASES = [
     # item 4: values checked before the work, not after it
     ("train threshold 1.5", lambda e, m: e.train("--decision_threshold", "1.5"),
-     r"DECISION_THRESHOLD \(--decision_threshold, or decision_threshold in configs/defaults\.yaml\) 1\.5 must be "
-     r"a number in \[0, 1\]"),
-    ("train threshold .nan in YAML", _nan_threshold_yaml, r"DECISION_THRESHOLD .* nan must be a number in \[0, 1\]"),
+     r"--decision_threshold must be a number >= 0 and <= 1 or null, got 1\.5"),
+    ("train threshold .nan in YAML", _nan_threshold_yaml, r"defaults\.yaml: decision_threshold must be a number >= 0 and <= 1 or null, got nan"),
     ("eval-think --out a folder", lambda e, m: _good_think(e) + ["--out", str(e.out)],
      r"--out .*/out is a folder: give a file path"),
     ("eval-think --out under a file", lambda e, m: _good_think(e) + ["--out", str(e.data / "aegis" / "test.jsonl" / "r.json")],
@@ -119,7 +118,7 @@ CASES = [
      r"row 1: message\[0\]: content holds a lone surrogate"),
     ("eval-think message not a list", lambda e, m: _think(e, {"role": "user"}),
      r"row 1: 'message' must be a list of chat turns"),
-    ("eval-think --limit -1", lambda e, m: _good_think(e) + ["--limit", "-1"], r"--limit is -1: it must be an integer >= 1"),
+    ("eval-think --limit -1", lambda e, m: _good_think(e) + ["--limit", "-1"], r"--limit must be an integer >= 1 or null, got -1"),
     ("eval-think --split bogus", lambda e, m: _good_think(e) + ["--split", "bogus"],
      r"--split 'bogus' is not a Qwen3GuardTest split: use thinking"),
     ("guard int64 tensors", lambda e, m: _int64_head(e),
@@ -127,9 +126,9 @@ CASES = [
     ("disk full during training", _disk_full, r"no space left on device .*files written before are intact"),
     # item 6: silent acceptance
     ("eval-stream --graces -3", lambda e, m: _streams(e, [_good_stream()]) + ["--graces", "32", "-3"],
-     r"a --graces value is -3: it must be an integer >= 1"),
+     r"--graces must be a non-empty list of an integer >= 1, got \[32, -3\]"),
     ("eval-stream --max_tokens -1", lambda e, m: _streams(e, [_good_stream()]) + ["--max_tokens", "-1"],
-     r"--max_tokens is -1: it must be an integer >= 1"),
+     r"--max_tokens must be an integer >= 1 or null, got -1"),
     ("eval-stream --split bogus", lambda e, m: ["eval-stream", "--model", str(e.guard), "--split", "bogus"],
      r"--split 'bogus' is not a Qwen3GuardTest split with unsafe spans: use one of thinking_loc, response_loc"),
     ("guard format_version 99", lambda e, m: _guard_config(e, lambda c: c["siren"].update(format_version=99))

@@ -2,6 +2,7 @@
 no probe without bf16 instructions, nor for an explicit dtype."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -96,8 +97,8 @@ def test_head_dtype_auto(bf16_cpu, monkeypatch):
 
     measure, calls = speeds(300.0, 900.0)
     monkeypatch.setattr(head, "measure_head", measure)
-    assert train.head_bf16({"head_dtype": None}) is False
-    assert train.head_bf16({"head_dtype": "auto"}) is False and len(calls) == 1   # cached
-    assert train.head_bf16({"head_dtype": "bfloat16"}) is True
+    assert train.head_bf16(SimpleNamespace(head_dtype=None)) is False
+    assert train.head_bf16(SimpleNamespace(head_dtype="auto")) is False and len(calls) == 1   # cached
+    assert train.head_bf16(SimpleNamespace(head_dtype="bfloat16")) is True
     monkeypatch.setenv("SIREN_CPU_FLAGS", "")
-    assert train.head_bf16({"head_dtype": None}) is False
+    assert train.head_bf16(SimpleNamespace(head_dtype=None)) is False

@@ -33,7 +33,7 @@ def save(folder, base, head_state, n_heads):
     selection = {l: rng.choice(32, size=5, replace=False) for l in (0, 2, 3)}
     return save_guard(folder, base_model_id=str(base), revision=None, pooling_type="residual_mean",
                       selection=selection, layer_weights={l: 1.0 for l in selection}, head_state=head_state,
-                      layer_dims=[K * w for w in WIDTHS], dropout_rates=RATES, max_length=64, threshold=0.5,
+                      layer_dims=[K * w for w in WIDTHS], dropout_rates=RATES, max_length=64, decision_threshold=0.5,
                       extra={"backbone": "tiny", "num_layers": 4, "hidden_size": 32}, head_ensemble=n_heads)
 
 

@@ -1,7 +1,8 @@
 """The whole path on the real offline backbone and real rows (slow: minutes on 2 CPU cores).
 
 GGUF -> converted folder -> features -> probes -> Optuna head -> guard; then the authors'
-runtime `llm-siren` loads the trained guard and gives the same scores as ours.
+runtime `llm-siren` loads the trained guard (its `siren export --format llm_siren` copy: a fold
+ensemble is stored as its K heads, which llm-siren cannot read) and gives the same scores as ours.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ def test_train_and_serve_smollm2_on_real_rows(data_dir, tmp_path, capsys):
     siren_guard = pytest.importorskip("siren_guard")
     import torch
 
+    from siren.artifact import export_llm_siren
     from siren.runtime.guard import SirenGuard
 
     rows = [json.loads(l) for l in open(data_dir / "beavertails" / "test.jsonl")][:12]
     ours = SirenGuard.from_pretrained(str(out), dtype="float32")
-    theirs = siren_guard.SirenGuard.from_pretrained(str(out), device="cpu", dtype=torch.float32)
+    export_llm_siren(out, tmp_path / "llm_siren")
+    theirs = siren_guard.SirenGuard.from_pretrained(str(tmp_path / "llm_siren"), device="cpu", dtype=torch.float32)
     a = np.array([ours.score(prompt=r["prompt"], response=r["response"]).score for r in rows])
     b = np.array([theirs.score(prompt=r["prompt"], response=r["response"]).score for r in rows])
     print(f"largest |score difference| ours vs llm-siren on the trained smollm2 guard: {np.abs(a - b).max():.2e}")

@@ -198,7 +198,7 @@ def test_serve_limits_come_from_the_yaml_and_are_checked():
         assert getattr(limits, name) == yaml_serve[name]
     for bad in ({"header_timeout_s": 0}, {"body_timeout_s": float("nan")}, {"max_connections": 0},
                 {"ws_handshake_timeout_s": "10"}):
-        with pytest.raises(SirenError, match=f"serve limit {next(iter(bad))} must be"):
+        with pytest.raises(SirenError, match=f"siren serve: {next(iter(bad))} must be"):
             serve_limits(**bad)
 
 

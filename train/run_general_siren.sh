@@ -44,6 +44,18 @@ FINAL_HEAD="${FINAL_HEAD:-}"          # refit | ensemble (mean of the best confi
 SCALE_BY_LAYER_WEIGHT="${SCALE_BY_LAYER_WEIGHT:-}"  # 1 | 0: multiply standardised head inputs by their layer weight
 THRESHOLD_FROM_CV="${THRESHOLD_FROM_CV:-}"  # 1 | 0: choose the decision threshold on the head search's out-of-fold scores
 DECISION_THRESHOLD="${DECISION_THRESHOLD:-}"  # score >= this is harmful
+CATEGORY_HEAD="${CATEGORY_HEAD:-}"    # harm-category head: auto (when the rows carry categories) | off
+ANSWER_HEAD="${ANSWER_HEAD:-}"        # the answer verdict's head: logistic | shared (the main head) | none
+ANSWER_CUTS="${ANSWER_CUTS:-}"        # answer prefixes (tokens) it also trains on, e.g. "8 16 32 64"
+ANSWER_RAMP_TOKENS="${ANSWER_RAMP_TOKENS:-}"  # a harmful prefix of t tokens weighs min(1, t / this)
+ANSWER_HARMFUL_MIN_TOKENS="${ANSWER_HARMFUL_MIN_TOKENS:-}"  # harmful prefixes shorter than this are left out
+ANSWER_C="${ANSWER_C:-}"              # inverse L2 strength of the logistic answer head
+ANSWER_PROMPT_ROWS="${ANSWER_PROMPT_ROWS:-}"  # 1 | 0: prompt-level rows train the answer head too
+ANSWER_MAIN_WEIGHT="${ANSWER_MAIN_WEIGHT:-}"  # answer verdict = (1 - w) answer head + w main head on the answer
+DEBOUNCE="${DEBOUNCE:-}"              # stream rule stored with the guard: consecutive unsafe scores before a stop
+MIN_ANSWER_TOKENS="${MIN_ANSWER_TOKENS:-}"  # ... no stop before this many answer tokens
+EMA="${EMA:-}"                        # ... EMA alpha over the scores (unset: the YAML's)
+TARGET_FALSE_ALARM="${TARGET_FALSE_ALARM:-}"  # the answer threshold flags at most this share of safe validation streams
 STORAGE="${STORAGE:-}"                # Optuna storage shared by workers (sqlite:///x.db, x.journal, RDB URL)
 STUDY_NAME="${STUDY_NAME:-}"
 OUT_DIR="${OUT_DIR:-}"                # unset: train/probes/optuna/${MODEL}_general
@@ -103,6 +115,18 @@ switch threshold_from_cv "$THRESHOLD_FROM_CV" THRESHOLD_FROM_CV
 switch probe_refit "$PROBE_REFIT" PROBE_REFIT
 switch trust_remote_code "$TRUST_REMOTE_CODE" TRUST_REMOTE_CODE
 flag --decision_threshold "$DECISION_THRESHOLD"
+flag --category_head "$CATEGORY_HEAD"
+flag --answer_head "$ANSWER_HEAD"
+flags --answer_cuts "$ANSWER_CUTS"
+flag --answer_ramp_tokens "$ANSWER_RAMP_TOKENS"
+flag --answer_harmful_min_tokens "$ANSWER_HARMFUL_MIN_TOKENS"
+flag --answer_c "$ANSWER_C"
+switch answer_prompt_rows "$ANSWER_PROMPT_ROWS" ANSWER_PROMPT_ROWS
+flag --answer_main_weight "$ANSWER_MAIN_WEIGHT"
+flag --debounce "$DEBOUNCE"
+flag --min_answer_tokens "$MIN_ANSWER_TOKENS"
+flag --ema "$EMA"
+flag --target_false_alarm "$TARGET_FALSE_ALARM"
 flag --storage "$STORAGE"
 flag --study_name "$STUDY_NAME"
 flag --out_dir "$OUT_DIR"

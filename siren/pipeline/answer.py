@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from siren.errors import SirenError
+from siren.features import default_batch_tokens
 from siren.log import log
 
 ANSWER_WEIGHTS_NAME = "answer_head.safetensors"
@@ -82,7 +83,7 @@ def stream_points(n_answer: int, max_tokens: int) -> list[int]:
 
 
 def answer_features(features, pairs: list, selection: dict, weights: np.ndarray, pooling: str,
-                    batch_tokens: int = 4096) -> tuple[np.ndarray, list[np.ndarray], list[list[int]]]:
+                    batch_tokens: int) -> tuple[np.ndarray, list[np.ndarray], list[list[int]]]:
     """The guard's features of the finished answers and of their prefixes at every stream point.
 
     features: a `LayerFeatures` over all layers of the guard's pooling. Returns (A (n, k) float32,
@@ -175,7 +176,7 @@ def training_set(A, P, points, y, rows, cuts, ramp: float | None, extra=None,
     return X[ok], Y[ok], W[ok]
 
 
-def oof_streams(cfg: dict, A, P, points, y, g, seed: int, extra=None, n_folds: int = 3) -> tuple[list, np.ndarray]:
+def oof_streams(cfg: dict, A, P, points, y, g, seed: int, extra=None) -> tuple[list, np.ndarray]:
     """Out-of-fold streams: each row's prefixes scored by the head of the folds that did not
     train on it. Returns ([(positions, scores)] per row, finished-answer scores (n,))."""
     from sklearn.model_selection import StratifiedKFold
@@ -183,7 +184,7 @@ def oof_streams(cfg: dict, A, P, points, y, g, seed: int, extra=None, n_folds: i
     streams: list = [None] * len(y)
     final = np.zeros(len(y))
     strata = g * 2 + y
-    n_folds = max(2, min(n_folds, int(np.bincount(strata).min())))
+    n_folds = max(2, min(int(cfg["n_folds"]), int(np.bincount(strata).min())))  # the run's folds
     for tr, te in StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(A, strata):
         head = LogisticHead(cfg["answer_c"], seed).fit(*training_set(A, P, points, y, tr, set(cfg["answer_cuts"]),
                                                                      cfg["answer_ramp_tokens"], extra,
@@ -312,7 +313,8 @@ def fit_answer_stage(cfg: dict, selection: dict, weights: np.ndarray, pooling: s
         keep = np.isin(text_rows[2], prompt_level)
         extra = (np.asarray(text_rows[0][keep], dtype=np.float32), np.asarray(text_rows[1][keep]))
     features = _layer_features(cfg, pooling)
-    A, P, points = answer_features(features, pairs, selection, weights, pooling)
+    batch_tokens = cfg.get("batch_tokens") or default_batch_tokens(next(features.model.parameters()).device)
+    A, P, points = answer_features(features, pairs, selection, weights, pooling, batch_tokens)
     del features
     ok = np.nonzero(np.isfinite(A).all(axis=1))[0]   # answers truncated away have no pool
     A, y, g = A[ok], y[ok], g[ok]

@@ -72,29 +72,16 @@ def ensemble_heads(heads: list[MLPHead]) -> MLPHead:
 
 
 def split_ensemble(head: MLPHead, k: int) -> list[MLPHead]:
-    """The K heads of an ``ensemble_heads`` head, in order (its inverse, but for the output bias:
-    only the heads' mean bias is stored, so every head gets that mean). Head i of a CV fold
-    ensemble never trained on fold i, so it gives that fold's rows out-of-fold scores."""
+    """The K heads of an ``ensemble_heads`` head, in order (``MLPHead.head_states``: each head's
+    own tensors, output bias included). Head i of a CV fold ensemble never trained on fold i, so
+    it gives that fold's rows out-of-fold scores."""
     k = int(k)
-    linears = [(key, m) for key, m in head.network.named_children() if isinstance(m, nn.Linear)]
-    if k < 1 or len(linears) < 2 or any(m.out_features % k or (j and m.in_features % k) for j, (_key, m) in enumerate(linears[:-1])):
-        raise ValueError(f"a head of widths {head.layer_dims} is not an ensemble of {k} heads")
-    heads = []
-    with torch.no_grad():
-        for i in range(k):
-            state: dict[str, torch.Tensor] = {}
-            for j, (key, m) in enumerate(linears):
-                r, c = m.out_features // k, m.in_features // k
-                if j == 0:
-                    w, b = m.weight[i * r:(i + 1) * r], m.bias[i * r:(i + 1) * r]
-                elif j < len(linears) - 1:
-                    w, b = m.weight[i * r:(i + 1) * r, i * c:(i + 1) * c], m.bias[i * r:(i + 1) * r]
-                else:
-                    w, b = m.weight[:, i * c:(i + 1) * c] * k, m.bias
-                state[f"network.{key}.weight"], state[f"network.{key}.bias"] = w.float().clone(), b.float().clone()
-            heads.append(MLPHead.from_state(head.input_dim, [d // k for d in head.layer_dims], head.dropout_rates,
-                                            state, head.num_classes))
-    return heads
+    if k < 1 or head.n_heads != k:
+        raise ValueError(f"a head of widths {head.layer_dims} ({head.n_heads} heads) is not an ensemble of {k} heads")
+    widths = [d // k for d in head.layer_dims]
+    return [MLPHead.from_state(head.input_dim, widths, head.dropout_rates,
+                               {name: t.float().clone() for name, t in state.items()}, head.num_classes)
+            for state in head.head_states()]
 
 
 class _SeededDropout(nn.Module):

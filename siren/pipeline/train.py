@@ -490,6 +490,11 @@ def train(cfg) -> dict:
         if categories is not None:
             categories.save(work)
             results["category_head"] = categories.config()
+        if answer is not None or categories is not None:   # their files count in the folder's size
+            from siren.artifact import describe_size, folder_size
+
+            results["guard_bytes"] = folder_size(work)
+            log(f"guard folder size with the answer and category heads: {describe_size(results['guard_bytes'])}")
             atomic_write_json(work / "results.json", jsonable(results))
     results["out_dir"] = str(out_dir)
     return results
