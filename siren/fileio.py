@@ -107,6 +107,20 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
     atomic_write(path, buf.getvalue())
 
 
+
+def save_roc_figure(fig, ax, title: str, path: str | os.PathLike) -> None:
+    """Finish ROC axes whose curves are drawn (chance line, labels, legend) and save them atomically."""
+    import matplotlib.pyplot as plt
+
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
 def fsync_dir(folder: str | os.PathLike) -> None:
     """Make a rename inside `folder` durable (best effort: some file systems refuse)."""
     with contextlib.suppress(OSError):

@@ -33,7 +33,7 @@ import numpy as np
 
 from siren import config as cfgmod
 from siren.errors import SirenError
-from siren.fileio import atomic_write_json, atomic_write_text, save_figure
+from siren.fileio import atomic_write_json, atomic_write_text, save_figure, save_roc_figure
 
 AVERAGED = ("f1", "harmful_f1", "accuracy", "precision", "recall", "roc_auc", "pr_auc")
 BOOTSTRAP_RESAMPLES = 1000   # per dataset, for the 95% intervals of macro-F1 (f1_ci95)
@@ -282,14 +282,7 @@ def plot_results(folder: Path, report: dict, curves: dict) -> None:
     for name, (y, s) in curves.items():
         fpr, tpr, _ = roc_curve(y, s)
         ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUC {report['datasets'][name]['roc_auc']:.3f})")
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title(f"SIREN · {report['model']}")
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    save_figure(fig, folder / "roc.png")
-    plt.close(fig)
+    save_roc_figure(fig, ax, f"SIREN · {report['model']}", folder / "roc.png")
 
     names = report["averaged_over"]
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names) + 2), 4))

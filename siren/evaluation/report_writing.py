@@ -206,7 +206,7 @@ def plot_roc(path: Path, curves: dict, report: dict) -> None:
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    from siren.fileio import save_figure
+    from siren.fileio import save_roc_figure
 
     fig, ax = plt.subplots(figsize=(6, 5.5))
     for name, (y, s) in curves.items():
@@ -214,14 +214,7 @@ def plot_roc(path: Path, curves: dict, report: dict) -> None:
             continue
         fpr, tpr, _ = roc_curve(y, s)
         ax.plot(fpr, tpr, lw=2 if name == "siren" else 1.2, label=f"{name} (AUC {roc_auc_score(y, s):.3f})")
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title(f"{report['model']}: test rows of {len(report['datasets'])} datasets, pooled")
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+    save_roc_figure(fig, ax, f"{report['model']}: test rows of {len(report['datasets'])} datasets, pooled", path)
 
 
 def write_report(out_dir: Path, report: dict, curves: dict, run) -> None:

@@ -1,6 +1,6 @@
 """Per-category AUROC of the category head and of the TF-IDF baseline (results.json -> auroc.png).
 
-    python reports/categories_offline6/plot.py
+    python experiments/categories_offline6/plot.py
 """
 
 import json
@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[2] / "reports" / "categories_offline6"   # the report it draws for
 block = json.loads((HERE / "results.json").read_text())["categories"]
 names = block["trained"]
 fig, ax = plt.subplots(figsize=(9, 3.6))

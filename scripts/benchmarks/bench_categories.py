@@ -1,6 +1,6 @@
 """What the category head costs: guard folder size and single-text latency, with and without it.
 
-    python scripts/bench_categories.py --guard GUARD_DIR [--data_dir DIR] [--texts 24] [--rounds 5]
+    python scripts/benchmarks/bench_categories.py --guard GUARD_DIR [--data_dir DIR] [--texts 24] [--rounds 5]
 
 Size: the bytes of the guard proper (siren_config.json + siren.safetensors, what a server loads)
 and of the whole folder, against the category head's two files. Latency: one loaded guard scores
