@@ -18,7 +18,7 @@ a traceback. Here (all limits in `configs/defaults.yaml`, `serve:`):
   once per connection (`OncePerInterval`), and so are asyncio's accept errors.
 
 The websocket's own limit (`ws_handshake_timeout_s`: the start message, with the API key when
-one is set, must come within that time) is applied in `serve.create_app`.
+one is set, must come within that time) is applied in `serve_app`'s websocket route.
 """
 
 from __future__ import annotations
