@@ -222,14 +222,16 @@ async def _open_stream(state: ServeState, ws):
     prompt = start.get("prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise RequestError(400, f"'prompt' must be a string, got a JSON {_type_name(prompt)}", param="prompt")
-    thr = stop_threshold(guard, parse_threshold(start), state.default_threshold)
+    asked = parse_threshold(start)
+    thr = stop_threshold(guard, asked, state.default_threshold)   # the stop decision's
     debounce = start.get("debounce")
     if debounce is not None and (isinstance(debounce, bool) or not isinstance(debounce, int) or debounce < 1):
         raise RequestError(400, f"'debounce' must be an integer >= 1, got {json.dumps(debounce)}",
                            param="debounce")
     chars = len(prompt or "")
     _check_text(prompt or "", "prompt", limits)
-    session = await state.call(lambda: open_session(guard, prompt, debounce=debounce, threshold=thr))
+    verdicts = state.default_threshold if asked is None else asked   # the whole text's and the prompt's
+    session = await state.call(lambda: open_session(guard, prompt, debounce=debounce, threshold=verdicts, stop=thr))
     await ws.send_json({"ready": True, "threshold": thr, "model": state.model_name,
                         "incremental": not isinstance(session, StatelessSession),
                         "answer_head": bool(getattr(guard, "has_answer_head", False))})

@@ -193,17 +193,20 @@ class StatelessSession:
         return result
 
 
-def open_session(guard, prompt: str | None = None, *, debounce: int | None = None, threshold: float | None = None):
+def open_session(guard, prompt: str | None = None, *, debounce: int | None = None, threshold: float | None = None,
+                 stop: float | None = None):
     """The guard's incremental session if it has one (`guard.stream(prompt=, rule=)`, or the older
     `guard.stream(prompt=, debounce=, threshold=)`, returning an object with `.feed`), else a
-    `StatelessSession`. debounce None: the guard's saved stream rule (else the config's)."""
+    `StatelessSession`. debounce None: the guard's saved stream rule (else the config's).
+    threshold: the whole text's and the prompt's verdicts; stop: the stop rule's (None: the
+    answer head's with one, else `threshold`)."""
     stream = getattr(guard, "stream", None)
     try:
         takes_rule = stream is not None and "rule" in inspect.signature(stream).parameters
     except (TypeError, ValueError):
         takes_rule = False
     if takes_rule:  # the two-verdict runtime: the rule decides on the answer's verdict
-        thr = stop_threshold(guard, threshold, getattr(guard, "default_threshold", 0.5))
+        thr = stop if stop is not None else stop_threshold(guard, threshold, guard.default_threshold)
         # threshold: the whole text's (and the prompt's) verdict; the rule's: the stop decision
         session = stream(prompt=prompt, rule=session_rule(guard, thr, debounce), threshold=threshold)
         if hasattr(session, "feed"):
