@@ -27,6 +27,7 @@ Training choices (``fit_head``):
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
@@ -35,8 +36,9 @@ from torch import nn
 
 from siren.config import command_defaults
 from siren.metrics import mean_group_macro_f1
-
 from siren.mlp import MLPHead, logits_of
+from siren.pipeline.head_parts import (_VAL_ROWS, _CastOnceLinear, _row_chunks, _SeededDropout,  # noqa: F401
+                                       _seeded_init, _standard_stats, _Standardised)
 
 __all__ = ["fit_head", "fold_standardisation", "ensemble_heads", "split_ensemble", "BALANCES"]
 
@@ -84,172 +86,12 @@ def split_ensemble(head: MLPHead, k: int) -> list[MLPHead]:
             for state in head.head_states()]
 
 
-class _SeededDropout(nn.Module):
-    """Dropout drawing its masks from a given generator (training only; no state, so
-    swapping it for nn.Dropout leaves the state dict unchanged)."""
-
-    def __init__(self, p: float, generator: torch.Generator):
-        super().__init__()
-        self.p, self.generator = float(p), generator
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = torch.rand(x.shape, generator=self.generator) >= self.p
-        return x * keep.to(x.dtype) / (1.0 - self.p)
-
-
 # Training under bf16 autocast casts the first Linear's fp32 weight (width x k, the head's
 # largest tensor) to bf16 in every forward, and its bf16 gradient back to fp32 in every
 # backward, each into a freshly allocated tensor. At smollm2's 7,220 inputs and a 1,600-wide
 # first layer that gradient is 46 MB: above glibc's mmap threshold, so each step mapped and
 # page-faulted it anew, and the two casts took as long as the layer's matrix products.
 _CAST_INTO_KEPT_BUFFERS = True
-
-
-class _Bf16Linear(torch.autograd.Function):
-    """``F.linear(x, w16, bias)`` in bf16 (x (b, k) bf16, w16 (w, k) bf16, bias (w,) fp32 ->
-    (b, w) bf16) with autocast's numbers, and a faster weight gradient: autograd's own linear
-    backward multiplies a transposed view of the output gradient, ``grad.t() @ x``, which
-    oneDNN ran 2.4-2.5x slower than the same product of a contiguous copy at (1600 x 256) @
-    (256 x 7220) (experiments/head_search_offline6/casts_microbench.log); the sums are the same (bit
-    for bit over the 140 shapes of batch, width and inputs checked there, and tests/test_head.py
-    compares whole fits)."""
-
-    @staticmethod
-    def forward(ctx, x, w16, bias):
-        ctx.save_for_backward(x, w16)
-        return nn.functional.linear(x, w16, bias.to(torch.bfloat16))
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, w16 = ctx.saved_tensors
-        grad_x = grad.mm(w16) if ctx.needs_input_grad[0] else None
-        grad_w = grad.t().contiguous().mm(x)
-        # autocast's path: the bf16 bias's gradient (a bf16 sum over the batch), widened
-        return grad_x, grad_w, grad.sum(0).to(torch.float32)
-
-
-class _CastOnceLinear(nn.Module):
-    """Stands in for the first nn.Linear (w, k) while a bf16 autocast fit trains it, holding
-    the same weight and bias Parameters (so the state dict's keys and the optimizer's
-    parameters are the Linear's), with the two weight casts written into tensors kept for the
-    whole fit instead of new ones every step.
-
-    The numbers are autocast's: in a training forward, ``_Bf16Linear`` reads a bf16 leaf
-    holding the weight's bf16 rounding (what autocast's cast gives); after ``backward()``,
-    ``to_master()`` widens that leaf's bf16 gradient into a kept fp32 tensor and hands it to
-    ``weight.grad``, as autocast's cast backward would have handed over a new one. Outside
-    training (validation) it is the plain Linear.
-    """
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.weight, self.bias = linear.weight, linear.bias
-        # both overwritten before each read: the forward's copy, to_master's copy
-        self.w16 = torch.empty(linear.weight.shape, dtype=torch.bfloat16).requires_grad_(True)
-        self.grad32 = torch.empty(linear.weight.shape, dtype=linear.weight.dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and torch.is_grad_enabled()):
-            return nn.functional.linear(x, self.weight, self.bias)
-        with torch.no_grad():
-            self.w16.copy_(self.weight)
-        return _Bf16Linear.apply(x.to(torch.bfloat16), self.w16, self.bias)
-
-    def to_master(self) -> None:
-        if self.w16.grad is None:
-            return
-        with torch.no_grad():
-            self.grad32.copy_(self.w16.grad)
-        self.weight.grad = self.grad32
-        self.w16.grad = None
-
-
-def _seeded_init(model: MLPHead, gen: torch.Generator) -> None:
-    """nn.Linear's default initialisation, drawn from ``gen``."""
-    with torch.no_grad():
-        for m in model.network:
-            if isinstance(m, nn.Linear):
-                nn.init.kaiming_uniform_(m.weight, a=5 ** 0.5, generator=gen)
-                bound = 1.0 / m.in_features ** 0.5
-                nn.init.uniform_(m.bias, -bound, bound, generator=gen)
-
-
-def _row_chunks(X: np.ndarray, rows: np.ndarray | None, chunk_rows: int):
-    """X[rows] (all rows if None) as float32 row chunks, without copying X[rows] whole."""
-    n = X.shape[0] if rows is None else len(rows)
-    for s in range(0, n, chunk_rows):
-        part = X[s:s + chunk_rows] if rows is None else X[rows[s:s + chunk_rows]]
-        yield s, np.asarray(part, dtype=np.float32)
-
-
-def _standard_stats(X: np.ndarray, chunk_rows: int = 1024, rows: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Column mean and std (k,) float64 of X[rows] (n, k), accumulated over row chunks, so that
-    no (n, k) float64 temporary is made (it would be twice the size of X)."""
-    n = X.shape[0] if rows is None else len(rows)
-    k = X.shape[1]
-    mean = np.zeros(k, dtype=np.float64)
-    for _, part in _row_chunks(X, rows, chunk_rows):
-        mean += part.sum(axis=0, dtype=np.float64)
-    mean /= n
-    var = np.zeros(k, dtype=np.float64)
-    for _, part in _row_chunks(X, rows, chunk_rows):
-        var += np.square(part - mean).sum(axis=0)
-    std = np.sqrt(var / n)
-    std = np.where(std > 1e-8 * (1.0 + np.abs(mean)), std, 1.0)   # constant column: leave as is
-    return mean, std
-
-
-# Validation rows per product: the standardised rows of one product are (rows, inputs) bf16, so
-# reading a fold's validation rows 1,024 at a time instead of all at once bounds that buffer
-# (45 MB for 3,150 rows of 7,223 inputs) whatever the number of rows. Under bf16 autocast
-# (oneDNN) row products of these sizes give the same logits bit for bit; in float32 (MKL picks
-# its kernel by shape) they may differ in the last bit (tests/test_head.py).
-_VAL_ROWS = 1024
-
-
-class _Standardised:
-    """Rows of X standardised when read: ``take(i)`` = (X[rows[i]] - mean) / std, computed in
-    float32 and returned as ``dtype`` (b, k).
-
-    Why not a standardised copy of the fold: that copy is (n, k), as large as the head's
-    input itself, and it grew with the rows (the head search's peak memory did). Reading a
-    batch's rows costs a gather and two float32 operations on (b, k) (about 2 ms for 256 rows
-    of 7,220 neurons on 2 cores); the numbers are the ones the copy held (same float32 ops).
-    X (N, k) float16/float32; rows (n,) int or None (all N rows); mean, std (k,)."""
-
-    def __init__(self, X: np.ndarray, rows: np.ndarray | None, mean: np.ndarray, std: np.ndarray,
-                 dtype: torch.dtype):
-        self.X, self.rows, self.dtype = X, rows, dtype
-        self.mean32 = torch.from_numpy(mean.astype(np.float32))
-        self.std32 = torch.from_numpy(std.astype(np.float32))
-        self.n = X.shape[0] if rows is None else len(rows)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def take(self, idx: np.ndarray | slice, piece_rows: int = 512) -> torch.Tensor:
-        """idx: positions in 0..n-1 (an int array or a slice) -> (b, k) tensor of ``dtype``,
-        its float32 temporaries at most ``piece_rows`` rows."""
-        pick = np.arange(self.n)[idx] if isinstance(idx, slice) else np.asarray(idx)
-        if self.rows is not None:
-            pick = self.rows[pick]
-        out = torch.empty((len(pick), self.X.shape[1]), dtype=self.dtype)
-        for s in range(0, len(pick), piece_rows):
-            # torch rather than numpy for the float16 -> float32 cast (numpy's is several times
-            # slower); the same float32 subtraction and division either way
-            part = torch.from_numpy(np.asarray(self.X[pick[s:s + piece_rows]])).to(torch.float32)
-            part.sub_(self.mean32).div_(self.std32)
-            out[s:s + len(part)] = part
-        return out
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.n, self.X.shape[1]
-
-    __getitem__ = take      # so `siren.mlp.logits_of` reads it as it reads a tensor
 
 
 def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rates: list[float],
@@ -304,6 +146,31 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
     max_epochs = defaults["max_epochs"] if max_epochs is None else max_epochs
     batch_size = defaults["head_batch_size"] if batch_size is None else batch_size
     patience = defaults["patience"] if patience is None else patience
+    data = _fit_data(X, y, rows=rows, X_val=X_val, y_val=y_val, groups_val=groups_val, val_rows=val_rows,
+                     column_scale=column_scale, bf16=bf16, stop_on=stop_on)
+    loss_fn, class_w = _fit_loss(balance, data.y, data.n, groups, data.rows)
+    run = _fit_state(data.k, layer_dims, dropout_rates, int(seed), ema=ema, input_dropout=input_dropout,
+                     bf16=bf16, lr=lr, weight_decay=weight_decay, fused=fused)
+    history: dict = {"val_f1": [], "train_loss": [], "best_epoch": 0, "best_val_f1": None}
+    best = _Best()
+    for epoch in range(1, max_epochs + 1):
+        history["train_loss"].append(_fit_epoch(run, data, loss_fn, batch_size, bf16, ema))
+        if not data.has_val:
+            continue
+        f1, score = _validate(run.kept, data, stop_on, class_w, bf16)
+        history["val_f1"].append(f1)
+        best.update(score, f1, epoch, run.kept)
+        if on_epoch is not None:
+            on_epoch(epoch, f1)
+        if best.stale >= patience:
+            break
+    return _fit_result(run, data, best, history, max_epochs)
+
+
+def _fit_data(X, y, *, rows, X_val, y_val, groups_val, val_rows, column_scale, bf16: bool,
+              stop_on: str) -> SimpleNamespace:
+    """fit_head's rows: the training rows standardised when read (``Xt``, labels ``y``/``yt``, the
+    ``mean``/``std`` folded in at the end) and, with validation, ``Xv``, ``yv``, ``gv``, ``yv_t``."""
     X = X if isinstance(X, np.ndarray) else np.asarray(X, dtype=np.float32)
     y = np.asarray(y).reshape(-1).astype(np.int64)
     if rows is not None:
@@ -323,23 +190,26 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
     # Under bf16 autocast the first Linear casts its input to bf16 anyway, so handing it the
     # standardised rows in bf16 gives the same numbers.
     in_dtype = torch.bfloat16 if bf16 else torch.float32
-    Xt = _Standardised(X, rows, mean, std, in_dtype)
-    yt = torch.from_numpy(y)
-    has_val = X_val is not None and y_val is not None
-    if has_val:
+    data = SimpleNamespace(X=X, y=y, rows=rows, n=n, k=k, mean=mean, std=std,
+                           Xt=_Standardised(X, rows, mean, std, in_dtype), yt=torch.from_numpy(y),
+                           has_val=X_val is not None and y_val is not None)
+    if data.has_val:
         X_val = X_val if isinstance(X_val, np.ndarray) else np.asarray(X_val, dtype=np.float32)
-        Xv = _Standardised(X_val, None if val_rows is None else np.asarray(val_rows, dtype=np.int64),
-                           mean, std, in_dtype)
+        data.Xv = _Standardised(X_val, None if val_rows is None else np.asarray(val_rows, dtype=np.int64),
+                                mean, std, in_dtype)
         yv = np.asarray(y_val).reshape(-1)
         gv = np.zeros(len(yv), np.int64) if groups_val is None else np.asarray(groups_val).reshape(-1)
         if val_rows is not None:
             yv, gv = yv[val_rows], gv[val_rows]
-        yv_t = torch.from_numpy(np.asarray(yv, dtype=np.int64))
+        data.yv, data.gv, data.yv_t = yv, gv, torch.from_numpy(np.asarray(yv, dtype=np.int64))
+    return data
 
-    # each class weighs the same: n / (2 n_c) (the "label" loss, and stop_on="loss")
+
+def _fit_loss(balance: str, y: np.ndarray, n: int, groups, rows) -> tuple[Callable, torch.Tensor]:
+    """(loss_fn(logits (b, 2), target (b,), idx (b,) the batch's row numbers) -> weighted mean CE,
+    class weights (2,)): each class weighs n / (2 n_c) (the "label" loss, and stop_on="loss")."""
     counts = np.bincount(y, minlength=2).astype(np.float64)
     class_w = torch.tensor(np.where(counts > 0, n / (2.0 * np.maximum(counts, 1)), 0.0), dtype=torch.float32)
-    # loss_fn(logits (b, 2), target (b,), idx (b,) the batch's row numbers) -> weighted mean CE
     if balance == "label":
         class_ce = nn.CrossEntropyLoss(weight=class_w)
 
@@ -364,101 +234,126 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, layer_dims: list[int], dropout_rat
             return (ce(logits, target) * w).sum() / w.sum()   # CrossEntropyLoss(weight)'s mean, per row
     else:
         raise ValueError(f"balance {balance!r}: use one of {', '.join(BALANCES)}")
+    return loss_fn, class_w
 
-    history: dict = {"val_f1": [], "train_loss": [], "best_epoch": 0, "best_val_f1": None}
-    seed = int(seed)
+
+def _fit_state(k: int, layer_dims, dropout_rates, seed: int, *, ema, input_dropout, bf16: bool, lr: float,
+               weight_decay: float, fused: bool) -> SimpleNamespace:
+    """The seeded model, its EMA copy, generators, training-time module swaps and optimizer."""
     with torch.random.fork_rng(devices=[]):    # nn.Linear's own init would advance the global RNG
         model = MLPHead(k, layer_dims, dropout_rates)
     _seeded_init(model, torch.Generator().manual_seed(seed))
+    run = SimpleNamespace(model=model, avg=None, steps=0)
     # ema: an exponential moving average of the weights over the steps; it is what is
     # validated, kept and returned (the raw weights only train). Warm-up: the decay at step t
     # is min(ema, (1 + t) / (10 + t)), so the initial weights fade quickly.
-    avg = None
     if ema is not None:
         if not 0.0 < float(ema) < 1.0:
             raise ValueError(f"ema {ema!r}: a decay in (0, 1), or None")
-        avg = copy.deepcopy(model).eval().requires_grad_(False)   # before the dropouts are swapped
-        avg_params, raw_params = list(avg.parameters()), list(model.parameters())
-    kept = model if avg is None else avg      # the weights that are validated and kept
-    steps = 0
-    shuffle_gen = torch.Generator().manual_seed(seed + 1)
+        run.avg = copy.deepcopy(model).eval().requires_grad_(False)   # before the dropouts are swapped
+        run.avg_params, run.raw_params = list(run.avg.parameters()), list(model.parameters())
+    run.kept = model if run.avg is None else run.avg      # the weights that are validated and kept
+    run.shuffle_gen = torch.Generator().manual_seed(seed + 1)
     drop_gen = torch.Generator().manual_seed(seed + 2)
     if not 0.0 <= float(input_dropout) < 1.0:
         raise ValueError(f"input_dropout {input_dropout!r}: a probability in [0, 1)")
     # its own generator, so that input_dropout=0 leaves every other draw (and the head) as before
-    in_drop = _SeededDropout(input_dropout, torch.Generator().manual_seed(seed + 3))
-    net = model.network
+    run.in_drop = _SeededDropout(input_dropout, torch.Generator().manual_seed(seed + 3))
+    net = run.net = model.network
     for i, m in enumerate(net):
         if isinstance(m, nn.Dropout):
             net[i] = _SeededDropout(m.p, drop_gen)
-    first_linear = net[0]
-    first_w16 = _CastOnceLinear(first_linear) if bf16 and _CAST_INTO_KEPT_BUFFERS else None
-    if first_w16 is not None:
-        net[0] = first_w16
+    run.first_linear = net[0]
+    run.first_w16 = _CastOnceLinear(net[0]) if bf16 and _CAST_INTO_KEPT_BUFFERS else None
+    if run.first_w16 is not None:
+        net[0] = run.first_w16
     decay = [p for nme, p in model.named_parameters() if nme.endswith("weight")]
     no_decay = [p for nme, p in model.named_parameters() if nme.endswith("bias")]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr,
-                            fused=bool(fused))
-    best_state, best_score, best_f1, best_epoch, stale = None, -np.inf, None, 0, 0
-    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(bf16))  # noqa: E731
-    for epoch in range(1, max_epochs + 1):
-        model.train()
-        perm = torch.randperm(n, generator=shuffle_gen)
-        total = 0.0
-        for s in range(0, n, batch_size):
-            idx = perm[s:s + batch_size]
-            opt.zero_grad(set_to_none=True)
-            with autocast():
-                loss = loss_fn(model(in_drop(Xt[idx.numpy()])).float(), yt[idx], idx)
-            loss.backward()
-            if first_w16 is not None:
-                first_w16.to_master()
-            opt.step()
-            if avg is not None:
-                steps += 1
-                with torch.no_grad():
-                    torch._foreach_lerp_(avg_params, raw_params, 1.0 - min(float(ema), (1 + steps) / (10 + steps)))
-            total += float(loss.detach()) * len(idx)
-        history["train_loss"].append(total / n)
-        if not has_val:
-            continue
-        with autocast():
-            logits = logits_of(kept, Xv, chunk_rows=_VAL_ROWS)
-        f1 = mean_group_macro_f1(yv, logits.argmax(dim=1).numpy(), gv)
-        history["val_f1"].append(f1)
-        score = f1 if stop_on == "f1" else -float(
-            nn.functional.cross_entropy(logits.float(), yv_t, weight=class_w))
-        if score > best_score:
-            best_score, best_f1, best_epoch, stale = score, f1, epoch, 0
+    run.opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=lr, fused=bool(fused))
+    return run
+
+
+def _autocast(bf16: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(bf16))
+
+
+def _fit_epoch(run: SimpleNamespace, data: SimpleNamespace, loss_fn: Callable, batch_size: int, bf16: bool,
+               ema) -> float:
+    """One pass over the training rows in a seeded shuffle; returns the mean training loss."""
+    model, opt, n = run.model, run.opt, data.n
+    model.train()
+    perm = torch.randperm(n, generator=run.shuffle_gen)
+    total = 0.0
+    for s in range(0, n, batch_size):
+        idx = perm[s:s + batch_size]
+        opt.zero_grad(set_to_none=True)
+        with _autocast(bf16):
+            loss = loss_fn(model(run.in_drop(data.Xt[idx.numpy()])).float(), data.yt[idx], idx)
+        loss.backward()
+        if run.first_w16 is not None:
+            run.first_w16.to_master()
+        opt.step()
+        if run.avg is not None:
+            run.steps += 1
+            with torch.no_grad():
+                torch._foreach_lerp_(run.avg_params, run.raw_params,
+                                     1.0 - min(float(ema), (1 + run.steps) / (10 + run.steps)))
+        total += float(loss.detach()) * len(idx)
+    return total / n
+
+
+def _validate(kept: MLPHead, data: SimpleNamespace, stop_on: str, class_w: torch.Tensor, bf16: bool
+              ) -> tuple[float, float]:
+    """(validation mean_group_macro_f1, early-stopping score: that F1, or minus the class-weighted CE)."""
+    with _autocast(bf16):
+        logits = logits_of(kept, data.Xv, chunk_rows=_VAL_ROWS)
+    f1 = mean_group_macro_f1(data.yv, logits.argmax(dim=1).numpy(), data.gv)
+    score = f1 if stop_on == "f1" else -float(
+        nn.functional.cross_entropy(logits.float(), data.yv_t, weight=class_w))
+    return f1, score
+
+
+class _Best:
+    """Early stopping's record: the best score, its F1 and epoch, a copy of its state, and the
+    number of epochs since (``stale``)."""
+
+    def __init__(self):
+        self.state, self.score, self.f1, self.epoch, self.stale = None, -np.inf, None, 0, 0
+
+    def update(self, score: float, f1: float, epoch: int, kept: MLPHead) -> None:
+        if score > self.score:
+            self.score, self.f1, self.epoch, self.stale = score, f1, epoch, 0
             # into one kept copy: a new copy each time held two while the old one was dropped
             # (the widest heads' state is 80 MB at 7,220 inputs)
-            if best_state is None:
-                best_state = copy.deepcopy(kept.state_dict())
+            if self.state is None:
+                self.state = copy.deepcopy(kept.state_dict())
             else:
                 for key, value in kept.state_dict().items():
-                    best_state[key].copy_(value)
+                    self.state[key].copy_(value)
         else:
-            stale += 1
-        if on_epoch is not None:
-            on_epoch(epoch, f1)
-        if stale >= patience:
-            break
+            self.stale += 1
+
+
+def _fit_result(run: SimpleNamespace, data: SimpleNamespace, best: _Best, history: dict, max_epochs: int
+                ) -> tuple[MLPHead, dict]:
+    """Undo the training-time swaps, restore the kept weights, fold the standardisation in."""
+    model, net = run.model, run.net
     for i, m in enumerate(net):
         if isinstance(m, _SeededDropout):
             net[i] = nn.Dropout(m.p)
-    net[0] = first_linear
-    opt.zero_grad(set_to_none=True)    # a kept head (fold heads are kept) holds no gradients
-    del opt
-    if has_val and best_state is not None:
-        model.load_state_dict(best_state)
-        history["best_epoch"], history["best_val_f1"] = best_epoch, float(best_f1)
+    net[0] = run.first_linear
+    run.opt.zero_grad(set_to_none=True)    # a kept head (fold heads are kept) holds no gradients
+    del run.opt
+    if data.has_val and best.state is not None:
+        model.load_state_dict(best.state)
+        history["best_epoch"], history["best_val_f1"] = best.epoch, float(best.f1)
     else:
-        if avg is not None:
-            model.load_state_dict(avg.state_dict())
+        if run.avg is not None:
+            model.load_state_dict(run.avg.state_dict())
         history["best_epoch"] = max_epochs
-    fold_standardisation(model, mean, std)
-    history["mean"], history["std"] = mean.astype(np.float32), std.astype(np.float32)
+    fold_standardisation(model, data.mean, data.std)
+    history["mean"], history["std"] = data.mean.astype(np.float32), data.std.astype(np.float32)
     model.eval()
     return model, history
 

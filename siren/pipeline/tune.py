@@ -282,99 +282,107 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
     y = np.asarray(y).reshape(-1)
     groups = np.asarray(groups).reshape(-1)
     folds = cv_folds(y, groups, n_folds, seed)
-    input_dim = X.shape[1]
+    study = _make_study(storage, study_name, seed, sampler_startup_trials, pruner,
+                        pruner_startup_trials, pruner_warmup_epochs)
+    fit_kwargs = dict(max_epochs=max_epochs, batch_size=batch_size, patience=patience, fused=fused, bf16=bf16,
+                      column_scale=column_scale, groups=groups, balance=balance, stop_on=stop_on, ema=ema,
+                      input_dropout=input_dropout, weight_decay=weight_decay)
+    search = _Search(X, y, groups, folds, study=study, n_trials=n_trials, seed=seed, width_cap=width_cap,
+                     halving=pruner == "halving", files=_HeadFiles(spill_dir), fit_kwargs=fit_kwargs)
+    try:
+        _run_study(study, search.objective, n_trials, n_jobs, progress)
+        return search.result()
+    finally:
+        search.files.close()
 
+
+def _make_study(storage, study_name, seed: int, sampler_startup_trials, pruner: str, pruner_startup_trials: int,
+                pruner_warmup_epochs: int) -> optuna.Study:
+    """The (new or shared) study with its TPE sampler and pruner."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)      # one bar instead of INFO lines
     # A shared study's trial order depends on timing, so it cannot be reproducible anyway;
     # what matters is that workers do not all draw the same startup configurations.
     sampler_seed = seed if storage is None else (seed * 1_000_003 + os.getpid()) % (2**31)
     sampler = optuna.samplers.TPESampler(seed=sampler_seed, **(
         {} if sampler_startup_trials is None else {"n_startup_trials": int(sampler_startup_trials)}))
-    study = _open_study(storage, study_name or "siren_head", sampler,
-                        make_pruner(pruner, startup_trials=pruner_startup_trials,
-                                    warmup_epochs=pruner_warmup_epochs))
-    halving = pruner == "halving"
-    kept: dict[str, Any] = {"value": -np.inf, "number": -1, "heads": None, "oof": None}
-    files = _HeadFiles(spill_dir)
-    kept_lock = threading.Lock()                      # n_jobs > 1 runs trials in threads
+    return _open_study(storage, study_name or "siren_head", sampler,
+                       make_pruner(pruner, startup_trials=pruner_startup_trials,
+                                   warmup_epochs=pruner_warmup_epochs))
 
-    def objective(trial: optuna.Trial) -> float:
-        if trial.number >= n_trials:
+
+class _Search:
+    """One worker's side of the search: the objective (k-fold CV of one configuration), the best
+    trial's fold heads and out-of-fold scores kept so far, and the summary at the end."""
+
+    def __init__(self, X, y, groups, folds, *, study: optuna.Study, n_trials: int, seed: int, width_cap: int,
+                 halving: bool, files: _HeadFiles, fit_kwargs: dict):
+        self.X, self.y, self.groups, self.folds = X, y, groups, folds
+        self.study, self.n_trials, self.seed, self.width_cap = study, n_trials, seed, width_cap
+        self.halving, self.files, self.fit_kwargs = halving, files, fit_kwargs
+        self.kept: dict[str, Any] = {"value": -np.inf, "number": -1, "heads": None, "oof": None}
+        self.kept_lock = threading.Lock()                 # n_jobs > 1 runs trials in threads
+
+    def objective(self, trial: optuna.Trial) -> float:
+        if trial.number >= self.n_trials:
             trial.set_user_attr("surplus", True)
-            study.stop()
-            raise _SurplusTrial(f"trial {trial.number} is past the cap of {n_trials}")
-        params = suggest_head_params(trial, input_dim, width_cap)
+            self.study.stop()
+            raise _SurplusTrial(f"trial {trial.number} is past the cap of {self.n_trials}")
+        params = suggest_head_params(trial, self.X.shape[1], self.width_cap)
         scores, epochs, heads = [], [], []      # heads: tickets of `files`
-        oof = np.full(len(y), np.nan, dtype=np.float32)
+        oof = np.full(len(self.y), np.nan, dtype=np.float32)
         try:
-            run_folds(trial, params, scores, epochs, heads, oof)
+            self.run_folds(trial, params, scores, epochs, heads, oof)
         except BaseException:
-            files.drop(heads)       # a pruned (or failed) trial's fold heads are never used
+            self.files.drop(heads)       # a pruned (or failed) trial's fold heads are never used
             raise
         trial.set_user_attr("fold_scores", [float(s) for s in scores])
         trial.set_user_attr("best_epochs", [int(e) for e in epochs])
         value = float(np.mean(scores))
-        with kept_lock:     # same order as the final pick below: higher value, then lower number
+        kept = self.kept
+        with self.kept_lock:     # same order as the final pick in result(): higher value, then lower number
             if (value, -trial.number) > (kept["value"], -kept["number"]):
                 if kept["heads"] is not None:
-                    files.drop(kept["heads"])
+                    self.files.drop(kept["heads"])
                 kept.update(value=value, number=trial.number, heads=heads, oof=oof)
             else:
-                files.drop(heads)
+                self.files.drop(heads)
         return value
 
-    def run_folds(trial, params, scores, epochs, heads, oof) -> None:
-        for f, (tr, va) in enumerate(folds):
+    def on_epoch(self, trial: optuna.Trial, f: int):
+        """fit_head's ``on_epoch`` for fold f: reports the fold's best score so far, may prune."""
+        best = [-np.inf]
+        max_epochs = self.fit_kwargs["max_epochs"]
+
+        def on_epoch(epoch: int, score: float) -> None:
+            best[0] = max(best[0], score)
+            if self.halving and f > 0:
+                return          # halving's budget axis is fold 0's epochs; later folds run out
+            step = f * max_epochs + epoch
+            trial.report(best[0], step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"fold {f} epoch {epoch}: {best[0]:.4f}")
+        return on_epoch
+
+    def run_folds(self, trial, params, scores, epochs, heads, oof) -> None:
+        X, y, groups = self.X, self.y, self.groups
+        for f, (tr, va) in enumerate(self.folds):
             # Before each fit, the previous fit's optimizer state and copies go back to the OS,
             # also those of a pruned trial, which its exception's traceback may still hold.
             trim()
-            best = [-np.inf]
-
-            def on_epoch(epoch: int, score: float, f=f, best=best) -> None:
-                best[0] = max(best[0], score)
-                if halving and f > 0:
-                    return          # halving's budget axis is fold 0's epochs; later folds run out
-                step = f * max_epochs + epoch
-                trial.report(best[0], step)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"fold {f} epoch {epoch}: {best[0]:.4f}")
-
             model, hist = fit_head(     # X's fold rows are read batch by batch, never copied whole
-                X, y, rows=tr, **params, seed=seed + trial.number * 1000 + f,
-                max_epochs=max_epochs, batch_size=batch_size, patience=patience,
-                X_val=X, y_val=y, groups_val=groups, val_rows=va, on_epoch=on_epoch, fused=fused,
-                bf16=bf16, column_scale=column_scale, groups=groups, balance=balance, stop_on=stop_on,
-                ema=ema, input_dropout=input_dropout, weight_decay=weight_decay)
+                X, y, rows=tr, **params, seed=self.seed + trial.number * 1000 + f,
+                X_val=X, y_val=y, groups_val=groups, val_rows=va, on_epoch=self.on_epoch(trial, f),
+                **self.fit_kwargs)
             oof[va] = predict_proba_head(model, _float32_rows(X, va))
             pred = (oof[va] >= 0.5).astype(np.int64)
             scores.append(mean_group_macro_f1(y[va], pred, groups[va]))
             epochs.append(hist["best_epoch"])
-            heads.append(files.put(model, f"trial{trial.number}-fold{f}"))
+            heads.append(self.files.put(model, f"trial{trial.number}-fold{f}"))
             del model
 
-    def n_existing() -> int:
-        return len(study.get_trials(deepcopy=False))
-
-    try:
-        to_run = max(0, n_trials - n_existing())
-        if to_run > 0:
-            bar = tqdm(total=n_trials, initial=n_trials - to_run, desc="optuna", unit="trial",
-                       disable=not progress, leave=False)
-
-            def on_done(st: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-                if t.user_attrs.get("surplus"):
-                    return
-                bar.update(1)
-                done = st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                best = max((x.value for x in done), default=float("nan"))
-                last = f"{t.value:.4f}" if t.state == TrialState.COMPLETE else t.state.name.lower()
-                bar.set_postfix(trial=t.number, last=last, best=f"{best:.4f}")
-
-            study.optimize(objective, n_trials=to_run, n_jobs=n_jobs, catch=(_SurplusTrial,),
-                           callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=None),
-                                      on_done])
-            bar.close()
-
+    def result(self) -> TuneResult:
+        """The study's summary, with the best trial's fold heads read back if this worker ran it."""
+        study, kept = self.study, self.kept
         trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         pruned = [t for t in trials if t.state == TrialState.PRUNED]
@@ -387,11 +395,31 @@ def tune_head(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int
         # The last trial's fit (a pruned one's lives on in its exception's frames until collected)
         # goes back to the OS before the best trial's fold heads are read back beside it.
         trim()
-        fold_heads = [files.get(t) for t in kept["heads"]] if mine else None    # close() deletes the files
+        fold_heads = [self.files.get(t) for t in kept["heads"]] if mine else None    # close() deletes the files
         return TuneResult(best_params=params_from_trial(best.params), best_value=float(best.value),
                           n_trials_complete=len(complete), n_pruned=len(pruned),
                           trials=[_trial_dict(t) for t in trials],
                           best_epochs=float(np.mean(be)) if be else None,
                           fold_heads=fold_heads, oof_proba=kept["oof"] if mine else None)
-    finally:
-        files.close()
+
+
+def _run_study(study: optuna.Study, objective, n_trials: int, n_jobs: int, progress: bool) -> None:
+    """Run trials until the study holds ``n_trials`` (none if it already does), with a progress bar."""
+    to_run = max(0, n_trials - len(study.get_trials(deepcopy=False)))
+    if to_run <= 0:
+        return
+    bar = tqdm(total=n_trials, initial=n_trials - to_run, desc="optuna", unit="trial",
+               disable=not progress, leave=False)
+
+    def on_done(st: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+        if t.user_attrs.get("surplus"):
+            return
+        bar.update(1)
+        done = st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        best = max((x.value for x in done), default=float("nan"))
+        last = f"{t.value:.4f}" if t.state == TrialState.COMPLETE else t.state.name.lower()
+        bar.set_postfix(trial=t.number, last=last, best=f"{best:.4f}")
+
+    study.optimize(objective, n_trials=to_run, n_jobs=n_jobs, catch=(_SurplusTrial,),
+                   callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=None), on_done])
+    bar.close()
