@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -123,15 +124,58 @@ def classification_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -
     return out
 
 
+@dataclass
+class EvalSetup:
+    """What `evaluate` reads before any features: the guard, the settings, the datasets."""
+
+    cfg: object                 # the EvalConfig: flags, else the training run's settings, else defaults.yaml
+    train_cfg: object           # the TrainConfig of the run (seed, val_ratio, cache_dtype)
+    folder: Path
+    config: dict                # siren_config.json
+    model: str
+    dims: tuple[int, int] | None
+    datasets: list[str]
+    extras: list[str]
+    split_kw: dict
+    rep: str                    # the pooling type
+    selection: dict
+    weights: np.ndarray         # (L,)
+    head: object
+    threshold: float
+
+    @property
+    def everything(self) -> list[str]:
+        return self.datasets + self.extras
+
+
 def evaluate(args) -> dict:
     from siren import data
-    from siren.artifact import load_guard_config, load_head, selection_from_config, set_default_threshold
-    from siren.pipeline.cache import load_features
-    from siren.pipeline.extract import ensure_features
-    from siren.mlp import predict_proba_head
-    from siren.metrics import bootstrap_macro_f1, percentile_interval
-    from siren import checks
-    from siren.pipeline.select import aggregate
+
+    setup = load_setup(args)
+    start = time.perf_counter()
+    train_datasets = [d for d in setup.datasets if not data.is_eval_only(d)]
+    if setup.cfg.calibrate and not train_datasets:
+        raise SirenError("--calibrate needs datasets with a validation split (the training datasets)")
+    paths = eval_features(setup)
+    scores_of = scorer(setup, paths)
+    threshold, calibration, source = calibrate(setup, scores_of, train_datasets)
+    per_dataset, curves, replicates, score_rows = score_datasets(setup, scores_of, threshold, calibration)
+    report = build_report(setup, per_dataset, replicates, threshold, source, calibration,
+                          seconds=round(time.perf_counter() - start, 2))
+    report["categories"] = category_block(setup.folder, paths, setup.rep, setup.selection, setup.weights,
+                                          setup.everything, train_datasets, setup.split_kw)
+    if calibration:
+        prev = [per_dataset[n]["at_previous_threshold"] for n in report["averaged_over"]]
+        report["average_at_previous_threshold"] = {k: float(np.mean([c[k] for c in prev])) for k in AVERAGED}
+    write_outputs(setup.folder, report, score_rows, curves)
+    return report
+
+
+def load_setup(args) -> EvalSetup:
+    """The guard and its run's settings, checked (writable folders, the backbone's sizes, known
+    datasets) before any data or backbone loads."""
+    from siren import checks, data
+    from siren.artifact import load_guard_config, load_head, selection_from_config
     from siren.runtime.guard import check_backbone
     from siren.runtime.loading import local_guard
 
@@ -155,57 +199,84 @@ def evaluate(args) -> dict:
     if not datasets and not cfg.extra_datasets:
         raise SirenError("no datasets to evaluate: pass --datasets (the guard folder has no results.json)")
     extras = [d for d in cfg.extra_datasets if d not in datasets]
-    everything = datasets + extras
-    unknown = [d for d in everything if d not in data.known_datasets()]
+    unknown = [d for d in datasets + extras if d not in data.known_datasets()]
     if unknown:
         raise SirenError(f"unknown dataset(s) {unknown}: known are {', '.join(data.known_datasets())}")
 
     split_kw = dict(data_dir=cfg.data_dir, seed=train_cfg.seed, val_ratio=train_cfg.val_ratio,
                     max_per_split=cfg.max_per_split)
-    rep = config["siren_module"]["pooling_type"]
     _, selection, weight_of = selection_from_config(config)
     L = dims[0] if dims is not None else int(config.get("siren", {}).get("num_layers") or max(selection) + 1)
     weights = np.ones(L, dtype=np.float32)  # (L,): aggregate() reads only the selected layers'
     for layer, w in weight_of.items():
         weights[layer] = w
-    head = load_head(folder)
-    threshold = float(config["inference"]["default_threshold"])
+    return EvalSetup(cfg=cfg, train_cfg=train_cfg, folder=folder, config=config, model=model, dims=dims,
+                     datasets=datasets, extras=extras, split_kw=split_kw,
+                     rep=config["siren_module"]["pooling_type"], selection=selection, weights=weights,
+                     head=load_head(folder), threshold=float(config["inference"]["default_threshold"]))
 
-    start = time.perf_counter()
-    train_datasets = [d for d in datasets if not data.is_eval_only(d)]
-    if cfg.calibrate and not train_datasets:
-        raise SirenError("--calibrate needs datasets with a validation split (the training datasets)")
-    # One call: the backbone is loaded at most once, and only if some cache is missing or stale.
-    paths = ensure_features(model, everything, splits=("validation", "test") if cfg.calibrate else ("test",),
-                            pooling_types=[rep], cache_dir=cfg.cache_dir, batch_tokens=cfg.batch_tokens,
-                            batch_size=cfg.batch_size, dtype=cfg.dtype, device=cfg.device,
-                            cache_dtype=train_cfg.cache_dtype, max_length=int(config["inference"]["max_length"]),
-                            trust_remote_code=cfg.trust_remote_code, **split_kw)
+
+def eval_features(setup: EvalSetup) -> dict:
+    """{(dataset, split, pooling type): cache entry} for the test splits (and validation with
+    --calibrate). One call: the backbone is loaded at most once, and only if some cache is missing or stale."""
+    from siren.pipeline.extract import ensure_features
+
+    cfg = setup.cfg
+    return ensure_features(setup.model, setup.everything,
+                           splits=("validation", "test") if cfg.calibrate else ("test",),
+                           pooling_types=[setup.rep], cache_dir=cfg.cache_dir, batch_tokens=cfg.batch_tokens,
+                           batch_size=cfg.batch_size, dtype=cfg.dtype, device=cfg.device,
+                           cache_dtype=setup.train_cfg.cache_dtype,
+                           max_length=int(setup.config["inference"]["max_length"]),
+                           trust_remote_code=cfg.trust_remote_code, **setup.split_kw)
+
+
+def scorer(setup: EvalSetup, paths: dict):
+    """key -> (y (n,) int64, P(harmful) (n,), ids (n,)) of one cached split."""
+    from siren.mlp import predict_proba_head
+    from siren.pipeline.cache import load_features
+    from siren.pipeline.select import aggregate
+    from siren.runtime.guard import check_backbone
 
     def scores_of(key):
         fs = load_features(paths[key])
-        if dims is None:  # (n, L, d): the backbone's sizes, as the cache holds them
-            check_backbone(config, SimpleNamespace(num_layers=fs.X.shape[1], hidden_size=fs.X.shape[2]), str(folder))
-        return (np.asarray(fs.y).astype(np.int64), predict_proba_head(head, aggregate(fs.X, selection, weights)),
-                np.asarray(fs.ids))
+        if setup.dims is None:  # (n, L, d): the backbone's sizes, as the cache holds them
+            check_backbone(setup.config, SimpleNamespace(num_layers=fs.X.shape[1], hidden_size=fs.X.shape[2]),
+                           str(setup.folder))
+        return (np.asarray(fs.y).astype(np.int64),
+                predict_proba_head(setup.head, aggregate(fs.X, setup.selection, setup.weights)), np.asarray(fs.ids))
 
-    calibration, source = None, "the guard's inference.default_threshold"
-    if cfg.calibrate:
-        pairs = [scores_of((d, "validation", rep))[:2] for d in train_datasets]
-        from siren.metrics import best_threshold, score_thresholds
+    return scores_of
 
-        ys = np.concatenate([y for y, _ in pairs])
-        ss = np.concatenate([s for _, s in pairs])
-        gs = np.concatenate([np.full(len(y), k) for k, (y, _) in enumerate(pairs)])
-        calibrated, _ = best_threshold(ys, ss, gs, grid=score_thresholds(ss))
-        calibration = {"previous_threshold": threshold, "calibrated_threshold": calibrated,
-                       "calibrated_on": [f"{d}/validation" for d in train_datasets]}
-        set_default_threshold(folder, calibrated)  # siren_config.json and best_model.pkl
-        threshold, source = calibrated, "calibrated by this evaluation (now the guard's default_threshold)"
+
+def calibrate(setup: EvalSetup, scores_of, train_datasets: list[str]) -> tuple[float, dict | None, str]:
+    """(threshold, calibration, source): with --calibrate, the threshold that maximises the mean
+    validation macro-F1 of the training datasets, stored in the guard; else the guard's own."""
+    from siren.artifact import set_default_threshold
+    from siren.metrics import best_threshold, score_thresholds
+
+    threshold = setup.threshold
+    if not setup.cfg.calibrate:
+        return threshold, None, "the guard's inference.default_threshold"
+    pairs = [scores_of((d, "validation", setup.rep))[:2] for d in train_datasets]
+    ys = np.concatenate([y for y, _ in pairs])
+    ss = np.concatenate([s for _, s in pairs])
+    gs = np.concatenate([np.full(len(y), k) for k, (y, _) in enumerate(pairs)])
+    calibrated, _ = best_threshold(ys, ss, gs, grid=score_thresholds(ss))
+    calibration = {"previous_threshold": threshold, "calibrated_threshold": calibrated,
+                   "calibrated_on": [f"{d}/validation" for d in train_datasets]}
+    set_default_threshold(setup.folder, calibrated)  # siren_config.json and best_model.pkl
+    return calibrated, calibration, "calibrated by this evaluation (now the guard's default_threshold)"
+
+
+def score_datasets(setup: EvalSetup, scores_of, threshold: float, calibration: dict | None):
+    """Per test set: its metrics (with the bootstrap interval of macro-F1 when both classes are
+    present). Returns (per_dataset, curves {name: (y, s)}, replicates {name: (B,)}, score_rows)."""
+    from siren.metrics import bootstrap_macro_f1, percentile_interval
 
     per_dataset, curves, replicates, score_rows = {}, {}, {}, []
-    for k, name in enumerate(everything):
-        y, s, ids = scores_of((name, "test", rep))
+    for k, name in enumerate(setup.everything):
+        y, s, ids = scores_of((name, "test", setup.rep))
         score_rows += [{"dataset": name, "id": str(i), "label": int(t), "score": float(v)}
                        for i, t, v in zip(ids, y, s)]
         entry = classification_metrics(y, s, threshold)
@@ -214,18 +285,28 @@ def evaluate(args) -> dict:
         entry["harmful_only"] = bool(y.min() == 1)
         if "f1" in entry:   # both classes present: how far resampling the test rows moves macro-F1
             replicates[name] = bootstrap_macro_f1(y, s >= threshold, n_boot=BOOTSTRAP_RESAMPLES,
-                                                  boot_seed=split_kw["seed"] + k)
+                                                  boot_seed=setup.split_kw["seed"] + k)
             entry["f1_ci95"] = list(percentile_interval(replicates[name]))
         per_dataset[name] = entry
         if y.min() != y.max():
             curves[name] = (y, s)
+    return per_dataset, curves, replicates, score_rows
+
+
+def build_report(setup: EvalSetup, per_dataset: dict, replicates: dict, threshold: float, source: str,
+                 calibration: dict | None, seconds: float) -> dict:
+    """eval_results.json's content but `categories`: the metrics, their averages over the datasets
+    with both classes (and the average's bootstrap interval), the settings."""
+    from siren.metrics import percentile_interval
+
+    split_kw = setup.split_kw
     averaged = [n for n, e in per_dataset.items() if "f1" in e]
     average = {k: float(np.mean([per_dataset[n][k] for n in averaged])) for k in AVERAGED} if averaged else {}
     if averaged:   # each dataset resampled on its own; replicate b of the average = the mean of their b-th
         average["f1_ci95"] = list(percentile_interval(np.mean([replicates[n] for n in averaged], axis=0)))
-    report = {
-        "model": model,
-        "guard": str(folder),
+    return {
+        "model": setup.model,
+        "guard": str(setup.folder),
         "decision_threshold": threshold,
         "decision_threshold_source": source,
         "calibration": calibration,
@@ -239,21 +320,20 @@ def evaluate(args) -> dict:
                       "method": "percentile interval of macro-F1 over resamples (with replacement) of each "
                                 "dataset's test rows, dataset k drawn with seed + k; the average's interval from "
                                 "the mean of the datasets' replicates"},
-        "config": {**cfg.as_dict(), "datasets": datasets, "extra_datasets": extras, **split_kw},
-        "seconds": round(time.perf_counter() - start, 2),
+        "config": {**setup.cfg.as_dict(), "datasets": setup.datasets, "extra_datasets": setup.extras, **split_kw},
+        "seconds": seconds,
         "note": "offline copies are not the paper's splits: numbers are not comparable with the paper's table"
         if split_kw["data_dir"] or os.environ.get("SIREN_DATA_DIR") else None,
     }
-    report["categories"] = category_block(folder, paths, rep, selection, weights, everything, train_datasets, split_kw)
-    if calibration:
-        prev = [per_dataset[n]["at_previous_threshold"] for n in averaged]
-        report["average_at_previous_threshold"] = {k: float(np.mean([c[k] for c in prev])) for k in AVERAGED}
+
+
+def write_outputs(folder: Path, report: dict, score_rows: list[dict], curves: dict) -> None:
+    """test_scores.jsonl, eval_results.json, roc.png and f1.png into the guard folder."""
     # every test row's score, for error analysis and paired comparisons of two guards
     # (experiments/compare_guards.py); written before eval_results.json, so a finished report has its rows beside it
     atomic_write_text(folder / "test_scores.jsonl", "".join(json.dumps(r) + "\n" for r in score_rows))
     atomic_write_json(folder / "eval_results.json", report)
     plot_results(folder, report, curves)
-    return report
 
 
 def category_block(folder, paths, rep, selection, weights, datasets, train_datasets, split_kw) -> dict | None:

@@ -15,7 +15,7 @@ Writes, into `train/probes/optuna/{MODEL}_general/` (`siren.config.output_dir`) 
                             carry categories (siren.pipeline.categories; `category_head: off` skips it)
 
 All of it is written into a temporary folder beside the output folder and moved into place
-only when every stage has succeeded: a run that fails leaves an existing output folder as it
+(siren.pipeline.run_folder) only when every stage has succeeded: a run that fails leaves an existing output folder as it
 was (files of an earlier run that the new one does not write, such as its eval_results.json,
 are removed when the new run lands, since they describe another guard).
 
@@ -26,12 +26,7 @@ train+validation -> per-dataset test F1 -> save -> publish.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import os
-import resource
-import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,16 +34,12 @@ import numpy as np
 
 from siren import config as cfgmod
 from siren.errors import SirenError
-from siren.fileio import atomic_write_json, file_lock, fsync_dir, jsonable, staging_dir
+from siren.fileio import atomic_write_json, jsonable
 from siren.log import log
-from siren.memory import trim
-from siren.pipeline.answer import ANSWER_WEIGHTS_NAME
-
-# Files a run writes whose names do not depend on its settings, plus those an evaluation adds:
-# when a new run lands in a folder, the ones it did not write are removed (they describe another guard).
-RUN_FILES = ("splits.json", "siren_config.json", "siren.safetensors", ANSWER_WEIGHTS_NAME, "best_model.pkl",
-             "results.json", "layers.png", "eval_results.json", "test_scores.jsonl", "roc.png", "f1.png",
-             "categories.safetensors", "categories.json")
+# The run folder's staging and publishing, the stage timer and the reports live in run_folder;
+# their names stay importable from here.
+from siren.pipeline.run_folder import (RUN_FILES, Stages, peak_rss_gib, plot_layers, print_summary,  # noqa: F401
+                                       publish, staging_folder)
 
 
 def add_arguments(p) -> None:
@@ -90,63 +81,6 @@ def resolve_config(args):
 
 
 # --------------------------------------------------------------------------- stage helpers
-
-def _peak_rss_gib() -> float:
-    """The largest peak of this process and its finished children (the extraction child)."""
-    return max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 2**20
-
-
-class _Stages:
-    """Wall time of each stage, logged as it ends and kept for results.json."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        log(f"stage {name} ...")
-        start = time.perf_counter()
-        yield
-        trim()          # what the stage freed goes back to the OS before the next one allocates
-        took = time.perf_counter() - start
-        self.seconds[name] = self.seconds.get(name, 0.0) + took
-        log(f"stage {name} done in {took:.1f} s (peak RSS {_peak_rss_gib():.2f} GiB)")
-
-
-@contextlib.contextmanager
-def staging_folder(out_dir: Path):
-    """A temporary folder beside `out_dir` to write a run into; on success its files are moved
-    into `out_dir` (`publish`), on failure it is deleted and `out_dir` is untouched."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SirenError(f"output folder {out_dir} exists and is not a folder: pass another --out_dir")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with staging_dir(out_dir, on_stale=lambda p: log(f"removed {p}, left by a run that was killed")) as work:
-        try:
-            yield work
-            publish(work, out_dir)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def publish(work: Path, out_dir: Path) -> None:
-    """Move a finished run from `work` into `out_dir`: a rename when `out_dir` does not exist,
-    else file by file (os.replace), then drop the run files of an earlier run not rewritten."""
-    os.chmod(work, 0o755)
-    # Workers of one shared Optuna study finish into the same folder: one lands at a time.
-    with file_lock(out_dir.parent / f".{out_dir.name}.lock"):
-        if not out_dir.exists():
-            os.replace(work, out_dir)
-            fsync_dir(out_dir.parent)
-            return
-        written = {p.name for p in work.iterdir()}
-        for name in sorted(written):
-            os.replace(work / name, out_dir / name)
-        for old in out_dir.iterdir():
-            if old.name not in written and (old.name in RUN_FILES
-                                            or (old.name.startswith("probes_") and old.suffix == ".npz")):
-                old.unlink()
-        fsync_dir(out_dir)
-
 
 def check_datasets(datasets: list[str]) -> None:
     from siren import data
@@ -422,7 +356,7 @@ def save_run(work: Path, cfg, best: Candidate, candidates: list[Candidate], grid
         "guard_bytes": sizes,
         "final_head_train_loss": [round(float(x), 5) for x in history["train_loss"]],
         "timings_s": {k: round(v, 2) for k, v in seconds.items()},
-        "peak_rss_gib": round(_peak_rss_gib(), 3),
+        "peak_rss_gib": round(peak_rss_gib(), 3),
         "note": "offline copies are not the paper's splits: numbers are not comparable with the paper's table"
         if cfg.data_dir or os.environ.get("SIREN_DATA_DIR") else None,
     }
@@ -441,7 +375,7 @@ def train(cfg) -> dict:
     check_datasets(datasets)
     out_dir = Path(cfg.out_dir)
     seed = int(cfg.seed)
-    stage = _Stages()
+    stage = Stages()
     split_kw = dict(data_dir=cfg.data_dir, seed=seed, val_ratio=cfg.val_ratio, max_per_split=cfg.max_per_split)
 
     with staging_folder(out_dir) as work:
@@ -498,45 +432,3 @@ def train(cfg) -> dict:
             atomic_write_json(work / "results.json", jsonable(results))
     results["out_dir"] = str(out_dir)
     return results
-
-
-def plot_layers(path: Path, grid, n_per_layer: dict[int, int], title: str) -> None:
-    """Probe validation F1 per layer (line, one per C and the chosen) and selected neurons per layer (bars)."""
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from siren.fileio import save_figure
-
-    L = len(grid.val_f1)
-    layers = np.arange(L)
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    by_c = np.asarray(grid.val_f1_by_C)
-    for ci, c in enumerate(grid.c_values):
-        ax1.plot(layers, by_c[ci], alpha=0.5, lw=1, label=f"C={c:g}")
-    ax1.plot(layers, grid.val_f1, color="black", lw=2, marker="o", ms=3, label="chosen C")
-    ax1.set_ylabel("probe val macro-F1\n(mean over datasets)")
-    ax1.legend(fontsize=8, ncol=4)
-    ax1.set_title(title)
-    ax2.bar(layers, [n_per_layer.get(l, 0) for l in range(L)], color="tab:red")
-    ax2.set_ylabel("selected neurons")
-    ax2.set_xlabel("layer")
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
-
-
-def print_summary(results: dict) -> None:
-    print()
-    print(f"{'dataset':20s} {'test macro-F1':>13s}")
-    for name, f1 in results["test_f1"].items():
-        print(f"{name:20s} {f1:13.4f}")
-    print(f"{'average':20s} {results['test_f1_average']:13.4f}")
-    chosen = results["chosen"]
-    print(f"selected neurons: {results['n_selected_neurons']} of {results['n_total_neurons']}; "
-          f"chosen {chosen['pooling_type']} selection threshold {chosen['selection_threshold']}, "
-          f"CV F1 {chosen['cv_f1']:.4f}")
-    print("stage times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in results["timings_s"].items()))
-    print(f"outputs: {results['out_dir']}")
