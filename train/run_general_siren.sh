@@ -70,9 +70,7 @@ if [ -n "$OUT_DIR" ]; then OUT_DIR="$(realpath -m "$OUT_DIR")"; fi
 PY="${SIREN_PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
 
-ARGS=()
-flag() { [ -n "$2" ] && ARGS+=("$1" "$2"); return 0; }         # one value
-flags() { [ -n "$2" ] && { read -r -a _v <<< "$2"; ARGS+=("$1" "${_v[@]}"); }; return 0; }  # a list
+source "$ROOT/scripts/driver_args.sh"   # ARGS, and flag / flags / switch to fill it
 flag --model "$MODEL"
 flags --datasets "$DATASETS"
 flag --data_dir "$DATA_DIR"
@@ -102,14 +100,6 @@ flag --pruner "$PRUNER"
 flag --head_width_cap "$HEAD_WIDTH_CAP"
 flag --head_dtype "$HEAD_DTYPE"
 flag --final_head "$FINAL_HEAD"
-switch() {  # a yes/no variable -> --name / --no_name
-  case "$2" in
-    "") ;;
-    1|true|yes) ARGS+=("--$1") ;;
-    0|false|no) ARGS+=("--no_$1") ;;
-    *) echo "$3='$2': use 1 or 0" >&2; exit 2 ;;
-  esac
-}
 switch scale_by_layer_weight "$SCALE_BY_LAYER_WEIGHT" SCALE_BY_LAYER_WEIGHT
 switch threshold_from_cv "$THRESHOLD_FROM_CV" THRESHOLD_FROM_CV
 switch probe_refit "$PROBE_REFIT" PROBE_REFIT

@@ -27,16 +27,7 @@ for v in DATA_FILE OUT; do [ -n "${!v}" ] && printf -v "$v" '%s' "$(realpath -m 
 PY="${SIREN_PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
 
-ARGS=()
-flag() { [ -n "$2" ] && ARGS+=("$1" "$2"); return 0; }
-switch() {  # a yes/no variable -> --name / --no_name
-  case "$2" in
-    "") ;;
-    1|true|yes) ARGS+=("--$1") ;;
-    0|false|no) ARGS+=("--no_$1") ;;
-    *) echo "$3='$2': use 1 or 0" >&2; exit 2 ;;
-  esac
-}
+source "$ROOT/scripts/driver_args.sh"   # ARGS, and flag / flags / switch to fill it
 flag --model "$MODEL"
 flag --split "$SPLIT"
 flag --data_file "$DATA_FILE"
