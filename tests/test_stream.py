@@ -306,3 +306,22 @@ def test_in_process_reads_only_max_length_tokens(tmp_path, tiny_llama_dir):
     for step, [score] in enumerate(guarded.history):
         assert score == pytest.approx(ids_score(guard, ids[:min(k + step, 24)]), abs=1e-4)
     assert guarded.history[-1][0] == pytest.approx(guard.score(tok.decode(ids)).score, abs=1e-4)
+
+
+def test_the_uncommitted_tail_is_reused(tmp_path, tiny_llama_dir):
+    """A feed that appends whole words runs only the new tokens: the last word, held back at the
+    previous feed, keeps its cache entries and rows instead of being run again."""
+    folder, *_ = make_guard(tmp_path / "g", tiny_llama_dir, max_length=256)
+    guard = SirenGuard.from_pretrained(str(folder), device="cpu")
+    session = guard.stream(prompt=PROMPT)
+    so_far = ""
+    for i, word in enumerate("the quick brown fox jumps over the lazy dog and runs away".split()):
+        chunk = word if i == 0 else " " + word
+        so_far += chunk
+        run, n = session.tokens_run, session.n_tokens
+        score = session.feed(chunk).score
+        assert score == pytest.approx(guard.score(prompt=PROMPT, response=so_far).score, abs=1e-4)
+        if i:
+            assert session.tokens_run - run == session.n_tokens - n  # only the new tokens ran
+            assert session.committed_tokens < session.n_tokens  # the last word is still held back
+    assert session.rollbacks == 0

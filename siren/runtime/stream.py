@@ -33,16 +33,18 @@ start with, and runs the backbone only on the tokens after it, against the cache
 split across chunks ("wat" + "er" is not "wat" + "er" in BPE), a chat-template marker arriving
 in pieces ("<|im_" + "end|>" is removed by normalisation), trailing whitespace (stripped now,
 kept once more text follows). So not every token read is committed. A token stays uncommitted
-(it is run through the backbone at every feed, on top of the cache, and its cache entries are
-dropped afterwards) while any of these holds:
+(its cache entries and rows are kept, but only while the next feed's tokens still have the same
+id at the same position: from the first that differs on, they are cropped and recomputed) while
+any of these holds:
 
 - it is among the last `holdback_tokens` tokens (default 1; this also keeps a tokenizer's
   trailing special token, such as an appended EOS, out of the cache),
 - it ends after the last whitespace of the normalised text (the last word can still grow),
 - it overlaps a trailing piece of text that could still become a chat-template marker.
 
-So a feed costs the backbone the tokens of the last word plus the new tokens, whatever the
-prefix length. If appended text ever changes a committed token anyway (a tokenizer whose
+So a feed costs the backbone only the tokens that differ from the last feed's: the new tokens,
+plus, when the new text re-tokenises the unfinished last word ("wat" + "er"), that word's tokens
+from the first changed one on, whatever the prefix length. If appended text ever changes a committed token anyway (a tokenizer whose
 merges cross whitespace, say), the session notices that the token ids differ, rolls the cache
 and the running sum back to the common prefix and recomputes from there: the score stays exact,
 only that feed costs more.
@@ -266,7 +268,8 @@ class StreamSession:
 
     @property
     def committed_tokens(self) -> int:
-        """Tokens whose KV cache and features are kept (the rest are recomputed at each feed)."""
+        """Tokens that later text cannot change (the uncommitted ones after them are kept too, but
+        checked against the new tokens at each feed)."""
         return len(self._ids)
 
     @property
@@ -339,25 +342,36 @@ class StreamSession:
         start = len(self._ids)
         tail = ids[start:]
         if tail != self._tail_ids:
-            rows = self._forward(tail, start) if tail else self._tail_rows[:0]
+            # The last feed's uncommitted tokens that `ids` still has at the same positions keep
+            # their cache entries and rows; the backbone runs only on the tokens after them.
+            same = _common_prefix(self._tail_ids, tail)
+            self._crop_cache(start + same)
+            rows = self._tail_rows[:same]
+            if same < len(tail):
+                rows = torch.cat([rows, self._forward(tail[same:], start + same)])
             commit = self._stable_count(norm, ids, offsets) - start
             commit = max(0, min(commit, len(tail)))
             self._rows[start:start + commit] = rows[:commit]
             self._sum += rows[:commit].sum(dim=0, dtype=torch.float64)
             self._ids.extend(tail[:commit])
-            dropped = len(tail) - commit
-            if dropped:
-                self._cache.crop(-dropped)  # the uncommitted tokens' KV entries go
             self._tail_ids, self._tail_rows = tail[commit:], rows[commit:]
         elif tail and len(ids) == self._max_length and self._stable_count(norm, ids, offsets) == len(ids):
             # The same uncommitted tokens as last time (so the same rows), and now every one of the
-            # max_length tokens read is stable: commit them without cache entries, since nothing
-            # will ever run after them.
+            # max_length tokens read is stable: commit them (nothing will ever run after them).
             self._rows[start:] = self._tail_rows
             self._sum += self._tail_rows.sum(dim=0, dtype=torch.float64)
             self._ids.extend(tail)
             self._tail_ids, self._tail_rows = [], self._tail_rows[:0]
         # else: the same uncommitted tokens as last time, so the same rows; nothing to run.
+
+    def _crop_cache(self, n: int) -> None:
+        """Keep the cache entries of the first `n` tokens read (it holds those of the committed
+        tokens and then of the uncommitted ones)."""
+        drop = len(self._ids) + len(self._tail_ids) - n
+        if n == 0:
+            self._cache = DynamicCache()
+        elif drop > 0:
+            self._cache.crop(-drop)  # transformers 5.x: a negative count of trailing tokens to remove
 
     def _rows_sum(self, end: int) -> torch.Tensor:
         """float64 sum of the rows of tokens [0, end) (committed, then uncommitted)."""
@@ -417,13 +431,9 @@ class StreamSession:
         return n
 
     def _rollback(self, keep: int) -> None:
-        """Drop committed tokens from position `keep` on (their cache entries and rows)."""
-        drop = len(self._ids) - keep
+        """Drop the tokens read from position `keep` on (committed or not: their cache entries and rows)."""
         self.rollbacks += 1
-        if keep == 0:
-            self._cache = DynamicCache()
-        else:
-            self._cache.crop(-drop)
+        self._crop_cache(keep)
         del self._ids[keep:]
         self._sum = self._rows[:keep].sum(dim=0, dtype=torch.float64)
         if self._before_answer is not None and self._before_answer[0] > keep:
