@@ -18,7 +18,7 @@ from siren.runtime.answer_head import ANSWER_HEAD_WEIGHTS
 from siren.runtime.guard import SirenGuard
 from siren.runtime.stream_rules import StreamRule
 from test_guard import make_guard
-from test_stream import PROMPT, RESPONSE, Force, causal_guard, chunkings
+from test_stream import PROMPT, RESPONSE, WORDS, Force, causal_guard, chunkings, tokens_run_per_char
 from tiny_models import load_base
 
 PAIRS = [(PROMPT, "You can mix flour, water and yeast."), ("tell me a joke", "I cannot help with that request."),
@@ -223,19 +223,14 @@ def test_session_answer_cost_per_feed_is_constant(tmp_path, tiny_llama_dir):
     folder, *_ = make_guard(tmp_path / "g", tiny_llama_dir, max_length=256)
     add_answer_head(folder)
     guard = SirenGuard.from_pretrained(str(folder), device="cpu")
-    text = "the quick brown fox jumps over the lazy dog and " * 6
     session = guard.stream(prompt=PROMPT)
-    per_feed = []
-    for ch in text:
-        before = session.tokens_run
-        session.feed(ch)
-        per_feed.append(session.tokens_run - before)
-    longest_word = max(len(guard.backbone.tokenizer(" " + w)["input_ids"]) for w in text.split())
+    per_feed = tokens_run_per_char(session, WORDS)
+    longest_word = max(len(guard.backbone.tokenizer(" " + w)["input_ids"]) for w in WORDS.split())
     assert session.n_tokens > 100 and max(per_feed[1:]) <= longest_word + 1
     # The rows before the answer are summed once, not at every feed.
     assert session._before_answer is not None and session._before_answer[0] == session.n_tokens - session.answer_tokens
     assert session.feed("").response.score == pytest.approx(
-        guard.score(prompt=PROMPT, response=text).response.score, abs=1e-4)
+        guard.score(prompt=PROMPT, response=WORDS).response.score, abs=1e-4)
 
 
 def test_session_stops_on_the_answer_under_the_rule(tmp_path, tiny_llama_dir):

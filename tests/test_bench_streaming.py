@@ -43,7 +43,7 @@ def test_floor_reads_one_token_against_the_cache(tmp_path, tiny_llama_dir):
     folder, *_ = make_guard(tmp_path / "g", tiny_llama_dir)
     guard = SirenGuard.from_pretrained(str(folder), device="cpu")
     seen = []
-    model = guard._features.model
+    model = guard.extractor.layer_features.model
     handle = model.register_forward_pre_hook(lambda _m, args, kwargs: seen.append(kwargs["input_ids"].shape),
                                              with_kwargs=True)
     try:

@@ -26,13 +26,13 @@ needs_compiler = pytest.mark.skipif(cpp_compiler() is None, reason="no C++ compi
 
 def count_compiled_calls(guard) -> list[int]:
     """Wrap the guard's compiled forward with a call counter; returns the counter (one int)."""
-    calls, inner = [0], guard._features._compiled
+    calls, inner = [0], guard.extractor.layer_features._compiled
 
     def counted(input_ids):
         calls[0] += 1
         return inner(input_ids)
 
-    guard._features._compiled = counted
+    guard.extractor.layer_features._compiled = counted
     return calls
 
 
@@ -43,7 +43,7 @@ def test_compiled_single_texts_equal_eager_to_float_rounding(tmp_path, tiny_dir)
     eager = SirenGuard.from_pretrained(str(folder), device="cpu", dtype="float32")
     compiled = SirenGuard.from_pretrained(str(folder), device="cpu", dtype="float32", compile=True)
     calls = count_compiled_calls(compiled)
-    ids = compiled._features.tokenize(TEXTS)
+    ids = compiled.extractor.layer_features.tokenize(TEXTS)
     long_enough = sum(len(x) >= 2 for x in ids)
     assert 0 < long_enough < len(TEXTS)  # both paths are exercised: "" scores as " ", one token
 
@@ -59,7 +59,7 @@ def test_compiled_single_texts_equal_eager_to_float_rounding(tmp_path, tiny_dir)
     batch = [ids[0], ids[1], ids[4]]
     before = calls[0]
     for side in ("right", "left"):
-        got_b, want_b = compiled._features(batch, side), eager._features(batch, side)
+        got_b, want_b = compiled.extractor.layer_features(batch, side), eager.extractor.layer_features(batch, side)
         assert torch.equal(got_b["mlp_mean"], want_b["mlp_mean"])
     assert calls[0] == before
     # A stream (the KV-cache path) is eager too, and its always-registered hooks stay silent there.
@@ -91,5 +91,5 @@ def test_compile_refusals_and_a_failing_compiler(tmp_path, tiny_llama_dir, monke
     guard = SirenGuard.from_pretrained(str(folder), device="cpu", dtype="float32")
     with pytest.raises(SirenError, match="C\\+\\+ compiler"):
         guard.compile()
-    assert guard._features._compiled is None and guard._features._compile_hooks == []
+    assert guard.extractor.layer_features._compiled is None and guard.extractor.layer_features._compile_hooks == []
     assert guard.score(TEXTS[0]).score == want

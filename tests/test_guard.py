@@ -83,7 +83,7 @@ def test_scores_equal_direct_computation(tmp_path, tiny_dir, pooling):
     assert z.shape == (len(TEXTS), 15) and z.dtype == np.float32
     np.testing.assert_allclose(guard.predict_proba(TEXTS), want, atol=1e-5)
     # The first feature block is layer 0's listed neurons times its weight.
-    pooled = guard._features(guard._features.tokenize(TEXTS[:1]))[pooling][0, 0]
+    pooled = guard.extractor.layer_features(guard.extractor.layer_features.tokenize(TEXTS[:1]))[pooling][0, 0]
     np.testing.assert_allclose(z[0, :5], pooled[torch.as_tensor(selection[0])].numpy() * weights[0], atol=1e-6)
 
 

@@ -9,7 +9,8 @@ from siren.backbones import Backbone, BackboneSource
 from siren.errors import SirenError
 from siren.features import normalize_text
 from siren.runtime.guard import SirenGuard
-from siren.runtime.stream import Debounce, FlagPoint, stable_prefix_chars
+from siren.runtime.stream import stable_prefix_chars
+from siren.runtime.stream_rules import StreamRule
 from test_guard import make_guard
 from tiny_models import make_tokenizer, save_tiny
 
@@ -67,26 +68,34 @@ def test_session_without_prompt_and_empty_chunks(tmp_path, tiny_llama_dir):
     assert got[0] == pytest.approx(guard.score("").score, abs=1e-6)  # nothing yet: scored as " "
 
 
-def test_backbone_cost_per_feed_is_constant(tmp_path, tiny_llama_dir):
-    """One character at a time: each feed runs only the last word's tokens, whatever the prefix."""
-    folder, *_ = make_guard(tmp_path / "g", tiny_llama_dir, max_length=256)
-    guard = SirenGuard.from_pretrained(str(folder), device="cpu")
-    text = "the quick brown fox jumps over the lazy dog and " * 6
-    session = guard.stream(prompt=PROMPT)
+WORDS = "the quick brown fox jumps over the lazy dog and " * 6
+
+
+def tokens_run_per_char(session, text: str) -> list[int]:
+    """Feed `text` one character at a time; the backbone tokens each feed ran."""
     per_feed = []
     for ch in text:
         before = session.tokens_run
         session.feed(ch)
         per_feed.append(session.tokens_run - before)
+    return per_feed
+
+
+def test_backbone_cost_per_feed_is_constant(tmp_path, tiny_llama_dir):
+    """One character at a time: each feed runs only the last word's tokens, whatever the prefix."""
+    folder, *_ = make_guard(tmp_path / "g", tiny_llama_dir, max_length=256)
+    guard = SirenGuard.from_pretrained(str(folder), device="cpu")
+    session = guard.stream(prompt=PROMPT)
+    per_feed = tokens_run_per_char(session, WORDS)
     assert session.n_tokens > 100 and session.rollbacks == 0
     # Each feed runs the tokens of the unfinished last word (never more than a word's tokens plus
     # one), so the cost does not grow with the prefix.
-    longest_word = max(len(guard.backbone.tokenizer(" " + w)["input_ids"]) for w in text.split())
+    longest_word = max(len(guard.backbone.tokenizer(" " + w)["input_ids"]) for w in WORDS.split())
     assert max(per_feed[1:]) <= longest_word + 1  # the first feed also reads the prompt
     half = len(per_feed) // 2
     assert sum(per_feed[half:]) <= sum(per_feed[:half]) + longest_word
     assert session.committed_tokens >= session.n_tokens - 2  # all but the unfinished last word
-    assert session.feed("").score == pytest.approx(guard.score(prompt=PROMPT, response=text).score, abs=1e-4)
+    assert session.feed("").score == pytest.approx(guard.score(prompt=PROMPT, response=WORDS).score, abs=1e-4)
 
 
 def test_past_max_length_the_score_freezes(tmp_path, tiny_llama_dir):
@@ -132,16 +141,16 @@ def test_stable_prefix_chars():
 
 
 def test_debounce_and_flagged_at(tmp_path, tiny_llama_dir):
-    points = [FlagPoint(i, 10 * i, s) for i, s in enumerate([0.2, 0.7, 0.3, 0.8, 0.9, 0.95, 0.1])]
+    scores = [0.2, 0.7, 0.3, 0.8, 0.9, 0.95, 0.1]
     for k, want in [(1, 1), (2, 3), (3, 3), (4, None)]:
-        deb = Debounce(k, 0.5)
-        flags = [deb.update(p) for p in points]
-        assert deb.flagged_at == (None if want is None else points[want])
+        state = StreamRule(0.5, k, 0).start()
+        flags = [state.update(i, s) for i, s in enumerate(scores)]
+        assert state.flagged_at == (None if want is None else (want, scores[want]))
         if want is not None:
             first = want + k - 1  # flagged once the k-th consecutive high score arrives, and it stays
-            assert flags == [i >= first for i in range(len(points))]
+            assert flags == [i >= first for i in range(len(scores))]
     with pytest.raises(SirenError, match="debounce"):
-        Debounce(0, 0.5)
+        StreamRule(0.5, 0, 0)
 
     folder, *_ = make_guard(tmp_path / "g", tiny_llama_dir)
     guard = SirenGuard.from_pretrained(str(folder), device="cpu")

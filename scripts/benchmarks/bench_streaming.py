@@ -66,7 +66,7 @@ def floor_ms(guard, ids: list[int], first: int) -> list[float]:
 
     from transformers import DynamicCache
 
-    model = guard._features.model
+    model = guard.extractor.layer_features.model
     params = inspect.signature(model.forward).parameters
     kwarg = "cache" if "cache" in params else "past_key_values"  # renamed during transformers 5.x
     device = next(model.parameters()).device
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
             full = guard.score_streaming("".join(pieces[:L]))
             rescore_ms[L].append(1000 * (time.perf_counter() - t))
             diffs[L] = max(diffs[L], abs(full.score - result.score))
-            ids = list(guard._features.tokenize(["".join(pieces[:L])])[0])
+            ids = list(guard.extractor.layer_features.tokenize(["".join(pieces[:L])])[0])
             assert session.n_tokens == len(ids)
             # Floor: the same last `tokens` tokens, one bare cached forward each.
             floor = floor_ms(guard, ids, len(ids) - args.tokens)

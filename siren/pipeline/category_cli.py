@@ -38,6 +38,7 @@ def _training_config(folder: Path) -> dict:
 
 
 def run(args) -> int:
+    from siren import config as cfgmod
     from siren.artifact import load_guard_config, selection_from_config
     from siren.pipeline.cache import load_split
     from siren.pipeline.categories import fit_run_categories
@@ -54,7 +55,7 @@ def run(args) -> int:
     paths = ensure_features(cfg["model"], datasets, splits=("train", "validation"), pooling_types=[rep],
                             cache_dir=args.cache_dir or cfg.get("cache_dir"), batch_tokens=cfg.get("batch_tokens"),
                             batch_size=cfg.get("batch_size"), dtype=cfg.get("dtype"), device=args.device or cfg.get("device"),
-                            cache_dtype=cfg.get("cache_dtype") or "float16", max_length=int(config["inference"]["max_length"]),
+                            cache_dtype=cfg.get("cache_dtype") or cfgmod.default("cache_dtype"), max_length=int(config["inference"]["max_length"]),
                             trust_remote_code=bool(cfg.get("trust_remote_code")), **split_kw)
     _, selection, weight_of = selection_from_config(config)
     train, val = (load_split(paths, datasets, s, rep) for s in ("train", "validation"))

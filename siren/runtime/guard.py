@@ -180,11 +180,6 @@ class SirenGuard:
         return head
 
     @property
-    def _features(self):
-        """The backbone's LayerFeatures (kept for callers written before `extractor`)."""
-        return self.extractor.layer_features
-
-    @property
     def has_answer_head(self) -> bool:
         """Whether the guard gives an answer verdict (`ScoreResult.response`)."""
         return self.answer_head is not None

@@ -103,36 +103,6 @@ class FlagPoint:
         return asdict(self)
 
 
-class Debounce:
-    """Flag after `k` consecutive scores >= threshold; remember where the run began. Sticky."""
-
-    def __init__(self, k: int | None, threshold: float):
-        k = config.default("debounce") if k is None else k   # None: configs/defaults.yaml's debounce
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise SirenError(f"debounce must be a whole number >= 1 (consecutive scores), got {k!r}")
-        self.k = k
-        self.threshold = float(threshold)
-        self.reset()
-
-    def reset(self) -> None:
-        self.run = 0
-        self._run_start: FlagPoint | None = None
-        self.flagged_at: FlagPoint | None = None
-
-    def update(self, point: FlagPoint) -> bool:
-        """Record one score (at `point`); returns whether the stream is flagged."""
-        if point.score >= self.threshold:
-            if self.run == 0:
-                self._run_start = point
-            self.run += 1
-            if self.flagged_at is None and self.run >= self.k:
-                self.flagged_at = self._run_start
-        else:
-            self.run = 0
-            self._run_start = None
-        return self.flagged_at is not None
-
-
 def stable_prefix_chars(norm: str) -> int:
     """How many leading characters of a normalised text no appended text can change.
 
