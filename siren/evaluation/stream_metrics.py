@@ -35,7 +35,6 @@ import numpy as np
 from siren.errors import SirenError
 from siren.runtime.stream_rules import StreamRule, stream_peak
 
-GRACES = (32, 64, 128, 256)  # tokens after the end of the first unsafe sentence
 DELAY_BINS = ("ahead", "hit", "1-32", "33-64", "65-128", "129-256", ">256", "missed")
 LOC_WINDOW = 128  # Qwen3Guard's "hit within 128 tokens"
 

@@ -42,7 +42,7 @@ import numpy as np
 
 from siren.errors import SirenError
 from siren.evaluation.eval_checks import check_row_id, check_stream_args, check_text_field
-from siren.evaluation.stream_metrics import (DELAY_BINS, GRACES, checkpoints, delay_bin,  # noqa: F401 (re-exported)
+from siren.evaluation.stream_metrics import (DELAY_BINS, checkpoints, delay_bin,  # noqa: F401 (re-exported)
                                             first_flag, plot_delays, plot_tradeoff, rule_dict, span_token_bounds,
                                             stream_result, summarize, tradeoff_curve)
 from siren.runtime.stream_rules import StreamRule, threshold_for_false_alarm
