@@ -1,18 +1,22 @@
 """Per-token cost of streaming scores: the incremental session vs rescoring the whole prefix.
 
-For each prefix length L (tokens already read), the time to take in one more token:
+The stream is an answer to a prompt (`--prompt`; "" streams a bare text), as a guarded chat runs
+it: with an answer head the session computes all three verdicts per feed (the whole text's, the
+prompt's, and the answer's, whose rule decides the stop). For each answer length L (answer tokens
+already read), the time to take in one more token:
 - session: `StreamSession.feed(piece)` where `piece` is the text of the next token (the session
-  runs the backbone on the unfinished last word plus the new token, against its KV cache);
-- rescoring: `guard.score_streaming(prefix)`, a full forward of the L-token prefix (what the
-  authors' runtime does after every chunk).
+  runs the backbone on the new token, reusing the held-back tail's KV entries);
+- rescoring: `guard.score(prompt=, response=prefix)`, a full forward of prompt + the L-token answer
+  (the stateless form: what the authors' runtime does after every chunk).
 - floor: a bare KV-cached one-token forward of the backbone (all its layers, no LM head, no
-  hooks) at the same prefix length: what a generating LLM pays per token anyway, so the
+  hooks) at the same context length: what a generating LLM pays per token anyway, so the
   session's cost is read as a multiple of it (the target is <= 1.5x near 512 tokens).
-All three on the same text, interleaved in every repetition (the CPU is shared, so medians over
-repetitions; the ratios are measured side by side). The session's score at the last boundary is
-checked against the rescoring's.
+Session and floor are timed token by token in alternation (session token i, then floor token i),
+so a burst of load on the shared CPU hits both; the ratio is reported as the median of the
+per-token ratios, beside the ratio of the medians and of the fastest tokens. Rescoring is timed
+once per repetition. The session's verdicts at the last boundary are checked against `score()`'s.
 
-    .venv/bin/python scripts/benchmarks/bench_streaming.py --lengths 32 128 512 --tokens 8 --reps 5
+    .venv/bin/python scripts/benchmarks/bench_streaming.py --lengths 32 512 --tokens 8 --reps 5
 
 Guard: `--guard DIR`; by default the trained smollm2-135m guard of the paper's driver
 (train/probes/optuna/smollm2-135m_general/ under the current directory) when there is one, else a random head over smollm2-135m selecting neurons in layers up to the last one (the
@@ -45,6 +49,7 @@ SENTENCES = [
     "Students from the high school presented a proposal for a bicycle lane connecting both campuses.",
     "After a long discussion, the council agreed to publish the minutes online within a week.",
 ]
+PROMPT = "What happened at this week's town council meeting?"
 
 
 def token_pieces(guard, text: str, n: int) -> tuple[str, list[str]]:
@@ -60,106 +65,136 @@ def token_pieces(guard, text: str, n: int) -> tuple[str, list[str]]:
     return norm, [norm[a:b] for a, b in zip(starts, ends)]
 
 
-def floor_ms(guard, ids: list[int], first: int) -> list[float]:
-    """Milliseconds of each bare KV-cached one-token forward of the backbone, for tokens first..len(ids)-1."""
-    import inspect
+class Floor:
+    """A bare KV-cached forward of the backbone, one token at a time: `prefill(ids[:first])`, then
+    `step()` runs the next id of `ids` and returns its milliseconds."""
 
-    from transformers import DynamicCache
+    def __init__(self, guard, ids: list[int], first: int):
+        import inspect
 
-    model = guard.extractor.layer_features.model
-    params = inspect.signature(model.forward).parameters
-    kwarg = "cache" if "cache" in params else "past_key_values"  # renamed during transformers 5.x
-    device = next(model.parameters()).device
-    cache, times = DynamicCache(), []
-    with torch.inference_mode():
-        model(input_ids=torch.tensor([ids[:first]], device=device), use_cache=True, **{kwarg: cache})
-        for i in range(first, len(ids)):
+        from transformers import DynamicCache
+
+        self.model = guard.extractor.layer_features.model
+        params = inspect.signature(self.model.forward).parameters
+        self.kwarg = "cache" if "cache" in params else "past_key_values"  # renamed during transformers 5.x
+        self.device = next(self.model.parameters()).device
+        self.ids, self.i, self.cache = ids, first, DynamicCache()
+        with torch.inference_mode():
+            self.model(input_ids=torch.tensor([ids[:first]], device=self.device), use_cache=True,
+                       **{self.kwarg: self.cache})
+
+    def step(self) -> float:
+        i, dev = self.i, self.device
+        with torch.inference_mode():
             t = time.perf_counter()
-            model(input_ids=torch.tensor([[ids[i]]], device=device), position_ids=torch.tensor([[i]], device=device),
-                  use_cache=True, **{kwarg: cache})
-            if device.type == "cuda":
+            self.model(input_ids=torch.tensor([[self.ids[i]]], device=dev), position_ids=torch.tensor([[i]], device=dev),
+                       use_cache=True, **{self.kwarg: self.cache})
+            if dev.type == "cuda":
                 torch.cuda.synchronize()
-            times.append(1000 * (time.perf_counter() - t))
-    return times
+            ms = 1000 * (time.perf_counter() - t)
+        self.i += 1
+        return ms
+
+
+def verdict_gap(a, b) -> float:
+    """Largest |difference| between two ScoreResults' whole-text, prompt and answer scores."""
+    gaps = [abs(a.score - b.score)]
+    for key in ("prompt", "response"):
+        va, vb = getattr(a, key), getattr(b, key)
+        if (va is None) != (vb is None):
+            return float("inf")
+        if va is not None:
+            gaps.append(abs(va.score - vb.score))
+    return max(gaps)
+
+
+def measure(guard, prompt: str | None, pieces: list[str], L: int, tokens: int) -> dict:
+    """One repetition at answer length L: per-token session and floor milliseconds (alternating),
+    the rescoring's milliseconds, backbone tokens run per feed and the verdicts' gap to score()."""
+    from siren.features import join_prompt_response
+
+    session = guard.stream(prompt)
+    first = L - tokens
+    session.feed("".join(pieces[:first]))
+    answer = "".join(pieces[:L])
+    ids = list(guard.extractor.layer_features.tokenize([join_prompt_response(prompt, answer)])[0])
+    floor = Floor(guard, ids, len(ids) - tokens)
+    before, session_ms, floor_ms = session.tokens_run, [], []
+    for piece in pieces[first:L]:
+        t = time.perf_counter()
+        result = session.feed(piece)
+        session_ms.append(1000 * (time.perf_counter() - t))
+        floor_ms.append(floor.step())
+    assert session.n_tokens == len(ids), (session.n_tokens, len(ids))
+    t = time.perf_counter()
+    full = guard.score(prompt=prompt, response=answer) if prompt else guard.score(answer)
+    rescore_ms = 1000 * (time.perf_counter() - t)
+    return {"session": session_ms, "floor": floor_ms, "rescore": rescore_ms, "context": len(ids),
+            "per_feed": (session.tokens_run - before) / tokens, "gap": verdict_gap(full, result),
+            "answer_verdict": result.response is not None}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--guard", default=None)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[32, 128, 512])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[32, 128, 480],
+                        help="answer tokens already read (prompt + answer must fit the guard's max_length)")
+    parser.add_argument("--prompt", default=PROMPT, help='the prompt the stream answers ("": a bare text)')
     parser.add_argument("--tokens", type=int, default=8, help="timed tokens per repetition and length")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--out", default=None, help="also write the numbers as JSON here")
     args = parser.parse_args(argv)
 
     guard, what = demo_guard(args.guard)
+    prompt = args.prompt or None
     print(f"[bench_streaming] {what}; layers read up to {max(guard.layers)}, max_length {guard.max_length}; "
-          f"torch threads {torch.get_num_threads()}", flush=True)
-    if max(args.lengths) > guard.max_length:
-        raise SystemExit(f"lengths must be <= the guard's max_length {guard.max_length}")
-    text = " ".join(SENTENCES * 30)
-    norm, pieces = token_pieces(guard, text, max(args.lengths))
+          f"torch threads {torch.get_num_threads()}; prompt {prompt!r}", flush=True)
+    pieces = token_pieces(guard, " ".join(SENTENCES * 30), max(args.lengths))[1]
+    from siren.features import join_prompt_response, tokenize
 
-    session_ms = {L: [] for L in args.lengths}
-    rescore_ms = {L: [] for L in args.lengths}
-    bare_ms = {L: [] for L in args.lengths}
-    # Fastest single token over all repetitions: on a shared CPU, waiting for a core only ever adds
-    # time, so the ratio of the minima is the steadier estimate of the intrinsic cost.
-    best = {L: {"session": float("inf"), "floor": float("inf")} for L in args.lengths}
-    run_per_feed = {L: [] for L in args.lengths}
-    diffs = {L: 0.0 for L in args.lengths}
+    longest = tokenize(guard.backbone.tokenizer, [join_prompt_response(prompt, "".join(pieces))], 10 ** 9)[0]
+    if len(longest) > guard.max_length:
+        raise SystemExit(f"the prompt + {max(args.lengths)} answer tokens make {len(longest)} tokens, more than the "
+                         f"guard's max_length {guard.max_length}: give shorter --lengths")
+    runs = {L: [] for L in args.lengths}
     for rep in range(args.reps):
         for L in args.lengths:
-            # Session: read the first L - tokens tokens (untimed), then time the next `tokens` feeds.
-            session = guard.stream()
-            first = L - args.tokens
-            session.feed("".join(pieces[:first]))
-            before = session.tokens_run
-            times = []
-            for piece in pieces[first:L]:
-                t = time.perf_counter()
-                result = session.feed(piece)
-                times.append(time.perf_counter() - t)
-            run_per_feed[L].append((session.tokens_run - before) / args.tokens)
-            session_ms[L].append(1000 * statistics.median(times))
-            best[L]["session"] = min(best[L]["session"], 1000 * min(times))
-            # Rescoring: one full forward of the L-token prefix per new token.
-            t = time.perf_counter()
-            full = guard.score_streaming("".join(pieces[:L]))
-            rescore_ms[L].append(1000 * (time.perf_counter() - t))
-            diffs[L] = max(diffs[L], abs(full.score - result.score))
-            ids = list(guard.extractor.layer_features.tokenize(["".join(pieces[:L])])[0])
-            assert session.n_tokens == len(ids)
-            # Floor: the same last `tokens` tokens, one bare cached forward each.
-            floor = floor_ms(guard, ids, len(ids) - args.tokens)
-            bare_ms[L].append(statistics.median(floor))
-            best[L]["floor"] = min(best[L]["floor"], min(floor))
+            runs[L].append(measure(guard, prompt, pieces, L, args.tokens))
         print(f"[bench_streaming] repetition {rep + 1}/{args.reps} done", flush=True)
 
     rows = []
-    print(f"\nper-token latency, medians over {args.reps} repetitions ({args.tokens} timed tokens each for the session)")
-    print("| prefix tokens | session ms/token | rescoring ms/token | ratio | floor ms/token | session / floor "
-          "| backbone tokens per feed | max |score diff| |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    verdicts = "whole text, prompt and answer" if runs[args.lengths[0]][0]["answer_verdict"] else "whole text"
+    print(f"\nper-token latency ({verdicts} verdicts per feed), {args.reps} repetitions x {args.tokens} timed tokens; "
+          "session and floor alternate token by token")
+    print("| answer tokens | context tokens | session ms/token | rescoring ms | rescoring / session | floor ms/token "
+          "| session / floor (median of per-token ratios) | (ratio of medians) | (fastest vs fastest) "
+          "| backbone tokens per feed | max verdict diff |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for L in args.lengths:
-        s, r, f = (statistics.median(x[L]) for x in (session_ms, rescore_ms, bare_ms))
-        rows.append({"prefix_tokens": L, "session_ms_per_token": s, "rescoring_ms_per_token": r, "ratio": r / s,
-                     "floor_ms_per_token": f, "session_over_floor": s / f,
-                     "session_over_floor_fastest": best[L]["session"] / best[L]["floor"],
-                     "backbone_tokens_per_feed": float(np.mean(run_per_feed[L])), "max_score_diff": diffs[L]})
-        print(f"| {L} | {s:.1f} | {r:.1f} | {r / s:.1f}x | {f:.1f} | {s / f:.2f}x | {np.mean(run_per_feed[L]):.2f} "
-              f"| {diffs[L]:.1e} |")
+        sess = [x for r in runs[L] for x in r["session"]]
+        flo = [x for r in runs[L] for x in r["floor"]]
+        s, f = statistics.median(sess), statistics.median(flo)
+        r = statistics.median(x["rescore"] for x in runs[L])
+        per_token = statistics.median(a / b for a, b in zip(sess, flo))
+        row = {"answer_tokens": L, "context_tokens": runs[L][0]["context"], "session_ms_per_token": s,
+               "rescoring_ms": r, "ratio": r / s, "floor_ms_per_token": f, "session_over_floor": per_token,
+               "session_over_floor_of_medians": s / f, "session_over_floor_fastest": min(sess) / min(flo),
+               "backbone_tokens_per_feed": float(np.mean([x["per_feed"] for x in runs[L]])),
+               "max_verdict_diff": max(x["gap"] for x in runs[L])}
+        rows.append(row)
+        print(f"| {L} | {row['context_tokens']} | {s:.1f} | {r:.1f} | {r / s:.1f}x | {f:.1f} | {per_token:.2f}x "
+              f"| {s / f:.2f}x | {row['session_over_floor_fastest']:.2f}x | {row['backbone_tokens_per_feed']:.2f} "
+              f"| {row['max_verdict_diff']:.1e} |")
     lo, hi = rows[0], rows[-1]
-    print(f"\nsession per-token time at {hi['prefix_tokens']} vs {lo['prefix_tokens']} tokens: "
+    print(f"\nsession per-token time at {hi['answer_tokens']} vs {lo['answer_tokens']} answer tokens: "
           f"{hi['session_ms_per_token'] / lo['session_ms_per_token']:.2f}x; rescoring: "
-          f"{hi['rescoring_ms_per_token'] / lo['rescoring_ms_per_token']:.2f}x")
-    print(f"at {hi['prefix_tokens']} tokens: session {hi['session_over_floor']:.2f}x the floor (a bare KV-cached "
-          f"one-token forward of the backbone; fastest token vs fastest token: "
-          f"{hi['session_over_floor_fastest']:.2f}x), rescoring / session {hi['ratio']:.1f}x")
+          f"{hi['rescoring_ms'] / lo['rescoring_ms']:.2f}x")
+    print(f"at {hi['context_tokens']} context tokens: session {hi['session_over_floor']:.2f}x the floor (median of "
+          f"per-token ratios; a bare KV-cached one-token forward of the backbone), rescoring / session {hi['ratio']:.1f}x")
     if args.out:
         from siren.fileio import atomic_write_text
 
-        atomic_write_text(Path(args.out), json.dumps({"guard": what, "rows": rows, "reps": args.reps,
+        atomic_write_text(Path(args.out), json.dumps({"guard": what, "prompt": prompt, "rows": rows, "reps": args.reps,
                                                       "timed_tokens": args.tokens}, indent=2))
     return 0
 

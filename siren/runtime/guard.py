@@ -299,22 +299,24 @@ class SirenGuard:
         """Head probabilities of the harmful class for precomputed features (n, input_dim)."""
         return self._proba(self.head, z, self.input_dim)
 
-    def answer_proba_from_features(self, z: np.ndarray | torch.Tensor) -> np.ndarray:
-        """The answer head's probabilities for answer features (n, input_dim) (`answer_features`)."""
+    def answer_proba_from_features(self, z: np.ndarray | torch.Tensor, main: np.ndarray | None = None) -> np.ndarray:
+        """The answer head's probabilities for answer features (n, input_dim) (`answer_features`).
+        main: the main head's probabilities of the same rows when the caller has them already."""
         if self.answer_head is None:
             raise SirenError("this guard has no answer head (siren.answer_head in its config): it gives "
                              "no answer verdict")
         p = self._proba(self.answer_head, z, self.input_dim)
         w = self.answer_spec.main_weight
         if w > 0.0:   # a blend with the main head on the same answer pool (reports/streaming_verdicts chose 0.5 on CV)
-            p = (1.0 - w) * p + w * self._proba(self.head, z, self.input_dim)
+            p = (1.0 - w) * p + w * (self.proba_from_features(z) if main is None else np.asarray(main, np.float64))
         return p
 
-    def results_from_features(self, z, threshold: float) -> list[ScoreResult]:
+    def results_from_features(self, z, threshold: float, probs: np.ndarray | None = None) -> list[ScoreResult]:
         """ScoreResults of features z (n, input_dim): the harmful verdict at `threshold`, and the
-        categories when the guard has a category head (streams and generation use this too)."""
+        categories when the guard has a category head (streams and generation use this too).
+        probs: the main head's probabilities of z when the caller has them already."""
         z = np.asarray(z, dtype=np.float32)
-        probs = self.proba_from_features(z)
+        probs = self.proba_from_features(z) if probs is None else np.asarray(probs, np.float64)
         cats = self.categories.verdicts(z) if self.categories is not None else [(None, None)] * len(probs)
         return [ScoreResult(float(p), bool(p >= threshold), threshold, categories=c, category_scores=cs)
                 for p, (c, cs) in zip(probs, cats)]

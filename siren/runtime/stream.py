@@ -293,15 +293,23 @@ class StreamSession:
             self._frozen = True  # the first max_length tokens are fixed: nothing later is read
         total = self._sum + self._tail_rows.sum(dim=0, dtype=torch.float64)
         z = (total / len(ids)).to(torch.float32) * self._scale
-        whole = self.guard.results_from_features(z[None].numpy(), self.threshold)[0]  # with the prefix's categories
         if self.prompt is not None and self._prompt_verdict is None:
             self._prompt_verdict = self._score_prompt(ids)
-        response = None
+        z_answer = None
         if self._answers:
             self._answer_start = self._find_answer_start(norm, enc["offset_mapping"])
-            response = self._score_answer(total, len(ids))
+            z_answer = self._answer_features(total, len(ids))
         else:
             self._answer_start = min(self._prompt_tokens(), len(ids))
+        # One call of the main head for the whole text and the answer pool (the answer verdict blends
+        # it in): its weights are read from memory once per feed, not twice.
+        rows = z[None] if z_answer is None else torch.stack([z, z_answer])
+        main = self.guard.proba_from_features(rows)
+        whole = self.guard.results_from_features(z[None].numpy(), self.threshold, probs=main[:1])[0]
+        response = None
+        if z_answer is not None:
+            score = float(self.guard.answer_proba_from_features(z_answer[None], main=main[1:])[0])
+            response = Verdict.of(score, self.guard.answer_threshold)
         return replace(whole, prompt=self._prompt_verdict, response=response)
 
     def _advance(self, norm: str, ids: list[int], offsets) -> None:
@@ -371,9 +379,10 @@ class StreamSession:
             return len(offsets)
         return next((i for i, (_lo, hi) in enumerate(offsets) if hi > a), len(offsets))
 
-    def _score_answer(self, total: torch.Tensor, n: int) -> Verdict | None:
-        """The answer head on the mean of the answer tokens' rows: the whole sum less the rows
-        before the answer (kept while they are committed, so a feed costs no more than a row sum)."""
+    def _answer_features(self, total: torch.Tensor, n: int) -> torch.Tensor | None:
+        """(input_dim,) the mean of the answer tokens' rows (None before the answer's first token):
+        the whole sum less the rows before the answer (kept while they are committed, so a feed
+        costs no more than a row sum)."""
         start = self._answer_start
         if start >= n:
             return None
@@ -382,9 +391,7 @@ class StreamSession:
         else:
             before = self._rows_sum(start)
             self._before_answer = (start, before) if start <= len(self._ids) else None
-        z = ((total - before) / (n - start)).to(torch.float32) * self._scale
-        score = float(self.guard.answer_proba_from_features(z[None])[0])
-        return Verdict.of(score, self.guard.answer_threshold)
+        return ((total - before) / (n - start)).to(torch.float32) * self._scale
 
     def _stable_count(self, norm: str, ids: list[int], offsets) -> int:
         """How many leading tokens of `ids` later text cannot change (see the module docstring)."""
