@@ -233,12 +233,10 @@ class GuardedGeneration(StoppingCriteria):
             self._answer_sums += summed
         self._parts = None
 
-    def _pooled_proba(self, sums: torch.Tensor, counts: torch.Tensor, answer: bool) -> list[float | None]:
-        """Per row: the (answer) head on sums / counts, None for a row with no token pooled."""
+    def _pooled(self, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """(b, input_dim) head inputs: the rows' pooled means (a row with no token pooled: zeros)."""
         mean = sums / counts.clamp(min=1)[:, None].to(torch.float64)
-        z = (mean * self._scale).to(torch.float32)
-        probs = self.guard.answer_proba_from_features(z) if answer else self.guard.proba_from_features(z)
-        return [float(p) if int(n) > 0 else None for p, n in zip(probs, counts)]
+        return (mean * self._scale).to(torch.float32)
 
     def results(self) -> list[ScoreResult]:
         """Per row, the verdicts on what has been read so far: in-process, `.score` over every token
@@ -249,12 +247,17 @@ class GuardedGeneration(StoppingCriteria):
         self._flush()
         if self._sums is None:
             return []
-        mean = self._sums / self._counts.clamp(min=1)[:, None].to(torch.float64)
-        whole = self.guard.results_from_features((mean * self._scale).to(torch.float32).numpy(), self.threshold)
-        answer = [None] * len(whole)
+        z = self._pooled(self._sums, self._counts)
+        b = len(z)
+        if self.answers:   # one main-head call for the whole texts and the answers (the blend reads it)
+            z = torch.cat([z, self._pooled(self._answer_sums, self._answer_counts)])
+        main = self.guard.proba_from_features(z)
+        whole = self.guard.results_from_features(z[:b].numpy(), self.threshold, probs=main[:b])
+        answer = [None] * b
         if self.answers:
-            answer = self._pooled_proba(self._answer_sums, self._answer_counts, True)
-        prompts = self._prompt_verdicts or [None] * len(whole)
+            probs = self.guard.answer_proba_from_features(z[b:], main=main[b:])
+            answer = [float(p) if int(n) > 0 else None for p, n in zip(probs, self._answer_counts)]
+        prompts = self._prompt_verdicts or [None] * b
         a_thr = self.guard.answer_threshold
         return [replace(w, prompt=p, response=None if a is None else Verdict.of(a, a_thr))
                 for w, a, p in zip(whole, answer, prompts)]
