@@ -74,7 +74,11 @@ def test_train_writes_a_loadable_answer_head(tiny_llama_dir, rows, tmp_path):
     guard = SirenGuard.from_pretrained(str(out), device="cpu", dtype="float32")
     if not hasattr(guard, "has_answer_head"):
         pytest.skip("this runtime has no answer verdict yet (SirenGuard.has_answer_head)")
-    assert guard.has_answer_head and guard.answer_threshold == pytest.approx(entry["threshold"])
+    # the stream stops at the threshold chosen for target_false_alarm; a finished answer is judged
+    # at the guard's decision threshold (0.5: threshold_from_cv is off by default)
+    assert guard.stream_threshold == pytest.approx(entry["threshold"])
+    assert entry["decision_threshold"] == 0.5 and guard.answer_threshold == 0.5
+    assert results["answer_head"]["decision_threshold_source"] == "config"
     r = guard.score(prompt=PROMPTS[0], response=HARMFUL[0])
     assert r.response is not None and 0.0 <= r.response.score <= 1.0 and r.prompt is not None
 
@@ -171,3 +175,16 @@ def test_main_oof_streams_score_each_row_with_its_folds_head():
         np.testing.assert_allclose(got[i], want, atol=1e-5)
     assert main_oof_streams(ensemble_heads(heads), {"a": 0}, ["a", "b"], P[:2]) is None   # a row without a fold
     assert main_oof_streams(ensemble_heads(heads), None, ["a"], P[:1]) is None
+
+
+def test_finished_answer_threshold_from_the_guard_or_the_out_of_fold_finished_answers():
+    from siren.pipeline.answer import finished_threshold
+
+    # finished (last) scores: safe 0.1-0.2, harmful 0.35-0.45; earlier prefix scores say nothing
+    y = np.array([0, 0, 0, 1, 1, 1])
+    g = np.array([0, 0, 1, 0, 1, 1])
+    last = [0.1, 0.2, 0.15, 0.35, 0.4, 0.45]
+    streams = [(np.array([4, 8]), np.array([0.9, s])) for s in last]
+    assert finished_threshold({"threshold_from_cv": False, "decision_threshold": 0.5}, streams, y, g) == (0.5, "config")
+    thr, source = finished_threshold({"threshold_from_cv": True, "decision_threshold": 0.5}, streams, y, g)
+    assert source == "cv" and 0.2 < thr <= 0.35

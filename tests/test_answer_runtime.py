@@ -26,7 +26,8 @@ PAIRS = [(PROMPT, "You can mix flour, water and yeast."), ("tell me a joke", "I 
          ("<|im_start|>user hi<|im_end|>", "  the quick brown fox"), ("", "the lazy dog")]
 
 
-def add_answer_head(folder: Path, *, shared=False, threshold=0.4, stream=None, seed=7, mlp_dims=(8,), main_weight=None):
+def add_answer_head(folder: Path, *, shared=False, threshold=0.4, stream=None, seed=7, mlp_dims=(8,), main_weight=None,
+                    decision_threshold=None):
     """Write a small random answer head into a guard folder (the contract's layout); returns it."""
     from safetensors.torch import save_file
     from siren.mlp import MLPHead
@@ -47,6 +48,8 @@ def add_answer_head(folder: Path, *, shared=False, threshold=0.4, stream=None, s
                           "dropout_rates": [0.0] * len(mlp_dims), "num_classes": 2})
     if main_weight is not None:
         entry["main_weight"] = main_weight
+    if decision_threshold is not None:
+        entry["decision_threshold"] = decision_threshold
     config.setdefault("siren", {})["answer_head"] = entry
     (folder / CONFIG_NAME).write_text(json.dumps(config))
     return head
@@ -326,3 +329,30 @@ def test_folder_with_an_answer_head_loads_in_llm_siren_with_equal_scores(tmp_pat
             assert guard.score(prompt=p, response=r).score == pytest.approx(want, abs=1e-4)
     finally:
         theirs.close()
+
+
+def test_finished_answers_and_streams_have_their_own_thresholds(tmp_path, tiny_dir):
+    """`decision_threshold` judges a finished answer (score(), score_pairs, a session's
+    `.response`); `threshold` is the stream rule's stop. A folder without decision_threshold
+    uses its one threshold for both (folders written before the split)."""
+    guard, *_ = answer_guard(tmp_path, tiny_dir, threshold=0.9, decision_threshold=0.3)
+    assert guard.answer_threshold == 0.3 and guard.stream_threshold == 0.9
+    res = guard.score(prompt=PROMPT, response=RESPONSE)
+    assert res.response.threshold == 0.3 and res.response.is_harmful is (res.response.score >= 0.3)
+    session = guard.stream(PROMPT)
+    assert session.rule.threshold == 0.9
+    fed = session.feed(RESPONSE)
+    assert fed.response.threshold == 0.3
+    assert fed.response.score == pytest.approx(res.response.score, abs=1e-4)
+    from siren.runtime.serve_pairs import stop_threshold
+
+    assert stop_threshold(guard, None, 0.5) == 0.9 and stop_threshold(guard, 0.2, 0.5) == 0.2
+    old, *_ = answer_guard(tmp_path / "old", tiny_dir, threshold=0.7)
+    assert old.answer_threshold == old.stream_threshold == 0.7
+
+
+def test_a_bad_decision_threshold_is_named(tmp_path, tiny_dir):
+    folder, *_ = make_guard(tmp_path / "g", tiny_dir, max_length=64)
+    add_answer_head(folder, decision_threshold=1.5)
+    with pytest.raises(SirenError, match="decision_threshold"):
+        SirenGuard.from_pretrained(str(folder), device="cpu")

@@ -31,7 +31,7 @@ class PairGuard:
     (the score of the answer alone): what matters here is that the server carries both verdicts."""
 
     has_answer_head = True
-    answer_threshold = ANSWER_THRESHOLD
+    answer_threshold = stream_threshold = ANSWER_THRESHOLD
 
     def __init__(self, guard: SirenGuard, *, debounce: int = 2):
         self.guard = guard

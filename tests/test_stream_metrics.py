@@ -106,7 +106,7 @@ class AnswerHeadGuard:
     answer so far: the stateless and session paths must both read `.response`."""
 
     has_answer_head = True
-    answer_threshold = 0.5
+    answer_threshold = stream_threshold = 0.5
     default_threshold = 0.5
 
     def __init__(self, guard):

@@ -341,8 +341,8 @@ def stream_setup(cfg, guard) -> tuple[str, StreamRule, str]:
         rule["ema"] = None  # alpha 1 is the raw score
     if cfg.decision_threshold is not None:
         threshold, source = float(cfg.decision_threshold), "--decision_threshold"
-    elif verdict == "response" and getattr(guard, "answer_threshold", None) is not None:
-        threshold, source = float(guard.answer_threshold), "the guard's answer threshold"
+    elif verdict == "response" and getattr(guard, "stream_threshold", None) is not None:
+        threshold, source = float(guard.stream_threshold), "the guard's stream threshold"
     else:
         threshold, source = float(guard.default_threshold), "the guard's threshold"
     return verdict, StreamRule(threshold, int(rule["debounce"]), int(rule["min_answer_tokens"]), rule["ema"]), source

@@ -15,7 +15,11 @@ answer's label; a harmful answer's prefix of t tokens weighs min(1, t / answer_r
 on its own out-of-fold scores (a fold ensemble's head i never saw CV fold i). The threshold (and the stream rule where
 `debounce` / `min_answer_tokens` are null) is chosen on out-of-fold validation
 streams (every `STREAM_EVERY` answer tokens, as the session is scored) for the target false-alarm
-rate on safe streams (`target_false_alarm`).
+rate on safe streams (`target_false_alarm`): that is the stream's stop threshold. A finished
+answer's verdict keeps the guard's `decision_threshold` (or, with `threshold_from_cv`, the one
+that maximises the out-of-fold finished answers' macro-F1): the stream threshold sits high (a
+stream is stopped the first time any prefix crosses it), and on finished answers it cost 0.058
+macro-F1 against 0.5 on the offline-six test rows (reports/streaming_verdicts).
 
 Writes (`save_answer_head`): `answer_head.safetensors` (`network.0.weight/bias`: one Linear,
 the guard's Sequential layout) and `siren.answer_head` in siren_config.json, as issue 37's
@@ -49,6 +53,22 @@ class AnswerFit:
     rule: dict
     summary: dict = field(default_factory=dict)
     main_weight: float = 0.0     # the verdict = (1 - w) * this head + w * the main head (answer pools)
+    decision_threshold: float | None = None   # a finished answer's verdict (None: `threshold`)
+
+
+def finished_threshold(cfg: dict, streams: list, y: np.ndarray, g: np.ndarray) -> tuple[float, str]:
+    """(threshold, source) of a finished answer's verdict: the guard's `decision_threshold`, or with
+    `threshold_from_cv` the one maximising the mean macro-F1 of the out-of-fold finished answers
+    (each stream's last score), as the main head's is chosen on its out-of-fold scores."""
+    from siren.metrics import best_threshold
+
+    if cfg.get("threshold_from_cv"):
+        finished = np.array([scores[-1] for _points, scores in streams], dtype=np.float64)
+        threshold, score = best_threshold(np.asarray(y), finished, np.asarray(g))
+        log(f"answer verdict: decision threshold {threshold:.2f} from the out-of-fold finished answers "
+            f"(mean macro-F1 {score:.4f} there)")
+        return float(threshold), "cv"
+    return float(cfg["decision_threshold"]), "config"
 
 
 # ----------------------------------------------------------------- rows and features
@@ -339,6 +359,7 @@ def fit_answer_stage(cfg: dict, selection: dict, weights: np.ndarray, pooling: s
             A, P, points, y, np.arange(len(y)), set(cfg["answer_cuts"]), cfg["answer_ramp_tokens"], extra,
             int(cfg.get("answer_harmful_min_tokens") or 0)))
     rule, table = choose_rule(cfg, streams, y)
+    decision, decision_source = finished_threshold(cfg, streams, y, g)
     log(f"answer head ({kind}) on {len(y)} response rows: threshold {rule['threshold']:.3f}, debounce "
         f"{rule['debounce']}, min answer tokens {rule['min_answer_tokens']}, ema {rule['ema']}: out-of-fold "
         f"stream false alarms {rule['false_alarm']:.3f}, detection {rule['detection']:.3f}")
@@ -347,9 +368,10 @@ def fit_answer_stage(cfg: dict, selection: dict, weights: np.ndarray, pooling: s
                "harmful_min_tokens": cfg.get("answer_harmful_min_tokens"),
                "C": cfg["answer_c"], "main_weight": w, "main_out_of_fold": main is not None,
                "target_false_alarm": cfg["target_false_alarm"], "chosen": rule,
+               "decision_threshold": decision, "decision_threshold_source": decision_source,
                "rule_table": table, "chosen_on": "out-of-fold streams of train + validation response rows"}
     return AnswerFit(head.state() if head is not None else None, int(A.shape[1]), float(rule["threshold"]),
-                     {k: rule[k] for k in ("debounce", "min_answer_tokens", "ema")}, summary, w)
+                     {k: rule[k] for k in ("debounce", "min_answer_tokens", "ema")}, summary, w, decision)
 
 
 def _layer_features(cfg: dict, pooling: str):
@@ -371,6 +393,7 @@ def save_answer_head(folder: Path, fit: AnswerFit) -> None:
     folder = Path(folder)
     config = load_guard_config(folder)
     entry = {"weights": None, "mlp": None, "shared": fit.state is None, "threshold": float(fit.threshold),
+             "decision_threshold": float(fit.threshold if fit.decision_threshold is None else fit.decision_threshold),
              "stream": {"debounce": int(fit.rule["debounce"]), "min_answer_tokens": int(fit.rule["min_answer_tokens"]),
                         "ema": fit.rule["ema"]}, "main_weight": float(fit.main_weight)}
     if fit.state is not None:

@@ -3,7 +3,9 @@
     {"weights": "answer_head.safetensors" | null,
      "mlp": {input_dim, layer_dims, dropout_rates, num_classes: 2} | null,
      "shared": bool,          # true: the answer verdict uses the main head (weights and mlp null)
-     "threshold": float,      # the answer verdict's threshold
+     "threshold": float,      # the stream's stop threshold on the answer verdict (its rule's)
+     "decision_threshold": float,  # optional, default `threshold`: a finished answer's verdict
+                              # (`ScoreResult.response.is_harmful`) is harmful at score >= this
      "stream": {"debounce": int, "min_answer_tokens": int, "ema": float | null},
      "main_weight": float}    # optional, default 0: the verdict is (1 - w) * answer head + w * main
                               # head, both on the answer pool (ignored when shared)
@@ -11,6 +13,12 @@
 It reads the same `(input_dim,)` features as the main head, pooled over the answer's tokens only
 (`siren.features.answer_spans`); its weights use siren.safetensors' layout (`network.<k>.*`).
 `llm-siren` ignores the key, so a guard with an answer head still loads there, with equal scores.
+
+Two thresholds, because a stream and a finished answer are different decisions: a stream is
+stopped the first time any prefix crosses `threshold` (chosen for a target false-alarm rate on
+safe streams, so it sits high), while a finished answer is judged once, at `decision_threshold`
+(the guard's decision threshold, as the whole text's verdict). Folders written before the split
+have one threshold for both.
 """
 
 from __future__ import annotations
@@ -38,6 +46,12 @@ class AnswerHeadSpec:
     weights: str | None
     mlp: dict | None
     main_weight: float = 0.0  # the answer verdict = (1 - w) * answer head + w * main head, on the answer pool
+    decision_threshold: float | None = None   # a finished answer's verdict; None: `threshold`
+
+    @property
+    def verdict_threshold(self) -> float:
+        """The threshold of `ScoreResult.response` (the stream's stop uses `rule.threshold`)."""
+        return self.threshold if self.decision_threshold is None else self.decision_threshold
 
 
 def parse_answer_head(config: dict, source: str) -> AnswerHeadSpec | None:
@@ -54,6 +68,9 @@ def parse_answer_head(config: dict, source: str) -> AnswerHeadSpec | None:
     if "threshold" not in entry:
         raise SirenError(f"{where} has no threshold: add \"threshold\": <a number in [0, 1]>")
     threshold = check_decision_threshold(entry["threshold"], f"{where}.threshold")
+    decision = entry.get("decision_threshold")
+    if decision is not None:
+        decision = check_decision_threshold(decision, f"{where}.decision_threshold")
     stream = entry.get("stream") or {}
     if not isinstance(stream, dict):
         raise SirenError(f"{where}.stream must be an object {{debounce, min_answer_tokens, ema}}")
@@ -76,7 +93,7 @@ def parse_answer_head(config: dict, source: str) -> AnswerHeadSpec | None:
     main_weight = entry.get("main_weight", 0.0)
     if isinstance(main_weight, bool) or not isinstance(main_weight, (int, float)) or not 0.0 <= main_weight <= 1.0:
         raise SirenError(f"{where}.main_weight must be a number in [0, 1] (0: the answer head alone), got {main_weight!r}")
-    return AnswerHeadSpec(shared, threshold, rule, weights, mlp, 0.0 if shared else float(main_weight))
+    return AnswerHeadSpec(shared, threshold, rule, weights, mlp, 0.0 if shared else float(main_weight), decision)
 
 
 def load_answer_head(spec: AnswerHeadSpec, fetch: Callable[[str], object]) -> torch.nn.Module | None:

@@ -186,7 +186,13 @@ class SirenGuard:
 
     @property
     def answer_threshold(self) -> float | None:
-        return None if self.answer_spec is None else self.answer_spec.threshold
+        """The answer verdict's decision threshold (`ScoreResult.response.is_harmful`)."""
+        return None if self.answer_spec is None else self.answer_spec.verdict_threshold
+
+    @property
+    def stream_threshold(self) -> float | None:
+        """The threshold of the saved stream rule: a stream stops when the answer verdict crosses it."""
+        return None if self.answer_spec is None else self.answer_spec.rule.threshold
 
     # ------------------------------------------------------------ loading
 

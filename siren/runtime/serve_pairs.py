@@ -129,8 +129,8 @@ def stop_threshold(guard, asked: float | None, default_threshold: float) -> floa
     answer's verdict decides), else the server's."""
     if asked is not None:
         return float(asked)
-    if getattr(guard, "has_answer_head", False) and getattr(guard, "answer_threshold", None) is not None:
-        return float(guard.answer_threshold)
+    if getattr(guard, "has_answer_head", False) and getattr(guard, "stream_threshold", None) is not None:
+        return float(guard.stream_threshold)
     return float(default_threshold)
 
 
