@@ -356,3 +356,26 @@ def test_a_bad_decision_threshold_is_named(tmp_path, tiny_dir):
     add_answer_head(folder, decision_threshold=1.5)
     with pytest.raises(SirenError, match="decision_threshold"):
         SirenGuard.from_pretrained(str(folder), device="cpu")
+
+
+def test_score_cli_prints_both_verdicts_of_a_pair(tmp_path, tiny_dir, capsys, monkeypatch):
+    import io
+
+    from siren.cli import main
+
+    folder, *_ = make_guard(tmp_path / "g", tiny_dir, max_length=64)
+    add_answer_head(folder, threshold=0.9, decision_threshold=0.3)
+    guard = SirenGuard.from_pretrained(str(folder), device="cpu")
+    want = guard.score(prompt=PROMPT, response=RESPONSE)
+    assert main(["score", "--model", str(folder), "--prompt", PROMPT, "--response", RESPONSE]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["response"] == {"score": pytest.approx(want.response.score, abs=1e-5),
+                               "is_harmful": want.response.is_harmful, "threshold": 0.3}
+    assert row["prompt"]["score"] == pytest.approx(want.prompt.score, abs=1e-5)
+    lines = [{"prompt": PROMPT, "response": RESPONSE}, {"text": "just a text"}, {"prompt": "p", "response": "r"}]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(json.dumps(x) for x in lines) + "\n"))
+    assert main(["score", "--model", str(folder), "--jsonl"]) == 0
+    got = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [("response" in g, "prompt" in g) for g in got] == [(True, True), (False, False), (True, True)]
+    assert got[0]["response"]["score"] == pytest.approx(want.response.score, abs=1e-5)
+    assert got[1]["score"] == pytest.approx(guard.score("just a text").score, abs=1e-5)

@@ -179,6 +179,8 @@ def test_score_cli(tmp_path, tiny_llama_dir, capsys, monkeypatch):
     [row] = _lines(capsys)
     assert row["score"] == pytest.approx(guard.score(prompt="p", response="r").score, abs=1e-6)
     assert row["is_harmful"] is True and row["threshold"] == 0.0
+    # a pair also gets the prompt's verdict (this guard has no answer head: no "response")
+    assert row["prompt"]["score"] == pytest.approx(guard.score("p").score, abs=1e-6) and "response" not in row
 
     rows = [{"text": t} for t in TEXTS] + [{"prompt": "p", "response": "r"}, {"prompt": "only a prompt"}]
     monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(json.dumps(r) for r in rows) + "\n"))
@@ -186,6 +188,7 @@ def test_score_cli(tmp_path, tiny_llama_dir, capsys, monkeypatch):
     got = _lines(capsys)
     want = guard.score_batch(TEXTS + ["p\nr", "only a prompt"])
     np.testing.assert_allclose([g["score"] for g in got], [w.score for w in want], atol=1e-5)
+    assert ["prompt" in g for g in got] == [False] * len(TEXTS) + [True, True]   # in input order
 
     monkeypatch.setattr("sys.stdin", io.StringIO('{"text": "a"}\n{"text": "b"}\n{"txt": "c"}\n'))
     assert main(["score", "--model", str(folder), "--jsonl"]) == 2

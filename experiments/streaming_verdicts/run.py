@@ -203,7 +203,9 @@ def saved_answer_head(folder: str) -> tuple[SavedHead, dict]:
 
     entry = load_guard_config(folder)["siren"]["answer_head"]
     rule = {**entry["stream"], "threshold": float(entry["threshold"]), "source": "the guard folder",
-            "main_weight": float(entry.get("main_weight", 0.0))}
+            "main_weight": float(entry.get("main_weight", 0.0)),
+            # a finished answer's threshold (folders before the split: the stream's)
+            "decision_threshold": float(entry.get("decision_threshold", entry["threshold"]))}
     head = SavedHead(read_safetensors(Path(folder) / entry["weights"]))
     if rule["main_weight"] > 0:   # the runtime's blend: (1 - w) * answer head + w * main head
         head = Blend(head, MainHead(load_head(folder)), rule["main_weight"])
@@ -259,6 +261,7 @@ def side_by_side(T: dict, answer_head, main_head, rule: dict, base_threshold: fl
     thr = rule["threshold"]
     out = {"finished_f1": {}}
     for name, scores, t in (("answer_verdict", a_final, thr), ("answer_verdict_at_0.5", a_final, 0.5),
+                            ("answer_verdict_at_decision_threshold", a_final, rule.get("decision_threshold", thr)),
                             ("today_whole_text", w_final, base_threshold),
                             ("shared_main_head_on_answer", s_final, base_threshold)):
         pred = (scores >= t).astype(int)

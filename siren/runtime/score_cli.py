@@ -53,9 +53,8 @@ def _decode_line(raw: bytes, lineno: int) -> str:
                          f"{err.start + 1} of the line); send UTF-8 text") from None
 
 
-def _jsonl_text(line: str, lineno: int) -> str:
-    from siren.features import join_prompt_response
-
+def _jsonl_item(line: str, lineno: int) -> str | tuple[str | None, str | None]:
+    """A line's text (a str), or its (prompt, response) pair (a tuple), checked."""
     try:
         row = json.loads(line)
     except json.JSONDecodeError as err:
@@ -80,14 +79,27 @@ def _jsonl_text(line: str, lineno: int) -> str:
             _check_chars(row[k], f"stdin line {lineno}: field {k!r}")
     if "text" in row:
         return row["text"] or ""
-    return join_prompt_response(row.get("prompt"), row.get("response"))
+    return row.get("prompt"), row.get("response")
 
 
 def _emit(result) -> None:
-    from siren.categories import category_fields
+    """One JSON line: the whole text's verdict, then (a pair) the prompt's and the answer's, then the
+    categories (ScoreResult.to_dict: parts the guard does not give are left out)."""
+    sys.stdout.write(json.dumps(result.to_dict()) + "\n")
 
-    sys.stdout.write(json.dumps({"score": result.score, "is_harmful": result.is_harmful,
-                                 "threshold": result.threshold, **category_fields(result)}) + "\n")
+
+def score_items(guard, items: list, cfg) -> list:
+    """ScoreResults of `items` in order: texts (str) through score_batch, (prompt, response) pairs
+    through score_pairs (both verdicts); one call for each kind."""
+    texts = [i for i, x in enumerate(items) if isinstance(x, str)]
+    pairs = [i for i, x in enumerate(items) if not isinstance(x, str)]
+    kw = dict(batch_size=cfg.batch_size, batch_tokens=cfg.batch_tokens, threshold=cfg.decision_threshold)
+    out: list = [None] * len(items)
+    for i, r in zip(texts, guard.score_batch([items[i] for i in texts], **kw) if texts else []):
+        out[i] = r
+    for i, r in zip(pairs, guard.score_pairs([items[i] for i in pairs], **kw) if pairs else []):
+        out[i] = r
+    return out
 
 
 def run(args) -> int:
@@ -111,11 +123,10 @@ def run(args) -> int:
         _emit(guard.score(args.text, prompt=args.prompt, response=args.response, threshold=cfg.decision_threshold))
         return 0
 
-    pending: list[str] = []
+    pending: list = []
 
     def flush() -> None:
-        for result in guard.score_batch(pending, batch_size=cfg.batch_size, batch_tokens=cfg.batch_tokens,
-                                        threshold=cfg.decision_threshold):
+        for result in score_items(guard, pending, cfg):
             _emit(result)
         sys.stdout.flush()
         pending.clear()
@@ -129,7 +140,7 @@ def run(args) -> int:
             line = _decode_line(raw, lineno)
             if not line.strip():
                 continue
-            pending.append(_jsonl_text(line, lineno))
+            pending.append(_jsonl_item(line, lineno))
         except SirenError:
             flush()  # every result before the bad line, then the error
             raise
