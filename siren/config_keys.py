@@ -137,6 +137,8 @@ KEYS: tuple[Key, ...] = (
     Key("guard", str, ("eval",), "guard folder", nullable=True, null="the run folder of MODEL"),
     Key("extra_datasets", str, ("eval", "report"), "more test sets, e.g. xstest advbench harmbench", list=True),
     Key("calibrate", bool, ("eval",), "store the threshold that maximises validation F1 as the guard's"),
+    Key("answers", bool, ("eval",), "with an answer head: also score the test rows that carry a response "
+        "(a backbone forward) and report the answer verdict beside the whole text's"),
     # --- siren serve
     Key("host", str, ("serve",), "address to bind (127.0.0.1: this machine only)"),
     Key("port", int, ("serve",), "port to bind", min=1, max=65535),

@@ -20,6 +20,7 @@ BATCH_TOKENS="${BATCH_TOKENS:-}"      # extraction: padded tokens per length-buc
 CACHE_DIR="${CACHE_DIR:-}"            # feature cache; default: the training run's
 TRUST_REMOTE_CODE="${TRUST_REMOTE_CODE:-}"  # 1 | 0; default: the training run's
 CALIBRATE="${CALIBRATE:-}"            # 1: set the guard's decision threshold to the one maximising validation F1
+ANSWERS="${ANSWERS:-}"                # 0: skip the answer verdict on the test rows with a response (a backbone forward)
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -n "$DATA_DIR" ] && [ -d "$DATA_DIR" ]; then DATA_DIR="$(cd "$DATA_DIR" && pwd)"; fi
@@ -44,5 +45,6 @@ flag --batch_tokens "$BATCH_TOKENS"
 flag --cache_dir "$CACHE_DIR"
 switch trust_remote_code "$TRUST_REMOTE_CODE" TRUST_REMOTE_CODE
 switch calibrate "$CALIBRATE" CALIBRATE
+switch answers "$ANSWERS" ANSWERS
 cd "$ROOT"
 exec "$PY" -m siren eval "${ARGS[@]}" "$@"

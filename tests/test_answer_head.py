@@ -82,6 +82,26 @@ def test_train_writes_a_loadable_answer_head(tiny_llama_dir, rows, tmp_path):
     r = guard.score(prompt=PROMPTS[0], response=HARMFUL[0])
     assert r.response is not None and 0.0 <= r.response.score <= 1.0 and r.prompt is not None
 
+    # siren eval reports the answer verdict on the test rows with a response (beavertails here,
+    # not aegis), at the decision threshold, beside the whole text's on the same rows
+    assert siren_main(["eval", "--guard", str(out), "--dtype", "float32"]) == 0
+    block = json.loads((out / "eval_results.json").read_text())["answers"]
+    assert set(block["datasets"]) == {"beavertails"} and block["threshold"] == 0.5
+    rows_ = [json.loads(x) for x in (rows / "beavertails" / "test.jsonl").read_text().splitlines()]
+    from siren.data import load_splits
+
+    test = load_splits("beavertails", data_dir=str(rows), seed=3, val_ratio=results["config"]["val_ratio"],
+                       max_per_split=results["config"]["max_per_split"])["test"]
+    got = guard.score_pairs(list(zip(test["prompt"], test["response"])))
+    from sklearn.metrics import f1_score
+
+    want = f1_score(test["label"], [int(g.response.is_harmful) for g in got], average="macro")
+    assert block["datasets"]["beavertails"]["answer"]["f1"] == pytest.approx(want)
+    assert block["datasets"]["beavertails"]["answer"]["n"] == len(test) <= len(rows_)
+    assert block["average"]["answer_f1"] == pytest.approx(want)
+    assert siren_main(["eval", "--guard", str(out), "--no_answers"]) == 0
+    assert "answers" not in json.loads((out / "eval_results.json").read_text())
+
 
 @pytest.mark.parametrize("kind", ["none", "shared"])
 def test_answer_head_none_or_shared_writes_no_weights(tiny_llama_dir, rows, tmp_path, kind):

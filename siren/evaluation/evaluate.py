@@ -12,7 +12,9 @@ over datasets; `f1_ci95`, the 95% bootstrap interval of each macro-F1 and of the
 label, score; `experiments/compare_guards.py` compares two guards on them), `roc.png` and `f1.png`
 (macro-F1 with those intervals), and for a guard with a category head `categories`: per harm category
 AUROC, PR-AUC and F1 at its stored threshold, beside a TF-IDF one-vs-rest baseline
-(siren.evaluation.categories). Harmful-only sets (advbench, harmbench, simple_safety_tests)
+(siren.evaluation.categories), and for a guard with an answer head `answers`: on the test rows
+with a response, the answer verdict's metrics at its decision threshold beside the whole text's
+(siren.evaluation.answers; `--no_answers` skips its backbone forward). Harmful-only sets (advbench, harmbench, simple_safety_tests)
 report their detection rate (recall) and stay out of the averages.
 With `--calibrate`, the threshold that maximises validation macro-F1 (mean over the training
 datasets) becomes the guard's decision threshold, in `siren_config.json` and `best_model.pkl`
@@ -164,6 +166,11 @@ def evaluate(args) -> dict:
                           seconds=round(time.perf_counter() - start, 2))
     report["categories"] = category_block(setup.folder, paths, setup.rep, setup.selection, setup.weights,
                                           setup.everything, train_datasets, setup.split_kw)
+    if setup.cfg.answers and (setup.config.get("siren") or {}).get("answer_head"):
+        from siren.evaluation.answers import evaluate_answers
+
+        report["answers"] = evaluate_answers(setup.folder, setup.datasets, setup.split_kw, setup.cfg,
+                                             classification_metrics)
     if calibration:
         prev = [per_dataset[n]["at_previous_threshold"] for n in report["averaged_over"]]
         report["average_at_previous_threshold"] = {k: float(np.mean([c[k] for c in prev])) for k in AVERAGED}
@@ -416,4 +423,8 @@ def print_table(report: dict) -> None:
         from siren.evaluation.categories import markdown
 
         print("\n" + "\n".join(markdown(report["categories"])))
+    if report.get("answers"):
+        from siren.evaluation import answers
+
+        print("\n" + "\n".join(answers.markdown(report["answers"])))
     print(f"results: {report['guard']}/eval_results.json, plots roc.png and f1.png")
