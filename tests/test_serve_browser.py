@@ -99,6 +99,7 @@ LAYOUT = """() => {
             prompt: box('verdict-prompt'), response: box('verdict-response'),
             promptText: document.querySelector('#verdict-prompt .vvalue').textContent,
             responseText: document.querySelector('#verdict-response .vvalue').textContent,
+            responseLabel: document.querySelector('#verdict-response .vlabel').textContent,
             stopper: document.getElementById('verdict-response').classList.contains('stopper'),
             status: document.getElementById('status').textContent,
             flaggedBy: document.getElementById('status').dataset.flaggedBy,
@@ -145,6 +146,28 @@ def test_demo_page_on_a_phone_shows_both_verdicts(tmp_path, tiny_llama_dir):
     assert done["flaggedBy"] == "response" and "by the answer’s verdict" in done["status"]
     assert done["stopper"] and done["responseText"].startswith("harmful")
     assert done["promptText"].startswith(("harmful", "safe"))
+
+
+def test_demo_page_judges_a_finished_answer_at_its_own_threshold(tmp_path, tiny_llama_dir):
+    """While streaming, the answer's score is shown against the stop line; an answer that runs to
+    its end gets the finished answer's verdict, at the threshold the server gives with it."""
+    from test_serve_pairs import ANSWER_THRESHOLD, PairGuard
+
+    folder, *_ = make_guard(tmp_path / "guard", tiny_llama_dir)
+    guard = PairGuard(SirenGuard.from_pretrained(str(folder), device="cpu"), debounce=1)
+
+    def run(page):
+        page.fill("#threshold", "0.999")   # a stop line no answer score reaches
+        page.fill("#delay", "0")
+        page.click("#run")
+        page.wait_for_function("document.body.dataset.state === 'done'", timeout=60_000)
+        return page.evaluate(LAYOUT)
+
+    with ServerThread(create_app(guard, model_name="pair-guard", limits=serve_limits())) as srv:
+        done = open_page(srv.url + "/", tmp_path / "finished.png", run, viewport=PHONE)
+    assert "never crossed" in done["status"] and not done["stopper"]
+    assert "finished answer" in done["responseLabel"]
+    assert done["responseText"].endswith(str(ANSWER_THRESHOLD))   # the finished verdict's threshold, not 0.999
 
 
 def test_demo_page_resets_the_status_on_an_error(tmp_path, tiny_llama_dir):
