@@ -16,7 +16,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
+from sklearn.decomposition import PCA
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.linear_model import LogisticRegression, RidgeClassifier
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
@@ -86,6 +88,15 @@ class Bench:
             P[:, c] = LogisticRegression(C=C, max_iter=3000).fit(Ft[k], Yt[k, c]).decision_function(Fv)
         return P
 
+    def fit_each(self, make, Ft, Fv):
+        """Decision values of another linear classifier (make() -> unfitted), one per category."""
+        Yt, Mt = self.tr["Y"], self.tr["M"]
+        P = np.full((len(Fv), Yt.shape[1]), np.nan)
+        for c in self.cols:
+            k = Mt[:, c]
+            P[:, c] = make().fit(Ft[k], Yt[k, c]).decision_function(Fv)
+        return P
+
     def score(self, P) -> str:
         Yv, Mv = self.va["Y"], self.va["M"]
         a5, a20 = [], []
@@ -108,6 +119,13 @@ def main() -> int:
     print("| variant | validation AUROC (>= 5 positives) | (>= 20 positives) |\n|---|---:|---:|")
     for C in (1e-3, 3e-3):
         print(f"| product: probes on the selected neurons, C {C:g} | {b.score(b.probes(Zt, Zv, C))} |", flush=True)
+    other_linear = (("shrinkage LDA (0.9)", lambda: LinearDiscriminantAnalysis(solver="lsqr", shrinkage=0.9)),
+                    ("ridge classifier (alpha 1e4)", lambda: RidgeClassifier(alpha=1e4)))
+    for name, make in other_linear:
+        print(f"| {name} on the selected neurons | {b.score(b.fit_each(make, Zt, Zv))} |", flush=True)
+    pca = PCA(64, whiten=True, random_state=0).fit(Zt)
+    print(f"| PCA to 64 whitened components, then probes C 0.1 | {b.score(b.probes(pca.transform(Zt), pca.transform(Zv), 0.1))} |",
+          flush=True)
     Xt, Xv = standardise(d["train"]["X"], d["validation"]["X"])
     for C in (3e-4, 1e-3, 3e-3):
         print(f"| probes on every layer's pool (all {Xt.shape[1]} dims), C {C:g} | {b.score(b.probes(Xt, Xv, C))} |", flush=True)
@@ -115,6 +133,11 @@ def main() -> int:
     for layer in range(0, d["train"]["L"].shape[1], 4):
         Lt, Lv = standardise(d["train"]["L"][:, layer], d["validation"]["L"][:, layer])
         print(f"| probes on layer {layer}'s pool alone, C 0.01 | {b.score(b.probes(Lt, Lv, 1e-2))} |", flush=True)
+    n_layers = d["train"]["L"].shape[1]
+    for C in (3e-2, 1e-1):   # one probe per layer, their decision values averaged (an ensemble, not a concatenation)
+        P = sum(b.probes(*standardise(d["train"]["L"][:, layer], d["validation"]["L"][:, layer]), C)
+                for layer in range(n_layers)) / n_layers
+        print(f"| the mean of {n_layers} per-layer probes, C {C:g} | {b.score(P)} |", flush=True)
     harm = np.log(np.clip(d["validation"]["oof"], 1e-7, 1 - 1e-7))[:, None]
     for C in (3e-3, 1e-2):
         cond = b.probes(Zt, Zv, C, only=d["train"]["y"] == 1)
