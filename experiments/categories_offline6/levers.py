@@ -97,7 +97,9 @@ class Bench:
             P[:, c] = make().fit(Ft[k], Yt[k, c]).decision_function(Fv)
         return P
 
-    def score(self, P) -> str:
+    def auroc(self, P) -> tuple[float, float]:
+        """Mean validation AUROC of the scores P (n_val, C) over the categories with >= 5 and >= 20
+        validation positives."""
         Yv, Mv = self.va["Y"], self.va["M"]
         a5, a20 = [], []
         for c in self.cols:
@@ -106,7 +108,11 @@ class Bench:
                 a5.append(roc_auc_score(y, P[Mv[:, c], c]))
             if y.sum() >= 20:
                 a20.append(roc_auc_score(y, P[Mv[:, c], c]))
-        return f"{np.mean(a5):.4f} | {np.mean(a20):.4f}"
+        return float(np.mean(a5)), float(np.mean(a20))
+
+    def score(self, P) -> str:
+        a5, a20 = self.auroc(P)
+        return f"{a5:.4f} | {a20:.4f}"
 
 
 def main() -> int:
