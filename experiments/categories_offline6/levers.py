@@ -24,7 +24,7 @@ from sklearn.model_selection import StratifiedKFold
 
 
 def load_rows(folder: Path):
-    """{split: dict(Z selected (n, k), X all layers (n, L*d), Y, M (n, C), y (n,), oof (n,))} of the
+    """{split: dict(Z selected (n, k), X all layers (n, L*d), Y, M (n, C), y (n,), oof (n,), ids)} of the
     annotating sources' train and validation rows; oof: the main head's out-of-fold probability
     (its fold head that never trained on the row)."""
     from siren.artifact import load_guard_config, load_head, selection_from_config
@@ -61,7 +61,8 @@ def load_rows(folder: Path):
         oof = np.zeros(len(keep))
         for k, head in enumerate(heads):
             oof[fold == k] = predict_proba_head(head, Z[fold == k])
-        out[s] = dict(Z=Z, X=X.reshape(len(keep), -1), L=X, Y=Y[keep], M=M[keep], y=sp.y[keep], oof=oof)
+        out[s] = dict(Z=Z, X=X.reshape(len(keep), -1), L=X, Y=Y[keep], M=M[keep], y=sp.y[keep], oof=oof,
+                      ids=[str(i) for i in sp.ids[keep]])
     return out
 
 
