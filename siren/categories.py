@@ -10,9 +10,13 @@ dataset, its categories mapped onto them) and, in a guard folder, the category h
   and its thresholds were chosen (for people, not read here).
 
 The head reads the same (n, input_dim) selected-neuron features as the binary head
-(`SirenGuard.features`); a category is harmful iff its sigmoid score >= its threshold. Categories
-no training row labelled are absent from `trained`: they are reported as not trained, never
-scored. `llm-siren` ignores these files. Imports no training code (fitting: siren.pipeline.categories).
+(`SirenGuard.features`); a category is harmful iff its sigmoid score (`proba`) >= its threshold.
+The score reported to users (`category_scores`) is that score rescaled so that the threshold sits
+at 0.5: sigmoid(logit(p) - logit(threshold)), the same order, so `category_scores[c] >= 0.5`
+exactly when `categories[c]`, as a harmful score reads against its default threshold 0.5.
+Categories no training row labelled are absent from `trained`: they are reported as not trained,
+never scored. `llm-siren` ignores these files. Imports no training code (fitting:
+siren.pipeline.categories).
 """
 
 from __future__ import annotations
@@ -156,11 +160,26 @@ class CategoryModel:
             return np.zeros((0, len(self.trained)))
         return torch.sigmoid(self.head(z)).double().numpy()
 
+    def reported(self, P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(flags (n, C) bool, reported scores (n, C) float64) of `proba`'s scores P (n, C): a flag
+        is P >= the category's threshold; its reported score is P's log-odds minus the threshold's,
+        through the sigmoid, so 0.5 is every category's decision point (per category the same order
+        as P, hence the same AUROC). Clamped on the right side of 0.5 so that rounding can never
+        make a reported score disagree with its flag."""
+        P = np.asarray(P, dtype=np.float64)
+        flags = P >= self.thresholds
+        logit = lambda x: np.log(x) - np.log1p(-x)  # noqa: E731
+        eps = 1e-12
+        shifted = logit(np.clip(P, eps, 1 - eps)) - logit(np.clip(self.thresholds.astype(np.float64), eps, 1 - eps))
+        scores = 1.0 / (1.0 + np.exp(-shifted))
+        scores = np.where(flags, np.maximum(scores, 0.5), np.minimum(scores, np.nextafter(0.5, 0.0)))
+        return flags, scores
+
     def verdicts(self, z) -> list[tuple[dict[str, bool], dict[str, float]]]:
-        """Per row: ({category: harmful?}, {category: score}) over the trained categories."""
-        P = self.proba(z)
-        return [({n: bool(p[i] >= self.thresholds[i]) for i, n in enumerate(self.trained)},
-                 {n: float(p[i]) for i, n in enumerate(self.trained)}) for p in P]
+        """Per row: ({category: harmful?}, {category: reported score}) over the trained categories."""
+        flags, scores = self.reported(self.proba(z))
+        return [({n: bool(f[i]) for i, n in enumerate(self.trained)},
+                 {n: float(s[i]) for i, n in enumerate(self.trained)}) for f, s in zip(flags, scores)]
 
     def config(self) -> dict:
         """categories.json: what the loader needs, plus the fit's record (`info`; a metric that is

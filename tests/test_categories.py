@@ -112,6 +112,22 @@ def test_best_f1_threshold():
     assert thr == 0.8 and f1 == pytest.approx(0.8)
 
 
+def test_reported_category_scores_put_each_threshold_at_one_half():
+    head = CategoryModel(head=None, trained=["hate", "violence", "sexual"], thresholds=np.array([0.2, 0.5, 0.9]),
+                         taxonomy=list(TAX.names))
+    rng = np.random.default_rng(0)
+    P = np.vstack([rng.random((500, 3)), head.thresholds, np.nextafter(head.thresholds, 0), [[0.0, 1.0, 0.0]]])
+    flags, scores = head.reported(P)
+    assert np.array_equal(flags, P >= head.thresholds)
+    assert np.array_equal(flags, scores >= 0.5)                 # a flag and its score never disagree
+    assert np.allclose(scores[500], 0.5)                        # a score at its threshold reads 0.5
+    assert np.allclose(scores[:, 1], np.clip(P[:, 1], 1e-12, 1 - 1e-12))   # threshold 0.5: unchanged
+    for c in range(3):                                          # the same order, so the same AUROC
+        order = np.argsort(P[:500, c])
+        assert np.all(np.diff(scores[:500, c][order]) >= 0)
+    assert scores[:500, 0].mean() > P[:500, 0].mean() and scores[:500, 2].mean() < P[:500, 2].mean()
+
+
 def violence_labels(texts):
     return np.array([any(w in t.lower() for w in VIOLENT) for t in texts], dtype=np.float32)
 
@@ -148,9 +164,12 @@ def test_guard_fills_categories_of_the_trained_only(cat_guard, cat_guard_dir, ti
     results = cat_guard.score_batch(TEXTS)
     assert all(set(r.category_scores) == {"violence"} for r in results)
     r = results[0]
-    assert r.categories["violence"] == (r.category_scores["violence"] >= cat_guard.categories.thresholds[0])
     direct = cat_guard.categories.proba(cat_guard.features(TEXTS[:1]))[0, 0]
-    assert r.category_scores["violence"] == pytest.approx(direct, abs=1e-6)
+    thr = cat_guard.categories.thresholds[0]
+    assert r.categories["violence"] == (direct >= thr) == (r.category_scores["violence"] >= 0.5)
+    # the reported score is the head's, rescaled so that its threshold sits at 0.5
+    logit = lambda x: np.log(x / (1 - x))  # noqa: E731
+    assert r.category_scores["violence"] == pytest.approx(1 / (1 + np.exp(logit(thr) - logit(direct))), abs=1e-6)
     assert r.to_dict()["category_scores"] == r.category_scores
     # a guard without the head keeps loading, with no categories; the harmful score is the same
     plain = tmp_path / "plain"

@@ -12,7 +12,8 @@ whole text: prompt + "\\n" + response for a pair). A guard that knows more fills
   has no answer head or no response was given. A stream's stop decision uses this one;
 - `categories` / `category_scores`: {category: bool} and {category: float} in the output
   taxonomy (configs/), only for categories the guard was trained on; None when it has no
-  category head.
+  category head. Each score is scaled so that its category's threshold is 0.5: a category is
+  flagged exactly when its score is >= 0.5 (siren.categories.CategoryModel.reported).
 
 Plain data (no torch), so that serving, evaluation and the session share them without cycles.
 """
