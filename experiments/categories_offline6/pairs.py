@@ -29,29 +29,21 @@ VARIANTS = (("whole text (the product)", "W"), ("whole text + answer", "WA"), ("
 
 def pair_pools(guard: Path, ids_by_split: dict) -> dict:
     """{split: {row id: (prompt pool (k,), answer pool (k,))}} of the beavertails rows among the ids."""
-    from experiments.streaming_verdicts.pools import Hooked, answer_mask, forward_all
-    from siren.artifact import load_guard_config, selection_from_config
-    from siren.backbones import load_backbone
+    from experiments.streaming_verdicts.pools import GuardReader, forward_all
 
-    cfg = json.loads((guard / "results.json").read_text())["config"]
-    _layers, sel, layer_w = selection_from_config(load_guard_config(guard))
-    bb = load_backbone(cfg["model"], device="cpu", dtype=cfg.get("dtype"))
-    hooked = Hooked(bb.model)
-    hooked.pad = bb.tokenizer.pad_token_id
-    d = bb.model.config.hidden_size
-    cols = np.concatenate([l * d + np.asarray(sel[l]) for l in sorted(sel)])
-    weight = np.concatenate([np.full(len(sel[l]), layer_w[l], np.float32) for l in sorted(sel)])
+    reader = GuardReader(guard)
     out = {}
     for split, ids in ids_by_split.items():
-        rows = [json.loads(x) for x in open(Path(cfg["data_dir"]) / "beavertails" / f"{split}.jsonl") if x.strip()]
+        rows = [json.loads(x) for x in open(Path(reader.config["data_dir"]) / "beavertails" / f"{split}.jsonl")
+                if x.strip()]
         rows = [r for r in rows if r["id"] in ids]
-        enc = [answer_mask(bb.tokenizer, r["prompt"], r["response"], cfg.get("max_length", 512)) for r in rows]
+        enc = reader.pairs(rows)
 
         def pools(i, h):
-            h, is_ans = h[:, cols] * weight, enc[i][1]
+            h, is_ans = reader.selected(h), enc[i][1]
             return h[~is_ans].mean(0), (h[is_ans] if is_ans.any() else h).mean(0)
 
-        out[split] = dict(zip([r["id"] for r in rows], forward_all(hooked, [ids for ids, _m in enc], pools)))
+        out[split] = dict(zip([r["id"] for r in rows], forward_all(reader.hooked, [ids for ids, _m in enc], pools)))
     return out
 
 

@@ -74,6 +74,35 @@ class Hooked:
         return [h[i, :len(ids)].numpy() for i, ids in enumerate(batch)]
 
 
+class GuardReader:
+    """A trained guard's backbone with MLP hooks, reading rows on the guard's own selected neurons:
+    `selected(h)` maps per-token outputs h (T, L*d) to (T, k), the selected neurons times their
+    layer weights, in the order of the guard's features. Also `tokenizer`, `hooked` and `config`
+    (the run's results.json config)."""
+
+    def __init__(self, guard: Path):
+        from siren.artifact import load_guard_config, selection_from_config
+        from siren.backbones import load_backbone
+
+        self.config = json.loads((Path(guard) / "results.json").read_text())["config"]
+        _layers, sel, layer_w = selection_from_config(load_guard_config(guard))
+        bb = load_backbone(self.config["model"], device="cpu", dtype=self.config.get("dtype"))
+        self.tokenizer, self.hooked = bb.tokenizer, Hooked(bb.model)
+        self.hooked.pad = bb.tokenizer.pad_token_id
+        d = bb.model.config.hidden_size
+        self.cols = np.concatenate([l * d + np.asarray(sel[l]) for l in sorted(sel)])
+        self.weight = np.concatenate([np.full(len(sel[l]), layer_w[l], np.float32) for l in sorted(sel)])
+        assert self.cols.max() < bb.model.config.num_hidden_layers * d
+
+    def selected(self, h: np.ndarray) -> np.ndarray:
+        return h[:, self.cols] * self.weight
+
+    def pairs(self, rows: list[dict]) -> list[tuple[list[int], np.ndarray]]:
+        """[(ids, is_answer)] of rows with prompt and response, as answer_mask encodes them."""
+        return [answer_mask(self.tokenizer, r["prompt"], r["response"], self.config.get("max_length", 512))
+                for r in rows]
+
+
 def prefix_points(n: int) -> list[int]:
     """Answer-token counts where a stream is scored: every EVERY tokens and the last one."""
     pts = list(range(EVERY, n + 1, EVERY))

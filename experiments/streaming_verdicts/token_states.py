@@ -29,7 +29,7 @@ import numpy as np
 from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold
 
-from experiments.streaming_verdicts.pools import Hooked, answer_mask, forward_all, prefix_points
+from experiments.streaming_verdicts.pools import GuardReader, forward_all, prefix_points
 
 CUTS = (8, 16, 32, 64)
 HARMFUL_MIN = 16
@@ -55,24 +55,13 @@ def row_readings(h_sel: np.ndarray, is_ans: np.ndarray) -> dict:
 
 def read_rows(guard: Path, data_dir: Path, limit: int | None = None) -> tuple[list[dict], np.ndarray, np.ndarray]:
     """(readings per row, labels (n,), dataset index (n,)) of the train + validation response rows."""
-    from siren.artifact import load_guard_config, selection_from_config
-    from siren.backbones import load_backbone
-
-    cfg = json.loads((guard / "results.json").read_text())["config"]
-    _layers, sel, layer_w = selection_from_config(load_guard_config(guard))
-    bb = load_backbone(cfg["model"], device="cpu", dtype=cfg.get("dtype"))
-    hooked = Hooked(bb.model)
-    hooked.pad = bb.tokenizer.pad_token_id
-    L, d = bb.model.config.num_hidden_layers, bb.model.config.hidden_size
-    cols = np.concatenate([l * d + np.asarray(sel[l]) for l in sorted(sel)])
-    weight = np.concatenate([np.full(len(sel[l]), layer_w[l], np.float32) for l in sorted(sel)])
-    assert cols.max() < L * d
+    reader = GuardReader(guard)
     out, labels, source = [], [], []
     for k, name in enumerate(("beavertails", "safe_rlhf")):
         rows = [json.loads(x) for s in ("train", "validation")
                 for x in open(data_dir / name / f"{s}.jsonl") if x.strip()][:limit]
-        enc = [answer_mask(bb.tokenizer, r["prompt"], r["response"], cfg.get("max_length", 512)) for r in rows]
-        out += forward_all(hooked, [ids for ids, _m in enc], lambda i, h: row_readings(h[:, cols] * weight, enc[i][1]))
+        enc = reader.pairs(rows)
+        out += forward_all(reader.hooked, [ids for ids, _m in enc], lambda i, h: row_readings(reader.selected(h), enc[i][1]))
         labels += [int(r["label"]) for r in rows]
         source += [k] * len(rows)
         print(f"{name}: {len(rows)} rows read", flush=True)
@@ -92,7 +81,7 @@ def evaluate(readings, y, src, kinds: tuple[str, ...], C: float, seed: int = 0) 
     oof_final = np.full(len(y), np.nan)
     oof_peak = np.full(len(y), np.nan)
     for tr, te in StratifiedKFold(3, shuffle=True, random_state=seed).split(np.zeros(len(y)), strata):
-        X, Y, W = [], [], []
+        X, Y = [], []
         for i in tr[ok[tr]]:
             r, f = readings[i], features(readings[i], kinds)
             keep = [len(r["t"]) - 1] + [j for j, t in enumerate(r["t"]) if t in CUTS and t != r["t"][-1]
